@@ -1,0 +1,258 @@
+"""The public entry point: prompt -> one traced forward pass -> Decomposition(s)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .engine import (decompose_stack, extract_weights, final_scale, has_bias_source,
+                     logit_attribution, logit_lens, reconstructed_logits, triangle)
+from .model import LoadedModel, load_model
+from .tokens import display_tokens, word_groups
+from .trace import capture, wrap
+
+DEFAULT_MAX_TOKENS = 256
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+
+
+class InputError(ValueError):
+    """The prompt or its options cannot be decomposed; the message says what to change."""
+
+
+@dataclass
+class Decomposition:
+    """Everything infoflow keeps from one prompt. (L,P,G) arrays are [layer, position, source].
+
+    Sources are tokens, or groups of tokens, plus a final "bias" source for models with
+    biases. Entries with source > position are zero.
+    """
+    prompt: str
+    tokens: list[str]                  # (P,) display strings
+    token_ids: np.ndarray              # (P,)
+    sources: list[str]                 # (G,) labels of the source axis
+    groups: np.ndarray                 # (P,) group index of each token (identity for "tokens")
+    grouping: str                      # "tokens", "words" or "custom"
+    attn_norm: np.ndarray              # (L,P,G) ‖part of the residual from s‖ after attention
+    mlp_norm: np.ndarray               # (L,P,G) ... after the MLP
+    attn_delta_norm: np.ndarray        # (L,P,G) ‖what the attention block wrote for s‖
+    mlp_delta_norm: np.ndarray         # (L,P,G)
+    attn_proj: np.ndarray              # (L,P,G) ⟨c_s, r⟩/‖r‖², sums to 1 over s
+    mlp_proj: np.ndarray               # (L,P,G)
+    embed_norm: np.ndarray             # (P,)
+    pred_ids: np.ndarray               # (P,k) top next tokens
+    pred_probs: np.ndarray             # (P,k)
+    pred_logits: np.ndarray            # (P,k)
+    logit_attr: np.ndarray             # (P,k,G) per-source logit, sums to pred_logits
+    recon_error: np.ndarray            # (L,2) max_p ‖Σ_s c − r‖/‖r‖, [attn, mlp]
+    logit_error: float                 # max |logits(Σ_s c) − logits|
+    lens_ids: np.ndarray | None        # (L,2,P,k) logit lens at every cell
+    lens_probs: np.ndarray | None      # (L,2,P,k)
+    token_text: dict[int, str]         # display string of every id in pred_ids / lens_ids
+    model: dict                        # id, fingerprint, layers, d_model, heads, dtype
+    precision: str                     # the decomposition's float type
+    version: str = __version__
+    has_bias: bool = False
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return self.attn_norm.shape[0]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def worst_recon_error(self) -> float:
+        return float(self.recon_error.max())
+
+    def top_prediction(self, position: int = -1) -> tuple[str, float]:
+        i = int(self.pred_ids[position, 0])
+        return self.token_text[i], float(self.pred_probs[position, 0])
+
+
+# ----------------------------------------------------------------------------- models
+
+_loaded: dict[tuple, LoadedModel] = {}
+
+
+def get_model(model: str | LoadedModel | None = None, **load_kwargs) -> LoadedModel:
+    """A loaded model; strings are loaded once per process and reused."""
+    if isinstance(model, LoadedModel):
+        return model
+    key = (model, tuple(sorted(load_kwargs.items())))
+    if key not in _loaded:
+        _loaded[key] = load_model(model, **load_kwargs)
+    return _loaded[key]
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+def tokenize(lm: LoadedModel, prompt: str, *, chat: bool = False,
+             max_tokens: int = DEFAULT_MAX_TOKENS) -> list[int]:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("The prompt is empty: give some text to decompose.")
+    tok = lm.tokenizer
+    if chat:
+        if not getattr(tok, "chat_template", None):
+            raise InputError(f"{lm.info['id']} has no chat template; drop the chat option.")
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                      add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+    else:
+        ids = tok(prompt)["input_ids"]
+    ids = [int(i) for i in ids]
+    if len(ids) > max_tokens:
+        raise InputError(f"The prompt has {len(ids)} tokens; the limit is {max_tokens}. Shorten it, "
+                         "or raise the limit with --max-tokens (max_tokens= in Python).")
+    return ids
+
+
+def resolve_groups(groups, tokens: list[str], special: list[bool]) -> tuple[str, list[int]]:
+    """('tokens'|'words'|'custom', group index per token, numbered 0.. in order of first use)."""
+    P = len(tokens)
+    if groups is None or groups == "tokens":
+        return "tokens", list(range(P))
+    if groups == "words":
+        return "words", word_groups(tokens, special)
+    if isinstance(groups, str):
+        raise InputError(f"groups must be None, 'words' or a list of {P} group ids, not {groups!r}.")
+    groups = list(groups)
+    if len(groups) != P:
+        raise InputError(f"groups has {len(groups)} entries but the prompt has {P} tokens: "
+                         f"{tokens!r}. Give one group id per token.")
+    first_use: dict = {}
+    return "custom", [first_use.setdefault(g, len(first_use)) for g in groups]
+
+
+def _source_labels(tokens: list[str], groups: list[int]) -> list[str]:
+    labels = [""] * (max(groups) + 1)
+    for t, g in zip(tokens, groups):
+        labels[g] += t
+    return labels
+
+
+# ----------------------------------------------------------------------------- decompose
+
+
+def decompose(prompt: str, model: str | LoadedModel | None = None, *, groups=None,
+              dtype: str = "float32", logit_lens: bool = True, top_k: int = 5,
+              chat: bool = False, max_tokens: int = DEFAULT_MAX_TOKENS) -> Decomposition:
+    """Split the residual stream of `prompt` into one vector per source token, exactly.
+
+    groups: None (each token), "words", or one group id per token.
+    dtype: the decomposition's float type, "float32" or "float64".
+    """
+    return decompose_variants(prompt, model, {"main": groups}, dtype=dtype, logit_lens=logit_lens,
+                              top_k=top_k, chat=chat, max_tokens=max_tokens)["main"]
+
+
+def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype: str = "float32",
+                       logit_lens: bool = True, top_k: int = 5, chat: bool = False,
+                       max_tokens: int = DEFAULT_MAX_TOKENS) -> dict[str, Decomposition]:
+    """One forward pass, several groupings of the sources: {name: groups} -> {name: Decomposition}."""
+    if dtype not in PRECISIONS:
+        raise InputError(f"dtype must be 'float32' or 'float64', not {dtype!r}.")
+    fdtype = PRECISIONS[dtype]
+    lm = get_model(model)
+    timings = {}
+    t0 = time.perf_counter()
+    ids = tokenize(lm, prompt, chat=chat, max_tokens=max_tokens)
+    tokens = display_tokens(lm.tokenizer, ids)
+    special_ids = set(getattr(lm.tokenizer, "all_special_ids", []) or [])
+    special = [i in special_ids for i in ids]
+    resolved = {name: resolve_groups(g, tokens, special) for name, g in variants.items()}
+
+    input_ids = torch.tensor([ids], device=lm.device)
+    captured = capture(_nnsight(lm), input_ids)
+    timings["trace"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    layers, unembed = _weights(lm, fdtype)
+    bias = has_bias_source(layers, unembed)
+    P = len(ids)
+    tri = triangle(P, bias, device=layers[0].Wv.device)
+    groupings = []
+    for kind, g in resolved.values():
+        if kind == "tokens":
+            groupings.append(None)
+        else:
+            index = g + ([max(g) + 1] if bias else [])
+            groupings.append(torch.tensor(index, device=tri.pos.device))
+    result = decompose_stack(captured, layers, tri, groupings, dtype=fdtype)
+    timings["decompose"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    logits = captured.logits.to(fdtype)
+    scale = final_scale(captured.resid_final.to(fdtype), unembed)
+    top_logits, pred_ids = logits.topk(top_k, dim=-1)                    # (P, k)
+    pred_probs = torch.exp(top_logits - torch.logsumexp(logits, -1, keepdim=True))
+    logit_error = float((reconstructed_logits(result.final, tri, scale, unembed) - logits).abs().max())
+    attributions = [logit_attribution(result.final, tri, scale, unembed, pred_ids, g) for g in groupings]
+    del result.final
+    timings["logits"] = time.perf_counter() - t2
+
+    lens_ids = lens_probs = None
+    if logit_lens:
+        t3 = time.perf_counter()
+        lens_ids, lens_probs = _logit_lens(captured, unembed, top_k)
+        timings["logit_lens"] = time.perf_counter() - t3
+    timings["total"] = time.perf_counter() - t0
+
+    used = set(pred_ids.flatten().tolist())
+    if lens_ids is not None:
+        used |= set(np.unique(lens_ids).tolist())
+    used = sorted(used)
+    token_text = dict(zip(used, display_tokens(lm.tokenizer, used)))
+
+    out = {}
+    for (name, (kind, g)), st, attr in zip(resolved.items(), result.stats, attributions):
+        sources = _source_labels(tokens, g) + (["bias"] if bias else [])
+        arr = {k: getattr(st, k).numpy() for k in ("norm", "delta_norm", "proj")}
+        out[name] = Decomposition(
+            prompt=prompt, tokens=tokens, token_ids=np.array(ids, dtype=np.int64), sources=sources,
+            groups=np.array(g, dtype=np.int64), grouping=kind,
+            attn_norm=arr["norm"][:, 0], mlp_norm=arr["norm"][:, 1],
+            attn_delta_norm=arr["delta_norm"][:, 0], mlp_delta_norm=arr["delta_norm"][:, 1],
+            attn_proj=arr["proj"][:, 0], mlp_proj=arr["proj"][:, 1],
+            embed_norm=result.embed_norm.numpy(),
+            pred_ids=pred_ids.cpu().numpy(), pred_probs=pred_probs.float().cpu().numpy(),
+            pred_logits=top_logits.float().cpu().numpy(), logit_attr=attr.float().cpu().numpy(),
+            recon_error=result.recon_error.numpy(), logit_error=logit_error,
+            lens_ids=lens_ids, lens_probs=lens_probs, token_text=token_text,
+            model=dict(lm.info), precision=dtype, has_bias=bias, timings=dict(timings))
+    return out
+
+
+def _logit_lens(captured, unembed, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k at every (layer, sublayer, position), one layer (2P rows) at a time."""
+    L, P = len(captured.resid_mid), captured.resid_final.shape[0]
+    ids = np.zeros((L, 2, P, k), dtype=np.int64)
+    probs = np.zeros((L, 2, P, k), dtype=np.float32)
+    for l in range(L):
+        after_mlp = captured.resid_pre[l + 1] if l + 1 < L else captured.resid_final
+        rows = torch.cat([captured.resid_mid[l], after_mlp])           # (2P, d)
+        i, p = logit_lens(rows.to(unembed.W_U.device), unembed, k)
+        ids[l] = i.view(2, P, k).cpu().numpy()
+        probs[l] = p.view(2, P, k).float().cpu().numpy()
+    return ids, probs
+
+
+# Per-model caches: the nnsight wrapper and the weights in each precision.
+def _nnsight(lm: LoadedModel):
+    if not hasattr(lm, "_nnsight"):
+        lm._nnsight = wrap(lm.hf)
+    return lm._nnsight
+
+
+def _weights(lm: LoadedModel, dtype):
+    cache = lm.__dict__.setdefault("_weights", {})
+    if dtype not in cache:
+        cache[dtype] = extract_weights(lm.hf, dtype=dtype, device=lm.device)
+    return cache[dtype]

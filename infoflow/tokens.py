@@ -1,0 +1,71 @@
+"""Token display strings and the "words" grouping."""
+from __future__ import annotations
+
+import unicodedata
+
+
+def display_tokens(tokenizer, ids: list[int]) -> list[str]:
+    """Readable text of each token: leading spaces kept, partial UTF-8 bytes shown as <0xNN>."""
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    out = []
+    for i, piece in zip(ids, pieces):
+        text = tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if "\ufffd" in text:
+            text = _bytes_of_piece(piece)
+        elif isinstance(piece, str) and piece.startswith("\u2581") and not text.startswith(" "):
+            text = " " + text  # SentencePiece drops the word-start space when decoding one piece
+        out.append(text)
+    return out
+
+
+def _byte_decoder() -> dict[str, int]:
+    # GPT-2's byte-level BPE maps every byte to a printable character; invert that map.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+_BYTES = _byte_decoder()
+
+
+def _bytes_of_piece(piece: str) -> str:
+    if piece.startswith("<0x") and piece.endswith(">"):
+        return piece  # SentencePiece byte fallback is already readable
+    if all(ch in _BYTES for ch in piece):
+        raw = bytes(_BYTES[ch] for ch in piece)
+        text = raw.decode("utf-8", errors="ignore")
+        if text and len(text.encode()) == len(raw):
+            return text
+        return "".join(f"<0x{b:02X}>" for b in raw)
+    return piece
+
+
+def _starts_word(text: str) -> bool:
+    if not text:
+        return True
+    ch = text[0]
+    return ch.isspace() or ch.isdigit() or unicodedata.category(ch).startswith(("P", "S"))
+
+
+def word_groups(tokens: list[str], special: list[bool]) -> list[int]:
+    """Group id per token: a sub-word piece joins the word before it.
+
+    A token starts a new group when it is special (BOS), follows a special token or a
+    token that ends in whitespace, or begins with whitespace, punctuation, a symbol or a
+    digit. Everything else is a continuation piece.
+    """
+    groups, g = [], -1
+    for i, text in enumerate(tokens):
+        prev = tokens[i - 1] if i else ""
+        new = (i == 0 or special[i] or special[i - 1] or _starts_word(text)
+               or (prev[-1:].isspace()))
+        if new:
+            g += 1
+        groups.append(g)
+    return groups
