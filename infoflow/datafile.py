@@ -1,0 +1,209 @@
+"""Step 4 of the pipeline: Decomposition <-> msgpack data file (docs/data-format.md)."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import zlib
+from pathlib import Path
+
+import msgpack
+import numpy as np
+
+from . import ENGINE_VERSION, __version__
+from .decompose import Decomposition
+
+SCHEMA = 1
+DTYPES = {"u8": "<u1", "i8": "<i1", "u16": "<u2", "u32": "<u4", "f16": "<f2", "f32": "<f4"}
+_NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
+
+
+class DataFileError(ValueError):
+    """A data file is missing, corrupt or of an unknown schema."""
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+def encode_array(a: np.ndarray, dtype: str, *, deflate: bool = True) -> dict:
+    data = np.ascontiguousarray(a, dtype=DTYPES[dtype]).tobytes()
+    out = {"dtype": dtype, "shape": list(a.shape), "data": data}
+    if deflate and len(data) > 256:
+        out["data"], out["codec"] = zlib.compress(data, 6), "deflate"
+    return out
+
+
+def encode_tril(a: np.ndarray, row_len: list[int], tail: int, *, signed: bool) -> dict:
+    """(..., P, G) -> ragged rows, quantized per row to u8 (norms) or i8 (signed shares)."""
+    P, G = a.shape[-2:]
+    keep = np.zeros((P, G), dtype=bool)
+    for p, n in enumerate(row_len):
+        keep[p, :n] = True
+        if tail:
+            keep[p, G - tail:] = True
+    scale = np.abs(a).max(-1)                                   # (..., P)
+    q = 127 if signed else 255
+    safe = np.where(scale > 0, scale, 1.0)[..., None]
+    quant = np.rint(a / safe * q)
+    packed = quant[..., keep]                                    # (..., Σ row sizes)
+    out = encode_array(packed, "i8" if signed else "u8")
+    out.update(shape=list(a.shape), layout="tril", row_len=list(row_len), tail=tail, q=q,
+               scale=encode_array(scale.astype(np.float32), "f32"))
+    return out
+
+
+def decode_array(obj: dict) -> np.ndarray:
+    try:
+        raw = obj["data"]
+        if obj.get("codec") == "deflate":
+            raw = zlib.decompress(raw)
+        flat = np.frombuffer(raw, dtype=DTYPES[obj["dtype"]])
+        shape = tuple(obj["shape"])
+        if obj.get("layout") == "tril":
+            P, G = shape[-2:]
+            keep = np.zeros((P, G), dtype=bool)
+            for p, n in enumerate(obj["row_len"]):
+                keep[p, :n] = True
+                if obj["tail"]:
+                    keep[p, G - obj["tail"]:] = True
+            full = np.zeros(shape, dtype=np.float32)
+            full[..., keep] = flat.reshape(*shape[:-2], -1)
+            flat_out = full
+        else:
+            flat_out = flat.reshape(shape).astype(np.float32 if obj["dtype"] == "f16" else flat.dtype)
+        if "q" in obj:
+            flat_out = flat_out.astype(np.float32) / obj["q"] * decode_array(obj["scale"])[..., None]
+        return flat_out
+    except (KeyError, TypeError, ValueError, zlib.error) as e:
+        raise DataFileError(f"corrupt array in data file: {e}") from e
+
+
+# ----------------------------------------------------------------------------- write
+
+
+def row_lengths(groups: np.ndarray, n_sources: int) -> list[int]:
+    """Sources present at each position: groups are numbered by first use, so 0..max so far."""
+    return [int(n) for n in np.maximum.accumulate(groups) + 1]
+
+
+def encode(variants: dict[str, Decomposition], prompt: dict, *, labels: dict[str, str] | None = None,
+           built: str | None = None) -> bytes:
+    """Serialize the variants of one prompt (the first must be the plain `tokens` one)."""
+    labels = labels or {}
+    base = next(iter(variants.values()))
+    assert base.grouping == "tokens", "the first variant must be the ungrouped one"
+    L, P, k = base.n_layers, base.n_tokens, base.pred_ids.shape[1]
+
+    ids = sorted(base.token_text)
+    index = {i: n for n, i in enumerate(ids)}
+    idx_dtype = "u16" if len(ids) < 1 << 16 else "u32"
+    to_index = np.vectorize(index.__getitem__, otypes=[np.int64])
+
+    def metric(d, name, signed):
+        arr = np.stack([getattr(d, f"attn_{name}"), getattr(d, f"mlp_{name}")], axis=1)  # (L,2,P,G)
+        return encode_tril(arr, row_lengths(d.groups, len(d.sources)), int(d.has_bias), signed=signed)
+
+    out_variants, seen = [], {}
+    for name, d in variants.items():
+        key = tuple(d.groups.tolist())
+        entry = {"name": name, "label": labels.get(name, name), "grouping": d.grouping}
+        if key in seen:
+            entry["same_as"] = seen[key]
+        else:
+            seen[key] = name
+            first = [int(np.argmax(d.groups == g)) for g in range(int(d.groups.max()) + 1)]
+            entry.update(
+                sources=list(d.sources), groups=encode_array(d.groups, "u16"),
+                first=encode_array(np.array(first + ([0] if d.has_bias else [])), "u16"),
+                has_bias=bool(d.has_bias),
+                norm=metric(d, "norm", False), delta=metric(d, "delta_norm", False),
+                proj=metric(d, "proj", True),
+                logit_attr=encode_array(d.logit_attr, "f16"))
+        out_variants.append(entry)
+
+    doc = {
+        "schema": SCHEMA,
+        "generator": {"infoflow": __version__, "engine": ENGINE_VERSION},
+        "built": built or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "prompt": prompt,
+        "model": base.model,
+        "precision": base.precision,
+        "layers": L, "positions": P, "top_k": k,
+        "tokens": list(base.tokens),
+        "token_ids": encode_array(base.token_ids, "u32"),
+        "strings": [base.token_text[i] for i in ids],
+        "embed_norm": encode_array(base.embed_norm, "f32"),
+        "recon_error": encode_array(base.recon_error, "f32"),
+        "worst_recon_error": float(base.worst_recon_error),
+        "logit_error": float(base.logit_error),
+        "predictions": {"ids": encode_array(to_index(base.pred_ids), idx_dtype),
+                        "probs": encode_array(base.pred_probs, "f32"),
+                        "logits": encode_array(base.pred_logits, "f32")},
+        "lens": None if base.lens_ids is None else {
+            "ids": encode_array(to_index(base.lens_ids), idx_dtype),
+            "probs": encode_array(base.lens_probs, "f16")},
+        "variants": out_variants,
+    }
+    return msgpack.packb(doc, use_bin_type=True)
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- read
+
+
+def read(path: str | Path) -> dict:
+    """The raw msgpack document, schema-checked."""
+    path = Path(path)
+    try:
+        doc = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
+    except FileNotFoundError:
+        raise DataFileError(f"{path}: no such data file")
+    except (ValueError, msgpack.UnpackException, msgpack.ExtraData) as e:
+        raise DataFileError(f"{path}: not a valid msgpack data file ({e})") from e
+    if not isinstance(doc, dict) or "schema" not in doc:
+        raise DataFileError(f"{path}: not an infoflow data file (no schema number)")
+    if doc["schema"] != SCHEMA:
+        raise DataFileError(f"{path}: schema {doc['schema']!r}, but this infoflow reads schema {SCHEMA}; "
+                            "rebuild it with this version")
+    return doc
+
+
+def load(path: str | Path, variant: str = "tokens") -> Decomposition:
+    """Read a data file back into a Decomposition (one grouping variant; 'tokens' by default)."""
+    doc = read(path)
+    try:
+        return _to_decomposition(doc, variant)
+    except (KeyError, TypeError, IndexError) as e:
+        raise DataFileError(f"{path}: missing or malformed field {e}") from e
+
+
+def _to_decomposition(doc: dict, variant: str) -> Decomposition:
+    by_name = {v["name"]: v for v in doc["variants"]}
+    if variant not in by_name:
+        raise DataFileError(f"no variant {variant!r}; this file has {sorted(by_name)}")
+    v = by_name[variant]
+    v = by_name[v["same_as"]] | {"grouping": v["grouping"]} if "same_as" in v else v
+    # Token ids of predictions come back as indices into the file's string table, and
+    # token_text maps those indices to text, so d.token_text[d.pred_ids[p, j]] still works.
+    strings = doc["strings"]
+    norm, delta, proj = (decode_array(v[key]) for key in ("norm", "delta", "proj"))
+    lens = doc.get("lens")
+    return Decomposition(
+        prompt=doc["prompt"]["text"], tokens=list(doc["tokens"]),
+        token_ids=decode_array(doc["token_ids"]).astype(np.int64),
+        sources=list(v["sources"]), groups=decode_array(v["groups"]).astype(np.int64),
+        grouping=v["grouping"],
+        attn_norm=norm[:, 0], mlp_norm=norm[:, 1], attn_delta_norm=delta[:, 0],
+        mlp_delta_norm=delta[:, 1], attn_proj=proj[:, 0], mlp_proj=proj[:, 1],
+        embed_norm=decode_array(doc["embed_norm"]),
+        pred_ids=decode_array(doc["predictions"]["ids"]).astype(np.int64), pred_probs=decode_array(doc["predictions"]["probs"]),
+        pred_logits=decode_array(doc["predictions"]["logits"]),
+        logit_attr=decode_array(v["logit_attr"]).astype(np.float32),
+        recon_error=decode_array(doc["recon_error"]), logit_error=float(doc["logit_error"]),
+        lens_ids=None if lens is None else decode_array(lens["ids"]).astype(np.int64),
+        lens_probs=None if lens is None else decode_array(lens["probs"]).astype(np.float32),
+        token_text=dict(enumerate(strings)),
+        model=dict(doc["model"]), precision=doc["precision"], version=doc["generator"]["infoflow"],
+        has_bias=bool(v["has_bias"]))
