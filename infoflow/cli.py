@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -59,6 +60,110 @@ def decompose_cmd(prompt, model, dtype, device, cache_dir, groups, precision, ma
     click.echo(f"time       load {t1 - t0:.2f} s, decompose {t2 - t1:.2f} s "
                f"(trace {d.timings['trace']:.2f}, engine {d.timings['decompose']:.2f}"
                + (f", logit lens {d.timings['logit_lens']:.2f}" if 'logit_lens' in d.timings else "") + ")")
+
+
+@main.command("build")
+@click.option("--prompts", "prompts_path", default="prompts/gallery.toml", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The prompts file (TOML).")
+@click.option("--out", default="build", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@model_options
+@click.option("--only", multiple=True, metavar="ID", help="Compute only these prompts (repeatable).")
+@click.option("--keep-going", is_flag=True, help="Build the other prompts when one fails; exit non-zero.")
+@click.option("--max-tokens", default=DEFAULT_MAX_TOKENS, show_default=True, type=int)
+def build_cmd(prompts_path, out, model, dtype, device, cache_dir, only, keep_going, max_tokens):
+    """Decompose every prompt (reusing cached results) and write the static site to OUT."""
+    from .build import BuildError, BuildOptions, build
+    from .prompts import PromptError
+
+    opts = BuildOptions(prompts=prompts_path, out=out, model=model, dtype=dtype, device=device,
+                        cache=cache_dir, only=only, keep_going=keep_going, max_tokens=max_tokens)
+    try:
+        summary = build(opts)
+    except (PromptError, BuildError, ModelError) as e:
+        raise click.ClickException(f"{e}")
+    for pid, msg in summary.failed:
+        click.echo(f"FAILED {msg}", err=True)
+    click.echo(f"built {out}/: {summary.line()}")
+    if summary.failed:
+        sys.exit(1)
+
+
+@main.command("add")
+@click.argument("text")
+@click.option("--title", required=True)
+@click.option("--tags", default="", help="Comma-separated tags.")
+@click.option("--note", default=None, help="What to look at, in plain text.")
+@click.option("--id", "pid", default=None, help="URL slug (default: made from the title).")
+@click.option("--chat", is_flag=True, help="Wrap the text in the model's chat template.")
+@click.option("--prompts", "prompts_path", default="prompts/gallery.toml", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path))
+def add_cmd(text, title, tags, note, pid, chat, prompts_path):
+    """Append a prompt to the prompts file (created if missing), keeping its comments."""
+    from .prompts import PromptError, add_prompt
+
+    try:
+        entry = add_prompt(prompts_path, text=text, title=title,
+                           tags=[t.strip() for t in tags.split(",") if t.strip()],
+                           note=note, pid=pid, chat=chat)
+    except PromptError as e:
+        raise click.ClickException(str(e))
+    click.echo(f"added {entry.id!r} to {prompts_path}; run `infoflow build` to compute it")
+
+
+@main.command("serve")
+@click.option("--out", default="build", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--prompts", "prompts_path", default="prompts/gallery.toml", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--no-build", is_flag=True, help="Serve OUT as it is.")
+def serve_cmd(out, prompts_path, port, no_build):
+    """Build if needed, then serve the site on localhost (browsers refuse data over file://)."""
+    import functools
+    import http.server
+
+    if not no_build:
+        from .build import BuildError, BuildOptions, build
+        from .prompts import PromptError
+        try:
+            click.echo(build(BuildOptions(prompts=prompts_path, out=out)).line())
+        except (PromptError, BuildError, ModelError) as e:
+            raise click.ClickException(str(e))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+        click.echo(f"serving {out}/ at http://127.0.0.1:{port}/  (Ctrl-C to stop)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command("publish")
+@click.option("--out", default="build", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--prompts", "prompts_path", default="prompts/gallery.toml", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--remote", default="origin", show_default=True)
+@click.option("--branch", default="gh-pages", show_default=True)
+@click.option("--message", default=None, help="Commit message on the pages branch.")
+@click.option("--cname", default=None, help="Custom domain (else site_src/CNAME, else the site's own CNAME).")
+@click.option("--dry-run", is_flag=True, help="Say what would be pushed; touch nothing.")
+@click.option("--no-build", is_flag=True, help="Publish OUT as it is, without the incremental rebuild.")
+@click.option("--cache-dir", default=None, envvar="INFOFLOW_CACHE")
+def publish_cmd(out, prompts_path, remote, branch, message, cname, dry_run, no_build, cache_dir):
+    """Rebuild if stale, then push OUT to a GitHub Pages branch with ghp-import."""
+    from .publish import PublishError, publish
+
+    if not no_build:
+        from .build import BuildError, BuildOptions, build
+        from .prompts import PromptError
+        try:
+            click.echo(build(BuildOptions(prompts=prompts_path, out=out, cache=cache_dir)).line())
+        except (PromptError, BuildError, ModelError) as e:
+            raise click.ClickException(str(e))
+    try:
+        result = publish(out, remote=remote, branch=branch, message=message, cname=cname, dry_run=dry_run)
+    except PublishError as e:
+        raise click.ClickException(str(e))
+    click.echo(result.message)
 
 
 if __name__ == "__main__":

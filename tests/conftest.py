@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -59,3 +61,59 @@ def tiny_model(kind: str = "gqa", layers: int = 2, seed: int = 0) -> LoadedModel
 def default_model():
     """The real SmolLM2-135M-Instruct, converted once and shared by the whole session."""
     return get_model(None)
+
+
+HOSTILE_TITLE = "<img src=x onerror=alert(1)> \"quoted\" & 'single' </script>"
+HOSTILE_TEXT = "Say <img src=x onerror=alert(1)> then </script><script>alert(2)</script> \\ \"done\""
+
+TEST_PROMPTS = f'''# a small gallery for the tests
+[[prompt]]
+id = "capital"
+title = "Factual recall"
+text = "The capital of France is"
+tags = ["factual recall"]
+note = "Paris should win."
+groups = ["The capital of"]
+
+[[prompt]]
+id = "ioi"
+title = "Indirect object"
+text = "When Mary and John went to the store, John gave a drink to"
+tags = ["names"]
+
+[[prompt]]
+id = "hostile"
+title = {json.dumps(HOSTILE_TITLE)}
+text = {json.dumps(HOSTILE_TEXT)}
+tags = ["<b>tag</b>", "security"]
+note = "<script>alert(3)</script>"
+'''
+
+
+@pytest.fixture(scope="session")
+def test_cache(tmp_path_factory, default_model):
+    """A fresh result cache that shares the already converted default model."""
+    from infoflow.model import cache_dir, converted_default_model
+
+    converted_default_model()
+    root = tmp_path_factory.mktemp("cache")
+    (root / "models").symlink_to(cache_dir() / "models", target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def gallery(tmp_path_factory, test_cache):
+    """A 3-prompt gallery (one hostile) built once with the real default model."""
+    from infoflow.build import BuildOptions, build
+
+    root = tmp_path_factory.mktemp("gallery")
+    prompts = root / "prompts.toml"
+    prompts.write_text(TEST_PROMPTS, encoding="utf-8")
+    opts = BuildOptions(prompts=prompts, out=root / "site", cache=str(test_cache), progress=False)
+    summary = build(opts)
+    return {"opts": opts, "summary": summary, "site": root / "site", "prompts": prompts}
+
+
+@pytest.fixture(scope="session")
+def gallery_site(gallery):
+    return gallery["site"]

@@ -1,0 +1,203 @@
+"""The curated prompt list: a TOML file of [[prompt]] tables, validated with clear errors."""
+from __future__ import annotations
+
+import re
+import tomllib
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PROMPTS = Path("prompts/gallery.toml")
+RESERVED_IDS = {"index", "static", "data", "thumbs", "p"}
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+class PromptError(ValueError):
+    """A prompts file is invalid; the message names the file, the entry and the fix."""
+
+
+@dataclass
+class Prompt:
+    id: str
+    title: str
+    text: str
+    tags: list[str] = field(default_factory=list)
+    note: str | None = None
+    groups: list[str] = field(default_factory=list)   # text spans, each one declared group
+    chat: bool = False
+    line: int | None = None
+
+    def meta(self) -> dict:
+        return {"id": self.id, "title": self.title, "text": self.text, "tags": list(self.tags),
+                "note": self.note, "chat": self.chat}
+
+
+FIELDS = {"id": str, "title": str, "text": str, "tags": list, "note": str, "groups": list, "chat": bool}
+REQUIRED = ("id", "title", "text")
+
+
+def _entry_lines(source: str) -> list[int]:
+    """1-based line of each [[prompt]] header, in order."""
+    return [i + 1 for i, line in enumerate(source.splitlines()) if line.strip().startswith("[[prompt]]")]
+
+
+def load_prompts(path: str | Path) -> list[Prompt]:
+    path = Path(path)
+    try:
+        source = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PromptError(f"{path}: no such prompts file. Create it, or add a prompt with "
+                          f"`infoflow add \"text\" --title ... --prompts {path}`.")
+    except UnicodeDecodeError as e:
+        raise PromptError(f"{path}: not UTF-8 text ({e}). Save the file as UTF-8.")
+    return parse_prompts(source, str(path))
+
+
+def parse_prompts(source: str, name: str = "<prompts>") -> list[Prompt]:
+    try:
+        doc = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as e:
+        raise PromptError(f"{name}: malformed TOML: {e}. Fix the syntax at that line.") from e
+    entries = doc.get("prompt", [])
+    unknown = set(doc) - {"prompt"}
+    if unknown:
+        raise PromptError(f"{name}: unknown top-level key(s) {sorted(unknown)}; "
+                          "every prompt is a [[prompt]] table.")
+    if not isinstance(entries, list):
+        raise PromptError(f"{name}: `prompt` must be an array of tables: write each entry as [[prompt]].")
+    lines = _entry_lines(source)
+    prompts, seen_ids, seen_texts = [], {}, {}
+    for i, entry in enumerate(entries):
+        line = lines[i] if i < len(lines) else None
+        where = f"{name}, entry {i + 1}" + (f" (line {line})" if line else "")
+        prompts.append(_validate(entry, where, line))
+        p = prompts[-1]
+        if p.id in seen_ids:
+            raise PromptError(f"{where}: duplicate id {p.id!r} (also entry {seen_ids[p.id]}). "
+                              "Give each prompt a unique id.")
+        seen_ids[p.id] = i + 1
+        key = (p.text, p.chat)
+        if key in seen_texts:
+            raise PromptError(f"{where}: the same text as entry {seen_texts[key]}. Remove one of them.")
+        seen_texts[key] = i + 1
+    return prompts
+
+
+def _validate(entry, where: str, line: int | None) -> Prompt:
+    if not isinstance(entry, dict):
+        raise PromptError(f"{where}: expected a table of fields, got {type(entry).__name__}.")
+    for key in REQUIRED:
+        if key not in entry:
+            raise PromptError(f"{where}: missing field `{key}`. Add `{key} = \"...\"`.")
+    for key, value in entry.items():
+        if key not in FIELDS:
+            raise PromptError(f"{where}: unknown field `{key}`; allowed: {', '.join(FIELDS)}.")
+        want = FIELDS[key]
+        if not isinstance(value, want):
+            raise PromptError(f"{where}: `{key}` must be a {want.__name__}, not {type(value).__name__} "
+                              f"({value!r}).")
+        if want is list and not all(isinstance(x, str) for x in value):
+            raise PromptError(f"{where}: `{key}` must be a list of strings.")
+    if not entry["text"].strip():
+        raise PromptError(f"{where}: `text` is empty. Give the prompt some text, or remove the entry.")
+    if not entry["title"].strip():
+        raise PromptError(f"{where}: `title` is empty.")
+    pid = entry["id"]
+    if not SLUG.match(pid) or pid in RESERVED_IDS:
+        raise PromptError(f"{where}: id {pid!r} must be a URL slug: lowercase letters, digits and '-', "
+                          f"at most 64 characters, not one of {sorted(RESERVED_IDS)}. "
+                          f"Try {slugify(pid or entry['title'])!r}.")
+    for span in entry.get("groups", []):
+        if span not in entry["text"]:
+            raise PromptError(f"{where}: group {span!r} does not occur in the text; each group is a "
+                              "piece of the prompt text.")
+    return Prompt(id=pid, title=entry["title"], text=entry["text"], tags=list(entry.get("tags", [])),
+                  note=entry.get("note"), groups=list(entry.get("groups", [])),
+                  chat=bool(entry.get("chat", False)), line=line)
+
+
+def slugify(text: str, taken: set[str] | frozenset = frozenset()) -> str:
+    """A URL-safe, stable slug from text, made unique against `taken` with -2, -3, ..."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    words = re.findall(r"[a-z0-9]+", ascii_text.lower())
+    base = "-".join(words)[:48].strip("-") or "prompt"
+    if base in RESERVED_IDS or not base[0].isalnum():
+        base = f"prompt-{base}"
+    slug, n = base, 2
+    while slug in taken:
+        slug = f"{base}-{n}"
+        n += 1
+    return slug
+
+
+def span_groups(tokens: list[str], text_in_model: str, spans: list[str]) -> list[int] | None:
+    """Group ids per token for declared text spans: a token overlapping a span joins its group.
+
+    Returns None when the tokens cannot be lined up with the text.
+    """
+    joined = "".join(tokens)
+    starts, pos = [], 0
+    for t in tokens:
+        starts.append(pos)
+        pos += len(t)
+    offset = joined.find(text_in_model)
+    if offset < 0:
+        return None
+    labels = list(range(len(tokens)))
+    next_label = len(tokens)
+    for span in spans:
+        at = text_in_model.find(span)
+        if at < 0:
+            return None
+        lo, hi = offset + at, offset + at + len(span)
+        members = [i for i, (s, t) in enumerate(zip(starts, tokens)) if s < hi and s + len(t) > lo]
+        for i in members:
+            labels[i] = next_label
+        next_label += 1
+    return labels
+
+
+def add_prompt(path: str | Path, *, text: str, title: str, tags: list[str], note: str | None = None,
+               pid: str | None = None, chat: bool = False) -> Prompt:
+    """Append one [[prompt]] to `path` (created if missing), keeping comments and formatting."""
+    import os
+    import tempfile
+
+    import tomlkit
+
+    path = Path(path)
+    source = path.read_text(encoding="utf-8") if path.exists() else (
+        "# infoflow prompts: one [[prompt]] table each (see README.md).\n")
+    existing = parse_prompts(source, str(path)) if source.strip() else []
+    ids = {p.id for p in existing}
+    if pid is not None and pid in ids:
+        raise PromptError(f"{path}: a prompt with id {pid!r} exists already; choose another --id.")
+    for p in existing:
+        if p.text == text and p.chat == chat:
+            raise PromptError(f"{path}: prompt {p.id!r} has this text already.")
+    pid = pid or slugify(title, ids)
+    entry = {"id": pid, "title": title, "text": text, "tags": tags}
+    if note:
+        entry["note"] = note
+    if chat:
+        entry["chat"] = True
+    new = _validate(entry, f"{path}, new entry", None)
+
+    doc = tomlkit.parse(source)
+    table = tomlkit.table()
+    for key, value in entry.items():
+        table.add(key, value)
+    if "prompt" in doc:
+        doc["prompt"].append(table)
+    else:
+        aot = tomlkit.aot()
+        aot.append(table)
+        doc.append("prompt", aot)
+    text_out = tomlkit.dumps(doc)
+    parse_prompts(text_out, str(path))          # never write a file we could not read back
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text_out)
+    os.replace(tmp, path)
+    return new
