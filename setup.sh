@@ -22,4 +22,4 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
-.venv/bin/infoflow decompose "The capital of France is"
+.venv/bin/infoflow build
