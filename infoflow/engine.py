@@ -21,6 +21,7 @@ values V (T·d_kv), the mixed heads O (T·d), and one row chunk; never L·T·d.
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import torch
@@ -150,20 +151,58 @@ def attention_values(C: Tensor, lw: LayerWeights, scale: Tensor, tri: Triangle) 
 def mix_heads(V: Tensor, pattern: Tensor, lw: LayerWeights, tri: Triangle) -> Tensor:
     """O[p, s] = Σ_t A[h, p, t] V[t, s] per head, GQA as in repeat_kv.   (T, d_kv) -> (T, H·hd)
 
-    One matmul per *source* over its square block A[p0:, p0:] (rows t < s hold nothing
-    of source s, so the block is exact). No loop over query positions.
+    Sources are taken in blocks of a few (see _mix_blocks): a block's rows are scattered
+    into a dense (positions ≥ its first start) × (its sources) grid, zero where s > p, and
+    mixed with one batched matmul per block over A[:, p0:, p0:] (exact: rows t < start[s]
+    hold nothing of source s). No loop over query positions, few and large matmuls.
     """
     H, n_kv = lw.n_heads, lw.n_kv
     rep, hd = H // n_kv, V.shape[1] // n_kv
     A = pattern.view(n_kv, rep, tri.P, tri.P)
     O = V.new_empty(tri.T, H * hd)
-    for s in range(tri.S):
-        a, b, p0 = tri.offset[s], tri.offset[s + 1], tri.start[s]
-        n = b - a
-        v = V[a:b].view(n, n_kv, 1, hd).permute(1, 2, 0, 3)          # (kv, 1, n, hd)
-        o = torch.matmul(A[:, :, p0:, p0:], v)                        # (kv, rep, n, hd)
-        O[a:b].view(n, n_kv, rep, hd).copy_(o.permute(2, 0, 1, 3))
+    for a, b, p0, nb, cell in _mix_blocks(tri):
+        n = tri.P - p0
+        grid = V.new_zeros(n_kv, n * nb, hd)                           # (kv, n·nb, hd)
+        grid.index_copy_(1, cell, V[a:b].view(b - a, n_kv, hd).transpose(0, 1))
+        blk = A[:, :, p0:, p0:].reshape(n_kv, rep * n, n)             # (kv, rep·n, n)
+        o = torch.bmm(blk, grid.view(n_kv, n, nb * hd))               # (kv, rep·n, nb·hd)
+        o = o.view(n_kv, rep, n, nb, hd).permute(2, 3, 0, 1, 4).reshape(n * nb, H * hd)
+        torch.index_select(o, 0, cell, out=O[a:b])
     return O
+
+
+_MIX_BLOCK = 16     # sources per head-mixing block: few matmuls, little zero padding
+
+
+def _mix_blocks(tri: Triangle) -> list:
+    """Blocks of consecutive sources for mix_heads, cached on the triangle.
+
+    Each is (first row, end row, p0 = first position, sources in block, cell (rows,)):
+    packed row a + r sits in the block's dense (P - p0) × nb grid at flat index cell[r].
+    """
+    blocks = getattr(tri, "_mix_cache", None)
+    if blocks is not None:
+        return blocks
+    groups, run = [], []
+    for s in range(tri.S):
+        if tri.bias_rows is not None and s == tri.S - 1:
+            groups.append([s])                      # the bias source (start 0) on its own
+            continue
+        run.append(s)
+        if len(run) == _MIX_BLOCK:
+            groups.append(run)
+            run = []
+    if run:
+        groups.append(run)
+    blocks = []
+    for g in groups:
+        p0 = min(tri.start[s] for s in g)
+        nb = len(g)
+        cell = torch.cat([torch.arange(tri.start[s] - p0, tri.P - p0) * nb + j
+                          for j, s in enumerate(g)]).to(tri.pos.device)
+        blocks.append((tri.offset[g[0]], tri.offset[g[-1] + 1], p0, nb, cell))
+    tri._mix_cache = blocks
+    return blocks
 
 
 def attention_out(O: Tensor, lw: LayerWeights, tri: Triangle, rows: slice) -> Tensor:
@@ -180,7 +219,8 @@ def mlp_out(C: Tensor, gate_scale: Tensor, lw: LayerWeights, gate: Tensor, tri: 
     gate_scale = g / rms2 per position (P, d_ff): the frozen gate and norm scale in one.
     """
     u = C[rows] @ lw.Wup.T                                             # (c, d_ff)
-    u.mul_(gate_scale[tri.pos[rows]])
+    for lo, hi, p in _segments(tri, rows):       # rows of one source: consecutive positions
+        u[lo - rows.start:hi - rows.start].mul_(gate_scale[p:p + hi - lo])
     if lw.bup is not None and tri.bias_rows is not None:
         lo, hi = _overlap(rows, tri.bias_rows)
         if lo < hi:
@@ -188,6 +228,25 @@ def mlp_out(C: Tensor, gate_scale: Tensor, lw: LayerWeights, gate: Tensor, tri: 
     delta = u @ lw.Wdown.T
     _add_bias_rows(delta, lw.bdown, tri, rows)
     return delta
+
+
+def _segments(tri: Triangle, rows: slice):
+    """(lo, hi, p): rows lo..hi-1 of `rows` belong to one source and hold positions p, p+1, ..."""
+    s = bisect.bisect_right(tri.offset, rows.start) - 1
+    while s < tri.S and tri.offset[s] < rows.stop:
+        lo, hi = max(rows.start, tri.offset[s]), min(rows.stop, tri.offset[s + 1])
+        if lo < hi:
+            yield lo, hi, tri.start[s] + lo - tri.offset[s]
+        s += 1
+
+
+def _rowwise_dot(X: Tensor, table: Tensor, tri: Triangle, rows: slice) -> Tensor:
+    """⟨X[i], table[pos[rows.start + i]]⟩ per row, without gathering a (c, d) copy of table."""
+    out = X.new_empty(X.shape[0])
+    for lo, hi, p in _segments(tri, rows):
+        torch.linalg.vecdot(X[lo - rows.start:hi - rows.start], table[p:p + hi - lo],
+                            out=out[lo - rows.start:hi - rows.start])
+    return out
 
 
 def _overlap(a: slice, b: slice) -> tuple[int, int]:
@@ -241,9 +300,10 @@ class SublayerStats:
         """Identity grouping: stats straight from packed rows (no dense P×S×d tensor)."""
         tri = self.tri
         pos, src = tri.pos[rows].cpu(), tri.src[rows].cpu()
-        self.norm[l, k][pos, src] = torch.linalg.vector_norm(C_rows, dim=1).cpu().to(self.norm.dtype)
-        self.delta_norm[l, k][pos, src] = torch.linalg.vector_norm(delta, dim=1).cpu().to(self.norm.dtype)
-        self.proj[l, k][pos, src] = (C_rows * r_unit[tri.pos[rows]]).sum(1).cpu().to(self.norm.dtype)
+        dt = self.norm.dtype
+        self.norm[l, k][pos, src] = torch.linalg.vector_norm(C_rows, dim=1).cpu().to(dt)
+        self.delta_norm[l, k][pos, src] = torch.linalg.vector_norm(delta, dim=1).cpu().to(dt)
+        self.proj[l, k][pos, src] = _rowwise_dot(C_rows, r_unit, tri, rows).cpu().to(dt)
 
     def record_grouped(self, l: int, k: int, C: Tensor, r_unit: Tensor) -> None:
         P, G = self.tri.P, self.G
@@ -388,5 +448,16 @@ def logit_lens(resid: Tensor, unembed: Unembed, k: int) -> tuple[Tensor, Tensor]
     if unembed.b_U is not None:
         logits += unembed.b_U
     top, ids = logits.topk(k, dim=-1)
-    probs = torch.exp(top - torch.logsumexp(logits, dim=-1, keepdim=True))
-    return ids, probs
+    return ids, torch.exp(top - _logsumexp_after_topk(logits, top))
+
+
+def _logsumexp_after_topk(logits: Tensor, top: Tensor) -> Tensor:
+    """logsumexp over the last dim, reusing the top-1 as the max; overwrites logits.
+
+    torch.logsumexp makes several full passes and temporaries over (N, V); here it is one
+    in-place subtract, one in-place exp and one sum.   (N, V), (N, k) -> (N, 1)
+    """
+    m = top[:, :1]
+    if not bool(torch.isfinite(m).all()):
+        return torch.logsumexp(logits, dim=-1, keepdim=True)
+    return logits.sub_(m).exp_().sum(-1, keepdim=True).log_().add_(m)
