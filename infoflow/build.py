@@ -39,6 +39,8 @@ class BuildOptions:
     max_tokens: int = DEFAULT_MAX_TOKENS
     top_k: int = 5
     progress: bool = True
+    shard: tuple[int, int] | None = None    # (i, n): compute prompts i, i+n, ... into the cache only
+    cached_only: bool = False               # merge: assemble from the cache, compute nothing
 
 
 @dataclass
@@ -149,6 +151,9 @@ def build(opts: BuildOptions, log=print) -> BuildSummary:
         if unknown:
             raise PromptError(f"--only: no prompt with id {sorted(unknown)} in {opts.prompts}.")
     selected = [p for p in prompts if not opts.only or p.id in opts.only]
+    if opts.shard:
+        i, n = opts.shard
+        selected = [p for k, p in enumerate(prompts) if k % n == i]
 
     cache = cache_dir(opts.cache) / "results"
     fingerprint = model_fingerprint(opts)
@@ -159,6 +164,9 @@ def build(opts: BuildOptions, log=print) -> BuildSummary:
     for p in bar:
         path = cache / f"{result_key(fingerprint, p, opts)}.msgpack"
         doc = read_cached(path)
+        if doc is None and opts.cached_only:
+            summary.failed.append((p.id, f"{p.id}: no cached result (was its shard built and merged?)"))
+            continue
         if doc is None:
             try:
                 if lm is None:
@@ -188,9 +196,26 @@ def build(opts: BuildOptions, log=print) -> BuildSummary:
             if doc is not None:
                 docs[p.id] = doc
 
-    assemble(opts.out, [p for p in prompts if p.id in docs], docs, summary)
+    if opts.cached_only and summary.failed:
+        raise BuildError("cannot assemble the site; missing results: "
+                         + ", ".join(pid for pid, _ in summary.failed))
+    if not opts.shard:
+        assemble(opts.out, [p for p in prompts if p.id in docs], docs, summary)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def merge_shards(shard_caches: list[Path], opts: BuildOptions) -> BuildSummary:
+    """Copy the results of shard builds into this cache, then assemble the site from it alone."""
+    results = cache_dir(opts.cache) / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    for shard in shard_caches:
+        folder = Path(shard) / "results" if (Path(shard) / "results").is_dir() else Path(shard)
+        for f in folder.glob("*.msgpack"):
+            if read_cached(f) is not None:
+                atomic_write(results / f.name, f.read_bytes())
+    opts.cached_only = True
+    return build(opts)
 
 
 def _progress(items, enabled: bool):
@@ -212,6 +237,9 @@ def assemble(out: Path, prompts: list[Prompt], docs: dict[str, dict], summary: B
         for p in prompts:
             doc = dict(docs[p.id])
             doc["prompt"] = p.meta()      # titles, tags and notes change without recomputing
+            # The compute time stays in the cache: data files depend only on their inputs, so
+            # sharded and single builds, and repeated publishes, give identical bytes.
+            built.append(doc.pop("built", ""))
             body = msgpack.packb(doc, use_bin_type=True)
             name = f"{p.id}.{content_hash(body)}.msgpack"
             (staging / "data" / name).write_bytes(body)
@@ -231,7 +259,6 @@ def assemble(out: Path, prompts: list[Prompt], docs: dict[str, dict], summary: B
                 "page": f"p/{p.id}.html", "data": f"data/{name}", "thumb": f"thumbs/{thumb}",
                 "model": doc["model"]["id"]})
             models[doc["model"]["fingerprint"]] = doc["model"]
-            built.append(doc["built"])
         site = {"title": "infoflow gallery", "version": __version__,
                 "built": max(built) if built else "", "models": list(models.values()),
                 "model": next(iter(models.values()), {})}

@@ -70,20 +70,32 @@ def decompose_cmd(prompt, model, dtype, device, cache_dir, groups, precision, ma
 @click.option("--only", multiple=True, metavar="ID", help="Compute only these prompts (repeatable).")
 @click.option("--keep-going", is_flag=True, help="Build the other prompts when one fails; exit non-zero.")
 @click.option("--max-tokens", default=DEFAULT_MAX_TOKENS, show_default=True, type=int)
-def build_cmd(prompts_path, out, model, dtype, device, cache_dir, only, keep_going, max_tokens):
+@click.option("--shard", default=None, metavar="I/N",
+              help="Compute only shard I of N (prompts I, I+N, ...) into the cache; write no site.")
+@click.option("--merge", "merge_from", multiple=True, type=click.Path(exists=True, file_okay=False),
+              metavar="CACHE", help="Assemble the site from these shard caches; compute nothing (repeatable).")
+def build_cmd(prompts_path, out, model, dtype, device, cache_dir, only, keep_going, max_tokens, shard,
+              merge_from):
     """Decompose every prompt (reusing cached results) and write the static site to OUT."""
-    from .build import BuildError, BuildOptions, build
+    from .build import BuildError, BuildOptions, build, merge_shards
     from .prompts import PromptError
 
     opts = BuildOptions(prompts=prompts_path, out=out, model=model, dtype=dtype, device=device,
                         cache=cache_dir, only=only, keep_going=keep_going, max_tokens=max_tokens)
+    if shard:
+        try:
+            i, n = (int(x) for x in shard.split("/"))
+            assert 0 <= i < n
+        except (ValueError, AssertionError):
+            raise click.BadParameter(f"{shard!r}: write I/N with 0 <= I < N, e.g. 0/4", param_hint="--shard")
+        opts.shard = (i, n)
     try:
-        summary = build(opts)
+        summary = merge_shards(list(merge_from), opts) if merge_from else build(opts)
     except (PromptError, BuildError, ModelError) as e:
         raise click.ClickException(f"{e}")
     for pid, msg in summary.failed:
         click.echo(f"FAILED {msg}", err=True)
-    click.echo(f"built {out}/: {summary.line()}")
+    click.echo(f"{'shard ' + shard + ' cached' if shard else f'built {out}/'}: {summary.line()}")
     if summary.failed:
         sys.exit(1)
 

@@ -2,6 +2,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,27 @@ def test_corrupt_data_file_is_reported(tmp_path, gallery_site):
         infoflow.load(bad)
     with pytest.raises(DataFileError, match="no such"):
         infoflow.load(tmp_path / "missing.msgpack")
+
+
+def test_two_shards_and_merge_equal_single_build(gallery, tmp_path):
+    from infoflow.build import merge_shards
+    opts = gallery["opts"]
+    caches = []
+    for i in range(2):
+        cache = tmp_path / f"shard{i}"
+        cache.mkdir()
+        (cache / "models").symlink_to(Path(opts.cache) / "models", target_is_directory=True)
+        summary = build(BuildOptions(prompts=opts.prompts, out=tmp_path / "unused", cache=str(cache),
+                                     shard=(i, 2), progress=False))
+        assert len(summary.computed) == (2 if i == 0 else 1)
+        caches.append(cache)
+    assert not (tmp_path / "unused").exists()                    # shards write no site
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "models").symlink_to(Path(opts.cache) / "models", target_is_directory=True)
+    summary = merge_shards(caches, BuildOptions(prompts=opts.prompts, out=tmp_path / "site",
+                                                cache=str(merged), progress=False))
+    assert summary.computed == [] and not summary.model_loaded
+    single = {p.name: p.read_bytes() for p in (gallery["site"] / "data").glob("*.msgpack")}
+    sharded = {p.name: p.read_bytes() for p in (tmp_path / "site" / "data").glob("*.msgpack")}
+    assert single == sharded and len(single) == 3
