@@ -1,0 +1,54 @@
+// Source colours. Colour-blind-safe: Okabe-Ito and Paul Tol's bright / muted sets.
+// infoflow/site.py reads the hex strings of PALETTE below (one line) to draw thumbnails.
+export const PALETTE = [ "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#332288", "#44AA99", "#882255", "#999933", "#AA4499", "#117733", "#EE8866", "#88CCEE", "#CC6677", "#BBCC33", "#6699CC", "#FFAABB", "#7A5195" ];
+
+function hexToRgb(hex) {
+  const n = parseInt(hex.slice(1), 16);
+  return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+}
+
+function rgbToHex([r, g, b]) {
+  return "#" + [r, g, b].map((v) => Math.max(0, Math.min(255, Math.round(v))).toString(16).padStart(2, "0")).join("");
+}
+
+// Beyond the first 20 sources: the same hues, alternately lighter and darker.
+const SHIFTS = [0, 0.45, -0.4, 0.7, -0.6];
+
+/** Colour of source index `i` (a hex string). */
+export function sourceColor(i) {
+  const base = hexToRgb(PALETTE[i % PALETTE.length]);
+  const t = SHIFTS[Math.floor(i / PALETTE.length) % SHIFTS.length];
+  if (t === 0) return PALETTE[i % PALETTE.length];
+  const target = t > 0 ? 255 : 0;
+  const a = Math.abs(t);
+  return rgbToHex(base.map((v) => v + (target - v) * a));
+}
+
+/** `n` colours of a sequential ramp from `bg` (share 0) to a saturated blue-violet (share 1). */
+export function sequentialRamp(n, dark) {
+  const stops = dark
+    ? [[30, 32, 40], [40, 70, 130], [60, 140, 200], [150, 220, 190], [250, 250, 160]]
+    : [[250, 250, 245], [200, 225, 240], [110, 170, 215], [40, 100, 175], [10, 40, 110]];
+  return ramp(stops, n);
+}
+
+/** `n` colours of a diverging ramp: red (-1) through neutral (0) to blue (+1). */
+export function divergingRamp(n, dark) {
+  const stops = dark
+    ? [[230, 90, 80], [150, 70, 70], [45, 47, 55], [70, 110, 160], [100, 170, 240]]
+    : [[178, 24, 43], [239, 138, 98], [247, 247, 247], [103, 169, 207], [33, 102, 172]];
+  return ramp(stops, n);
+}
+
+function ramp(stops, n) {
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    const t = (i / (n - 1)) * (stops.length - 1);
+    const j = Math.min(Math.floor(t), stops.length - 2), f = t - j;
+    out.push(rgbToHex(stops[j].map((v, c) => v + (stops[j + 1][c] - v) * f)));
+  }
+  return out;
+}
+
+export const NEG_COLOR = { light: "#B2182B", dark: "#F07060" };
+export const POS_COLOR = { light: "#2166AC", dark: "#64AAF0" };
