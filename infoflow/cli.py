@@ -22,6 +22,15 @@ def model_options(f):
     return f
 
 
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: write a size like 512M or 4G", param_hint="--max-memory")
+
+
 @click.group()
 @click.version_option(__version__, prog_name="infoflow")
 def main():
@@ -36,18 +45,23 @@ def main():
               help="Float type of the decomposition itself.")
 @click.option("--max-tokens", default=DEFAULT_MAX_TOKENS, show_default=True, type=int)
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
+@click.option("--max-memory", default="4G", show_default=True, help="Working-memory budget, e.g. 512M, 4G.")
 @click.option("--no-lens", is_flag=True, help="Skip the logit lens (the most expensive extra).")
-def decompose_cmd(prompt, model, dtype, device, cache_dir, groups, precision, max_tokens, chat, no_lens):
+def decompose_cmd(prompt, model, dtype, device, cache_dir, groups, precision, max_tokens, chat, max_memory,
+                  no_lens):
     """Decompose PROMPT and print its tokens, predictions and reconstruction error."""
     t0 = time.perf_counter()
     try:
         lm = get_model(model, dtype=dtype, device=device, cache=cache_dir)
         t1 = time.perf_counter()
         d = decompose(prompt, lm, groups=groups, dtype=precision, logit_lens=not no_lens,
-                      chat=chat, max_tokens=max_tokens)
+                      chat=chat, max_tokens=max_tokens, max_memory=parse_size(max_memory))
     except (InputError, ModelError) as e:
         raise click.ClickException(str(e))
     t2 = time.perf_counter()
+    est = d.timings["estimate"]
+    click.echo(f"estimate   {est['bytes'] / 2**20:.0f} MiB working memory, {est['macs'] / 1e9:.1f} G multiply-adds"
+               + (f", ~{est['seconds']:.1f} s at this machine's matmul rate" if est["seconds"] else ""))
     click.echo(f"model      {d.model['id']}  ({d.model['fingerprint']}, {d.model['dtype']})")
     click.echo(f"tokens     {d.n_tokens}: " + " ".join(repr(t) for t in d.tokens))
     if groups != "tokens":

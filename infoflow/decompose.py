@@ -16,6 +16,8 @@ from .tokens import display_tokens, word_groups
 from .trace import capture, wrap
 
 DEFAULT_MAX_TOKENS = 256
+DEFAULT_MAX_MEMORY = 4 << 30     # working memory beyond the model's weights
+CHUNK_BYTES = 64 << 20           # one MLP row chunk
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -138,24 +140,74 @@ def _source_labels(tokens: list[str], groups: list[int]) -> list[str]:
     return labels
 
 
+# ----------------------------------------------------------------------------- estimates
+
+
+def estimate(P: int, info: dict, *, logit_lens: bool = True, bias: bool = False,
+             itemsize: int = 4) -> dict:
+    """Working memory (bytes, beyond the weights) and multiply-adds of one decomposition."""
+    d, dff, L, V = info["d_model"], info["d_mlp"], info["layers"], info["vocab"]
+    d_kv = d * info["kv_heads"] // info["heads"]
+    S = P + int(bias)
+    T = P * (P + 1) // 2 + (P if bias else 0)
+    engine = itemsize * T * (2 * d + d_kv) + CHUNK_BYTES            # C, O, V and one chunk
+    captured = 4 * L * (info["heads"] * P * P + P * dff + 2 * P * d) + 4 * P * V
+    stats = 4 * 3 * L * 2 * P * S
+    lens = 4 * 2 * P * V if logit_lens else 0
+    macs = L * (T * (d * d_kv + d * d + 2 * d * dff) + d * P * (P + 1) * (P + 2) // 6)
+    if logit_lens:
+        macs += 2 * L * P * d * V
+    return {"bytes": engine + captured + stats + lens, "macs": macs}
+
+
+_gemm_rate_cache: list[float] = []
+
+
+def gemm_rate() -> float:
+    """Multiply-adds per second of a float32 matmul on this machine (measured once)."""
+    if not _gemm_rate_cache:
+        a = torch.randn(768, 768)
+        a @ a
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ a
+        _gemm_rate_cache.append(4 * 768 ** 3 / (time.perf_counter() - t))
+    return _gemm_rate_cache[0]
+
+
+def check_budget(P: int, lm: LoadedModel, max_memory: int | None, logit_lens: bool) -> dict:
+    est = estimate(P, lm.info, logit_lens=logit_lens)
+    est["seconds"] = est["macs"] / gemm_rate() if lm.device.type == "cpu" else None
+    if max_memory is not None and est["bytes"] > max_memory:
+        raise InputError(
+            f"Decomposing {P} tokens needs about {est['bytes'] / 2**30:.2f} GiB of working memory "
+            f"(and ~{est['macs'] / 1e9:.0f} G multiply-adds), over the budget of "
+            f"{max_memory / 2**30:.2f} GiB. Raise it with --max-memory (max_memory= in Python), "
+            "skip the logit lens, or shorten the prompt.")
+    return est
+
+
 # ----------------------------------------------------------------------------- decompose
 
 
 def decompose(prompt: str, model: str | LoadedModel | None = None, *, groups=None,
               dtype: str = "float32", logit_lens: bool = True, top_k: int = 5,
-              chat: bool = False, max_tokens: int = DEFAULT_MAX_TOKENS) -> Decomposition:
+              chat: bool = False, max_tokens: int = DEFAULT_MAX_TOKENS,
+              max_memory: int | None = DEFAULT_MAX_MEMORY) -> Decomposition:
     """Split the residual stream of `prompt` into one vector per source token, exactly.
 
     groups: None (each token), "words", or one group id per token.
     dtype: the decomposition's float type, "float32" or "float64".
     """
     return decompose_variants(prompt, model, {"main": groups}, dtype=dtype, logit_lens=logit_lens,
-                              top_k=top_k, chat=chat, max_tokens=max_tokens)["main"]
+                              top_k=top_k, chat=chat, max_tokens=max_tokens,
+                              max_memory=max_memory)["main"]
 
 
 def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype: str = "float32",
                        logit_lens: bool = True, top_k: int = 5, chat: bool = False,
-                       max_tokens: int = DEFAULT_MAX_TOKENS) -> dict[str, Decomposition]:
+                       max_tokens: int = DEFAULT_MAX_TOKENS,
+                       max_memory: int | None = DEFAULT_MAX_MEMORY) -> dict[str, Decomposition]:
     """One forward pass, several groupings of the sources: {name: groups} -> {name: Decomposition}."""
     if dtype not in PRECISIONS:
         raise InputError(f"dtype must be 'float32' or 'float64', not {dtype!r}.")
@@ -168,6 +220,7 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
     special_ids = set(getattr(lm.tokenizer, "all_special_ids", []) or [])
     special = [i in special_ids for i in ids]
     resolved = {name: resolve_groups(g, tokens, special) for name, g in variants.items()}
+    timings["estimate"] = check_budget(len(ids), lm, max_memory, logit_lens)
 
     input_ids = torch.tensor([ids], device=lm.device)
     captured = capture(_nnsight(lm), input_ids)
@@ -185,7 +238,8 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
         else:
             index = g + ([max(g) + 1] if bias else [])
             groupings.append(torch.tensor(index, device=tri.pos.device))
-    result = decompose_stack(captured, layers, tri, groupings, dtype=fdtype)
+    result = decompose_stack(captured, layers, tri, groupings, dtype=fdtype,
+                             chunk_bytes=min(CHUNK_BYTES, (max_memory or CHUNK_BYTES) // 8))
     timings["decompose"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()

@@ -131,3 +131,12 @@ def test_default_model_words(default_model):
         assert label[0] in " ,.'" or label[0].isupper()
     assert len(d.sources) < d.n_tokens            # some sub-word pieces were joined
     assert d.worst_recon_error <= 1e-4
+
+
+def test_memory_budget_refuses_with_estimate():
+    lm = tiny_model("gqa")
+    with pytest.raises(InputError, match=r"needs about .* GiB.*budget of .*--max-memory"):
+        decompose(PROMPT, lm, max_memory=1000)
+    d = decompose(PROMPT, lm)
+    est = d.timings["estimate"]
+    assert est["bytes"] > 0 and est["macs"] > 0
