@@ -38,7 +38,7 @@ REQUIRED = ("id", "title", "text")
 
 def _entry_lines(source: str) -> list[int]:
     """1-based line of each [[prompt]] header, in order."""
-    return [i + 1 for i, line in enumerate(source.splitlines()) if line.strip().startswith("[[prompt]]")]
+    return [i + 1 for i, line in enumerate(source.split("\n")) if line.strip().startswith("[[prompt]]")]
 
 
 def load_prompts(path: str | Path) -> list[Prompt]:

@@ -240,7 +240,16 @@ TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size
 
 
 def toml_string(s: str) -> str:
-    return json.dumps(s)   # JSON string escapes are valid TOML basic strings
+    """A TOML basic string: escape quotes, backslashes and control characters, keep the rest."""
+    out = []
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 @settings(max_examples=60, deadline=None)
@@ -253,7 +262,7 @@ def test_prompts_parser_round_trip(entries):
         for i, (title, text, tags) in enumerate(entries))
     parsed = parse_prompts(source, "prop.toml")
     assert [(p.title, p.text, p.tags) for p in parsed] == entries
-    assert [p.line for p in parsed] == [1 + 5 * i for i in range(len(entries))]
+    assert [p.line for p in parsed] == [1 + 6 * i for i in range(len(entries))]
 
 
 @settings(max_examples=200, deadline=None)
