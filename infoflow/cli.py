@@ -47,9 +47,12 @@ def main():
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
 @click.option("--max-memory", default="4G", show_default=True, help="Working-memory budget, e.g. 512M, 4G.")
 @click.option("--no-lens", is_flag=True, help="Skip the logit lens (the most expensive extra).")
+@click.option("--remote", is_flag=True, help="Run on NDIF through nnsight (needs NDIF_API_KEY and a hub id).")
 def decompose_cmd(prompt, model, dtype, device, cache_dir, groups, precision, max_tokens, chat, max_memory,
-                  no_lens):
+                  no_lens, remote):
     """Decompose PROMPT and print its tokens, predictions and reconstruction error."""
+    if remote:
+        return _decompose_remote(prompt, model)
     t0 = time.perf_counter()
     try:
         lm = get_model(model, dtype=dtype, device=device, cache=cache_dir)
@@ -74,6 +77,35 @@ def decompose_cmd(prompt, model, dtype, device, cache_dir, groups, precision, ma
     click.echo(f"time       load {t1 - t0:.2f} s, decompose {t2 - t1:.2f} s "
                f"(trace {d.timings['trace']:.2f}, engine {d.timings['decompose']:.2f}"
                + (f", logit lens {d.timings['logit_lens']:.2f}" if 'logit_lens' in d.timings else "") + ")")
+
+
+def _decompose_remote(prompt, model):
+    """--remote: only the config and tokenizer come to this machine; the weights stay on NDIF."""
+    import torch
+
+    from .remote import RemoteError, decompose_remote
+
+    if not model:
+        raise click.ClickException("--remote needs --model with a Hugging Face id that NDIF serves, "
+                                   "e.g. meta-llama/Llama-3.1-8B.")
+    t0 = time.perf_counter()
+    try:
+        from nnsight import LanguageModel
+        nn_model = LanguageModel(model, attn_implementation="eager")
+        ids = nn_model.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        summary = decompose_remote(nn_model, ids, remote=True)
+    except RemoteError as e:
+        raise click.ClickException(str(e))
+    except OSError as e:
+        raise click.ClickException(f"could not fetch {model!r}'s config and tokenizer ({e}); "
+                                   "remote runs need network access to the hub and to NDIF.")
+    tok = nn_model.tokenizer
+    pred = summary["pred_ids"][-1].tolist()
+    click.echo(f"tokens     {ids.shape[1]}: " + " ".join(repr(tok.decode([i])) for i in ids[0].tolist()))
+    click.echo("next token " + ", ".join(repr(tok.decode([i])) for i in pred))
+    click.echo(f"worst reconstruction error {float(summary['recon_error'].max()):.2e}")
+    click.echo(f"time       {time.perf_counter() - t0:.1f} s (remote)")
+    del torch
 
 
 @main.command("build")
