@@ -24,122 +24,149 @@ class Batch {
   }
 }
 
-/** A source is present at p when it has started (first[s] <= p); the bias source always is. */
-function presentMask(V, p) {
-  return (s) => V.first[s] <= p;
-}
-
 /**
  * Batches for the whole grid.
  * opts: {metric: "norm"|"delta"|"proj", hidden: Uint8Array(G), trace: source or -1, heat: bool,
  *        colors: [G hex], neutral, neg, pos, seqRamp: [hex], divRamp: [hex]}
+ * Hot path (P = 128: 7680 cells x 127 sources): typed arrays, no string keys, insertion sort.
  */
 export function buildBatches(V, L, P, opts) {
   const G = V.G;
   const arr = V[opts.metric];
-  const hidden = opts.hidden;
-  const batches = new Map();
-  const batch = (key, color) => {
-    let b = batches.get(key);
-    if (!b) { b = new Batch(color); batches.set(key, b); }
-    return b;
-  };
+  const hidden = opts.hidden, first = V.first;
+  const srcB = new Array(G).fill(null);
+  const rampB = [];
+  let restB = null, posB = null, negB = null;
+  const src = (s) => srcB[s] || (srcB[s] = new Batch(opts.colors[s]));
+  const rest = () => restB || (restB = new Batch(opts.neutral));
+  const pos = () => posB || (posB = new Batch(opts.pos));
+  const neg = () => negB || (negB = new Batch(opts.neg));
+  const ramp = (colors, i) => rampB[i] || (rampB[i] = new Batch(colors[i]));
   const t = opts.trace;
   const signed = opts.metric === "proj";
-  const idx = new Int32Array(G), val = new Float32Array(G);
+  const idx = new Int32Array(G), val = new Float32Array(G), big = new Int32Array(G);
+  // the sources visible at all, in order: skip hidden ones once, not per cell
+  // Sources are numbered by first use, so those present at p are a prefix (plus the bias
+  // source): visible sources in order, and for each p how many of them have started.
+  const vis = [];
+  for (let s = 0; s < G; s++) if (!hidden[s] || s === t) vis.push(s);
+  const bias = V.hasBias ? G - 1 : -1;
+  const ordered = vis.filter((s) => s !== bias).sort((a, b) => first[a] - first[b]);
+  if (bias >= 0 && vis.includes(bias)) ordered.push(bias);
+  const order = Int32Array.from(ordered);
+  const started = new Int32Array(P);      // visible non-bias sources with first <= p
+  for (let p = 0, j = 0; p < P; p++) {
+    while (j < order.length && order[j] !== bias && first[order[j]] <= p) j++;
+    started[p] = j;
+  }
+  const hasBias = bias >= 0 && vis.includes(bias);
+
+  const sortDesc = (a, n, key) => {     // insertion sort of a[0..n) by key[a[i]] descending
+    for (let i = 1; i < n; i++) {
+      const x = a[i], kx = key[x];
+      let j = i - 1;
+      while (j >= 0 && key[a[j]] < kx) { a[j + 1] = a[j]; j--; }
+      a[j + 1] = x;
+    }
+  };
 
   for (let l = 0; l < L; l++) {
     for (let k = 0; k < 2; k++) {
       const row = 2 * l + k;
       for (let p = 0; p < P; p++) {
         const cell = row * P + p;
-        const base = at(P, G, l, k, p, 0);
-        // visible, present sources of this cell
+        const base = ((l * 2 + k) * P + p) * G;
         let n = 0, sum = 0, abs = 0;
-        for (let s = 0; s < G; s++) {
-          if (hidden[s] && s !== t) continue;
-          if (V.first[s] > p) continue;
+        const m = started[p] + (hasBias ? 1 : 0);
+        for (let i = 0; i < m; i++) {
+          const s = i < started[p] ? order[i] : bias;
           const x = arr[base + s];
           if (x === 0) continue;
           idx[n] = s; val[n] = x; n++;
-          sum += x; abs += Math.abs(x);
+          sum += x; abs += x < 0 ? -x : x;
         }
         if (t >= 0) {
-          if (V.first[t] > p) continue;
+          if (first[t] > p) continue;
           const x = arr[base + t];
           if (signed) {
             const v = Math.max(-1, Math.min(1, x));
             if (opts.heat) {
-              const ramp = opts.divRamp, i = Math.round((v + 1) / 2 * (ramp.length - 1));
-              batch("d" + i, ramp[i]).push(cell, 0, 1, 0, 1);
-            } else if (v >= 0) batch("pos", opts.pos).push(cell, 0.5, 0.5 + v / 2, 0, 1);
-            else batch("neg", opts.neg).push(cell, 0.5 + v / 2, 0.5, 0, 1);
+              const i = Math.round((v + 1) / 2 * (opts.divRamp.length - 1));
+              ramp(opts.divRamp, i).push(cell, 0, 1, 0, 1);
+            } else if (v >= 0) pos().push(cell, 0.5, 0.5 + v / 2, 0, 1);
+            else neg().push(cell, 0.5 + v / 2, 0.5, 0, 1);
           } else {
             const share = sum > 0 ? x / sum : 0;
             if (opts.heat) {
-              const ramp = opts.seqRamp, i = Math.round(share * (ramp.length - 1));
-              batch("h" + i, ramp[i]).push(cell, 0, 1, 0, 1);
-            } else batch("s" + t, opts.colors[t]).push(cell, 0, share, 0, 1);
+              const i = Math.round(share * (opts.seqRamp.length - 1));
+              ramp(opts.seqRamp, i).push(cell, 0, 1, 0, 1);
+            } else src(t).push(cell, 0, share, 0, 1);
           }
           continue;
         }
         if (n === 0) continue;
         if (!signed) {
           if (sum <= 0) continue;
-          // largest first; only segments above the threshold
-          const big = [];
-          for (let i = 0; i < n; i++) if (val[i] / sum >= THRESHOLD) big.push(i);
-          big.sort((a, b) => val[b] - val[a]);
+          const cut = THRESHOLD * sum;
+          let nb = 0;
+          for (let i = 0; i < n; i++) if (val[i] >= cut) big[nb++] = i;
+          sortDesc(big, nb, val);
           let x = 0;
-          for (const i of big) {
-            const w = val[i] / sum;
-            batch("s" + idx[i], opts.colors[idx[i]]).push(cell, x, x + w, 0, 1);
+          for (let j = 0; j < nb; j++) {
+            const i = big[j], w = val[i] / sum;
+            src(idx[i]).push(cell, x, x + w, 0, 1);
             x += w;
           }
-          if (x < 0.9999) batch("rest", opts.neutral).push(cell, x, 1, 0, 1);
+          if (x < 0.9999) rest().push(cell, x, 1, 0, 1);
         } else {
           if (abs <= 0) continue;
           // negative parts left of zero, positive parts right of it; both largest next to zero
           let negSum = 0;
           for (let i = 0; i < n; i++) if (val[i] < 0) negSum -= val[i];
           const zero = negSum / abs;
-          const pos = [], neg = [];
-          let restPos = 0, restNeg = 0;
+          const cut = THRESHOLD * abs;
+          let np = 0, nn = 0, restPos = 0, restNeg = 0;
+          const posI = big;
+          // positives first into big[0..np), negatives into big[G-1] downwards
           for (let i = 0; i < n; i++) {
-            const w = Math.abs(val[i]) / abs;
-            if (w >= THRESHOLD) (val[i] > 0 ? pos : neg).push(i);
-            else if (val[i] > 0) restPos += w; else restNeg += w;
+            const w = val[i];
+            if (w >= cut) posI[np++] = i;
+            else if (w <= -cut) posI[G - 1 - nn++] = i;
+            else if (w > 0) restPos += w; else restNeg -= w;
           }
-          pos.sort((a, b) => val[b] - val[a]);
-          neg.sort((a, b) => val[a] - val[b]);
+          sortDesc(posI, np, val);
           let x = zero;
-          for (const i of pos) {
-            const w = val[i] / abs;
-            batch("s" + idx[i], opts.colors[idx[i]]).push(cell, x, x + w, 0, 1);
+          for (let j = 0; j < np; j++) {
+            const i = posI[j], w = val[i] / abs;
+            src(idx[i]).push(cell, x, x + w, 0, 1);
             x += w;
           }
-          if (restPos > 0) batch("rest", opts.neutral).push(cell, x, 1, 0, 1);
+          if (restPos > 0) rest().push(cell, x, 1, 0, 1);
+          // negatives: most negative next to zero
+          const negs = posI.subarray(G - nn, G);
+          for (let a = 1; a < nn; a++) {       // ascending by value (most negative first)
+            const xi = negs[a], kx = val[xi];
+            let b = a - 1;
+            while (b >= 0 && val[negs[b]] > kx) { negs[b + 1] = negs[b]; b--; }
+            negs[b + 1] = xi;
+          }
           x = zero;
-          for (const i of neg) {
-            const w = -val[i] / abs;
-            batch("s" + idx[i], opts.colors[idx[i]]).push(cell, x - w, x, 0, 1);
+          for (let j = 0; j < nn; j++) {
+            const i = negs[j], w = -val[i] / abs;
+            src(idx[i]).push(cell, x - w, x, 0, 1);
             x -= w;
           }
-          if (restNeg > 0) batch("rest", opts.neutral).push(cell, 0, x, 0, 1);
+          if (restNeg > 0) rest().push(cell, 0, x, 0, 1);
           // diverging sign strips: red under the negative part, blue under the positive part
-          if (zero > 0) batch("neg", opts.neg).push(cell, 0, zero, 0.62, 1);
-          batch("pos", opts.pos).push(cell, zero, 1, 0.8, 1);
+          if (zero > 0) neg().push(cell, 0, zero, 0.62, 1);
+          pos().push(cell, zero, 1, 0.8, 1);
         }
       }
     }
   }
-  // draw order: sign strips last, so they sit on top of the segments
-  const out = [...batches.entries()];
-  out.sort((a, b) => order(a[0]) - order(b[0]));
-  return out.map(([, b]) => b);
+  // draw order: remainder, sources, heat, then sign strips on top
+  return [restB, ...srcB, ...rampB, negB, posB].filter(Boolean);
 }
-
-const order = (key) => (key === "neg" || key === "pos" ? 2 : key === "rest" ? 0 : 1);
 
 /** Per-source values of one cell: [{s, value, share}] sorted by |share|, largest first. */
 export function cellSources(V, P, metric, hidden, l, k, p) {

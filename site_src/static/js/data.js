@@ -90,6 +90,12 @@ export async function decodeArray(obj, what = "array") {
   const shape = obj.shape;
   const total = prod(shape);
   let out;
+  const quant = obj.q !== undefined;
+  let scale = null;
+  if (quant) {
+    scale = (await decodeArray(obj.scale, what + ".scale")).data;
+    if (scale.length * shape[shape.length - 1] !== total) throw new DataError(`The data file is corrupt: ${what} has a bad scale.`);
+  }
   if (obj.layout === "tril") {
     const P = shape[shape.length - 2], G = shape[shape.length - 1];
     const lead = total / (P * G);
@@ -99,30 +105,29 @@ export async function decodeArray(obj, what = "array") {
     for (let p = 0; p < P; p++) per += Math.min(rowLen[p], G - tail) + tail;
     if (flat.length !== per * lead) throw new DataError(`The data file is corrupt: ${what} holds ${flat.length} values, expected ${per * lead}.`);
     out = new Float32Array(total);
+    const q = quant ? obj.q : 1;
     let src = 0;
     for (let b = 0; b < lead; b++) {
       const base = b * P * G;
       for (let p = 0; p < P; p++) {
         const row = base + p * G, n = Math.min(rowLen[p], G - tail);
-        for (let s = 0; s < n; s++) out[row + s] = flat[src++];
-        for (let s = G - tail; s < G; s++) out[row + s] = flat[src++];
+        const m = quant ? scale[b * P + p] / q : 1;   // dequantize in the same pass
+        for (let s = 0; s < n; s++) out[row + s] = flat[src++] * m;
+        for (let s = G - tail; s < G; s++) out[row + s] = flat[src++] * m;
       }
     }
   } else {
     if (flat.length !== total) throw new DataError(`The data file is corrupt: ${what} holds ${flat.length} values, its shape needs ${total}.`);
     out = flat;
-  }
-  if (obj.q !== undefined) {
-    const scale = (await decodeArray(obj.scale, what + ".scale")).data;
-    const G = shape[shape.length - 1];
-    if (scale.length * G !== total) throw new DataError(`The data file is corrupt: ${what} has a bad scale.`);
-    const f = out instanceof Float32Array ? out : Float32Array.from(out);
-    const q = obj.q;
-    for (let r = 0, i = 0; r < scale.length; r++) {
-      const m = scale[r] / q;
-      for (let s = 0; s < G; s++, i++) f[i] *= m;
+    if (quant) {
+      const G = shape[shape.length - 1], q = obj.q;
+      const f = Float32Array.from(out);
+      for (let r = 0, i = 0; r < scale.length; r++) {
+        const m = scale[r] / q;
+        for (let s = 0; s < G; s++, i++) f[i] *= m;
+      }
+      out = f;
     }
-    out = f;
   }
   return { shape, data: out };
 }
@@ -136,30 +141,58 @@ function need(obj, key, where) {
   return obj[key];
 }
 
+export const METRIC_KEYS = ["norm", "delta", "proj"];
+
+/**
+ * A variant: labels, groups and logit attribution decoded now; the (L, 2, P, G) metric arrays
+ * `norm`, `delta`, `proj` are decoded on first use (`await ensureMetric(V, "delta")`), so the
+ * first view waits only for what it shows. Until then `V.norm` etc. are null.
+ */
 async function decodeVariant(v, L, P) {
   const name = need(v, "name", "variant");
-  const out = {
-    name, label: v.label || name, grouping: v.grouping || "custom",
-    sources: need(v, "sources", name), hasBias: !!v.has_bias, exact: true,
-  };
-  const [groups, first, norm, delta, proj, attr] = await Promise.all(
-    ["groups", "first", "norm", "delta", "proj", "logit_attr"].map((k) => decodeArray(need(v, k, name), `${name}.${k}`)));
-  const G = out.sources.length;
-  for (const [k, a] of [["norm", norm], ["delta", delta], ["proj", proj]]) {
-    const s = a.shape;
-    if (s.length !== 4 || s[0] !== L || s[1] !== 2 || s[2] !== P || s[3] !== G) {
+  const sources = need(v, "sources", name);
+  if (!Array.isArray(sources)) throw new DataError(`The data file is corrupt: ${name}.sources is not a list.`);
+  const G = sources.length;
+  const store = { L, P, G, name, raw: {}, norm: null, delta: null, proj: null, pending: {} };
+  for (const k of METRIC_KEYS) {
+    const a = need(v, k, name);
+    const s = a && a.shape;
+    if (!Array.isArray(s) || s.length !== 4 || s[0] !== L || s[1] !== 2 || s[2] !== P || s[3] !== G) {
       throw new DataError(`The data file is corrupt: ${name}.${k} has shape [${s}], expected [${L},2,${P},${G}].`);
     }
+    store.raw[k] = a;
   }
-  Object.assign(out, {
-    G, groups: groups.data, first: first.data, norm: norm.data, delta: delta.data, proj: proj.data,
-    logitAttr: attr.data,
-  });
+  const [groups, first, attr] = await Promise.all(
+    ["groups", "first", "logit_attr"].map((k) => decodeArray(need(v, k, name), `${name}.${k}`)));
+  if (groups.data.length !== P || first.data.length !== G) throw new DataError(`The data file is corrupt: ${name} groups / first have the wrong length.`);
+  const out = {
+    name, label: v.label || name, grouping: v.grouping || "custom", sources, hasBias: !!v.has_bias,
+    exact: true, G, groups: groups.data, first: first.data, logitAttr: attr.data, store,
+  };
+  for (const k of METRIC_KEYS) Object.defineProperty(out, k, { get: () => store[k], enumerable: true });
   return out;
 }
 
+/** Decode one metric array of a variant (once; concurrent callers share the promise). */
+export function ensureMetric(V, metric) {
+  const st = V.store;
+  if (!st || st[metric]) return Promise.resolve();
+  if (!st.pending[metric]) {
+    st.pending[metric] = decodeArray(st.raw[metric], `${st.name}.${metric}`).then((a) => {
+      st[metric] = a.data;
+      st.raw[metric] = null;
+    });
+  }
+  return st.pending[metric];
+}
+
+/** Decode every metric of every variant (what the viewer does in the background). */
+export function ensureAll(D) {
+  return Promise.all(D.variants.flatMap((V) => METRIC_KEYS.map((m) => ensureMetric(V, m))));
+}
+
 /** Decode the bytes of a data file. Throws DataError with a message fit for the page. */
-export async function decodeData(buffer) {
+export async function decodeData(buffer, { eager = [["words", "norm"]] } = {}) {
   let doc;
   try {
     doc = msgpackDecode(new Uint8Array(buffer));
@@ -199,12 +232,17 @@ export async function decodeData(buffer) {
     if (!out) {
       const base = byName.get(v.same_as);
       if (!base) throw new DataError(`The data file is corrupt: variant ${JSON.stringify(v.name)} is the same as unknown ${JSON.stringify(v.same_as)}.`);
-      out = { ...base, name: v.name, label: v.label || v.name, grouping: v.grouping || base.grouping };
+      // shares the base's lazily decoded arrays through the prototype
+      out = Object.assign(Object.create(base), { name: v.name, label: v.label || v.name, grouping: v.grouping || base.grouping });
     }
     byName.set(out.name, out);
     variants.push(out);
   });
 
+  for (const [name, metric] of eager) {
+    const V = byName.get(name) || variants[0];
+    await ensureMetric(V, metric);
+  }
   return {
     schema: doc.schema, generator: doc.generator || {}, built: doc.built || "", prompt: doc.prompt || {},
     model: doc.model || {}, precision: doc.precision || "", L, P, k, tokens,
@@ -217,7 +255,7 @@ export async function decodeData(buffer) {
 }
 
 /** Fetch a data file and decode it; every failure becomes a DataError naming the file. */
-export async function loadData(url) {
+export async function loadData(url, options = {}) {
   let resp;
   try {
     resp = await fetch(url);
@@ -234,7 +272,7 @@ export async function loadData(url) {
   const t1 = performance.now();
   let data;
   try {
-    data = await decodeData(buf);
+    data = await decodeData(buf, options);
   } catch (e) {
     if (e instanceof DataError) throw e;
     throw new DataError(`The data file ${url} is corrupt or malformed (${e.message}).`);

@@ -8,6 +8,45 @@
 const MARGIN = { left: 66, right: 12, top: 92, bottom: 86 };
 const MAX_ZOOM = 64;
 
+const COLOR32 = new Map();
+/** "#rrggbb" (or any CSS colour) -> a little-endian RGBA uint32 for Uint32Array pixel buffers. */
+export function rgba32(css) {
+  let v = COLOR32.get(css);
+  if (v !== undefined) return v;
+  const [r, g, b] = parseColor(css);
+  v = ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0;
+  COLOR32.set(css, v);
+  return v;
+}
+
+let probe = null;
+export function parseColor(css) {
+  const m = /^#([0-9a-f]{6})$/i.exec(css.trim());
+  if (m) {
+    const n = parseInt(m[1], 16);
+    return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+  }
+  probe = probe || document.createElement("canvas").getContext("2d", { willReadFrequently: true });
+  probe.clearRect(0, 0, 1, 1);
+  probe.fillStyle = "#000";
+  probe.fillStyle = css;
+  probe.fillRect(0, 0, 1, 1);
+  const d = probe.getImageData(0, 0, 1, 1).data;
+  return [d[0], d[1], d[2]];
+}
+
+const MIXED = new Map();
+/** `a` drawn with opacity `alpha` over `b`, as "#rrggbb". */
+function mix(a, b, alpha) {
+  const key = a + b + alpha;
+  let v = MIXED.get(key);
+  if (v) return v;
+  const x = parseColor(a), y = parseColor(b);
+  v = "#" + x.map((c, i) => Math.round(c * alpha + y[i] * (1 - alpha)).toString(16).padStart(2, "0")).join("");
+  MIXED.set(key, v);
+  return v;
+}
+
 export function displayToken(t) {
   return String(t).replace(/ /g, "\u00b7").replace(/\n/g, "\u23ce").replace(/\t/g, "\u21e5");
 }
@@ -36,6 +75,16 @@ export class Grid {
     this.cssH = 150;
     this.dpr = 1;
     this.lastDraw = 0;
+  }
+
+  imageData(ctx, w, h) {
+    this.images = this.images || new WeakMap();
+    let img = this.images.get(ctx);
+    if (!img || img.width !== w || img.height !== h) {
+      img = ctx.createImageData(Math.max(1, w), Math.max(1, h));
+      this.images.set(ctx, img);
+    }
+    return img;
   }
 
   setShape(L, P) {
@@ -177,59 +226,91 @@ export class Grid {
     const gapX = colW > 5 ? 1 : 0;
     const px0 = MARGIN.left, py0 = MARGIN.top;
     const p0 = Math.max(0, Math.floor(v.x / colW)), p1 = Math.min(P - 1, Math.ceil((v.x + this.plotW) / colW));
-    // per row: screen y and height, or NaN when off screen
     const R = 2 * L;
+    // css-px geometry (for overlays) ...
     const ry = new Float32Array(R), rh = new Float32Array(R);
     for (let r = 0; r < R; r++) {
       const y = py0 + this.rowTop[r] * v.z - v.y, h = this.rowH[r] * v.z;
-      const gap = h > 4 ? 1 : 0;
       if (y + h < py0 || y > py0 + this.plotH) { ry[r] = NaN; continue; }
       ry[r] = y;
-      rh[r] = h - gap;
+      rh[r] = h - (h > 4 ? 1 : 0);
     }
-    const cx = new Float32Array(P), cw = colW - gapX;
-    for (let p = p0; p <= p1; p++) cx[p] = px0 + p * colW - v.x;
+    const cw = colW - gapX;
+
+    // ... and device-px geometry of the plot, drawn straight into an ImageData: every cell's
+    // segments are filled on the first scanline of its row, which is then copied down the row.
+    const W = Math.round(this.plotW * dpr), H = Math.round(this.plotH * dpr);
+    const X0 = Math.round(px0 * dpr), Y0 = Math.round(py0 * dpr);
+    const img = this.imageData(ctx, W, H);
+    const buf = new Uint32Array(img.data.buffer);
+    buf.fill(rgba32(C.bg));
+    const cxa = new Float64Array(P), cwd = cw * dpr;          // unclamped device x of each column
+    const xa = new Int32Array(P), xb = new Int32Array(P);     // clamped
+    for (let p = p0; p <= p1; p++) {
+      const x = (p * colW - v.x) * dpr;
+      cxa[p] = x;
+      xa[p] = Math.max(0, Math.min(W, Math.round(x)));
+      xb[p] = Math.max(0, Math.min(W, Math.round(x + cwd)));
+    }
+    const ya = new Int32Array(R), yb = new Int32Array(R), yu = new Float64Array(R), yh = new Float64Array(R);
+    for (let r = 0; r < R; r++) {
+      if (ry[r] !== ry[r]) { ya[r] = yb[r] = 0; continue; }
+      yu[r] = (ry[r] - py0) * dpr;
+      yh[r] = rh[r] * dpr;
+      ya[r] = Math.max(0, Math.min(H, Math.round(yu[r])));
+      yb[r] = Math.max(0, Math.min(H, Math.round(yu[r] + yh[r])));
+    }
+    const track = rgba32(C.track);
+    for (let r = 0; r < R; r++) {
+      if (yb[r] <= ya[r]) continue;
+      const line = ya[r] * W;
+      for (let p = p0; p <= p1; p++) if (xb[p] > xa[p]) buf.fill(track, line + xa[p], line + xb[p]);
+    }
+    const emphK = this.emph === "attn" ? 0 : 1;
+    const weak = C.weakAlpha;
+    const partial = [];
+    for (const b of this.batches) {
+      const strong = rgba32(b.color), faint = rgba32(mix(b.color, C.track, weak));
+      const it = b.items, n = b.n;
+      for (let i = 0; i < n; i++) {
+        const o = i * 5, cell = it[o];
+        const r = (cell / P) | 0, p = cell - r * P;
+        if (p < p0 || p > p1 || yb[r] <= ya[r]) continue;
+        if (it[o + 3] !== 0 || it[o + 4] !== 1) { partial.push(b, i); continue; }
+        let a = Math.round(cxa[p] + it[o + 1] * cwd), z = Math.round(cxa[p] + it[o + 2] * cwd);
+        if (a < xa[p]) a = xa[p];
+        if (z > xb[p]) z = xb[p];
+        if (z <= a) continue;
+        const line = ya[r] * W;
+        buf.fill((r & 1) === emphK ? strong : faint, line + a, line + z);
+      }
+    }
+    for (let r = 0; r < R; r++) {
+      const a = ya[r], z = yb[r];
+      if (z - a < 2) continue;
+      const src = a * W, x0 = xa[p0], x1 = xb[p1];
+      for (let y = a + 1; y < z; y++) buf.copyWithin(y * W + x0, src + x0, src + x1);
+    }
+    for (let j = 0; j < partial.length; j += 2) {     // sign strips (proj): part of the height
+      const b = partial[j], it = b.items, o = partial[j + 1] * 5, cell = it[o];
+      const r = (cell / P) | 0, p = cell - r * P;
+      const color = (r & 1) === emphK ? rgba32(b.color) : rgba32(mix(b.color, C.track, weak));
+      let a = Math.round(cxa[p] + it[o + 1] * cwd), z = Math.round(cxa[p] + it[o + 2] * cwd);
+      a = Math.max(a, xa[p]); z = Math.min(z, xb[p]);
+      const y0 = Math.max(ya[r], Math.round(yu[r] + it[o + 3] * yh[r]));
+      const y1 = Math.min(yb[r], Math.round(yu[r] + it[o + 4] * yh[r]));
+      if (z <= a) continue;
+      for (let y = y0; y < y1; y++) buf.fill(color, y * W + a, y * W + z);
+    }
+    const tPix = performance.now();
+    ctx.putImageData(img, X0, Y0);
+    this.putTime = performance.now() - tPix;
+    this.pixTime = tPix - t0;
 
     ctx.save();
     ctx.beginPath();
     ctx.rect(px0, py0, this.plotW, this.plotH);
     ctx.clip();
-
-    // empty tracks: sources not yet present, or hidden, leave the track colour
-    ctx.fillStyle = C.track;
-    ctx.beginPath();
-    for (let r = 0; r < R; r++) {
-      if (Number.isNaN(ry[r])) continue;
-      for (let p = p0; p <= p1; p++) ctx.rect(cx[p], ry[r], cw, rh[r]);
-    }
-    ctx.fill();
-
-    // cell contents, one path per colour and emphasis (the weaker sublayer is drawn paler)
-    const emphK = this.emph === "attn" ? 0 : 1;
-    const weak = C.weakAlpha;
-    for (const b of this.batches) {
-      const it = b.items, n = b.n;
-      ctx.fillStyle = b.color;
-      for (let pass = 0; pass < 2; pass++) {
-        ctx.beginPath();
-        let any = false;
-        for (let i = 0; i < n; i++) {
-          const o = i * 5, cell = it[o];
-          const r = (cell / P) | 0, p = cell - r * P;
-          if (p < p0 || p > p1 || ((r & 1) === emphK) === (pass === 1)) continue;
-          const y = ry[r];
-          if (y !== y) continue;
-          const h = rh[r];
-          ctx.rect(cx[p] + it[o + 1] * cw, y + it[o + 3] * h, (it[o + 2] - it[o + 1]) * cw, (it[o + 4] - it[o + 3]) * h);
-          any = true;
-        }
-        if (any) {
-          ctx.globalAlpha = pass === 0 ? 1 : weak;
-          ctx.fill();
-        }
-      }
-    }
-    ctx.globalAlpha = 1;
 
     if (!exporting) {
       // hovered row and column

@@ -1,5 +1,5 @@
 // The prompt page: state (mirrored in the URL hash), the grid, and every panel around it.
-import { loadData, DataError } from "./data.js";
+import { loadData, DataError, ensureMetric, ensureAll, METRIC_KEYS } from "./data.js";
 import { Grid, displayToken } from "./grid.js";
 import { buildBatches, cellSources, customVariant, at, THRESHOLD } from "./compute.js";
 import { sourceColor, sequentialRamp, divergingRamp, NEG_COLOR, POS_COLOR } from "./palette.js";
@@ -100,6 +100,9 @@ class Viewer {
     this.grid = new Grid($("grid"));
     this.customCache = { key: null, V: null };
     this.selection = null;   // [a, b] token range for custom groups
+    this.seq = 0;
+    this.pending = false;
+    this.loading = false;
     this.anchor = null;
     this.frame = 0;
   }
@@ -108,7 +111,12 @@ class Viewer {
     const tStart = performance.now();
     let D;
     try {
-      D = await loadData(this.src);
+      // decode first only what the first view shows (the hash may ask for another metric / grouping)
+      const q = new URLSearchParams(location.hash.replace(/^#/, ""));
+      const m = METRICS[q.get("m")] ? q.get("m") : "norm";
+      const g = q.get("g") || "words";
+      const eager = g === "custom" ? METRIC_KEYS.map((k) => ["tokens", k]) : [[g, m]];
+      D = await loadData(this.src, { eager });
     } catch (e) {
       this.fail(e);
       return;
@@ -128,8 +136,16 @@ class Viewer {
       this.readTheme();
       this.grid.resize($("grid-wrap").clientWidth);
       const t0 = performance.now();
+      await this.ensureArrays();
       this.applyState({ push: false, first: true });
       this.timings.firstDraw = performance.now() - t0;
+      // the rest of the file in the background, so later switches are instant
+      this.loading = true;
+      const t1 = performance.now();
+      setTimeout(() => ensureAll(D).then(() => {
+        this.timings.decodeRest = performance.now() - t1;
+        this.loading = false;
+      }, (e) => this.fail(e)), 0);
       this.timings.sinceStart = performance.now() - tStart;
       this.bindEvents();
       this.fillProvenance();
@@ -190,10 +206,32 @@ class Viewer {
 
   // ------------------------------------------------------------------ state changes
 
+  /** Arrays the current state needs, decoded (usually already are: see start()). */
+  ensureArrays() {
+    const s = this.state, D = this.D;
+    if (s.variant === "custom") return Promise.all(METRIC_KEYS.map((k) => ensureMetric(D.variants[0], k)));
+    const V = D.variants.find((v) => v.name === (s.variant || this.defaultVariant)) || D.variants[0];
+    return Promise.all([ensureMetric(V, s.metric), ensureMetric(V, "norm")]);
+  }
+
+  haveArrays() {
+    const s = this.state, D = this.D;
+    if (s.variant === "custom") return METRIC_KEYS.every((k) => D.variants[0][k]);
+    const V = D.variants.find((v) => v.name === (s.variant || this.defaultVariant)) || D.variants[0];
+    return !!(V.norm && V[s.metric]);
+  }
+
   /** Change state; push a history entry unless {push: false}. */
   set(patch, { push = true, recompute = true } = {}) {
     Object.assign(this.state, patch);
-    this.applyState({ push, recompute });
+    const seq = ++this.seq;
+    const ready = this.ensureArrays();
+    const go = () => { if (seq === this.seq) this.applyState({ push, recompute }); };
+    if (this.haveArrays()) go();
+    else {
+      this.pending = true;
+      ready.then(() => { this.pending = false; go(); }, (e) => this.fail(e));
+    }
   }
 
   applyState({ push = false, recompute = true, first = false } = {}) {
@@ -204,14 +242,25 @@ class Viewer {
     s.view = { ...g.view };
     g.pin = s.pin;
     if (s.pin && !g.focus) g.focus = { ...s.pin };
+    const parts = {};
+    let t = performance.now();
+    const mark = (name) => { const n = performance.now(); parts[name] = n - t; t = n; };
     if (recompute || first) this.recompute();
+    mark("compute");
+    this.drawNow();
+    mark("draw");
+    parts.drawPixels = this.grid.pixTime;
+    parts.drawPut = this.grid.putTime;
     this.syncControls();
     this.renderStrip();
+    mark("strip");
     this.renderLegend();
     this.renderPredictions();
     this.renderCellPanel();
+    mark("panels");
     this.renderSummary();
-    this.drawNow();
+    mark("summary");
+    this.timings.parts = parts;
     if (push) {
       const h = this.hash();
       if (h !== location.hash) history.pushState(null, "", h);
@@ -816,9 +865,10 @@ class Viewer {
 
     window.addEventListener("popstate", () => {
       const keepPred = this.predChoice;
-      this.state = parseHash(location.hash, this.D, this.defaultVariant);
+      const s = parseHash(location.hash, this.D, this.defaultVariant);
       this.predChoice = keepPred;
-      this.applyState({ push: false });
+      this.state = DEFAULT();
+      this.set(s, { push: false });
     });
     window.addEventListener("infoflow-theme", () => {
       this.readTheme();
@@ -856,6 +906,8 @@ if (root) {
     },
     get timings() { return { ...viewer.timings, lastDraw: viewer.grid.lastDraw }; },
     get hash() { return viewer.D ? viewer.hash() : null; },
+    /** true once nothing is being decoded or waiting to be drawn */
+    get idle() { return !viewer.pending && !viewer.frame; },
     viewer,
     grid: viewer.grid,
   };

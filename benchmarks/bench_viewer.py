@@ -1,0 +1,192 @@
+"""Benchmark of the prompt viewer in headless Chromium (issue 4). Not a test: run by hand.
+
+    .venv/bin/python benchmarks/bench_viewer.py [--positions 128] [--repeats 40] [--data FILE]
+
+It decomposes a prose prompt of exactly --positions tokens on the default model (30 layers),
+writes its data file into a temporary one-page site rendered from site_src/templates, serves it
+on 127.0.0.1 and opens the prompt page in Debian's chromium (Python Playwright). --data reuses
+a data file written earlier (the script prints where it saved one).
+
+Measured with performance.now() inside the page:
+
+* decode: `decodeData()` of site_src/static/js/data.js on the fetched bytes (msgpack parse,
+  native DecompressionStream inflate, f16 and quantized-tril expansion to dense Float32Arrays),
+  median of --repeats runs, plus the first (cold) run the page itself did;
+* first full draw: on page load, from the decoded data to the first complete frame (stacked
+  bars of every cell computed and drawn, panels filled): `infoflowViewer.timings.firstDraw`.
+  Also the warm median of recompute + draw (what a metric switch costs);
+* pan / zoom frame: one `grid.draw()` after `zoomAt` or `panBy`, followed by a 1-pixel
+  `getImageData`, which forces the canvas to rasterize, so the time includes the pixels, not
+  just queued commands. Median and 95th percentile over --repeats frames each, at fit (z = 1,
+  every cell visible: the worst case) and zoomed in.
+
+Targets: first full draw <= 150 ms, pan/zoom frame <= 16 ms median, decode <= 50 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import platform
+import shutil
+import statistics
+import tempfile
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "site_src"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+
+TEXT = ("In the spring of 1887, a young engineer named Clara Whitfield left her village in the hills and "
+        "travelled by train to the city, carrying a wooden box of drawings, a letter from her uncle, and very "
+        "little money. She had designed a bridge that could be folded and carried by two horses, and she meant "
+        "to show it to the railway company before anyone else could claim the idea. The clerk at the front desk "
+        "laughed at her, but the chief engineer, an old man with ink on his sleeves, looked at the drawings for "
+        "a long time and then quietly asked her")
+MORE = " to sit down and explain to him how the folding joints would survive a winter in the mountains".split(" ")
+
+
+def make_data(positions: int) -> tuple[bytes, dict]:
+    from infoflow.datafile import encode
+    from infoflow.decompose import decompose_variants, get_model, tokenize
+
+    lm = get_model(None)
+    text = TEXT
+    for word in MORE:
+        if len(tokenize(lm, text, chat=False, max_tokens=4096)) >= positions:
+            break
+        text += (" " if word else "") + word
+    while len(tokenize(lm, text, chat=False, max_tokens=4096)) > positions:
+        text = text.rsplit(" ", 1)[0]
+    variants = decompose_variants(text, lm, {"tokens": None, "words": "words"})
+    prompt = {"id": "bench", "title": f"Benchmark prompt", "text": text, "tags": ["bench"], "note": None,
+              "chat": False}
+    return encode(variants, prompt), prompt
+
+
+def render_site(out: Path, data: bytes, prompt: dict, model: dict) -> None:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(SRC / "templates"), autoescape=True)
+    (out / "data").mkdir(parents=True)
+    (out / "p").mkdir()
+    (out / "data" / "bench.msgpack").write_bytes(data)
+    shutil.copytree(SRC / "static", out / "static")
+    entry = dict(prompt, n_tokens=0, top_prediction="", top_prob=0.0, page="p/bench.html",
+                 data="data/bench.msgpack", thumb=None)
+    site = {"title": "infoflow benchmark", "version": "bench", "built": "", "model": model}
+    (out / "p" / "bench.html").write_text(env.get_template("prompt.html").render(
+        root="../", site=site, prompt=entry, prev=None, next=None), encoding="utf-8")
+
+
+MEASURE = """async ([repeats]) => {
+  const V = window.infoflowViewer, viewer = V.viewer, grid = V.grid;
+  while (viewer.loading) await new Promise((r) => setTimeout(r, 20));   // background decode done
+  const out = {P: viewer.D.P, L: viewer.D.L, G: viewer.V.G, cssW: grid.cssW, cssH: grid.cssH, dpr: grid.dpr,
+               bytes: viewer.D.bytes, firstDraw: V.timings.firstDraw, coldDecode: V.timings.decode, parts: V.timings.parts, decodeRest: V.timings.decodeRest};
+  const med = (a) => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
+  const p95 = (a) => { const s = [...a].sort((x, y) => x - y); return s[Math.min(s.length - 1, Math.floor(s.length * 0.95))]; };
+  const flush = () => grid.ctx.getImageData(0, 0, 1, 1);
+  // decode
+  const data = await import(new URL('../static/js/data.js', location.href).href);
+  const buf = await (await fetch(viewer.src)).arrayBuffer();
+  const dec = [];
+  for (let i = 0; i < repeats; i++) { const t = performance.now(); await data.decodeData(buf); dec.push(performance.now() - t); }
+  out.decode = med(dec);
+  // full redraw (recompute every cell's segments, then draw)
+  const full = [];
+  for (let i = 0; i < repeats; i++) { const t = performance.now(); viewer.recompute(); grid.draw(); flush(); full.push(performance.now() - t); }
+  out.fullMed = med(full);
+  // pan / zoom frames
+  const frames = (label, step) => {
+    const ts = [];
+    for (let i = 0; i < repeats; i++) { step(i); const t = performance.now(); grid.draw(); flush(); ts.push(performance.now() - t); }
+    out[label + 'Med'] = med(ts); out[label + 'P95'] = p95(ts);
+  };
+  const cx = 66 + grid.plotW / 2, cy = 92 + grid.plotH / 2;
+  grid.fit();
+  frames('zoomFit', (i) => { grid.fit(); grid.zoomAt(cx, cy, 1 + (i % 5) * 0.002); });
+  frames('panFit', (i) => { grid.fit(); grid.zoomAt(cx, cy, 1.05); grid.panBy(i % 2 ? 3 : -3, 0); });
+  grid.fit(); grid.zoomAt(cx, cy, 4);
+  frames('zoom4', (i) => grid.zoomAt(cx + (i % 7) * 10, cy, i % 2 ? 1.1 : 1 / 1.1));
+  frames('pan4', (i) => grid.panBy(i % 2 ? 25 : -20, i % 3 ? 5 : -5));
+  grid.fit(); grid.draw();
+  return out;
+}"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--positions", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=40)
+    ap.add_argument("--data", type=Path, help="reuse a data file instead of decomposing")
+    ap.add_argument("--width", type=int, default=1400, help="viewport width (CSS px)")
+    ap.add_argument("--dpr", type=float, default=1.0, help="device scale factor")
+    args = ap.parse_args()
+
+    import msgpack
+    from playwright.sync_api import sync_playwright
+
+    if args.data:
+        data = args.data.read_bytes()
+        doc = msgpack.unpackb(data, raw=False)
+        prompt = doc["prompt"]
+    else:
+        data, prompt = make_data(args.positions)
+        saved = Path(tempfile.gettempdir()) / f"infoflow-bench-P{args.positions}.msgpack"
+        saved.write_bytes(data)
+        print(f"data file saved to {saved} (reuse with --data)")
+        doc = msgpack.unpackb(data, raw=False)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        site = Path(tmp) / "site"
+        render_site(site, data, prompt, doc["model"])
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+        handler.log_message = lambda *a: None
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/p/bench.html"
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                ctx = browser.new_context(viewport={"width": args.width, "height": 1000},
+                                          device_scale_factor=args.dpr, bypass_csp=True)
+                page = ctx.new_page()
+                page.goto(url)
+                page.wait_for_function("() => document.documentElement.dataset.viewerReady")
+                if page.evaluate("document.documentElement.dataset.viewerReady") != "1":
+                    raise SystemExit("viewer failed: " + page.inner_text("#error"))
+                r = page.evaluate(MEASURE, [args.repeats])
+                version = browser.version
+                browser.close()
+        finally:
+            server.shutdown()
+
+    print(f"\nviewer benchmark: P={r['P']} L={r['L']} G={r['G']}, data file {r['bytes'] / 1024:.0f} KB, "
+          f"canvas {r['cssW']}x{r['cssH']} CSS px at dpr {r['dpr']}")
+    print(f"chromium {version} headless (--disable-gpu), {platform.machine()}, repeats={args.repeats}\n")
+    rows = [
+        ("data decode (median, warm)", r["decode"], 50),
+        ("data decode (first, on page load)", r["coldDecode"], 50),
+        ("first full draw (page load)", r["firstDraw"], 150),
+        ("full redraw (recompute + draw, median)", r["fullMed"], 150),
+        ("zoom frame at fit, median", r["zoomFitMed"], 16),
+        ("zoom frame at fit, p95", r["zoomFitP95"], None),
+        ("pan frame at fit (z=1.05), median", r["panFitMed"], 16),
+        ("zoom frame at 4x, median", r["zoom4Med"], 16),
+        ("pan frame at 4x, median", r["pan4Med"], 16),
+        ("pan frame at 4x, p95", r["pan4P95"], None),
+    ]
+    print("first draw, by part (ms):", {k: round(v, 1) for k, v in (r.get("parts") or {}).items()},
+          f"; the rest of the file decoded in the background in {r.get('decodeRest') or 0:.0f} ms\n")
+    print(f"{'measure':42s} {'ms':>8s} {'target':>8s}  ok")
+    for name, ms, target in rows:
+        ok = "" if target is None else ("yes" if ms <= target else "NO")
+        print(f"{name:42s} {ms:8.1f} {('<= ' + str(target)) if target else '':>8s}  {ok}")
+
+
+if __name__ == "__main__":
+    main()
