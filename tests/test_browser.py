@@ -5,6 +5,7 @@ them `hostile`. Screenshots go to test-artifacts/ at the repository root.
 """
 from __future__ import annotations
 
+import os
 import functools
 import hashlib
 import http.server
@@ -47,9 +48,12 @@ def site_server(gallery_site):
 
 @pytest.fixture(scope="session")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api
     if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (/usr/bin/chromium)")
+        message = "Debian chromium is not installed (/usr/bin/chromium): run setup.sh as root, or apt-get install chromium"
+        if os.environ.get("CI"):
+            pytest.fail(message)   # in CI a missing browser is a broken setup, never a skip
+        pytest.skip(message)
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield b
