@@ -16,12 +16,18 @@ token; they go to an extra "bias" source (start 0) that exists only for models w
 biases on the value path (v_proj, o_proj, up_proj, down_proj, lm_head).
 
 Everything here is plain torch on tensors, no hooks, so the same functions can later run
-inside an nnsight trace. Memory: one layer's packed tensor C (T·d, T = P(P+1)/2), the
-values V (T·d_kv), the mixed heads O (T·d), and one row chunk; never L·T·d.
+inside an nnsight trace. Memory: one layer's packed tensor C (T·d, T = P(P+1)/2) and one
+scratch arena reused by every layer: the values V (T·d_kv), the mixed heads O (T·d) and a
+delta chunk during attention, then the MLP row chunk (u and its delta) in the same memory;
+never L·T·d. Speed (docs/performance.md): the work is a handful of large matmuls per layer;
+what is not a matmul avoids (T, d_ff) gathers and fresh large allocations.
 """
 from __future__ import annotations
 
 import bisect
+import contextlib
+import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +137,39 @@ def triangle(P: int, bias: bool, device="cpu") -> Triangle:
     return Triangle(P, len(start), start, offset, pos, src, bias_rows)
 
 
+def _mm(a: Tensor, b: Tensor, out: Tensor | None) -> Tensor:
+    """a @ b, written into `out` when given. Reusing one buffer across layers matters: a
+    fresh tens-of-MB tensor is fresh pages from the OS, and faulting them in costs ~20 %
+    of the matmul that fills them."""
+    return a @ b if out is None else torch.mm(a, b, out=out)
+
+
+class _Arena:
+    """One flat scratch buffer for a whole decompose_stack, carved into views.
+
+    The attention phase uses V (T, d_kv), O (T, H·hd) and a delta chunk; the MLP phase,
+    once O is spent, reuses the same memory for u (chunk, d_ff) and its delta chunk."""
+
+    def __init__(self, like: Tensor):
+        self.like, self.flat = like, like.new_empty(0)
+
+    def reserve(self, n: int) -> None:
+        """Allocate the largest size up front, so that growing never holds two buffers."""
+        if self.flat.numel() < n:
+            self.flat = self.like.new_empty(0)
+            self.flat = self.like.new_empty(n)
+
+    def views(self, *shapes) -> list[Tensor]:
+        sizes = [math.prod(sh) for sh in shapes]
+        if self.flat.numel() < sum(sizes):
+            self.flat = self.like.new_empty(sum(sizes))
+        out, at = [], 0
+        for sh, n in zip(shapes, sizes):
+            out.append(self.flat[at:at + n].view(sh))
+            at += n
+        return out
+
+
 def inv_rms(x: Tensor, eps: float) -> Tensor:
     """1 / RMS(x) per position: the frozen scale of an RMSNorm.   (P, d) -> (P,)"""
     return torch.rsqrt(x.pow(2).mean(-1) + eps)
@@ -141,7 +180,11 @@ def inv_rms(x: Tensor, eps: float) -> Tensor:
 
 def attention_values(C: Tensor, lw: LayerWeights, scale: Tensor, tri: Triangle) -> Tensor:
     """V[row] = W_v · (w1 ⊙ c / rms1[pos]) for every packed row.   (T, d) -> (T, d_kv)"""
-    V = C @ lw.Wv.T
+    return _attention_values(C, lw, scale, tri, None)
+
+
+def _attention_values(C, lw, scale, tri, out):
+    V = _mm(C, lw.Wv.T, out)
     V.mul_(scale[tri.pos].unsqueeze(1))
     if tri.bias_rows is not None and lw.bv is not None:
         V[tri.bias_rows] += lw.bv
@@ -156,18 +199,23 @@ def mix_heads(V: Tensor, pattern: Tensor, lw: LayerWeights, tri: Triangle) -> Te
     mixed with one batched matmul per block over A[:, p0:, p0:] (exact: rows t < start[s]
     hold nothing of source s). No loop over query positions, few and large matmuls.
     """
+    return _mix_heads(V, pattern, lw, tri, None)
+
+
+def _mix_heads(V, pattern, lw, tri, O):
     H, n_kv = lw.n_heads, lw.n_kv
     rep, hd = H // n_kv, V.shape[1] // n_kv
     A = pattern.view(n_kv, rep, tri.P, tri.P)
-    O = V.new_empty(tri.T, H * hd)
+    if O is None:
+        O = V.new_empty(tri.T, H * hd)
     for a, b, p0, nb, cell in _mix_blocks(tri):
         n = tri.P - p0
         grid = V.new_zeros(n_kv, n * nb, hd)                           # (kv, n·nb, hd)
         grid.index_copy_(1, cell, V[a:b].view(b - a, n_kv, hd).transpose(0, 1))
         blk = A[:, :, p0:, p0:].reshape(n_kv, rep * n, n)             # (kv, rep·n, n)
         o = torch.bmm(blk, grid.view(n_kv, n, nb * hd))               # (kv, rep·n, nb·hd)
-        o = o.view(n_kv, rep, n, nb, hd).permute(2, 3, 0, 1, 4).reshape(n * nb, H * hd)
-        torch.index_select(o, 0, cell, out=O[a:b])
+        o = o.view(H, n * nb, hd).transpose(0, 1)                     # (n·nb, H, hd), a view
+        torch.index_select(o, 0, cell, out=O[a:b].view(b - a, H, hd))
     return O
 
 
@@ -207,7 +255,11 @@ def _mix_blocks(tri: Triangle) -> list:
 
 def attention_out(O: Tensor, lw: LayerWeights, tri: Triangle, rows: slice) -> Tensor:
     """The attention block's write for a chunk of rows.   (c, H·hd) -> (c, d)"""
-    delta = O[rows] @ lw.Wo.T
+    return _attention_out(O, lw, tri, rows, None)
+
+
+def _attention_out(O, lw, tri, rows, out):
+    delta = _mm(O[rows], lw.Wo.T, out)
     _add_bias_rows(delta, lw.bo, tri, rows)
     return delta
 
@@ -218,14 +270,18 @@ def mlp_out(C: Tensor, gate_scale: Tensor, lw: LayerWeights, gate: Tensor, tri: 
 
     gate_scale = g / rms2 per position (P, d_ff): the frozen gate and norm scale in one.
     """
-    u = C[rows] @ lw.Wup.T                                             # (c, d_ff)
+    return _mlp_out(C, gate_scale, lw, gate, tri, rows, None, None)
+
+
+def _mlp_out(C, gate_scale, lw, gate, tri, rows, u_out, delta_out):
+    u = _mm(C[rows], lw.Wup.T, u_out)                                  # (c, d_ff)
     for lo, hi, p in _segments(tri, rows):       # rows of one source: consecutive positions
         u[lo - rows.start:hi - rows.start].mul_(gate_scale[p:p + hi - lo])
     if lw.bup is not None and tri.bias_rows is not None:
         lo, hi = _overlap(rows, tri.bias_rows)
         if lo < hi:
             u[lo - rows.start:hi - rows.start] += lw.bup * gate[tri.pos[lo:hi]]
-    delta = u @ lw.Wdown.T
+    delta = _mm(u, lw.Wdown.T, delta_out)
     _add_bias_rows(delta, lw.bdown, tri, rows)
     return delta
 
@@ -348,7 +404,10 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
 
     d = captured.resid_pre[0].shape[-1]
     d_ff = captured.gates[0].shape[-1]
-    chunk = max(64, chunk_bytes // (dtype.itemsize * (d_ff + 2 * d)))
+    chunk = min(tri.T, max(64, chunk_bytes // (dtype.itemsize * (d_ff + 2 * d))))
+    arena = _Arena(torch.empty(0, dtype=dtype, device=device))   # scratch reused by every layer
+    d_kv, d_o = layers[0].Wv.shape[0], layers[0].Wo.shape[1]
+    arena.reserve(max(tri.T * (d_kv + d_o) + chunk * d, chunk * (d_ff + d)))
 
     # Layer 0: each position holds only its own embedding.
     emb = frozen(captured.resid_pre[0])                                # (P, d)
@@ -363,16 +422,18 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
     for l, lw in enumerate(layers):
         # --- attention: values of every (position, source) row, mixed by the frozen pattern
         scale1 = inv_rms(frozen(captured.resid_pre[l]), lw.eps1)
-        V = attention_values(C, lw, scale1, tri)
-        O = mix_heads(V, frozen(captured.patterns[l]), lw, tri)
-        del V
+        V_buf, O_buf, delta_buf = arena.views((tri.T, lw.Wv.shape[0]), (tri.T, lw.Wo.shape[1]),
+                                              (chunk, d))
+        V = _attention_values(C, lw, scale1, tri, V_buf)
+        O = _mix_heads(V, frozen(captured.patterns[l]), lw, tri, O_buf)
+        del V, V_buf
         r = frozen(captured.resid_mid[l])
         r_unit = _unit_for_proj(r)
         for rows in chunks(tri.T, chunk):
-            delta = attention_out(O, lw, tri, rows)
+            delta = _attention_out(O, lw, tri, rows, delta_buf[:rows.stop - rows.start])
             C[rows] += delta
             _record_rows(stats, l, 0, C[rows], delta, r_unit, rows)
-        del O
+        del O, O_buf
         _record_grouped(stats, l, 0, C, r_unit)
         errors[l, 0] = _relative_error(C, r, tri)
 
@@ -382,8 +443,10 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
         gate_scale = gate * inv_rms(r_norm_in, lw.eps2).unsqueeze(1)   # (P, d_ff)
         r = frozen(captured.resid_pre[l + 1]) if l + 1 < L else frozen(captured.resid_final)
         r_unit = _unit_for_proj(r)
+        u_buf, delta_buf = arena.views((chunk, lw.Wup.shape[0]), (chunk, d))   # O is spent
         for rows in chunks(tri.T, chunk):
-            delta = mlp_out(C, gate_scale, lw, gate, tri, rows)
+            n = rows.stop - rows.start
+            delta = _mlp_out(C, gate_scale, lw, gate, tri, rows, u_buf[:n], delta_buf[:n])
             C[rows] += delta
             _record_rows(stats, l, 1, C[rows], delta, r_unit, rows)
         _record_grouped(stats, l, 1, C, r_unit)
@@ -444,11 +507,34 @@ def reconstructed_logits(C: Tensor, tri: Triangle, scale: Tensor, unembed: Unemb
 def logit_lens(resid: Tensor, unembed: Unembed, k: int) -> tuple[Tensor, Tensor]:
     """Top-k tokens and probabilities of final_norm(r) @ W_Uᵀ, per row.   (N, d) -> (N, k) ×2"""
     resid = resid.to(unembed.W_U.dtype)
-    logits = (resid * final_scale(resid, unembed)) @ unembed.W_U.T
-    if unembed.b_U is not None:
-        logits += unembed.b_U
-    top, ids = logits.topk(k, dim=-1)
-    return ids, torch.exp(top - _logsumexp_after_topk(logits, top))
+    x = resid * final_scale(resid, unembed)
+    # The (N, V) logits are scratch: reuse one buffer kept with the unembedding (the lens
+    # is called once per layer), so its pages are not faulted in afresh every call.
+    with _lens_buffer(unembed, (x.shape[0], unembed.W_U.shape[0]), x) as logits:
+        torch.mm(x, unembed.W_U.T, out=logits)
+        if unembed.b_U is not None:
+            logits += unembed.b_U
+        top, ids = logits.topk(k, dim=-1)
+        return ids, torch.exp(top - _logsumexp_after_topk(logits, top))
+
+
+_lens_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _lens_buffer(unembed: Unembed, shape, like: Tensor):
+    """A (N, V) scratch tensor cached on `unembed` (a fresh one if another thread holds it)."""
+    if not _lens_lock.acquire(blocking=False):
+        yield like.new_empty(shape)
+        return
+    try:
+        buf = unembed.__dict__.get("_lens_buf")
+        n = shape[0] * shape[1]
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+            buf = unembed.__dict__["_lens_buf"] = like.new_empty(n)
+        yield buf[:n].view(shape)
+    finally:
+        _lens_lock.release()
 
 
 def _logsumexp_after_topk(logits: Tensor, top: Tensor) -> Tensor:
@@ -458,6 +544,6 @@ def _logsumexp_after_topk(logits: Tensor, top: Tensor) -> Tensor:
     in-place subtract, one in-place exp and one sum.   (N, V), (N, k) -> (N, 1)
     """
     m = top[:, :1]
-    if not bool(torch.isfinite(m).all()):
+    if m.shape[1] == 0 or not bool(torch.isfinite(m).all()):
         return torch.logsumexp(logits, dim=-1, keepdim=True)
     return logits.sub_(m).exp_().sum(-1, keepdim=True).log_().add_(m)
