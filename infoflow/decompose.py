@@ -284,18 +284,21 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
     return out
 
 
+LENS_ROWS = 512   # rows per unembedding matmul: W_U (V·d) is read once per batch, not per layer
+
+
 def _logit_lens(captured, unembed, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k at every (layer, sublayer, position), one layer (2P rows) at a time."""
+    """Top-k at every (layer, sublayer, position), in batches of LENS_ROWS residuals."""
     L, P = len(captured.resid_mid), captured.resid_final.shape[0]
-    ids = np.zeros((L, 2, P, k), dtype=np.int64)
-    probs = np.zeros((L, 2, P, k), dtype=np.float32)
-    for l in range(L):
-        after_mlp = captured.resid_pre[l + 1] if l + 1 < L else captured.resid_final
-        rows = torch.cat([captured.resid_mid[l], after_mlp])           # (2P, d)
-        i, p = logit_lens(rows.to(unembed.W_U.device), unembed, k)
-        ids[l] = i.view(2, P, k).cpu().numpy()
-        probs[l] = p.view(2, P, k).float().cpu().numpy()
-    return ids, probs
+    resid = torch.stack([r for l in range(L) for r in (
+        captured.resid_mid[l], captured.resid_pre[l + 1] if l + 1 < L else captured.resid_final)])
+    rows = resid.reshape(L * 2 * P, -1).to(unembed.W_U.device)         # (2·L·P, d)
+    ids = torch.empty(rows.shape[0], k, dtype=torch.int64)
+    probs = torch.empty(rows.shape[0], k)
+    for a in range(0, rows.shape[0], LENS_ROWS):
+        i, p = logit_lens(rows[a:a + LENS_ROWS], unembed, k)
+        ids[a:a + LENS_ROWS], probs[a:a + LENS_ROWS] = i.cpu(), p.float().cpu()
+    return ids.view(L, 2, P, k).numpy(), probs.view(L, 2, P, k).numpy()
 
 
 # Per-model caches: the nnsight wrapper and the weights in each precision.

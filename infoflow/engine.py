@@ -25,9 +25,7 @@ what is not a matmul avoids (T, d_ff) gathers and fresh large allocations.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import math
-import threading
 from dataclasses import dataclass
 
 import torch
@@ -504,46 +502,30 @@ def reconstructed_logits(C: Tensor, tri: Triangle, scale: Tensor, unembed: Unemb
     return logits if unembed.b_U is None else logits + unembed.b_U
 
 
-def logit_lens(resid: Tensor, unembed: Unembed, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k tokens and probabilities of final_norm(r) @ W_Uᵀ, per row.   (N, d) -> (N, k) ×2"""
-    resid = resid.to(unembed.W_U.dtype)
-    x = resid * final_scale(resid, unembed)
-    # The (N, V) logits are scratch: reuse one buffer kept with the unembedding (the lens
-    # is called once per layer), so its pages are not faulted in afresh every call.
-    with _lens_buffer(unembed, (x.shape[0], unembed.W_U.shape[0]), x) as logits:
-        torch.mm(x, unembed.W_U.T, out=logits)
-        if unembed.b_U is not None:
-            logits += unembed.b_U
-        top, ids = logits.topk(k, dim=-1)
-        return ids, torch.exp(top - _logsumexp_after_topk(logits, top))
+def logit_lens(resid: Tensor, unembed: Unembed, k: int, vocab_block: int = 2048) -> tuple[Tensor, Tensor]:
+    """Top-k tokens and probabilities of final_norm(r) @ W_Uᵀ, per row.   (N, d) -> (N, k) ×2
 
-
-_lens_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _lens_buffer(unembed: Unembed, shape, like: Tensor):
-    """A (N, V) scratch tensor cached on `unembed` (a fresh one if another thread holds it)."""
-    if not _lens_lock.acquire(blocking=False):
-        yield like.new_empty(shape)
-        return
-    try:
-        buf = unembed.__dict__.get("_lens_buf")
-        n = shape[0] * shape[1]
-        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
-            buf = unembed.__dict__["_lens_buf"] = like.new_empty(n)
-        yield buf[:n].view(shape)
-    finally:
-        _lens_lock.release()
-
-
-def _logsumexp_after_topk(logits: Tensor, top: Tensor) -> Tensor:
-    """logsumexp over the last dim, reusing the top-1 as the max; overwrites logits.
-
-    torch.logsumexp makes several full passes and temporaries over (N, V); here it is one
-    in-place subtract, one in-place exp and one sum.   (N, V), (N, k) -> (N, 1)
+    The vocabulary is walked in blocks small enough to stay in cache: each (N, block) slab
+    of logits is written once, then read once for its top-k and once for an online
+    log-sum-exp (running max m, running Σ exp(l − m)), so the (N, V) logits never exist.
     """
-    m = top[:, :1]
-    if m.shape[1] == 0 or not bool(torch.isfinite(m).all()):
-        return torch.logsumexp(logits, dim=-1, keepdim=True)
-    return logits.sub_(m).exp_().sum(-1, keepdim=True).log_().add_(m)
+    x = (resid.to(unembed.W_U.dtype) * final_scale(resid.to(unembed.W_U.dtype), unembed))
+    N, V = x.shape[0], unembed.W_U.shape[0]
+    best = x.new_full((N, k), float("-inf"))
+    best_ids = torch.zeros(N, k, dtype=torch.int64, device=x.device)
+    m = x.new_full((N, 1), float("-inf"))
+    total = x.new_zeros(N, 1)
+    slab = x.new_empty(N * min(vocab_block, V))
+    for v0 in range(0, V, vocab_block):
+        W = unembed.W_U[v0:v0 + vocab_block]
+        logits = torch.mm(x, W.T, out=slab[:N * W.shape[0]].view(N, W.shape[0]))
+        if unembed.b_U is not None:
+            logits += unembed.b_U[v0:v0 + vocab_block]
+        top, ids = logits.topk(min(k, W.shape[0]), dim=-1)
+        merged, pick = torch.cat([best, top], 1).topk(k, dim=-1)
+        best_ids = torch.cat([best_ids, ids + v0], 1).gather(1, pick)
+        best = merged
+        m_new = torch.maximum(m, top[:, :1])
+        total = total * torch.exp(m - m_new) + logits.sub_(m_new).exp_().sum(-1, keepdim=True)
+        m = m_new
+    return best_ids, torch.exp(best - (m + total.log()))
