@@ -64,7 +64,9 @@ def default_model():
 
 
 HOSTILE_TITLE = "<img src=x onerror=alert(1)> \"quoted\" & 'single' </script>"
-HOSTILE_TEXT = "Say <img src=x onerror=alert(1)> then </script><script>alert(2)</script> \\ \"done\""
+HOSTILE_TEXT = ("Say <img src=x onerror=alert(1)> then </script><script>alert(2)</script> \\ \"done\" "
+                "مرحبا ‮evil‬ 👩‍👩‍👧 é "
+                "nul\x00 bell\x07 esc\x1b[31m " + "=" * 48)
 
 TEST_PROMPTS = f'''# a small gallery for the tests
 [[prompt]]
@@ -83,8 +85,8 @@ tags = ["names"]
 
 [[prompt]]
 id = "hostile"
-title = {json.dumps(HOSTILE_TITLE)}
-text = {json.dumps(HOSTILE_TEXT)}
+title = {json.dumps(HOSTILE_TITLE, ensure_ascii=False)}
+text = {json.dumps(HOSTILE_TEXT, ensure_ascii=False)}
 tags = ["<b>tag</b>", "security"]
 note = "<script>alert(3)</script>"
 '''
