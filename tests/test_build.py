@@ -125,3 +125,29 @@ def test_two_shards_and_merge_equal_single_build(gallery, tmp_path):
     single = {p.name: p.read_bytes() for p in (gallery["site"] / "data").glob("*.msgpack")}
     sharded = {p.name: p.read_bytes() for p in (tmp_path / "site" / "data").glob("*.msgpack")}
     assert single == sharded and len(single) == 3
+
+
+def test_serve_serves_the_site_on_localhost(gallery_site):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "infoflow.cli", "serve", "--no-build", "--out",
+                             str(gallery_site), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, body = time.time() + 30, None
+        while time.time() < deadline and body is None:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2).read()
+            except OSError:
+                time.sleep(0.2)
+        assert body is not None and b"infoflow gallery" in body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
