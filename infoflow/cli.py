@@ -77,6 +77,7 @@ def decompose_cmd(prompt, model, dtype, device, cache_dir, groups, precision, ma
     click.echo(f"time       load {t1 - t0:.2f} s, decompose {t2 - t1:.2f} s "
                f"(trace {d.timings['trace']:.2f}, engine {d.timings['decompose']:.2f}"
                + (f", logit lens {d.timings['logit_lens']:.2f}" if 'logit_lens' in d.timings else "") + ")")
+    click.echo(f"MLP order  {d.timings['ordering']}")
 
 
 def _decompose_remote(prompt, model):

@@ -207,8 +207,13 @@ def decompose(prompt: str, model: str | LoadedModel | None = None, *, groups=Non
 def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype: str = "float32",
                        logit_lens: bool = True, top_k: int = 5, chat: bool = False,
                        max_tokens: int = DEFAULT_MAX_TOKENS,
-                       max_memory: int | None = DEFAULT_MAX_MEMORY) -> dict[str, Decomposition]:
-    """One forward pass, several groupings of the sources: {name: groups} -> {name: Decomposition}."""
+                       max_memory: int | None = DEFAULT_MAX_MEMORY,
+                       late_from: int | None = None) -> dict[str, Decomposition]:
+    """One forward pass, several groupings of the sources: {name: groups} -> {name: Decomposition}.
+
+    late_from: first position whose MLP goes through the precomputed per-position map
+    (None: where that is cheaper, see engine.mlp_break_even).
+    """
     if dtype not in PRECISIONS:
         raise InputError(f"dtype must be 'float32' or 'float64', not {dtype!r}.")
     fdtype = PRECISIONS[dtype]
@@ -239,8 +244,11 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
             index = g + ([max(g) + 1] if bias else [])
             groupings.append(torch.tensor(index, device=tri.pos.device))
     result = decompose_stack(captured, layers, tri, groupings, dtype=fdtype,
-                             chunk_bytes=min(CHUNK_BYTES, (max_memory or CHUNK_BYTES) // 8))
+                             chunk_bytes=min(CHUNK_BYTES, (max_memory or CHUNK_BYTES) // 8),
+                             late_from=late_from)
     timings["decompose"] = time.perf_counter() - t1
+    timings["ordering"] = ("direct" if result.late_from >= P else
+                           f"precomputed W_down·diag(g)·W_up for positions {result.late_from}..{P - 1}")
 
     t2 = time.perf_counter()
     logits = captured.logits.to(fdtype)

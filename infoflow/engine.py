@@ -388,12 +388,18 @@ class EngineResult:
     embed_norm: Tensor             # (P,)
     recon_error: Tensor            # (L, 2)
     final: Tensor                  # (T, d) the packed contributions after the last layer
+    late_from: int = 0             # first position whose MLP used the precomputed map (P: none)
 
 
 def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangle,
                     groupings: list[Tensor | None], dtype=torch.float32,
-                    chunk_bytes: int = 64 << 20, progress=None) -> EngineResult:
-    """Run the decomposition layer by layer; keep only small per-sublayer statistics."""
+                    chunk_bytes: int = 64 << 20, progress=None,
+                    late_from: int | None = None) -> EngineResult:
+    """Run the decomposition layer by layer; keep only small per-sublayer statistics.
+
+    late_from: first position whose MLP uses the precomputed per-position map (see
+    `mlp_break_even`); None picks it from the break-even, P (or more) never uses it.
+    """
     L, P = len(layers), tri.P
     device = layers[0].Wv.device
 
@@ -416,6 +422,10 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
     for st in stats:
         st.start(C)
     errors = torch.zeros(L, 2)
+    if late_from is None:
+        late_from = first_late_position(d, d_ff, tri)
+    late_from = min(late_from, P)
+    direct = _direct_rows(tri, late_from) if late_from < P else None
 
     for l, lw in enumerate(layers):
         # --- attention: values of every (position, source) row, mixed by the frozen pattern
@@ -442,18 +452,98 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
         r = frozen(captured.resid_pre[l + 1]) if l + 1 < L else frozen(captured.resid_final)
         r_unit = _unit_for_proj(r)
         u_buf, delta_buf = arena.views((chunk, lw.Wup.shape[0]), (chunk, d))   # O is spent
-        for rows in chunks(tri.T, chunk):
-            n = rows.stop - rows.start
-            delta = _mlp_out(C, gate_scale, lw, gate, tri, rows, u_buf[:n], delta_buf[:n])
-            C[rows] += delta
-            _record_rows(stats, l, 1, C[rows], delta, r_unit, rows)
+        if direct is None:
+            for rows in chunks(tri.T, chunk):
+                n = rows.stop - rows.start
+                delta = _mlp_out(C, gate_scale, lw, gate, tri, rows, u_buf[:n], delta_buf[:n])
+                C[rows] += delta
+                _record_rows(stats, l, 1, C[rows], delta, r_unit, rows)
+        else:
+            _mlp_long_prompt(C, gate_scale, gate, lw, tri, direct, late_from, chunk, u_buf, delta_buf,
+                             lambda rows, delta: _record_rows(stats, l, 1, C[rows], delta, r_unit, rows))
         _record_grouped(stats, l, 1, C, r_unit)
         errors[l, 1] = _relative_error(C, r, tri)
         if progress is not None:
             progress(l)
 
     return EngineResult(stats=stats, embed_norm=torch.linalg.vector_norm(emb, dim=1).float().cpu(),
-                        recon_error=errors, final=C)
+                        recon_error=errors, final=C, late_from=late_from)
+
+
+# ----------------------------------------------------------------------------- long prompts
+
+
+def mlp_break_even(d: int, d_ff: int) -> float:
+    """Sources at one position past which M_p = W_down·diag(g_p/rms_p)·W_up pays off.
+
+    Per source row the direct MLP costs 2·d·d_ff multiply-adds; with M_p it costs d², after
+    d·d_ff·d once for the position: cheaper when n·2·d·d_ff > d²·d_ff + n·d².
+    """
+    return d * d_ff / (2 * d_ff - d)
+
+
+def first_late_position(d: int, d_ff: int, tri: Triangle) -> int:
+    """The first position p whose source count (p + 1, + 1 with a bias source) is past break-even."""
+    bias = int(tri.S > tri.P)
+    return max(0, math.floor(mlp_break_even(d, d_ff)) - bias)
+
+
+def _direct_rows(tri: Triangle, late_from: int) -> Tensor:
+    """Rows at positions < late_from: the first late_from − start[s] rows of each source."""
+    parts = [torch.arange(tri.offset[s], tri.offset[s] + late_from - tri.start[s])
+             for s in range(tri.S) if tri.start[s] < late_from]
+    return torch.cat(parts).to(tri.pos.device) if parts else torch.zeros(0, dtype=torch.long)
+
+
+def _rows_at(tri: Triangle, p: int) -> Tensor:
+    """The rows of position p, one per source present there (the bias source last)."""
+    start = torch.tensor(tri.start)
+    offset = torch.tensor(tri.offset[:-1])
+    present = start <= p
+    return (offset[present] + p - start[present]).to(tri.pos.device)
+
+
+def _mlp_long_prompt(C, gate_scale, gate, lw, tri, direct, late_from, chunk, u_buf, delta_buf, record,
+                     batch: int = 8):
+    """The MLP when some positions are past break-even: direct rows in gathered chunks, then
+    each late position p through its own d×d map M_p, built `batch` positions at a time."""
+    bias_src = tri.S - 1 if tri.bias_rows is not None else None
+    for a in range(0, direct.numel(), chunk):
+        idx = direct[a:a + chunk]
+        n = idx.numel()
+        pos = tri.pos[idx]
+        u = torch.mm(C.index_select(0, idx), lw.Wup.T, out=u_buf[:n])
+        u.mul_(gate_scale.index_select(0, pos))
+        delta = torch.mm(u, lw.Wdown.T, out=delta_buf[:n])
+        if bias_src is not None:
+            is_bias = tri.src[idx] == bias_src
+            _bias_terms(delta, is_bias, pos, gate, lw)
+        C.index_add_(0, idx, delta)
+        record(idx, delta)
+    for p0 in range(late_from, tri.P, batch):
+        p1 = min(p0 + batch, tri.P)
+        M = torch.matmul(lw.Wdown.unsqueeze(0) * gate_scale[p0:p1].unsqueeze(1), lw.Wup)   # (B, d, d)
+        for j, p in enumerate(range(p0, p1)):
+            idx = _rows_at(tri, p)
+            delta = C.index_select(0, idx) @ M[j].T
+            if bias_src is not None:
+                is_bias = torch.zeros(idx.numel(), dtype=torch.bool, device=idx.device)
+                is_bias[-1] = True
+                _bias_terms(delta, is_bias, tri.pos[idx], gate, lw)
+            C.index_add_(0, idx, delta)
+            record(idx, delta)
+
+
+def _bias_terms(delta, is_bias, pos, gate, lw):
+    """The bias source's own MLP terms: W_down·(b_up ⊙ g) and b_down."""
+    if not bool(is_bias.any()):
+        return
+    extra = torch.zeros_like(delta[is_bias])
+    if lw.bup is not None:
+        extra += (lw.bup * gate[pos[is_bias]]) @ lw.Wdown.T
+    if lw.bdown is not None:
+        extra += lw.bdown
+    delta[is_bias] += extra
 
 
 def _record_rows(stats, l, k, C_rows, delta, r_unit, rows):

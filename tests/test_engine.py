@@ -140,3 +140,20 @@ def test_memory_budget_refuses_with_estimate():
     d = decompose(PROMPT, lm)
     est = d.timings["estimate"]
     assert est["bytes"] > 0 and est["macs"] > 0
+
+
+@pytest.mark.parametrize("kind", ["gqa", "llama-bias", "qwen2"])
+def test_precomputed_mlp_ordering_matches_naive(kind):
+    """Long prompts switch late positions to M_p = W_down·diag(g_p)·W_up; force it on a tiny model."""
+    from infoflow.decompose import decompose_variants
+
+    lm = tiny_model(kind)
+    d = decompose_variants(PROMPT, lm, {"t": None}, dtype="float64", late_from=4)["t"]
+    assert d.timings["ordering"].startswith("precomputed") and "4.." in d.timings["ordering"]
+    ref = naive_decompose(lm.hf, torch.tensor([d.token_ids.tolist()]))
+    for ours, theirs in [("mlp_norm", "mlp_norm"), ("mlp_delta_norm", "mlp_delta"), ("mlp_proj", "mlp_proj"),
+                         ("attn_norm", "attn_norm")]:
+        assert rel(getattr(d, ours), ref[theirs].numpy()) <= 1e-5, ours
+    assert rel(d.logit_attr, ref["logit_attr"].numpy()) <= 1e-5
+    assert d.worst_recon_error <= 1e-5
+    assert decompose(PROMPT, lm).timings["ordering"] == "direct"   # P = 11 is far below break-even
