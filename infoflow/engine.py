@@ -425,7 +425,8 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
     if late_from is None:
         late_from = first_late_position(d, d_ff, tri)
     late_from = min(late_from, P)
-    direct = _direct_rows(tri, late_from) if late_from < P else None
+    direct = _direct_rows(tri, late_from, chunk) if late_from < P else None
+    late = _late_rows(tri, late_from) if late_from < P else None
 
     for l, lw in enumerate(layers):
         # --- attention: values of every (position, source) row, mixed by the frozen pattern
@@ -459,7 +460,7 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
                 C[rows] += delta
                 _record_rows(stats, l, 1, C[rows], delta, r_unit, rows)
         else:
-            _mlp_long_prompt(C, gate_scale, gate, lw, tri, direct, late_from, chunk, u_buf, delta_buf,
+            _mlp_long_prompt(C, gate_scale, gate, lw, tri, direct, late, late_from, u_buf, delta_buf,
                              lambda rows, delta: _record_rows(stats, l, 1, C[rows], delta, r_unit, rows))
         _record_grouped(stats, l, 1, C, r_unit)
         errors[l, 1] = _relative_error(C, r, tri)
@@ -482,51 +483,54 @@ def mlp_break_even(d: int, d_ff: int) -> float:
     return d * d_ff / (2 * d_ff - d)
 
 
+LATE_MARGIN = 2.0   # measured: at 1× break-even the per-position gathers and small ops ate the gain
+
+
 def first_late_position(d: int, d_ff: int, tri: Triangle) -> int:
-    """The first position p whose source count (p + 1, + 1 with a bias source) is past break-even."""
+    """The first position whose source count (p + 1, + 1 with a bias source) is past
+    LATE_MARGIN × break-even. SmolLM2: 2 × 355 sources, so prompts up to ~709 tokens stay direct
+    (docs/performance.md has the measurement)."""
     bias = int(tri.S > tri.P)
-    return max(0, math.floor(mlp_break_even(d, d_ff)) - bias)
+    return max(0, math.floor(LATE_MARGIN * mlp_break_even(d, d_ff)) - bias)
 
 
-def _direct_rows(tri: Triangle, late_from: int) -> Tensor:
-    """Rows at positions < late_from: the first late_from − start[s] rows of each source."""
-    parts = [torch.arange(tri.offset[s], tri.offset[s] + late_from - tri.start[s])
-             for s in range(tri.S) if tri.start[s] < late_from]
-    return torch.cat(parts).to(tri.pos.device) if parts else torch.zeros(0, dtype=torch.long)
+def _direct_rows(tri: Triangle, late_from: int, chunk: int) -> list[slice]:
+    """Rows at positions < late_from (the first late_from − start[s] rows of each source),
+    as slices of at most `chunk` rows."""
+    return [slice(a, min(a + chunk, tri.offset[s] + late_from - tri.start[s]))
+            for s in range(tri.S) if tri.start[s] < late_from
+            for a in range(tri.offset[s], tri.offset[s] + late_from - tri.start[s], chunk)]
 
 
-def _rows_at(tri: Triangle, p: int) -> Tensor:
-    """The rows of position p, one per source present there (the bias source last)."""
+def _late_rows(tri: Triangle, late_from: int) -> list[Tensor]:
+    """For each position p ≥ late_from, its rows: one per source present (the bias source last)."""
     start = torch.tensor(tri.start)
     offset = torch.tensor(tri.offset[:-1])
-    present = start <= p
-    return (offset[present] + p - start[present]).to(tri.pos.device)
+    out = []
+    for p in range(late_from, tri.P):
+        present = start <= p
+        out.append((offset[present] + p - start[present]).to(tri.pos.device))
+    return out
 
 
-def _mlp_long_prompt(C, gate_scale, gate, lw, tri, direct, late_from, chunk, u_buf, delta_buf, record,
+def _mlp_long_prompt(C, gate_scale, gate, lw, tri, direct, late, late_from, u_buf, delta_buf, record,
                      batch: int = 8):
-    """The MLP when some positions are past break-even: direct rows in gathered chunks, then
-    each late position p through its own d×d map M_p, built `batch` positions at a time."""
-    bias_src = tri.S - 1 if tri.bias_rows is not None else None
-    for a in range(0, direct.numel(), chunk):
-        idx = direct[a:a + chunk]
-        n = idx.numel()
-        pos = tri.pos[idx]
-        u = torch.mm(C.index_select(0, idx), lw.Wup.T, out=u_buf[:n])
-        u.mul_(gate_scale.index_select(0, pos))
-        delta = torch.mm(u, lw.Wdown.T, out=delta_buf[:n])
-        if bias_src is not None:
-            is_bias = tri.src[idx] == bias_src
-            _bias_terms(delta, is_bias, pos, gate, lw)
-        C.index_add_(0, idx, delta)
-        record(idx, delta)
+    """The MLP when some positions are past break-even: each source's early rows directly
+    (contiguous slices, as in the short-prompt path), then each late position p through its
+    own d×d map M_p, built `batch` positions at a time."""
+    for rows in direct:
+        n = rows.stop - rows.start
+        delta = _mlp_out(C, gate_scale, lw, gate, tri, rows, u_buf[:n], delta_buf[:n])
+        C[rows] += delta
+        record(rows, delta)
+    bias_src = tri.bias_rows is not None
     for p0 in range(late_from, tri.P, batch):
         p1 = min(p0 + batch, tri.P)
         M = torch.matmul(lw.Wdown.unsqueeze(0) * gate_scale[p0:p1].unsqueeze(1), lw.Wup)   # (B, d, d)
         for j, p in enumerate(range(p0, p1)):
-            idx = _rows_at(tri, p)
+            idx = late[p - late_from]
             delta = C.index_select(0, idx) @ M[j].T
-            if bias_src is not None:
+            if bias_src:
                 is_bias = torch.zeros(idx.numel(), dtype=torch.bool, device=idx.device)
                 is_bias[-1] = True
                 _bias_terms(delta, is_bias, tri.pos[idx], gate, lw)
