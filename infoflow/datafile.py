@@ -80,7 +80,7 @@ def decode_array(obj: dict) -> np.ndarray:
 # ----------------------------------------------------------------------------- write
 
 
-def row_lengths(groups: np.ndarray, n_sources: int) -> list[int]:
+def row_lengths(groups: np.ndarray) -> list[int]:
     """Sources present at each position: groups are numbered by first use, so 0..max so far."""
     return [int(n) for n in np.maximum.accumulate(groups) + 1]
 
@@ -100,7 +100,7 @@ def encode(variants: dict[str, Decomposition], prompt: dict, *, labels: dict[str
 
     def metric(d, name, signed):
         arr = np.stack([getattr(d, f"attn_{name}"), getattr(d, f"mlp_{name}")], axis=1)  # (L,2,P,G)
-        return encode_tril(arr, row_lengths(d.groups, len(d.sources)), int(d.has_bias), signed=signed)
+        return encode_tril(arr, row_lengths(d.groups), int(d.has_bias), signed=signed)
 
     out_variants, seen = [], {}
     for name, d in variants.items():

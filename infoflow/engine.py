@@ -176,12 +176,8 @@ def inv_rms(x: Tensor, eps: float) -> Tensor:
 # ----------------------------------------------------------------------------- layer steps
 
 
-def attention_values(C: Tensor, lw: LayerWeights, scale: Tensor, tri: Triangle) -> Tensor:
+def attention_values(C: Tensor, lw: LayerWeights, scale: Tensor, tri: Triangle, out: Tensor | None = None) -> Tensor:
     """V[row] = W_v · (w1 ⊙ c / rms1[pos]) for every packed row.   (T, d) -> (T, d_kv)"""
-    return _attention_values(C, lw, scale, tri, None)
-
-
-def _attention_values(C, lw, scale, tri, out):
     V = _mm(C, lw.Wv.T, out)
     V.mul_(scale[tri.pos].unsqueeze(1))
     if tri.bias_rows is not None and lw.bv is not None:
@@ -189,7 +185,7 @@ def _attention_values(C, lw, scale, tri, out):
     return V
 
 
-def mix_heads(V: Tensor, pattern: Tensor, lw: LayerWeights, tri: Triangle) -> Tensor:
+def mix_heads(V: Tensor, pattern: Tensor, lw: LayerWeights, tri: Triangle, O: Tensor | None = None) -> Tensor:
     """O[p, s] = Σ_t A[h, p, t] V[t, s] per head, GQA as in repeat_kv.   (T, d_kv) -> (T, H·hd)
 
     Sources are taken in blocks of a few (see _mix_blocks): a block's rows are scattered
@@ -197,10 +193,6 @@ def mix_heads(V: Tensor, pattern: Tensor, lw: LayerWeights, tri: Triangle) -> Te
     mixed with one batched matmul per block over A[:, p0:, p0:] (exact: rows t < start[s]
     hold nothing of source s). No loop over query positions, few and large matmuls.
     """
-    return _mix_heads(V, pattern, lw, tri, None)
-
-
-def _mix_heads(V, pattern, lw, tri, O):
     H, n_kv = lw.n_heads, lw.n_kv
     rep, hd = H // n_kv, V.shape[1] // n_kv
     A = pattern.view(n_kv, rep, tri.P, tri.P)
@@ -251,27 +243,19 @@ def _mix_blocks(tri: Triangle) -> list:
     return blocks
 
 
-def attention_out(O: Tensor, lw: LayerWeights, tri: Triangle, rows: slice) -> Tensor:
+def attention_out(O: Tensor, lw: LayerWeights, tri: Triangle, rows: slice, out: Tensor | None = None) -> Tensor:
     """The attention block's write for a chunk of rows.   (c, H·hd) -> (c, d)"""
-    return _attention_out(O, lw, tri, rows, None)
-
-
-def _attention_out(O, lw, tri, rows, out):
     delta = _mm(O[rows], lw.Wo.T, out)
     _add_bias_rows(delta, lw.bo, tri, rows)
     return delta
 
 
-def mlp_out(C: Tensor, gate_scale: Tensor, lw: LayerWeights, gate: Tensor, tri: Triangle,
-            rows: slice) -> Tensor:
+def mlp_out(C: Tensor, gate_scale: Tensor, lw: LayerWeights, gate: Tensor, tri: Triangle, rows: slice,
+            u_out: Tensor | None = None, delta_out: Tensor | None = None) -> Tensor:
     """The MLP's write for a chunk of rows, gate frozen.   (c, d) -> (c, d)
 
     gate_scale = g / rms2 per position (P, d_ff): the frozen gate and norm scale in one.
     """
-    return _mlp_out(C, gate_scale, lw, gate, tri, rows, None, None)
-
-
-def _mlp_out(C, gate_scale, lw, gate, tri, rows, u_out, delta_out):
     u = _mm(C[rows], lw.Wup.T, u_out)                                  # (c, d_ff)
     for lo, hi, p in _segments(tri, rows):       # rows of one source: consecutive positions
         u[lo - rows.start:hi - rows.start].mul_(gate_scale[p:p + hi - lo])
@@ -433,13 +417,13 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
         scale1 = inv_rms(frozen(captured.resid_pre[l]), lw.eps1)
         V_buf, O_buf, delta_buf = arena.views((tri.T, lw.Wv.shape[0]), (tri.T, lw.Wo.shape[1]),
                                               (chunk, d))
-        V = _attention_values(C, lw, scale1, tri, V_buf)
-        O = _mix_heads(V, frozen(captured.patterns[l]), lw, tri, O_buf)
+        V = attention_values(C, lw, scale1, tri, V_buf)
+        O = mix_heads(V, frozen(captured.patterns[l]), lw, tri, O_buf)
         del V, V_buf
         r = frozen(captured.resid_mid[l])
         r_unit = _unit_for_proj(r)
         for rows in chunks(tri.T, chunk):
-            delta = _attention_out(O, lw, tri, rows, delta_buf[:rows.stop - rows.start])
+            delta = attention_out(O, lw, tri, rows, delta_buf[:rows.stop - rows.start])
             C[rows] += delta
             _record_rows(stats, l, 0, C[rows], delta, r_unit, rows)
         del O, O_buf
@@ -456,7 +440,7 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
         if direct is None:
             for rows in chunks(tri.T, chunk):
                 n = rows.stop - rows.start
-                delta = _mlp_out(C, gate_scale, lw, gate, tri, rows, u_buf[:n], delta_buf[:n])
+                delta = mlp_out(C, gate_scale, lw, gate, tri, rows, u_buf[:n], delta_buf[:n])
                 C[rows] += delta
                 _record_rows(stats, l, 1, C[rows], delta, r_unit, rows)
         else:
@@ -520,7 +504,7 @@ def _mlp_long_prompt(C, gate_scale, gate, lw, tri, direct, late, late_from, u_bu
     own d×d map M_p, built `batch` positions at a time."""
     for rows in direct:
         n = rows.stop - rows.start
-        delta = _mlp_out(C, gate_scale, lw, gate, tri, rows, u_buf[:n], delta_buf[:n])
+        delta = mlp_out(C, gate_scale, lw, gate, tri, rows, u_buf[:n], delta_buf[:n])
         C[rows] += delta
         record(rows, delta)
     bias_src = tri.bias_rows is not None
