@@ -48,23 +48,29 @@ def palette(src: Path = SITE_SRC) -> list[tuple[int, int, int]]:
     return [tuple(int(h[i:i + 2], 16) for i in (0, 2, 4)) for h in hexes]
 
 
-def thumbnail_png(norm: np.ndarray, colours: list[tuple[int, int, int]], cell: int = 3) -> bytes:
-    """A small picture of the grid: each cell takes the colour of its largest source
-    (position 0 left out, as in the viewer), faded by how much that source dominates.
+def thumbnail_png(norm: np.ndarray, colours: list[tuple[int, int, int]], width: int = 256) -> bytes:
+    """A miniature of the viewer's grid: every cell a stacked bar of source shares, largest
+    first, position 0 left out as in the viewer; the last MLP on top.
 
-    norm: (L, 2, P, G) cumulative norms.  Rows run top = last MLP, like the viewer.
+    norm: (L, 2, P, G) cumulative norms.
     """
     L, _, P, G = norm.shape
-    n = norm.reshape(2 * L, P, G)[::-1].copy()
+    n = norm.reshape(2 * L, P, G)[::-1].astype(np.float64)
     n[..., 0] = 0.0
-    total = n.sum(-1)
-    top = n.argmax(-1)
-    share = np.where(total > 0, n.max(-1) / np.where(total > 0, total, 1), 0.0)
-    rgb = np.array(colours, dtype=np.float64)[top % len(colours)]          # (2L, P, 3)
-    alpha = (0.25 + 0.75 * share)[..., None]
-    img = (255 - alpha * (255 - rgb)).astype(np.uint8)
-    img = img.repeat(cell, 0).repeat(cell, 1)
-    return _png(img)
+    total = n.sum(-1, keepdims=True)
+    share = np.divide(n, total, out=np.zeros_like(n), where=total > 0)
+    order = np.argsort(-share, axis=-1)                                   # largest first
+    cum = np.cumsum(np.take_along_axis(share, order, -1), axis=-1)        # (2L, P, G)
+    cell = max(2, min(12, width // max(P, 1)))
+    centres = (np.arange(cell) + 0.5) / cell
+    rank = (cum[..., None, :] < centres[:, None]).sum(-1).clip(max=G - 1)  # (2L, P, cell)
+    source = np.take_along_axis(order, rank, -1)
+    rgb = np.array(colours, dtype=np.uint8)[source % len(colours)]         # (2L, P, cell, 3)
+    rgb[(total[..., 0] == 0)] = 235                                        # nothing to show
+    img = rgb.reshape(2 * L, P * cell, 3)
+    if cell > 3:
+        img[:, cell - 1::cell] = 255                                       # a gap between columns
+    return _png(img.repeat(2, axis=0))
 
 
 def _png(img: np.ndarray) -> bytes:
