@@ -183,17 +183,15 @@ def add_prompt(path: str | Path, *, text: str, title: str, tags: list[str], note
         entry["chat"] = True
     new = _validate(entry, f"{path}, new entry", None)
 
-    doc = tomlkit.parse(source)
+    # Append the new table as text: the file's own bytes, comments and layout stay as they are.
     table = tomlkit.table()
     for key, value in entry.items():
         table.add(key, value)
-    if "prompt" in doc:
-        doc["prompt"].append(table)
-    else:
-        aot = tomlkit.aot()
-        aot.append(table)
-        doc.append("prompt", aot)
-    text_out = tomlkit.dumps(doc)
+    aot = tomlkit.aot()
+    aot.append(table)
+    addition = tomlkit.document()
+    addition.append("prompt", aot)
+    text_out = (source.rstrip("\n") + "\n\n" if source.strip() else source) + tomlkit.dumps(addition)
     parse_prompts(text_out, str(path))          # never write a file we could not read back
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
