@@ -20,6 +20,7 @@ import msgpack
 
 from . import ENGINE_VERSION, __version__
 from .datafile import SCHEMA, DataFileError, content_hash, decode_array, encode
+from .files import atomic_write
 from .decompose import DEFAULT_MAX_TOKENS, InputError, decompose_variants, get_model
 from .model import DEFAULT_MODEL, _folder_fingerprint, cache_dir, converted_default_model
 from .prompts import Prompt, PromptError, load_prompts, span_groups
@@ -62,20 +63,6 @@ class BuildError(Exception):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_fingerprint(opts: BuildOptions) -> str:

@@ -32,14 +32,20 @@ def encode_array(a: np.ndarray, dtype: str, *, deflate: bool = True) -> dict:
     return out
 
 
-def encode_tril(a: np.ndarray, row_len: list[int], tail: int, *, signed: bool) -> dict:
-    """(..., P, G) -> ragged rows, quantized per row to u8 (norms) or i8 (signed shares)."""
-    P, G = a.shape[-2:]
+def tril_mask(P: int, G: int, row_len: list[int], tail: int) -> np.ndarray:
+    """Which (position, source) entries a "tril" array stores: row p keeps sources
+    0 .. row_len[p]-1 and the last `tail` sources.   -> (P, G) bool"""
     keep = np.zeros((P, G), dtype=bool)
     for p, n in enumerate(row_len):
         keep[p, :n] = True
         if tail:
             keep[p, G - tail:] = True
+    return keep
+
+
+def encode_tril(a: np.ndarray, row_len: list[int], tail: int, *, signed: bool) -> dict:
+    """(..., P, G) -> ragged rows, quantized per row to u8 (norms) or i8 (signed shares)."""
+    keep = tril_mask(*a.shape[-2:], row_len, tail)
     scale = np.abs(a).max(-1)                                   # (..., P)
     q = 127 if signed else 255
     safe = np.where(scale > 0, scale, 1.0)[..., None]
@@ -59,12 +65,7 @@ def decode_array(obj: dict) -> np.ndarray:
         flat = np.frombuffer(raw, dtype=DTYPES[obj["dtype"]])
         shape = tuple(obj["shape"])
         if obj.get("layout") == "tril":
-            P, G = shape[-2:]
-            keep = np.zeros((P, G), dtype=bool)
-            for p, n in enumerate(obj["row_len"]):
-                keep[p, :n] = True
-                if obj["tail"]:
-                    keep[p, G - obj["tail"]:] = True
+            keep = tril_mask(*shape[-2:], obj["row_len"], obj["tail"])
             full = np.zeros(shape, dtype=np.float32)
             full[..., keep] = flat.reshape(*shape[:-2], -1)
             flat_out = full

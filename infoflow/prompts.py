@@ -7,6 +7,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import atomic_write
+
 DEFAULT_PROMPTS = Path("prompts/gallery.toml")
 RESERVED_IDS = {"index", "static", "data", "thumbs", "p"}
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -160,9 +162,6 @@ def span_groups(tokens: list[str], text_in_model: str, spans: list[str]) -> list
 def add_prompt(path: str | Path, *, text: str, title: str, tags: list[str], note: str | None = None,
                pid: str | None = None, chat: bool = False) -> Prompt:
     """Append one [[prompt]] to `path` (created if missing), keeping comments and formatting."""
-    import os
-    import tempfile
-
     import tomlkit
 
     path = Path(path)
@@ -193,9 +192,5 @@ def add_prompt(path: str | Path, *, text: str, title: str, tags: list[str], note
     addition.append("prompt", aot)
     text_out = (source.rstrip("\n") + "\n\n" if source.strip() else source) + tomlkit.dumps(addition)
     parse_prompts(text_out, str(path))          # never write a file we could not read back
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text_out)
-    os.replace(tmp, path)
+    atomic_write(path, text_out)
     return new
