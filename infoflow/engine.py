@@ -409,8 +409,10 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
     if late_from is None:
         late_from = first_late_position(d, d_ff, tri)
     late_from = min(late_from, P)
-    direct = _direct_rows(tri, late_from, chunk) if late_from < P else None
-    late = _late_rows(tri, late_from) if late_from < P else None
+    # MLP rows that go the direct way (all of them for a short prompt), and the rows of each
+    # position past break-even, which go through that position's precomputed map.
+    direct = _direct_rows(tri, late_from, chunk) if late_from < P else list(chunks(tri.T, chunk))
+    late = _late_rows(tri, late_from)
 
     for l, lw in enumerate(layers):
         # --- attention: values of every (position, source) row, mixed by the frozen pattern
@@ -437,15 +439,14 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
         r = frozen(captured.resid_pre[l + 1]) if l + 1 < L else frozen(captured.resid_final)
         r_unit = _unit_for_proj(r)
         u_buf, delta_buf = arena.views((chunk, lw.Wup.shape[0]), (chunk, d))   # O is spent
-        if direct is None:
-            for rows in chunks(tri.T, chunk):
-                n = rows.stop - rows.start
-                delta = mlp_out(C, gate_scale, lw, gate, tri, rows, u_buf[:n], delta_buf[:n])
-                C[rows] += delta
-                _record_rows(stats, l, 1, C[rows], delta, r_unit, rows)
-        else:
-            _mlp_long_prompt(C, gate_scale, gate, lw, tri, direct, late, late_from, u_buf, delta_buf,
-                             lambda rows, delta: _record_rows(stats, l, 1, C[rows], delta, r_unit, rows))
+        for rows in direct:
+            n = rows.stop - rows.start
+            delta = mlp_out(C, gate_scale, lw, gate, tri, rows, u_buf[:n], delta_buf[:n])
+            C[rows] += delta
+            _record_rows(stats, l, 1, C[rows], delta, r_unit, rows)
+        if late:
+            _mlp_late_positions(C, gate_scale, gate, lw, tri, late, late_from,
+                                lambda rows, delta: _record_rows(stats, l, 1, C[rows], delta, r_unit, rows))
         _record_grouped(stats, l, 1, C, r_unit)
         errors[l, 1] = _relative_error(C, r, tri)
         if progress is not None:
@@ -497,16 +498,9 @@ def _late_rows(tri: Triangle, late_from: int) -> list[Tensor]:
     return out
 
 
-def _mlp_long_prompt(C, gate_scale, gate, lw, tri, direct, late, late_from, u_buf, delta_buf, record,
-                     batch: int = 8):
-    """The MLP when some positions are past break-even: each source's early rows directly
-    (contiguous slices, as in the short-prompt path), then each late position p through its
-    own d×d map M_p, built `batch` positions at a time."""
-    for rows in direct:
-        n = rows.stop - rows.start
-        delta = mlp_out(C, gate_scale, lw, gate, tri, rows, u_buf[:n], delta_buf[:n])
-        C[rows] += delta
-        record(rows, delta)
+def _mlp_late_positions(C, gate_scale, gate, lw, tri, late, late_from, record, batch: int = 8):
+    """The MLP of each position past break-even through its own d×d map M_p, built `batch`
+    positions at a time (the earlier rows went the direct way)."""
     bias_src = tri.bias_rows is not None
     for p0 in range(late_from, tri.P, batch):
         p1 = min(p0 + batch, tri.P)
