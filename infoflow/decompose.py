@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .engine import (decompose_stack, extract_weights, final_scale, has_bias_source,
+from .engine import (LENS_VOCAB_BLOCK, decompose_stack, extract_weights, final_scale, has_bias_source,
                      logit_attribution, logit_lens, reconstructed_logits, triangle)
 from .model import LoadedModel, load_model
 from .tokens import display_tokens, word_groups
@@ -153,7 +153,7 @@ def estimate(P: int, info: dict, *, logit_lens: bool = True, bias: bool = False,
     engine = itemsize * T * (2 * d + d_kv) + CHUNK_BYTES            # C, O, V and one chunk
     captured = 4 * L * (info["heads"] * P * P + P * dff + 2 * P * d) + 4 * P * V
     stats = 4 * 3 * L * 2 * P * S
-    lens = 4 * 2 * P * V if logit_lens else 0
+    lens = 4 * min(2 * L * P, LENS_ROWS) * min(V, LENS_VOCAB_BLOCK) if logit_lens else 0   # one slab
     macs = L * (T * (d * d_kv + d * d + 2 * d * dff) + d * P * (P + 1) * (P + 2) // 6)
     if logit_lens:
         macs += 2 * L * P * d * V
@@ -292,7 +292,7 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
     return out
 
 
-LENS_ROWS = 512   # rows per unembedding matmul: W_U (V·d) is read once per batch, not per layer
+LENS_ROWS = 1024  # rows per unembedding matmul: W_U (V·d) is read once per batch, not per layer; ≥ 1024 rows keep the matmul near the sgemm rate
 
 
 def _logit_lens(captured, unembed, k: int) -> tuple[np.ndarray, np.ndarray]:

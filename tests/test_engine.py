@@ -157,3 +157,22 @@ def test_precomputed_mlp_ordering_matches_naive(kind):
     assert rel(d.logit_attr, ref["logit_attr"].numpy()) <= 1e-5
     assert d.worst_recon_error <= 1e-5
     assert decompose(PROMPT, lm).timings["ordering"] == "direct"   # P = 11 is far below break-even
+
+
+@pytest.mark.parametrize("V,bias", [(20000, False), (20001, True)])
+def test_logit_lens_matches_softmax_topk(V, bias):
+    """The blocked lens (grouped top-k, online log-sum-exp) against plain softmax + topk."""
+    from infoflow.engine import Unembed, final_scale, logit_lens
+    g = torch.Generator().manual_seed(V)
+    d, N, k = 48, 70, 5
+    unembed = Unembed(w_norm=1 + 0.1 * torch.randn(d, generator=g), eps=1e-5,
+                      W_U=torch.randn(V, d, generator=g),
+                      b_U=torch.randn(V, generator=g) if bias else None)
+    resid = 3 * torch.randn(N, d, generator=g)
+    ids, probs = logit_lens(resid, unembed, k)
+    logits = (resid * final_scale(resid, unembed)).double() @ unembed.W_U.double().T
+    if bias:
+        logits += unembed.b_U.double()
+    want_p, want_ids = torch.softmax(logits, -1).topk(k, dim=-1)
+    assert torch.equal(ids, want_ids)
+    assert torch.allclose(probs.double(), want_p, rtol=1e-4, atol=1e-7)
