@@ -578,11 +578,11 @@ def reconstructed_logits(C: Tensor, tri: Triangle, scale: Tensor, unembed: Unemb
     return logits if unembed.b_U is None else logits + unembed.b_U
 
 
-LENS_VOCAB_BLOCK = 8192   # vocabulary columns per lens matmul (measured: 2048 spent more on top-k)
+LENS_VOCAB_BLOCK = 4096   # vocabulary columns per lens matmul: a (1024, 4096) slab, 16 MB
 
 
 def logit_lens(resid: Tensor, unembed: Unembed, k: int, vocab_block: int = LENS_VOCAB_BLOCK,
-               group: int = 32) -> tuple[Tensor, Tensor]:
+               group: int = 16) -> tuple[Tensor, Tensor]:
     """Top-k tokens and probabilities of final_norm(r) @ W_Uᵀ, per row.   (N, d) -> (N, k) ×2
 
     The vocabulary is walked in blocks: each (N, block) slab of logits is written once into
