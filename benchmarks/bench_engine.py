@@ -122,31 +122,21 @@ def floor_macs(m, P: int, k: int = 5) -> tuple[float, float]:
     return decomp, decomp + 2 * L * P * d * V
 
 
-def best_of(fn, repeats: int, rate: Rate, warm_up: bool = True) -> list[float]:
+def timed(fn, repeats: int, rate: Rate, warm_up: bool = True,
+          paired: bool = False) -> tuple[list[float], list[float]]:
+    """Wall times of fn, burst sgemm samples between runs, and, when paired, each run's own
+    sustained reference (mean of a window just before and one just after): (times, rates)."""
     if warm_up:
         fn()
-    times = []
-    for _ in range(repeats):
-        rate.sample(2)
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    rate.sample(2)
-    return times
-
-
-def paired(fn, repeats: int, rate: Rate) -> tuple[list[float], list[float]]:
-    """Wall times of fn, each with its own sustained sgemm reference (mean of a window
-    just before and one just after): (times, rates)."""
-    fn()
     times, rates = [], []
     for _ in range(repeats):
         rate.sample(2)
-        before = rate.sustained()
+        before = rate.sustained() if paired else 0.0
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-        rates.append((before + rate.sustained()) / 2)
+        if paired:
+            rates.append((before + rate.sustained()) / 2)
     rate.sample(2)
     return times, rates
 
@@ -258,8 +248,9 @@ def main(argv=None):
         prompt = prompt_of(lm, P)
         assert decompose(prompt, lm, logit_lens=False).n_tokens == P
         f_dec, f_all = floor_macs(m, P)
-        t_dec, r_dec = paired(lambda: decompose(prompt, lm, logit_lens=False), args.repeats, rate)
-        t_all, r_all = paired(lambda: decompose(prompt, lm), args.repeats, rate)
+        t_dec, r_dec = timed(lambda: decompose(prompt, lm, logit_lens=False), args.repeats, rate,
+                             paired=True)
+        t_all, r_all = timed(lambda: decompose(prompt, lm), args.repeats, rate, paired=True)
         d = decompose(prompt, lm)
         eng_rows.append((P, t_dec, t_all, f_dec, f_all, d.timings,
                          paired_ratios(t_dec, r_dec, f_dec), paired_ratios(t_all, r_all, f_all),
@@ -276,11 +267,11 @@ def main(argv=None):
         mem_rows.append((P, peak, layer_bytes, chunk_bytes))
 
         if P in args.naive_sizes:
-            t_eng = best_of(lambda: engine_stack(captured, layers, P), args.repeats, rate)
+            t_eng, _ = timed(lambda: engine_stack(captured, layers, P), args.repeats, rate)
             # The naive loop uses the same few ops as the (warm) engine: no warm-up, and
             # fewer repeats, since it is slow.
-            t_nv = best_of(lambda: naive_decompose(captured, layers), args.naive_repeats, rate,
-                           warm_up=False)
+            t_nv, _ = timed(lambda: naive_decompose(captured, layers), args.naive_repeats, rate,
+                            warm_up=False)
             naive_rows.append((P, t_eng, t_nv))
             checks.append((P, agreement(captured, layers, P)))
             print(f"  naive {min(t_nv):.3f} s vs engine {min(t_eng):.3f} s", flush=True)

@@ -292,7 +292,9 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
     return out
 
 
-LENS_ROWS = 1024  # rows per unembedding matmul: W_U (V·d) is read once per batch, not per layer; ≥ 1024 rows keep the matmul near the sgemm rate
+# Rows per unembedding matmul: W_U (V·d) is read once per batch, not per layer, and at 1024
+# rows the matmul runs near the sgemm rate (512: ~0.85 of it).
+LENS_ROWS = 1024
 
 
 def _logit_lens(captured, unembed, k: int) -> tuple[np.ndarray, np.ndarray]:

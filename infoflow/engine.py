@@ -622,8 +622,7 @@ def _block_topk(logits: Tensor, k: int, group: int) -> tuple[Tensor, Tensor]:
     N, B = logits.shape
     n_sets = B // group
     if B % group or n_sets < k:
-        top, ids = logits.topk(min(k, B), dim=-1)
-        return top, ids
+        return logits.topk(min(k, B), dim=-1)
     set_max = logits.view(N, group, n_sets).amax(1)                    # (N, n_sets)
     _, sets = set_max.topk(k, dim=-1, sorted=False)                    # (N, k)
     cand = (sets.unsqueeze(-1) + torch.arange(group, device=logits.device) * n_sets).view(N, -1)
