@@ -194,7 +194,11 @@ export class Viewer {
     const V = this.V, D = this.D, s = this.state, theme = this.theme;
     this.traceSrc = keySource(V, s.trace);
     this.hidden = hiddenMask(V, s.hidden, this.traceSrc);
-    this.slots = colorSlots(V, D.L, D.P, this.hidden, this.traceSrc, MAX_COLORS);
+    const slotKey = `${this.hidden.join("")}|${this.traceSrc}`;    // colours change with these only
+    if (!this.slotCache || this.slotCache.V !== V || this.slotCache.key !== slotKey) {
+      this.slotCache = { V, key: slotKey, slots: colorSlots(V, D.L, D.P, this.hidden, this.traceSrc, MAX_COLORS) };
+    }
+    this.slots = this.slotCache.slots;
     this.colors = Array.from(this.slots, (slot) => (slot >= 0 ? PALETTE[slot] : null));
     this.labels = sourceLabels(V);
     const batches = buildBatches(V, D.L, D.P, {
@@ -412,6 +416,7 @@ export function showError(root, e) {
     el("span", { text: e instanceof DataError ? e.message : `${e.name}: ${e.message}` }));
   box.hidden = false;
   if ($("loading")) $("loading").hidden = true;
+  window.infoflowErrorAt = performance.now();     // ms from navigation start (tests)
   document.documentElement.dataset.viewerReady = "error";
 }
 
