@@ -7,7 +7,7 @@
 import { loadData, DataError, ensureMetric, METRIC_KEYS } from "./data.js";
 import { Grid, MARGIN } from "./grid.js";
 import { buildBatches, colorSlots, customVariant } from "./compute.js";
-import { PALETTE, MAX_COLORS, sequentialRamp, divergingRamp, NEG_COLOR, POS_COLOR } from "./palette.js";
+import { PALETTE, PALETTE_DARK, MAX_COLORS, sequentialRamp, divergingRamp, NEG_COLOR, POS_COLOR } from "./palette.js";
 import { isDark } from "./theme.js";
 import { buildSkeleton, panelBox, el } from "./dom.js";
 import { PANELS, cellContent } from "./panels.js";
@@ -41,6 +41,7 @@ export class Viewer {
     this.seq = 0;
     this.pending = false;
     this.dirtyKeys = new Set();
+    this.idleJobs = new Map();
     const dup = new Map();
     for (const t of D.tokens) dup.set(t, (dup.get(t) || 0) + 1);
     this.tokenLabels = D.tokens.map((t, p) => displayToken(t) + (dup.get(t) > 1 ? subscript(p) : ""));
@@ -182,8 +183,15 @@ export class Viewer {
   renderPanels(keys) {
     for (const p of PANELS) {
       if (!(p.deps.includes("*") || p.deps.some((k) => keys.has(k)))) continue;
-      const box = p.box ? p.box() : $(p.id);
-      if (box || p.id === "controls") p.render(this, box);
+      const render = () => {
+        this.idleJobs.delete(p.id);
+        const box = p.box ? p.box() : $(p.id);
+        if (box || p.id === "controls") p.render(this, box);
+      };
+      if (!p.idle) { render(); continue; }
+      // off-screen panels (the screen readers' summary table) wait for an idle moment
+      (window.cancelIdleCallback || clearTimeout)(this.idleJobs.get(p.id));
+      this.idleJobs.set(p.id, (window.requestIdleCallback || setTimeout)(render, { timeout: 500 }));
     }
   }
 
@@ -199,7 +207,8 @@ export class Viewer {
       this.slotCache = { V, key: slotKey, slots: colorSlots(V, D.L, D.P, this.hidden, this.traceSrc, MAX_COLORS) };
     }
     this.slots = this.slotCache.slots;
-    this.colors = Array.from(this.slots, (slot) => (slot >= 0 ? PALETTE[slot] : null));
+    const palette = this.dark ? PALETTE_DARK : PALETTE;
+    this.colors = Array.from(this.slots, (slot) => (slot >= 0 ? palette[slot] : null));
     this.labels = sourceLabels(V);
     const batches = buildBatches(V, D.L, D.P, {
       metric: s.metric, hidden: this.hidden, trace: this.traceSrc, heat: s.heat, order: s.order,
@@ -446,7 +455,7 @@ function api(viewer) {
     get timings() { return { ...viewer.timings, lastDraw: viewer.grid.lastDraw }; },
     get hash() { return viewer.state ? viewer.hash() : null; },
     /** true once nothing is being decoded or waiting to be drawn */
-    get idle() { return !viewer.pending && !viewer.grid.frame; },
+    get idle() { return !viewer.pending && !viewer.grid.frame && !viewer.idleJobs.size; },
     viewer,
     grid: viewer.grid,
   };
