@@ -62,13 +62,15 @@ export class Viewer {
     const t0 = performance.now();
     await this.ensureArrays();
     this.update(new Set(ALL_KEYS), { push: false });
+    const t1 = performance.now();
     this.grid.flush();
+    this.timings.parts.draw = performance.now() - t1;
     this.timings.firstDraw = performance.now() - t0;
     // the rest of the file in the background, so later switches are instant
     this.loading = true;
-    const t1 = performance.now();
+    const t2 = performance.now();
     setTimeout(() => Promise.all(D.variants.flatMap((V) => METRIC_KEYS.map((m) => ensureMetric(V, m)))).then(() => {
-      this.timings.decodeRest = performance.now() - t1;
+      this.timings.decodeRest = performance.now() - t2;
       this.loading = false;
     }, (e) => this.fail(e)), 0);
     bindEvents(this);
