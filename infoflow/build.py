@@ -42,6 +42,7 @@ class BuildOptions:
     progress: bool = True
     shard: tuple[int, int] | None = None    # (i, n): compute prompts i, i+n, ... into the cache only
     cached_only: bool = False               # merge: assemble from the cache, compute nothing
+    live: bool = True                       # export the model for the in-browser page (live/)
 
 
 @dataclass
@@ -187,7 +188,7 @@ def build(opts: BuildOptions, log=print) -> BuildSummary:
         raise BuildError("cannot assemble the site; missing results: "
                          + ", ".join(pid for pid, _ in summary.failed))
     if not opts.shard:
-        assemble(opts.out, [p for p in prompts if p.id in docs], docs, summary)
+        assemble(opts.out, [p for p in prompts if p.id in docs], docs, summary, opts=opts)
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -210,7 +211,8 @@ def _progress(items, enabled: bool):
     return tqdm(items, unit="prompt", disable=not enabled, dynamic_ncols=True)
 
 
-def assemble(out: Path, prompts: list[Prompt], docs: dict[str, dict], summary: BuildSummary) -> None:
+def assemble(out: Path, prompts: list[Prompt], docs: dict[str, dict], summary: BuildSummary,
+             opts: BuildOptions | None = None) -> None:
     """Write the site into a staging folder, then swap it in place of `out`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +254,9 @@ def assemble(out: Path, prompts: list[Prompt], docs: dict[str, dict], summary: B
         manifest = {"schema": SCHEMA, "site": site, "prompts": entries}
         (staging / "data" / "manifest.json").write_text(
             json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+        if opts is not None and opts.live:
+            from .live import export_live_model
+            site["live"] = export_live_model(staging, site, model=opts.model, cache=opts.cache)
         render_site(staging, entries, site)
         _swap(staging, out)
     finally:

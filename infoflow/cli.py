@@ -121,14 +121,16 @@ def _decompose_remote(prompt, model):
               help="Compute only shard I of N (prompts I, I+N, ...) into the cache; write no site.")
 @click.option("--merge", "merge_from", multiple=True, type=click.Path(exists=True, file_okay=False),
               metavar="CACHE", help="Assemble the site from these shard caches; compute nothing (repeatable).")
+@click.option("--no-live", is_flag=True, help="Leave out the in-browser model and its page (live/).")
 def build_cmd(prompts_path, out, model, dtype, device, cache_dir, only, keep_going, max_tokens, shard,
-              merge_from):
+              merge_from, no_live):
     """Decompose every prompt (reusing cached results) and write the static site to OUT."""
     from .build import BuildError, BuildOptions, build, merge_shards
     from .prompts import PromptError
 
     opts = BuildOptions(prompts=prompts_path, out=out, model=model, dtype=dtype, device=device,
-                        cache=cache_dir, only=only, keep_going=keep_going, max_tokens=max_tokens)
+                        cache=cache_dir, only=only, keep_going=keep_going, max_tokens=max_tokens,
+                        live=not no_live)
     if shard:
         try:
             i, n = (int(x) for x in shard.split("/"))

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write
+from . import ENGINE_VERSION, __version__
 from .model import (DEFAULT_MODEL, _GGUF_FILE, _folder_fingerprint, _gguf_folder, cache_dir,
                     converted_default_model)
 
 FORMAT = "infoflow-live"
 FORMAT_VERSION = 1
+EXPORT_REVISION = 2             # bump when the export of the same GGUF changes (cache key)
 CHUNK_BYTES = 16 << 20            # ≤ 20 MB per file: GitHub Pages and CDNs take it happily
 MAX_TOTAL_BYTES = 110_000_000     # the whole download
 MAX_PARAMETERS = 500_000_000      # beyond ~0.5 B parameters a browser tab is the wrong place
@@ -81,7 +82,7 @@ def _gguf_path() -> Path:
 
 def _export_key(gguf: Path) -> str:
     st = gguf.stat()
-    blob = json.dumps([FORMAT_VERSION, CHUNK_BYTES, ALIGN, str(gguf.resolve()), st.st_size, st.st_mtime_ns])
+    blob = json.dumps([FORMAT_VERSION, EXPORT_REVISION, CHUNK_BYTES, ALIGN, str(gguf.resolve()), st.st_size, st.st_mtime_ns])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -117,13 +118,58 @@ def _model_info(folder: Path, config: dict) -> dict:
             "dtype": "float32"}
 
 
+def _ranges(pred) -> list[list[int]]:
+    """Inclusive [first, last] code-point ranges where pred(character) holds."""
+    out, start = [], None
+    for c in range(0x110000):
+        if pred(chr(c)):
+            start = c if start is None else start
+        elif start is not None:
+            out.append([start, c - 1])
+            start = None
+    if start is not None:
+        out.append([start, 0x10FFFF])
+    return out
+
+
+def word_tables() -> dict:
+    """tokens.py's words rule needs str.isspace, str.isdigit and unicodedata categories; JS
+    has other Unicode tables, so we ship Python's as ranges (about 6 KB)."""
+    import unicodedata
+    return {"unicode": unicodedata.unidata_version,
+            "space": _ranges(str.isspace),
+            "word_start": _ranges(lambda ch: ch.isspace() or ch.isdigit()
+                                  or unicodedata.category(ch).startswith(("P", "S")))}
+
+
 def _tokenizer_meta(folder: Path) -> dict:
     """Special ids and chat template exactly as the Python tokenizer sees them."""
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(folder)
     return {"special_ids": sorted(int(i) for i in (tok.all_special_ids or [])),
             "chat_template": getattr(tok, "chat_template", None) or None,
-            "bos_token": tok.bos_token, "eos_token": tok.eos_token}
+            "bos_token": tok.bos_token, "eos_token": tok.eos_token, "words": word_tables()}
+
+
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+
+def browser_tokenizer(tok: dict) -> dict:
+    """tokenizer.json for @huggingface/tokenizers, with the same meaning as for Python.
+
+    A ByteLevel pre-tokenizer with use_regex=True splits with the GPT-2 pattern; the Rust
+    library compiles it with Oniguruma, whose \\s is Unicode White_Space, but the JS library
+    hard-codes it as a JS RegExp, whose \\s misses U+0085 (NEL) and adds U+FEFF. We spell the
+    same split out as a Split pre-tokenizer (which the JS library translates with Oniguruma
+    semantics, \\s -> \\p{White_Space}) followed by a ByteLevel that does not split again.
+    tests/test_live.py checks that Python gives identical ids with both files.
+    """
+    pre = tok.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        tok = dict(tok, pre_tokenizer={"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": GPT2_PATTERN}, "behavior": "Isolated", "invert": False},
+            dict(pre, use_regex=False)]})
+    return tok
 
 
 def _build_export(gguf: Path, folder: Path, target: Path) -> None:
@@ -159,11 +205,13 @@ def _build_export(gguf: Path, folder: Path, target: Path) -> None:
         name = _content_name(f"weights-{i:02d}", part, "bin")
         (target / name).write_bytes(part)
         chunks.append({"file": name, "bytes": len(part), "sha256": hashlib.sha256(part).hexdigest()})
-    tok_bytes = (folder / "tokenizer.json").read_bytes()
+    tok_json = browser_tokenizer(json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")))
+    tok_bytes = json.dumps(tok_json, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     tok_name = _content_name("tokenizer", tok_bytes, "json")
     (target / tok_name).write_bytes(tok_bytes)
     manifest = {
         "format": FORMAT, "version": FORMAT_VERSION,
+        "generator": {"infoflow": __version__, "engine": ENGINE_VERSION},
         "model": _model_info(folder, config), "config": config,
         "tokenizer": {"file": tok_name, "bytes": len(tok_bytes), "sha256": hashlib.sha256(tok_bytes).hexdigest(),
                       **_tokenizer_meta(folder)},
@@ -218,7 +266,8 @@ def export_live_model(site_dir: Path, site: dict, *, model: str | None = None,
     manifest_name = _content_name("manifest", body, "json")
     (dest / manifest_name).write_bytes(body)
     render_live(Path(site_dir), site, manifest=f"model/{manifest_name}",
-                total_mb=manifest["total_bytes"] / 1e6, config=manifest["config"])
+                total_mb=manifest["total_bytes"] / 1e6, config=manifest["config"],
+                has_chat=bool(manifest["tokenizer"].get("chat_template")))
     return f"{LIVE_DIR}/index.html"
 
 
