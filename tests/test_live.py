@@ -377,7 +377,7 @@ def test_empty_and_over_limit_prompts_say_what_to_fix(context, live_server):
     page.fill("#prompt", long_text)
     page.wait_for_function("() => Number(document.getElementById('token-count').dataset.count) > 64")
     n = int(page.get_attribute("#token-count", "data-count"))
-    assert n == 80 and f"{n} / 64 tokens" in page.text_content("#token-count")
+    assert n > 64 and f"{n} / 64 tokens" in page.text_content("#token-count")
     page.click("#run")
     message = page.text_content("#live-error")
     assert f"{n} tokens" in message and "64" in message
@@ -413,7 +413,7 @@ def _corrupt(route, bad: set, times: dict):
 def test_corrupt_chunk_is_refetched_once_then_named(context, live_server, manifest):
     chunk = manifest["chunks"][1]["file"]
     times: dict = {}
-    context.route("**/weights-*.bin", lambda r: _corrupt(r, {chunk}, times))
+    context.route(f"**/{chunk}", lambda r: _corrupt(r, {chunk}, times))
     page = _open_live(context.new_page(), live_server + "live/index.html")
     page.fill("#prompt", "Hello there")
     page.click("#run")
@@ -431,15 +431,14 @@ def test_network_error_is_retried_and_cached_chunks_are_reused(context, live_ser
     state = {"failed": 0, "served": []}
 
     def flaky(route):
-        name = route.request.url.rsplit("/", 1)[-1]
-        state["served"].append(name)
-        if name == chunk and state["failed"] < 2:
+        if state["failed"] < 2:
             state["failed"] += 1
             route.abort("connectionreset")
         else:
             route.continue_()
 
-    context.route("**/weights-*.bin", flaky)
+    context.route(f"**/{chunk}", flaky)
+    context.on("request", lambda r: "weights-" in r.url and state["served"].append(r.url.rsplit("/", 1)[-1]))
     page = _open_live(context.new_page(), live_server + "live/index.html")
     page.fill("#prompt", "Hello there")
     page.click("#run")

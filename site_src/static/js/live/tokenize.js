@@ -39,11 +39,32 @@ function inRanges(ranges, cp) {
   return false;
 }
 
+/**
+ * The Rust BPE (tokenizers' BPE::merge_word), with no unk_token and no byte fallback, drops a
+ * character that is not in the vocabulary *before* merging, so its neighbours can merge; the JS
+ * library merges first and drops it after. This model's vocabulary lacks 21 of the 256
+ * byte-level characters (bytes 0x04, 0x06, 0x13, 0x14, 0x16, 0x1D, 0xC0, 0xC1, 0xF1, 0xF2,
+ * 0xF5..0xFF), so " \x1d|" is [" |"] in Python. We filter the same characters first.
+ */
+function skipUnknownBeforeMerging(model, config) {
+  if (config.type !== "BPE" || config.unk_token != null || config.byte_fallback) return;
+  const known = model.tokens_to_ids;
+  const bpe = model.bpe.bind(model);
+  model.bpe = (token) => {
+    let clean = token;
+    for (const ch of token) {
+      if (!known.has(ch)) { clean = Array.from(token).filter((c) => known.has(c)).join(""); break; }
+    }
+    return bpe(clean);
+  };
+}
+
 export class LiveTokenizer {
   /** tokenizerJson: the exported tokenizer.json; meta: the manifest's `tokenizer` map. */
   constructor(tokenizerJson, meta) {
     this.meta = meta;
     this.tok = new Tokenizer(tokenizerJson, { bos_token: meta.bos_token, eos_token: meta.eos_token });
+    skipUnknownBeforeMerging(this.tok.model, tokenizerJson.model);
     this.special = new Set(meta.special_ids || []);
     this.added = new Map((tokenizerJson.added_tokens || []).map((t) => [t.id, t.content]));
     this.template = meta.chat_template ? new Template(meta.chat_template) : null;
