@@ -43,13 +43,14 @@
  *    variants: {name: {grouping "tokens"|"custom", groups Int32Array (P), sources_count G,
  *                      has_bias, attn_norm, mlp_norm, attn_delta_norm, mlp_delta_norm,
  *                      attn_proj, mlp_proj (L, P, G), logit_attr (P, k, G)}},
- *    timings {layers_ms, logits_ms, total_ms}}
+ *    timings {layers_ms, logits_ms, total_ms, layers_kernel_ms, logits_kernel_ms}}
+ *   (the *_kernel_ms parts are the time inside the matmul kernel)
  *   With biases, the last source of every variant is "bias". Entries with a group not yet
  *   present at a position are zero.
  *   logit_error = max |logits(Σ_s c) − logits|, computed as max |((Σ_s c − r) ⊙ w_f / rms_f)·W_U|
  *   (the same quantity by linearity, without cancelling two float32 logits).
  */
-import {initKernel, Weight, matmul} from "./kernel.js";
+import {initKernel, Weight, kernelTime, matmul} from "./kernel.js";
 import {SublayerStats, reconError, rowNorms, triangle, unitForProj} from "./engine-stats.js";
 import {abortError, logitAttribution, topLogits} from "./engine-logits.js";
 
@@ -57,7 +58,7 @@ const MLP_ROWS = 2048;   // triangle rows per MLP product: u is (2048, d_ff), 12
 
 export async function decompose(model, ids, variants = {main: null}, opts = {}) {
   const {topK = 5, logitLens = true, onProgress = null, signal = null} = opts;
-  const t0 = performance.now();
+  const t0 = performance.now(), k0 = kernelTime();
   const cfg = checkConfig(model.config);
   const {n_layers: L, d_model: d, vocab: V} = cfg;
   const P = ids.length;
@@ -108,7 +109,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
       w.dispose();
     }
   }
-  const tLayers = performance.now();
+  const tLayers = performance.now(), kLayers = kernelTime();
   progress(L, "predictions and logit lens");
 
   // Unembedding: every lens row (the last P of them are the final residual), or just the final
@@ -149,7 +150,8 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
     embed_norm: embedNorm, recon_error: recon, logit_error: top.absMax,
     pred_ids: predIds, pred_probs: predProbs, pred_logits: predLogits,
     lens_ids: lensIds, lens_probs: lensProbs, variants: out,
-    timings: {layers_ms: tLayers - t0, logits_ms: tEnd - tLayers, total_ms: tEnd - t0},
+    timings: {layers_ms: tLayers - t0, logits_ms: tEnd - tLayers, total_ms: tEnd - t0,
+              layers_kernel_ms: kLayers - k0, logits_kernel_ms: kernelTime() - kLayers},
   };
 }
 

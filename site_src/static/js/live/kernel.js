@@ -20,6 +20,7 @@ import "../../vendor/tfjs/tf-backend-wasm.min.js";
 
 const tf = globalThis.tf;
 let ready = null;
+let spentMs = 0;   // time inside matmul() and Weight(), for the engine's timings
 
 /** Start the wasm backend once; resolves to {backend, simd}. */
 export function initKernel() {
@@ -47,6 +48,7 @@ export class Weight {
     if (w.length !== out * inDim) {
       throw new Error(`weight has ${w.length} values, expected ${out}×${inDim}`);
     }
+    const t0 = performance.now();
     this.out = out;
     this.in = inDim;
     this.t = tf.tidy(() => {
@@ -54,6 +56,7 @@ export class Weight {
       if (inScale) m = tf.mul(m, tf.tensor1d(inScale));
       return tf.transpose(m);                                   // [in, out]
     });
+    spentMs += performance.now() - t0;
   }
 
   dispose() {
@@ -65,13 +68,20 @@ export class Weight {
 /** x · Wᵀ for `rows` rows of x (Float32Array [rows·in]) -> new Float32Array [rows·out]. */
 export function matmul(x, rows, weight) {
   if (x.length < rows * weight.in) throw new Error("matmul: x is too short");
+  const t0 = performance.now();
   const xs = x.length === rows * weight.in ? x : x.subarray(0, rows * weight.in);
   const a = tf.tensor2d(xs, [rows, weight.in]);
   const y = tf.matMul(a, weight.t);
   a.dispose();
   const out = y.dataSync();
   y.dispose();
+  spentMs += performance.now() - t0;
   return out;
+}
+
+/** Milliseconds spent in the kernel (products and weight uploads) since the page started. */
+export function kernelTime() {
+  return spentMs;
 }
 
 /** Bytes the kernel holds in its heap now (for tests and the memory budget). */
