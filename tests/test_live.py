@@ -499,7 +499,7 @@ def test_real_model_end_to_end_matches_python(context, live_server, default_mode
     state = _wait_state(page, ["error", "done"])
     assert state == "done", page.text_content("#live-error")
     with page.expect_download() as dl:
-        page.click("#live-data-file")
+        page.click("#download-data")
     path = tmp_path / "live.msgpack"
     dl.value.save_as(path)
 

@@ -179,8 +179,8 @@ async function showResult(bytes, timings) {
     return;
   }
   const secs = (ms) => (ms / 1000).toFixed(1);
-  status(`Done: ${D.P} tokens in ${secs(timings.engine)} s (model ready in ${secs(timings.load)} s); ` +
-    `worst reconstruction error ${Number(D.worstReconError).toExponential(1)}.`);
+  status(`Done: model ready in ${secs(timings.load)} s, decomposition ${secs(timings.engine)} s, ` +
+    `data file ${(bytes.byteLength / 1024).toFixed(0)} KB.`);
   setState("done");
 }
 

@@ -8,12 +8,10 @@ function el(tag, attrs = {}, text = null) {
   return e;
 }
 
-/** The bar above the viewer: what was computed, and the data file to download. */
-function resultBar(D, { dataUrl, fileName }) {
-  const bar = el("div", { class: "live-result-bar" });
-  const a = el("a", { class: "button", id: "live-data-file", href: dataUrl, download: fileName }, "Data file");
-  a.title = "Download this result as an infoflow data file (infoflow.load reads it)";
-  bar.append(a, el("span", { class: "muted" },
+/** The line above the viewer: what was computed. */
+function resultBar(D) {
+  const bar = el("p", { class: "live-result-bar muted" });
+  bar.append(el("span", {},
     ` ${D.P} tokens · ${D.L} layers · worst reconstruction error ${Number(D.worstReconError).toExponential(2)}` +
     ` · logit error ${Number(D.logitError).toExponential(2)}`));
   return bar;
@@ -36,9 +34,21 @@ function summary(D) {
   return table;
 }
 
+/** The viewer's "Data file" link gets a file name (a blob: URL has none). */
+function nameDataLink(link, { dataUrl, fileName }) {
+  link.href = dataUrl;
+  link.setAttribute("download", fileName);
+  link.title = "Download this result as an infoflow data file (infoflow.load reads it)";
+}
+
+/**
+ * Mount the standard viewer on D in `container`. options: {dataUrl, fileName}. The view is
+ * not mirrored in the URL hash (hash: false): the hash holds the prompt (#text=...), which the
+ * viewer's state encoder would drop.
+ */
 export async function mountResult(container, D, options) {
-  container.replaceChildren(resultBar(D, options));
-  const host = el("div", { class: "live-viewer" });
+  container.replaceChildren(resultBar(D));
+  const host = el("div", { class: "viewer live-viewer" });
   container.append(host);
   let mod;
   try {
@@ -47,9 +57,14 @@ export async function mountResult(container, D, options) {
     mod = null;
   }
   if (mod && typeof mod.mountViewer === "function") {
-    return mod.mountViewer(host, D, { dataUrl: options.dataUrl, dataName: options.fileName, hash: false });
+    const viewer = await mod.mountViewer(host, D, { id: "live", dataUrl: options.dataUrl, hash: false });
+    const link = document.getElementById("download-data");
+    if (link) nameDataLink(link, options);
+    return viewer;
   }
-  host.append(el("p", { class: "muted" }, "This site's viewer cannot show computed results; here are the tokens and predictions."),
+  const link = el("a", { class: "button", id: "download-data" }, "Data file");
+  nameDataLink(link, options);
+  host.append(link, el("p", { class: "muted" }, "This site's viewer cannot show computed results; here are the tokens and predictions."),
     summary(D));
   return null;
 }
