@@ -177,10 +177,6 @@ def _build_export(gguf: Path, folder: Path, target: Path) -> None:
     import gguf as ggufpy
     reader = ggufpy.GGUFReader(gguf)
     config = _model_config(reader, folder)
-    n_params = sum(int(np.prod(t.shape)) for t in reader.tensors)
-    if n_params > MAX_PARAMETERS:
-        raise LiveExportError(f"{n_params / 1e9:.2f} B parameters is too large for a browser tab "
-                              f"(limit ~{MAX_PARAMETERS / 1e9:.1f} B)")
     tensors, stream, offset = [], [], 0
     for t in reader.tensors:
         kind = t.tensor_type.name
@@ -220,12 +216,23 @@ def _build_export(gguf: Path, folder: Path, target: Path) -> None:
     (target / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
+def check_size(gguf: Path) -> int:
+    """The GGUF's parameter count; LiveExportError past MAX_PARAMETERS (read from its header)."""
+    import gguf as ggufpy
+    n_params = sum(int(np.prod(t.shape)) for t in ggufpy.GGUFReader(gguf).tensors)
+    if n_params > MAX_PARAMETERS:
+        raise LiveExportError(f"{n_params / 1e9:.2f} B parameters is too large for a browser tab "
+                              f"(limit ~{MAX_PARAMETERS / 1e9:.1f} B)")
+    return n_params
+
+
 def cached_export(cache: str | os.PathLike | None = None) -> Path:
     """The exported default model in the cache (chunks, tokenizer, manifest.json), made once."""
     gguf = _gguf_path()
     target = cache_dir(cache) / "live" / _export_key(gguf)
     if (target / "manifest.json").exists():
         return target
+    check_size(gguf)
     folder = converted_default_model(cache)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
