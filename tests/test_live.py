@@ -456,7 +456,12 @@ def test_network_error_is_retried_and_cached_chunks_are_reused(context, live_ser
                            f"{manifest['total_bytes']}", timeout=60_000)
     assert state["served"] == [], "the second visit reads every chunk from the Cache Storage"
     assert "cache" in page.text_content("#download-label")
-    _wait_state(page, ["error", "done"])
+    # Cancel while the engine works through the layers
+    page.wait_for_function("() => document.getElementById('layer-bar').value >= 1", timeout=120_000)
+    page.click("#cancel")
+    assert _wait_state(page, ["cancelled", "error", "done"]) == "cancelled"
+    assert page.is_hidden("#live-error") and not page.is_disabled("#run")
+    assert page.is_hidden("#live-result"), "a cancelled run shows no result"
 
 
 @pytest.mark.browser
@@ -476,6 +481,15 @@ def test_cancel_mid_download_stops_cleanly(context, live_server):
     assert "Cancelled" in page.text_content("#live-status")
     assert page.is_hidden("#cancel") and not page.is_disabled("#run")
     assert page.is_hidden("#live-error")
+
+
+@pytest.mark.browser
+def test_no_webassembly_says_so(context, live_server):
+    context.add_init_script("delete globalThis.WebAssembly")
+    page = _open_live(context.new_page(), live_server + "live/index.html")
+    assert page.evaluate("() => document.documentElement.dataset.liveState") == "unsupported"
+    assert "WebAssembly" in page.text_content("#live-error")
+    assert page.is_disabled("#run")
 
 
 # ----------------------------------------------------------------------------- end to end
