@@ -450,7 +450,7 @@ def test_network_error_is_retried_and_cached_chunks_are_reused(context, live_ser
 
     state["served"].clear()
     page = _open_live(context.new_page(), live_server + "live/index.html")
-    page.fill("#prompt", "Hello again")
+    page.fill("#prompt", "Hello again, " * 20)         # ~60 tokens: the engine takes long enough to cancel
     page.click("#run")
     page.wait_for_function("() => document.getElementById('download-bar').value >= "
                            f"{manifest['total_bytes']}", timeout=60_000)
