@@ -22,7 +22,7 @@ from .model import (DEFAULT_MODEL, _GGUF_FILE, _folder_fingerprint, _gguf_folder
 
 FORMAT = "infoflow-live"
 FORMAT_VERSION = 1
-EXPORT_REVISION = 2             # bump when the export of the same GGUF changes (cache key)
+EXPORT_REVISION = 3             # bump when the export of the same GGUF changes (cache key)
 CHUNK_BYTES = 16 << 20            # ≤ 20 MB per file: GitHub Pages and CDNs take it happily
 MAX_TOTAL_BYTES = 110_000_000     # the whole download
 MAX_PARAMETERS = 500_000_000      # beyond ~0.5 B parameters a browser tab is the wrong place
@@ -198,7 +198,7 @@ def _build_export(gguf: Path, folder: Path, target: Path) -> None:
     chunks = []
     for i, a in enumerate(range(0, len(blob), CHUNK_BYTES)):
         part = blob[a:a + CHUNK_BYTES]
-        name = _content_name(f"weights-{i:02d}", part, "bin")
+        name = _content_name(f"weights-{i:02d}", part, "chunk")   # not .bin: publish refuses *.bin
         (target / name).write_bytes(part)
         chunks.append({"file": name, "bytes": len(part), "sha256": hashlib.sha256(part).hexdigest()})
     tok_json = browser_tokenizer(json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")))
@@ -244,6 +244,9 @@ def cached_export(cache: str | os.PathLike | None = None) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    for old in target.parent.iterdir():       # exports of an older format or GGUF (~100 MB each)
+        if old != target and (old / "manifest.json").exists():
+            shutil.rmtree(old, ignore_errors=True)
     return target
 
 

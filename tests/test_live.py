@@ -471,7 +471,7 @@ def test_cancel_mid_download_stops_cleanly(context, live_server):
         time.sleep(0.4)
         route.continue_()
 
-    context.route("**/weights-*.bin", slow)
+    context.route("**/weights-*.chunk", slow)
     page = _open_live(context.new_page(), live_server + "live/index.html")
     page.fill("#prompt", "Hello there")
     page.click("#run")
