@@ -100,8 +100,8 @@ function bindPointer(v) {
     });
     grid.commit();
   });
-  canvas.addEventListener("pointerleave", () => {
-    if (drag && drag.moved) return;
+  canvas.addEventListener("pointerleave", (e) => {
+    if ((drag && drag.moved) || e.pointerType === "touch") return;   // a lifted finger "leaves"
     grid.setOverlay({ hover: null, source: v.hoverSource });
     v.hideTooltip();
     grid.commit();

@@ -99,7 +99,7 @@ function renderLegend(v, box) {
   }
   const hidden = [...Array(V.G).keys()].filter((i) => v.hidden[i]);
   const others = V.G - coloured.length - hidden.length;
-  ul.append(el("li", {}, swatch(v.theme.neutral),
+  ul.append(el("li", { class: "legend-others" }, swatch(v.theme.neutral),
     el("span", { text: ` others (${others} source${others === 1 ? "" : "s"} without a colour, and any segment < ${THRESHOLD * 100}%)` })));
   if (hidden.length) ul.append(el("li", { class: "is-hidden" }, el("span", { text: `hidden: ${hidden.map((i) => labels[i]).join(" ")}` })));
   if (s.metric === "proj" && v.traceSrc < 0) {
@@ -289,7 +289,7 @@ export const PANELS = [
   { id: "legend", title: "Legend", deps: [...DRAWN], render: renderLegend },
   { id: "predictions", title: "Predictions", deps: [...DRAWN, "pred", "predChoice"], render: renderPredictions },
   { id: "cell-detail", title: "Pinned cell", deps: [...DRAWN, "pin"], render: renderCell },
-  { id: "summary", deps: ["variant", "custom", "hidden", "trace"], render: renderSummary, box: () => document.querySelector("#summary-table tbody") },
+  { id: "summary", deps: ["variant", "custom", "hidden", "trace"], render: renderSummary, idle: true, box: () => document.querySelector("#summary-table tbody") },
 ];
 
 /** Add a panel (see the top of this file). Call before mountViewer. */
