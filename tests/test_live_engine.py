@@ -44,6 +44,7 @@ HARNESS_HTML = "<!doctype html><meta charset=utf-8><title>engine harness</title>
 # engine's model object, runs decompose() and posts plain arrays back.
 HARNESS_WORKER = r"""
 import {decompose} from "/static/js/live/engine.js";
+import {initKernel, Weight, matmul, kernelMemory} from "/static/js/live/kernel.js";
 
 async function range(url, a, b) {
   const r = await fetch(url, {headers: {Range: `bytes=${a}-${b - 1}`}});
@@ -99,7 +100,21 @@ function plain(v) {
   return v;
 }
 
+async function kernelCheck({cases}) {             // y = x · (W ⊙ s)ᵀ for each case, in one kernel
+  await initKernel();
+  const held = [];
+  const out = cases.map(({x, w, s, rows, out, inDim}) => {
+    const W = new Weight(Float32Array.from(w), out, inDim, s && Float32Array.from(s));
+    held.push(W);                                  // keep several live: the allocator must not overlap them
+    return Array.from(matmul(Float32Array.from(x), rows, W));
+  });
+  const again = cases.map((c, i) => Array.from(matmul(Float32Array.from(c.x), c.rows, held[i])));
+  held.forEach((W) => W.dispose());
+  return {ok: true, out, again, memory: kernelMemory()};
+}
+
 self.onmessage = async (e) => {
+  if (e.data.kind === "kernel") { self.postMessage(await kernelCheck(e.data)); return; }
   const {url, config, runs} = e.data;
   try {
     const model = await loadModel(url, config);
@@ -206,7 +221,7 @@ def harness(tmp_path_factory):
         page.goto(f"{base}/fixture/harness.html")
 
         def run(name: str, msg: dict) -> dict:
-            reply = page.evaluate(RUN_IN_WORKER, {**msg, "url": f"/fixture/{name}/model.safetensors"})
+            reply = page.evaluate(RUN_IN_WORKER, {"url": f"/fixture/{name}/model.safetensors", **msg})
             assert reply["ok"], reply.get("message")
             assert not errors, errors
             return reply
@@ -352,6 +367,31 @@ def compare(py: dict, js: dict, *, logit_lens: bool = True) -> dict:
 
 
 # ----------------------------------------------------------------------------- tests
+
+
+def test_kernel_matches_numpy_on_odd_shapes(harness):
+    """The sgemm kernel pads rows to 4 and columns to 8, and chunks rows by 64: shapes that
+    exercise every edge, several weights alive at once, against float64 numpy."""
+    _, run = harness
+    rng = np.random.default_rng(0)
+    cases = []
+    for rows, out, in_dim, scaled in [(1, 1, 1, False), (5, 13, 7, True), (67, 24, 33, False),
+                                      (130, 200, 96, True), (4, 8, 576, False)]:
+        x = rng.standard_normal((rows, in_dim)).astype(np.float32)
+        w = rng.standard_normal((out, in_dim)).astype(np.float32)
+        s = rng.uniform(0.5, 1.5, in_dim).astype(np.float32) if scaled else None
+        cases.append(dict(x=x.ravel().tolist(), w=w.ravel().tolist(), s=None if s is None else s.tolist(),
+                          rows=rows, out=out, inDim=in_dim, _ref=(x, w, s)))
+    reply = run("unused", {"kind": "kernel", "cases": [{k: v for k, v in c.items() if k != "_ref"} for c in cases]})
+    for c, got, again in zip(cases, reply["out"], reply["again"]):
+        x, w, s = c["_ref"]
+        ws = (w * s).astype(np.float32) if s is not None else w           # folded in float32, as the engine does
+        ref = x.astype(np.float64) @ ws.T.astype(np.float64)
+        got = np.array(got).reshape(ref.shape)
+        tol = 1e-6 * np.abs(x).astype(np.float64) @ np.abs(ws).T.astype(np.float64) + 1e-30
+        assert (np.abs(got - ref) <= 4 * tol * max(1, c["inDim"] ** 0.5)).all(), c["rows"]
+        assert again == got.ravel().tolist()                           # deterministic, weights intact
+
 
 
 TINY_KINDS = ["gqa", "mha", "llama-bias", "qwen2"]
