@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_live_engine import ARGS, HARNESS_HTML, STATIC, _Handler, engine_config  # noqa: E402
+from tests.test_live_engine import (ARGS, HARNESS_HTML, HARNESS_WORKER, RUN_IN_WORKER, STATIC,  # noqa: E402
+                                     _Handler, engine_config)
 
 WORKER = r"""
 import {initKernel, Weight, matmul} from "/static/js/live/kernel.js";
@@ -173,7 +174,10 @@ CALL = """async (msg) => new Promise((resolve) => {
 })"""
 
 TEXT = ("The history of the city goes back more than two thousand years, to a small settlement on the "
-        "river where traders met to exchange salt, grain and cloth, and later to a fortified town")
+        "river where traders met to exchange salt, grain and cloth, and later to a fortified town "
+        "that guarded the only bridge for many miles. In the middle ages the town grew rich from the "
+        "wool trade, built a cathedral and a market hall, and its merchants lent money to kings who "
+        "needed it for their wars against the neighbours in the north and in the east")
 
 
 def prompt_of(tokenizer, P: int) -> str:
@@ -186,12 +190,58 @@ def prompt_of(tokenizer, P: int) -> str:
     raise SystemExit(f"no prefix of the benchmark text has exactly {P} tokens")
 
 
+def chromium_rss() -> tuple[int, int]:
+    """(RSS of all Chromium processes, largest RSS of a renderer: the tab, its worker included)."""
+    import psutil
+
+    total = tab = 0
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in p.name():
+                rss = p.memory_info().rss
+                total += rss
+                if "--type=renderer" in " ".join(p.cmdline()):
+                    tab = max(tab, rss)
+        except psutil.Error:
+            pass
+    return total, tab
+
+
+def measure_memory(page, lm, P: int) -> None:
+    """Peak RSS summed over Chromium's processes (an upper bound: shared pages count twice)."""
+    ids = lm.tokenizer(prompt_of(lm.tokenizer, P))["input_ids"]
+    base = chromium_rss()
+    peak, done = list(base), threading.Event()
+
+    def sample():
+        while not done.is_set():
+            now = chromium_rss()
+            peak[:] = [max(a, b) for a, b in zip(peak, now)]
+            time.sleep(0.05)
+
+    threading.Thread(target=sample, daemon=True).start()
+    msg = {"url": "/fixture/default/model.safetensors", "config": engine_config(lm.hf),
+           "runs": [{"ids": ids, "topK": 5, "logitLens": True, "variants": {"main": None}}]}
+    reply = page.evaluate(RUN_IN_WORKER, msg)
+    done.set()
+    assert reply["ok"] and reply["results"][0]["ok"], reply
+    tm = reply["results"][0]["result"]["timings"]
+    print(f"## Memory at P = {P} (logit lens on; weights fetched layer by layer, embedding held)")
+    print(f"Tab (renderer process, worker included): {base[1] / 2**20:.0f} MB before, peak "
+          f"{peak[1] / 2**20:.0f} MB. All Chromium processes: {base[0] / 2**20:.0f} MB before, peak "
+          f"{peak[0] / 2**20:.0f} MB (+{(peak[0] - base[0]) / 2**20:.0f} MB). Kernel memory "
+          f"{tm['kernel_bytes'] / 2**20:.1f} MB; engine wall {tm['total_ms'] / 1e3:.1f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="16,32")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-kernels", action="store_true", help="skip the matmul comparison")
     ap.add_argument("--no-engine", action="store_true", help="only the matmul comparison")
+    ap.add_argument("--memory", type=int, default=0, metavar="P",
+                    help="only: peak RSS of all Chromium processes while the engine runs at P tokens, "
+                         "weights fetched layer by layer as the live page does")
     args = ap.parse_args()
     from playwright import sync_api
 
@@ -202,6 +252,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="live-engine-bench"))
     (tmp / "harness.html").write_text(HARNESS_HTML)
     (tmp / "bench-worker.js").write_text(WORKER)
+    (tmp / "harness-worker.js").write_text(HARNESS_WORKER)
+    (tmp / "default").mkdir()
+    (tmp / "default" / "model.safetensors").symlink_to(Path(converted_default_model()) / "model.safetensors")
     (tmp / "model.safetensors").symlink_to(Path(converted_default_model()) / "model.safetensors")
     handler = functools.partial(_Handler, roots={"/static/": STATIC, "/fixture/": tmp, "/npm/": npm_cache()})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -212,6 +265,10 @@ def main() -> None:
         page = browser.new_page()
         page.goto(f"{base}/fixture/harness.html")
         print(f"Chromium {browser.version}, headless; one module worker, single thread\n")
+        if args.memory:
+            measure_memory(page, lm, args.memory)
+            browser.close()
+            return
 
         shapes = [] if args.no_kernels else [[512, 576, 1536], [528, 576, 576], [528, 1536, 576], [32, 576, 1536], [1024, 576, 4096]]
         out = page.evaluate(CALL, {"kind": "kernels", "shapes": shapes, "layerP": [16, 32] if shapes else []})

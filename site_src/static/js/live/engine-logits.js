@@ -28,6 +28,7 @@ export function topLogits(X, N, W_U, V, d, k, {absRows = 0, signal = null, bias 
   const total = new Float64Array(N);
   const nTop = N - absRows;
   let absMax = 0;
+  const slab = new Float32Array(Math.min(ROW_BATCH, N) * Math.min(VOCAB_BLOCK, V));   // reused
   for (let v0 = 0; v0 < V; v0 += VOCAB_BLOCK) {
     if (signal && signal.aborted) throw abortError();
     const B = Math.min(VOCAB_BLOCK, V - v0);
@@ -35,7 +36,7 @@ export function topLogits(X, N, W_U, V, d, k, {absRows = 0, signal = null, bias 
     try {
       for (let a = 0; a < N; a += ROW_BATCH) {
         const n = Math.min(ROW_BATCH, N - a);
-        const logits = matmul(X.subarray(a * d, (a + n) * d), n, W);    // (n, B)
+        const logits = matmul(X.subarray(a * d, (a + n) * d), n, W, slab);    // (n, B)
         for (let i = 0; i < n; i++) {
           const row = a + i, o = i * B;
           if (row >= nTop) {

@@ -43,14 +43,15 @@
  *    variants: {name: {grouping "tokens"|"custom", groups Int32Array (P), sources_count G,
  *                      has_bias, attn_norm, mlp_norm, attn_delta_norm, mlp_delta_norm,
  *                      attn_proj, mlp_proj (L, P, G), logit_attr (P, k, G)}},
- *    timings {layers_ms, logits_ms, total_ms, layers_kernel_ms, logits_kernel_ms}}
- *   (the *_kernel_ms parts are the time inside the matmul kernel)
+ *    timings {layers_ms, logits_ms, total_ms, layers_kernel_ms, logits_kernel_ms, kernel_bytes}}
+ *   (the *_kernel_ms parts are the time inside the matmul kernel; kernel_bytes its memory, which
+ *   grows to its peak and stays)
  *   With biases, the last source of every variant is "bias". Entries with a group not yet
  *   present at a position are zero.
  *   logit_error = max |logits(Σ_s c) − logits|, computed as max |((Σ_s c − r) ⊙ w_f / rms_f)·W_U|
  *   (the same quantity by linearity, without cancelling two float32 logits).
  */
-import {initKernel, Weight, kernelTime, matmul} from "./kernel.js";
+import {initKernel, Weight, kernelMemory, kernelTime, matmul} from "./kernel.js";
 import {SublayerStats, reconError, rowNorms, triangle, unitForProj} from "./engine-stats.js";
 import {abortError, logitAttribution, topLogits} from "./engine-logits.js";
 
@@ -81,6 +82,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
   for (const st of stats) st.start(C);
   const lensX = logitLens ? new Float32Array(2 * L * P * d) : null;   // (L, 2, P, d), final-normed
   const recon = new Float32Array(L * 2);
+  const buf = scratch(cfg, tri);                                   // reused by every layer
 
   for (let l = 0; l < L; l++) {
     progress(l, `layer ${l + 1} of ${L}`);
@@ -90,14 +92,14 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
       // Attention: run it, then split its write over the sources.   x_mid = x + attn(x)
       const att = attentionForward(x, w, cfg, rope, P);
       const xMid = add(x, att.out);
-      const dAttn = decomposeAttention(C, tri, w, att, cfg);
+      const dAttn = decomposeAttention(C, tri, w, att, cfg, buf);
       record(stats, l, "attn", C, dAttn, xMid, P, d);
       recon[2 * l] = reconError(C, xMid, tri, d);
 
       // MLP, gate frozen.                                            x = x_mid + mlp(x_mid)
       const mlp = mlpForward(xMid, w, cfg, P);
       x = add(xMid, mlp.out);
-      const dMlp = decomposeMlp(C, tri, w, mlp, cfg, signal);
+      const dMlp = decomposeMlp(C, tri, w, mlp, cfg, buf, signal);
       record(stats, l, "mlp", C, dMlp, x, P, d);
       recon[2 * l + 1] = reconError(C, x, tri, d);
 
@@ -151,7 +153,8 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
     pred_ids: predIds, pred_probs: predProbs, pred_logits: predLogits,
     lens_ids: lensIds, lens_probs: lensProbs, variants: out,
     timings: {layers_ms: tLayers - t0, logits_ms: tEnd - tLayers, total_ms: tEnd - t0,
-              layers_kernel_ms: kLayers - k0, logits_kernel_ms: kernelTime() - kLayers},
+              layers_kernel_ms: kLayers - k0, logits_kernel_ms: kernelTime() - kLayers,
+              kernel_bytes: kernelMemory()},
   };
 }
 
@@ -220,16 +223,16 @@ function mlpForward(xMid, w, cfg, P) {
  * Per-head parts (issue 13) would be O's column block h·hd..(h+1)·hd times the same columns of
  * W_o; keeping them needs only a product per head instead of the one below.
  */
-function decomposeAttention(C, tri, w, att, cfg) {
+function decomposeAttention(C, tri, w, att, cfg, buf) {
   const {d_model: d, n_heads: H, n_kv_heads: KV, head_dim: hd} = cfg;
   const dkv = KV * hd, dh = H * hd, P = tri.P, rep = H / KV;
-  const V = matmul(C, tri.T, w.v);                                // (T, dkv)
+  const V = matmul(C, tri.T, w.v, buf.V);                         // (T, dkv)
   for (let row = 0; row < tri.T; row++) {
     const s = att.inv[tri.pos[row]];
     for (let j = row * dkv, e = j + dkv; j < e; j++) V[j] *= s;
   }
   addBiasSource(V, w.vBias, tri, dkv);
-  const O = new Float32Array(tri.T * dh);                         // (T, H·hd)
+  const O = buf.O.fill(0);                                        // (T, H·hd)
   for (let s = 0; s < tri.S; s++) {
     const s0 = tri.start[s], off = tri.offset[s] - s0;            // row of (p, s) = off + p
     for (let p = s0; p < P; p++) {
@@ -242,7 +245,7 @@ function decomposeAttention(C, tri, w, att, cfg) {
       }
     }
   }
-  const delta = matmul(O, tri.T, w.o);                            // (T, d)
+  const delta = matmul(O, tri.T, w.o, buf.delta);                 // (T, d)
   addBiasSource(delta, w.oBias, tri, d);
   addInPlace(C, delta);
   return delta;
@@ -253,17 +256,17 @@ function decomposeAttention(C, tri, w, att, cfg) {
  *   u[row] = g[pos] ⊙ (W_up ⊙ w2) · c[row] / rms2[pos]  (+ b_up ⊙ g for the bias source)
  *   δ[row] = W_down · u[row]                              (+ b_down for the bias source)
  */
-function decomposeMlp(C, tri, w, mlp, cfg, signal) {
+function decomposeMlp(C, tri, w, mlp, cfg, buf, signal) {
   const {d_model: d, d_ff: ff} = cfg;
   const gateScale = new Float32Array(tri.P * ff);                  // g / rms2, (P, ff)
   for (let p = 0; p < tri.P; p++) {
     for (let j = 0; j < ff; j++) gateScale[p * ff + j] = mlp.gate[p * ff + j] * mlp.inv[p];
   }
-  const delta = new Float32Array(tri.T * d);
+  const delta = buf.delta;
   for (let a = 0; a < tri.T; a += MLP_ROWS) {
     if (signal && signal.aborted) throw abortError();
     const n = Math.min(MLP_ROWS, tri.T - a);
-    const u = matmul(C.subarray(a * d, (a + n) * d), n, w.up);    // (n, ff)
+    const u = matmul(C.subarray(a * d, (a + n) * d), n, w.up, buf.u);   // (n, ff)
     for (let i = 0; i < n; i++) {
       const p = tri.pos[a + i], o = i * ff, gs = p * ff;
       for (let j = 0; j < ff; j++) u[o + j] *= gateScale[gs + j];
@@ -271,11 +274,22 @@ function decomposeMlp(C, tri, w, mlp, cfg, signal) {
         for (let j = 0; j < ff; j++) u[o + j] += w.upBias[j] * mlp.gate[gs + j];
       }
     }
-    delta.set(matmul(u, n, w.down), a * d);
+    matmul(u, n, w.down, delta.subarray(a * d, (a + n) * d));
   }
   addBiasSource(delta, w.downBias, tri, d);
   addInPlace(C, delta);
   return delta;
+}
+
+/** The decomposition's working arrays, made once per call and reused by every layer. */
+function scratch(cfg, tri) {
+  const {d_model: d, n_heads: H, n_kv_heads: KV, head_dim: hd, d_ff: ff} = cfg;
+  return {
+    V: new Float32Array(tri.T * KV * hd),                          // (T, KV·hd) values
+    O: new Float32Array(tri.T * H * hd),                           // (T, H·hd) mixed heads
+    delta: new Float32Array(tri.T * d),                            // (T, d) a block's write
+    u: new Float32Array(Math.min(MLP_ROWS, tri.T) * ff),           // (rows, ff) one MLP chunk
+  };
 }
 
 function record(stats, l, kind, C, delta, r, P, d) {

@@ -102,13 +102,19 @@ export class Weight {
   }
 }
 
-/** x · Wᵀ for `rows` rows of x (Float32Array [rows·in]) -> new Float32Array [rows·out]. */
-export function matmul(x, rows, weight) {
+/**
+ * x · Wᵀ for `rows` rows of x (Float32Array [rows·in]) -> Float32Array [rows·out], written into
+ * `into` (its first rows·out values; returned as that view) when given, else a new array.
+ * Reusing one buffer matters: a fresh tens-of-MB array per product is garbage the tab holds
+ * until the collector runs.
+ */
+export function matmul(x, rows, weight, into = null) {
   if (!weight.block) throw new Error("matmul: the weight was disposed");
   if (x.length < rows * weight.in) throw new Error("matmul: x is too short");
   const t0 = performance.now();
   const k = weight.in, n = weight.ld, out = weight.out;
-  const y = new Float32Array(rows * out);
+  if (into && into.length < rows * out) throw new Error("matmul: the output buffer is too short");
+  const y = into ? into.subarray(0, rows * out) : new Float32Array(rows * out);
   const a = top, c = top + ROWS_PER_CALL * k;                // scratch past the live weights
   ensure(c + ROWS_PER_CALL * n);
   const F = new Float32Array(memory.buffer);
