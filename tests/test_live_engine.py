@@ -125,6 +125,7 @@ self.onmessage = async (e) => {
       const progress = [];
       const controller = new AbortController();
       const opts = {topK: run.topK, logitLens: run.logitLens, signal: controller.signal,
+        ...(run.threads ? {threads: run.threads} : {}),
         onProgress: (step, total, label) => {
           progress.push([step, total, label]);
           if (run.abortAt !== undefined && step === run.abortAt) controller.abort();
@@ -286,7 +287,7 @@ def llama3_rope_model(seed: int = 3) -> LoadedModel:
 
 
 def run_both(run, root: Path, name: str, lm: LoadedModel, prompt: str, *, top_k: int = 5,
-             logit_lens: bool = True):
+             logit_lens: bool = True, threads: int | None = None):
     """The Python engine's variants {main, words} and the browser engine's result for `prompt`."""
     folder = root / name
     if not (folder / "model.safetensors").exists():
@@ -294,7 +295,7 @@ def run_both(run, root: Path, name: str, lm: LoadedModel, prompt: str, *, top_k:
     py = decompose_variants(prompt, lm, {"main": None, "words": "words"}, top_k=top_k,
                             logit_lens=logit_lens)
     msg = {"config": engine_config(lm.hf), "runs": [{
-        "ids": py["main"].token_ids.tolist(), "topK": top_k, "logitLens": logit_lens,
+        "ids": py["main"].token_ids.tolist(), "topK": top_k, "logitLens": logit_lens, "threads": threads,
         "variants": {"main": None, "words": py["words"].groups.tolist()}}]}
     reply = run(name, msg)["results"][0]
     assert reply["ok"], reply
@@ -409,6 +410,20 @@ def test_tiny_models_match_python_engine(harness, kind):
         assert all(total == lm.hf.config.num_hidden_layers + 1 for _, total, _ in progress)
 
 
+def test_threaded_unembedding_matches(harness):
+    """The vocabulary split over 3 threads (helper workers) gives the Python engine's result too;
+    the default model test below runs with the default thread count."""
+    root, run = harness
+    lm = tiny_model("mha", layers=3, seed=1)
+    py, js, _ = run_both(run, root, "tiny-mha", lm, TINY_PROMPTS[1], threads=3)
+    compare(py, js)
+    assert js["timings"]["unembedding_threads"] == 3
+    _, js1, _ = run_both(run, root, "tiny-mha", lm, TINY_PROMPTS[1], threads=1)
+    assert js1["timings"]["unembedding_threads"] == 1
+    assert js["lens_ids"] == js1["lens_ids"] and js["pred_ids"] == js1["pred_ids"]
+    np.testing.assert_allclose(js["lens_probs"], js1["lens_probs"], rtol=1e-6)
+
+
 def test_llama3_rope_scaling_matches(harness):
     root, run = harness
     py, js, _ = run_both(run, root, "tiny-llama3", llama3_rope_model(), TINY_PROMPTS[1])
@@ -486,6 +501,7 @@ def test_default_model_matches_python_engine(harness, default_model_folder):
     lm = get_model(None)
     py, js, _ = run_both(run, root, "default", lm, "The capital of France is")
     worst = compare(py, js)
+    assert js["timings"]["unembedding_threads"] >= 2       # navigator.hardwareConcurrency here: 2
     print(f"\ndefault model, P={js['n_tokens']}: worst norm rel {worst['norm_rel']:.2e}, "
           f"proj {worst['proj_abs']:.2e}, recon {max(js['recon_error']):.2e}, "
           f"browser {js['wall_ms']:.0f} ms")

@@ -29,7 +29,11 @@
  * ids: Int32Array (P) of token ids, BOS included, as the Python tokenizer gives them.
  * variants: {name: null | Int32Array (P)}: null = one source per token; otherwise a group id
  *   per token, numbered 0.. by first use (as Python's resolve_groups gives them).
- * opts: {topK = 5, logitLens = true, onProgress(step, total, label), signal: AbortSignal}
+ * opts: {topK = 5, logitLens = true, onProgress(step, total, label), signal: AbortSignal,
+ *        threads = min(4, navigator.hardwareConcurrency)}
+ *   threads > 1 splits the unembedding (predictions and logit lens) over helper workers, each
+ *   holding a copy of its slice of the vocabulary (engine-lens.js; no SharedArrayBuffer). They
+ *   are kept for the next call with the same W_U array; releaseLens(W_U) ends them.
  *   onProgress is called with step 0 .. total (total = n_layers + 1: the layers, then the
  *   unembedding). A signal that aborts rejects the promise with a DOMException "AbortError"
  *   (checked between layers and inside the long loops).
@@ -43,7 +47,8 @@
  *    variants: {name: {grouping "tokens"|"custom", groups Int32Array (P), sources_count G,
  *                      has_bias, attn_norm, mlp_norm, attn_delta_norm, mlp_delta_norm,
  *                      attn_proj, mlp_proj (L, P, G), logit_attr (P, k, G)}},
- *    timings {layers_ms, logits_ms, total_ms, layers_kernel_ms, logits_kernel_ms, kernel_bytes}}
+ *    timings {layers_ms, logits_ms, total_ms, layers_kernel_ms, logits_kernel_ms, kernel_bytes,
+ *             unembedding_threads}}
  *   (the *_kernel_ms parts are the time inside the matmul kernel; kernel_bytes its memory, which
  *   grows to its peak and stays)
  *   With biases, the last source of every variant is "bias". Entries with a group not yet
@@ -53,12 +58,15 @@
  */
 import {initKernel, Weight, kernelMemory, kernelTime, matmul} from "./kernel.js";
 import {SublayerStats, reconError, rowNorms, triangle, unitForProj} from "./engine-stats.js";
-import {abortError, logitAttribution, topLogits} from "./engine-logits.js";
+import {abortError, logitAttribution} from "./engine-logits.js";
+import {defaultThreads, topLogitsThreaded} from "./engine-lens.js";
 
 const MLP_ROWS = 2048;   // triangle rows per MLP product: u is (2048, d_ff), 12.6 MB at d_ff 1536
 
+export {releaseLens} from "./engine-lens.js";
+
 export async function decompose(model, ids, variants = {main: null}, opts = {}) {
-  const {topK = 5, logitLens = true, onProgress = null, signal = null} = opts;
+  const {topK = 5, logitLens = true, onProgress = null, signal = null, threads = defaultThreads()} = opts;
   const t0 = performance.now(), k0 = kernelTime();
   const cfg = checkConfig(model.config);
   const {n_layers: L, d_model: d, vocab: V} = cfg;
@@ -121,7 +129,8 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
   const X = new Float32Array((rows + P) * d);
   if (lensX) X.set(lensX); else X.set(mulRows(x, scaleF), 0);
   X.set(reconDiff(C, x, scaleF, tri, d), rows * d);
-  const top = topLogits(X, rows + P, W_U, V, d, topK, {absRows: P, signal, bias: model.lmHeadBias});
+  const top = await topLogitsThreaded(X, rows + P, W_U, V, d, topK,
+                                      {absRows: P, signal, bias: model.lmHeadBias, threads});
   const k = topK, last = (rows - P) * k;
   const predIds = top.ids.slice(last, last + P * k);
   const predLogits = top.logits.slice(last, last + P * k);
@@ -154,7 +163,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
     lens_ids: lensIds, lens_probs: lensProbs, variants: out,
     timings: {layers_ms: tLayers - t0, logits_ms: tEnd - tLayers, total_ms: tEnd - t0,
               layers_kernel_ms: kLayers - k0, logits_kernel_ms: kernelTime() - kLayers,
-              kernel_bytes: kernelMemory()},
+              kernel_bytes: kernelMemory(), unembedding_threads: top.threads},
   };
 }
 
