@@ -496,7 +496,9 @@ def default_model_folder(harness):
     return folder
 
 
+@pytest.mark.slow
 def test_default_model_matches_python_engine(harness, default_model_folder):
+    """~25–45 s here: the browser fetches all 540 MB of float32 weights from the local server."""
     root, run = harness
     lm = get_model(None)
     py, js, _ = run_both(run, root, "default", lm, "The capital of France is")
