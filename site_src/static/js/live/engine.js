@@ -56,7 +56,9 @@
  *   logit_error = max |logits(Σ_s c) − logits|, computed as max |((Σ_s c − r) ⊙ w_f / rms_f)·W_U|
  *   (the same quantity by linearity, without cancelling two float32 logits).
  */
-import {initKernel, Weight, kernelMemory, kernelTime, matmul} from "./kernel.js";
+import {initKernel, kernelMemory, kernelTime, matmul} from "./kernel.js";
+import {applyRope, checkConfig, checkIds, checkTopK, layerWeights, ropeTables, sourceGrouping,
+        tokenGroups} from "./engine-model.js";
 import {SublayerStats, reconError, rowNorms, triangle, unitForProj} from "./engine-stats.js";
 import {abortError, logitAttribution} from "./engine-logits.js";
 import {defaultThreads, topLogitsThreaded} from "./engine-lens.js";
@@ -72,6 +74,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
   const {n_layers: L, d_model: d, vocab: V} = cfg;
   const P = ids.length;
   checkIds(ids, V);
+  checkTopK(topK, V);
   await initKernel();
   const bias = Boolean(cfg.attention_bias || cfg.mlp_bias);
   const tri = triangle(P, bias);
@@ -121,28 +124,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
   }
   const tLayers = performance.now(), kLayers = kernelTime();
   progress(L, "predictions and logit lens");
-
-  // Unembedding: every lens row (the last P of them are the final residual), or just the final
-  // rows; then P rows of (Σ_s c − r) ⊙ w_f/rms_f for the reconstructed logits' error.
-  const scaleF = finalScale(x, model.finalNorm, cfg.rms_eps, P, d);     // (P, d)
-  const rows = lensX ? 2 * L * P : P;
-  const X = new Float32Array((rows + P) * d);
-  if (lensX) X.set(lensX); else X.set(mulRows(x, scaleF), 0);
-  X.set(reconDiff(C, x, scaleF, tri, d), rows * d);
-  const top = await topLogitsThreaded(X, rows + P, W_U, V, d, topK,
-                                      {absRows: P, signal, bias: model.lmHeadBias, threads});
-  const k = topK, last = (rows - P) * k;
-  const predIds = top.ids.slice(last, last + P * k);
-  const predLogits = top.logits.slice(last, last + P * k);
-  const predProbs = new Float32Array(P * k);
-  for (let i = 0; i < P * k; i++) predProbs[i] = Math.exp(predLogits[i] - top.logZ[rows - P + Math.floor(i / k)]);
-  let lensIds = null, lensProbs = null;
-  if (lensX) {
-    lensIds = top.ids.slice(0, rows * k);
-    lensProbs = new Float32Array(rows * k);
-    for (let i = 0; i < rows * k; i++) lensProbs[i] = Math.exp(top.logits[i] - top.logZ[Math.floor(i / k)]);
-  }
-
+  const top = await unembed(model, cfg, C, tri, x, lensX, topK, {signal, threads});
   const out = {};
   groupings.forEach(([name, g], i) => {
     const st = stats[i];
@@ -151,19 +133,47 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
       has_bias: bias, attn_norm: st.attn_norm, mlp_norm: st.mlp_norm,
       attn_delta_norm: st.attn_delta_norm, mlp_delta_norm: st.mlp_delta_norm,
       attn_proj: st.attn_proj, mlp_proj: st.mlp_proj,
-      logit_attr: logitAttribution(C, tri, scaleF, W_U, model.lmHeadBias, predIds, k, g, st.G, d),
+      logit_attr: logitAttribution(C, tri, top.scaleF, W_U, model.lmHeadBias, top.pred_ids, topK, g, st.G, d),
     };
   });
   progress(L + 1, "done");
   const tEnd = performance.now();
   return {
-    n_layers: L, n_tokens: P, top_k: k, has_bias: bias, token_ids: Int32Array.from(ids),
-    embed_norm: embedNorm, recon_error: recon, logit_error: top.absMax,
-    pred_ids: predIds, pred_probs: predProbs, pred_logits: predLogits,
-    lens_ids: lensIds, lens_probs: lensProbs, variants: out,
+    n_layers: L, n_tokens: P, top_k: topK, has_bias: bias, token_ids: Int32Array.from(ids),
+    embed_norm: embedNorm, recon_error: recon, logit_error: top.logit_error,
+    pred_ids: top.pred_ids, pred_probs: top.pred_probs, pred_logits: top.pred_logits,
+    lens_ids: top.lens_ids, lens_probs: top.lens_probs, variants: out,
     timings: {layers_ms: tLayers - t0, logits_ms: tEnd - tLayers, total_ms: tEnd - t0,
               layers_kernel_ms: kLayers - k0, logits_kernel_ms: kernelTime() - kLayers,
               kernel_bytes: kernelMemory(), unembedding_threads: top.threads},
+  };
+}
+
+/**
+ * Predictions, logit lens and the reconstructed logits' error in one pass over the vocabulary:
+ * every lens row (the last P of them are the final residual), or just the final rows, then P
+ * rows of (Σ_s c − r) ⊙ w_f/rms_f, whose logits are the reconstruction's logit error.
+ */
+async function unembed(model, cfg, C, tri, x, lensX, k, {signal, threads}) {
+  const {n_layers: L, d_model: d, vocab: V} = cfg, P = tri.P;
+  const scaleF = finalScale(x, model.finalNorm, cfg.rms_eps, P, d);     // (P, d)
+  const rows = lensX ? 2 * L * P : P;
+  const X = new Float32Array((rows + P) * d);
+  if (lensX) X.set(lensX); else X.set(mulRows(x, scaleF), 0);
+  X.set(reconDiff(C, x, scaleF, tri, d), rows * d);
+  const top = await topLogitsThreaded(X, rows + P, model.lmHead || model.embed, V, d, k,
+                                      {absRows: P, signal, bias: model.lmHeadBias, threads});
+  const probs = (from, n) => {                                   // exp(logit − logZ[row])
+    const out = new Float32Array(n * k);
+    for (let i = 0; i < n * k; i++) out[i] = Math.exp(top.logits[from * k + i] - top.logZ[from + Math.floor(i / k)]);
+    return out;
+  };
+  const last = rows - P;
+  return {
+    scaleF, threads: top.threads, logit_error: top.absMax,
+    pred_ids: top.ids.slice(last * k, rows * k), pred_logits: top.logits.slice(last * k, rows * k),
+    pred_probs: probs(last, P),
+    lens_ids: lensX ? top.ids.slice(0, rows * k) : null, lens_probs: lensX ? probs(0, rows) : null,
   };
 }
 
@@ -308,35 +318,6 @@ function record(stats, l, kind, C, delta, r, P, d) {
 
 // ----------------------------------------------------------------------------- small pieces
 
-/** The layer's weights in the kernel, each RMSNorm's weight folded into the matrices reading it
- * (W ⊙ w, as engine.extract_weights folds it), so both passes share them. */
-function layerWeights(raw, cfg) {
-  const {d_model: d, n_heads: H, n_kv_heads: KV, head_dim: hd, d_ff: ff} = cfg;
-  const made = [];
-  const weight = (name, out, inDim, scale) => {
-    if (!(raw[name] instanceof Float32Array)) throw new Error(`layer weight ${name} is missing`);
-    const w = new Weight(raw[name], out, inDim, scale);
-    made.push(w);
-    return w;
-  };
-  try {
-    const w = {
-      q: weight("q", H * hd, d, raw.inputNorm), k: weight("k", KV * hd, d, raw.inputNorm),
-      v: weight("v", KV * hd, d, raw.inputNorm), o: weight("o", d, H * hd),
-      gate: weight("gate", ff, d, raw.postNorm), up: weight("up", ff, d, raw.postNorm),
-      down: weight("down", d, ff),
-      dispose: () => made.forEach((m) => m.dispose()),
-    };
-    for (const b of ["qBias", "kBias", "vBias", "oBias", "gateBias", "upBias", "downBias"]) {
-      w[b] = raw[b] || null;
-    }
-    return w;
-  } catch (e) {
-    made.forEach((m) => m.dispose());
-    throw e;
-  }
-}
-
 function invRms(x, P, d, eps) {
   const inv = new Float32Array(P);
   for (let p = 0; p < P; p++) {
@@ -407,100 +388,3 @@ function addBiasSource(y, bias, tri, n) {
   }
 }
 
-/** cos/sin tables (P, hd/2) of HF's rotary embedding, with the model's rope_scaling. */
-function ropeTables(cfg, P) {
-  const half = cfg.head_dim / 2, theta = cfg.rope_theta;
-  let inv = new Float32Array(half);
-  for (let i = 0; i < half; i++) inv[i] = 1 / Math.pow(theta, Math.fround((2 * i) / cfg.head_dim));
-  inv = scaleRope(inv, cfg.rope_scaling);
-  const cos = new Float32Array(P * half), sin = new Float32Array(P * half);
-  for (let p = 0; p < P; p++) {
-    for (let i = 0; i < half; i++) {
-      const angle = Math.fround(inv[i] * p);
-      cos[p * half + i] = Math.cos(angle);
-      sin[p * half + i] = Math.sin(angle);
-    }
-  }
-  return {cos, sin, half};
-}
-
-/** transformers' rope init functions for the types a Llama-family config uses. */
-function scaleRope(inv, scaling) {
-  if (!scaling) return inv;
-  const type = scaling.rope_type || scaling.type || "default";
-  if (type === "default") return inv;
-  if (type === "linear") return inv.map((f) => f / scaling.factor);
-  if (type === "llama3") {
-    const {factor, low_freq_factor: lo, high_freq_factor: hi} = scaling;
-    const old = scaling.original_max_position_embeddings;
-    const loWave = old / lo, hiWave = old / hi;
-    return inv.map((f) => {
-      const wave = (2 * Math.PI) / f;
-      if (wave < hiWave) return f;
-      if (wave > loWave) return f / factor;
-      const smooth = (old / wave - lo) / (hi - lo);
-      return (1 - smooth) * (f / factor) + smooth * f;
-    });
-  }
-  throw new Error(`rope_scaling type "${type}" is not supported by the in-browser engine ` +
-                  "(supported: default, linear, llama3).");
-}
-
-/** HF's rotate_half convention: pairs (i, i + hd/2) within each head, in place. */
-function applyRope(x, P, nh, hd, {cos, sin, half}) {
-  for (let p = 0; p < P; p++) {
-    for (let h = 0; h < nh; h++) {
-      const o = (p * nh + h) * hd;
-      for (let i = 0; i < half; i++) {
-        const a = x[o + i], b = x[o + i + half], c = cos[p * half + i], s = sin[p * half + i];
-        x[o + i] = Math.fround(a * c) - Math.fround(b * s);
-        x[o + i + half] = Math.fround(b * c) + Math.fround(a * s);
-      }
-    }
-  }
-}
-
-// ----------------------------------------------------------------------------- checks
-
-const CONFIG_NUMBERS = ["n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab",
-                        "rms_eps", "rope_theta"];
-
-function checkConfig(cfg) {
-  if (!cfg) throw new Error("model.config is missing");
-  for (const key of CONFIG_NUMBERS) {
-    if (!(Number.isFinite(cfg[key]) && cfg[key] > 0)) throw new Error(`model.config.${key} must be a positive number`);
-  }
-  if (cfg.n_heads % cfg.n_kv_heads) throw new Error("n_heads must be a multiple of n_kv_heads");
-  if (cfg.hidden_act && cfg.hidden_act !== "silu") {
-    throw new Error(`hidden_act "${cfg.hidden_act}" is not supported by the in-browser engine (silu only).`);
-  }
-  return cfg;
-}
-
-function checkIds(ids, V) {
-  if (!ids || ids.length < 1) throw new Error("no token ids to decompose");
-  for (const i of ids) {
-    if (!Number.isInteger(i) || i < 0 || i >= V) throw new Error(`token id ${i} is outside the vocabulary (0..${V - 1})`);
-  }
-}
-
-/** A variant's grouping of the sources: null, or Int32Array (S,) with the bias source last. */
-function sourceGrouping(name, groups, P, bias) {
-  if (groups == null) return null;
-  if (groups.length !== P) throw new Error(`variant "${name}" has ${groups.length} group ids for ${P} tokens`);
-  let next = 0;
-  for (const g of groups) {
-    if (!Number.isInteger(g) || g < 0 || g > next) {
-      throw new Error(`variant "${name}": group ids must be numbered 0.. in order of first use`);
-    }
-    if (g === next) next++;
-  }
-  const out = new Int32Array(P + (bias ? 1 : 0));
-  out.set(groups);
-  if (bias) out[P] = next;
-  return out;
-}
-
-function tokenGroups(groups, P) {
-  return groups == null ? Int32Array.from({length: P}, (_, i) => i) : Int32Array.from(groups);
-}
