@@ -46,6 +46,22 @@ async function startPool(W_U, V, d, bias, threads) {
   return {helpers, bounds};
 }
 
+/** The helper workers for W_U (started on first use), or null for one thread. */
+export async function helpersFor(W_U, V, d, bias, threads) {
+  if (threads <= 1 || V < 8 * threads) return null;
+  if (!pools.has(W_U)) {
+    const started = startPool(W_U, V, d, bias, threads);
+    pools.set(W_U, started);
+    started.catch(() => pools.delete(W_U));
+  }
+  return pools.get(W_U);
+}
+
+/** Ask a helper for its share of the MLP write (engine-mlp.js); resolves to Float32Array (T, d). */
+export function helperMlp(worker, msg) {
+  return call(worker, {kind: "mlp", ...msg}).then((r) => r.delta);
+}
+
 /** End the helper workers held for W_U (they are otherwise kept for the next call). */
 export async function releaseLens(W_U) {
   const pool = pools.get(W_U);
@@ -55,15 +71,9 @@ export async function releaseLens(W_U) {
 
 /** topLogits() over the whole vocabulary on `threads` threads; same result object. */
 export async function topLogitsThreaded(X, N, W_U, V, d, k, {absRows = 0, signal = null, bias = null, threads = 1} = {}) {
-  if (threads <= 1 || V < 8 * threads) {
-    return {...topLogits(X, N, W_U, V, d, k, {absRows, signal, bias}), threads: 1};
-  }
-  if (!pools.has(W_U)) {
-    const started = startPool(W_U, V, d, bias, threads);
-    pools.set(W_U, started);
-    started.catch(() => pools.delete(W_U));
-  }
-  const {helpers, bounds} = await pools.get(W_U);
+  const pool = await helpersFor(W_U, V, d, bias, threads);
+  if (!pool) return {...topLogits(X, N, W_U, V, d, k, {absRows, signal, bias}), threads: 1};
+  const {helpers, bounds} = pool;
   const pending = helpers.map((w) => call(w, {kind: "rows", X, N, k, absRows}));
   pending.forEach((p) => p.catch(() => {}));
   let parts;

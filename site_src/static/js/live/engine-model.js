@@ -21,6 +21,7 @@ export function layerWeights(raw, cfg) {
       v: weight("v", KV * hd, d, raw.inputNorm), o: weight("o", d, H * hd),
       gate: weight("gate", ff, d, raw.postNorm), up: weight("up", ff, d, raw.postNorm),
       down: weight("down", d, ff),
+      raw,                                   // for the MLP slices of helper workers
       dispose: () => made.forEach((m) => m.dispose()),
     };
     for (const b of ["qBias", "kBias", "vBias", "oBias", "gateBias", "upBias", "downBias"]) {

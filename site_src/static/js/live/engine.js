@@ -32,8 +32,10 @@
  * opts: {topK = 5, logitLens = true, onProgress(step, total, label), signal: AbortSignal,
  *        threads = min(4, navigator.hardwareConcurrency)}
  *   threads > 1 splits the unembedding (predictions and logit lens) over helper workers, each
- *   holding a copy of its slice of the vocabulary (engine-lens.js; no SharedArrayBuffer). They
- *   are kept for the next call with the same W_U array; releaseLens(W_U) ends them.
+ *   holding a copy of its slice of the vocabulary (engine-lens.js; no SharedArrayBuffer), and
+ *   each layer's MLP decomposition by slices of d_ff (engine-mlp.js; each helper is sent its
+ *   slice of W_up and W_down and the rows). The helpers are kept for the next call with the
+ *   same W_U array; releaseLens(W_U) ends them.
  *   onProgress is called with step 0 .. total (total = n_layers + 1: the layers, then the
  *   unembedding). A signal that aborts rejects the promise with a DOMException "AbortError"
  *   (checked between layers and inside the long loops).
@@ -48,7 +50,7 @@
  *                      has_bias, attn_norm, mlp_norm, attn_delta_norm, mlp_delta_norm,
  *                      attn_proj, mlp_proj (L, P, G), logit_attr (P, k, G)}},
  *    timings {layers_ms, logits_ms, total_ms, layers_kernel_ms, logits_kernel_ms, kernel_bytes,
- *             unembedding_threads}}
+ *             unembedding_threads, mlp_threads}}
  *   (the *_kernel_ms parts are the time inside the matmul kernel; kernel_bytes its memory, which
  *   grows to its peak and stays)
  *   With biases, the last source of every variant is "bias". Entries with a group not yet
@@ -61,9 +63,9 @@ import {applyRope, checkConfig, checkIds, checkTopK, layerWeights, ropeTables, s
         tokenGroups} from "./engine-model.js";
 import {SublayerStats, reconError, rowNorms, triangle, unitForProj} from "./engine-stats.js";
 import {abortError, logitAttribution} from "./engine-logits.js";
-import {defaultThreads, topLogitsThreaded} from "./engine-lens.js";
+import {defaultThreads, helperMlp, helpersFor, releaseLens, topLogitsThreaded} from "./engine-lens.js";
+import {MLP_ROWS, columns, mlpRows, sliceWeights} from "./engine-mlp.js";
 
-const MLP_ROWS = 2048;   // triangle rows per MLP product: u is (2048, d_ff), 12.6 MB at d_ff 1536
 
 export {releaseLens} from "./engine-lens.js";
 
@@ -94,6 +96,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
   const lensX = logitLens ? new Float32Array(2 * L * P * d) : null;   // (L, 2, P, d), final-normed
   const recon = new Float32Array(L * 2);
   const buf = scratch(cfg, tri);                                   // reused by every layer
+  const pool = await helpersFor(W_U, V, d, model.lmHeadBias, threads);   // null: one thread
 
   for (let l = 0; l < L; l++) {
     progress(l, `layer ${l + 1} of ${L}`);
@@ -110,7 +113,8 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
       // MLP, gate frozen.                                            x = x_mid + mlp(x_mid)
       const mlp = mlpForward(xMid, w, cfg, P);
       x = add(xMid, mlp.out);
-      const dMlp = decomposeMlp(C, tri, w, mlp, cfg, buf, signal);
+      const dMlp = await decomposeMlp(C, tri, w, mlp, cfg, buf, signal, pool)
+        .catch(async (e) => { await releaseLens(W_U); throw e; });
       record(stats, l, "mlp", C, dMlp, x, P, d);
       recon[2 * l + 1] = reconError(C, x, tri, d);
 
@@ -145,7 +149,8 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
     lens_ids: top.lens_ids, lens_probs: top.lens_probs, variants: out,
     timings: {layers_ms: tLayers - t0, logits_ms: tEnd - tLayers, total_ms: tEnd - t0,
               layers_kernel_ms: kLayers - k0, logits_kernel_ms: kernelTime() - kLayers,
-              kernel_bytes: kernelMemory(), unembedding_threads: top.threads},
+              kernel_bytes: kernelMemory(), unembedding_threads: top.threads,
+              mlp_threads: pool ? pool.helpers.length + 1 : 1},
   };
 }
 
@@ -271,29 +276,44 @@ function decomposeAttention(C, tri, w, att, cfg, buf) {
 }
 
 /**
- * The MLP's write for every row, gate frozen, in chunks of MLP_ROWS rows; adds it into C.
- *   u[row] = g[pos] ⊙ (W_up ⊙ w2) · c[row] / rms2[pos]  (+ b_up ⊙ g for the bias source)
- *   δ[row] = W_down · u[row]                              (+ b_down for the bias source)
+ * The MLP's write for every row, gate frozen (engine-mlp.js); adds it into C, returns it.
+ * With helper workers, each computes the write of its slice of the d_ff hidden units from its
+ * slice of W_up and W_down; the slices' writes are summed in a fixed order.
  */
-function decomposeMlp(C, tri, w, mlp, cfg, buf, signal) {
+async function decomposeMlp(C, tri, w, mlp, cfg, buf, signal, pool) {
   const {d_model: d, d_ff: ff} = cfg;
   const gateScale = new Float32Array(tri.P * ff);                  // g / rms2, (P, ff)
   for (let p = 0; p < tri.P; p++) {
     for (let j = 0; j < ff; j++) gateScale[p * ff + j] = mlp.gate[p * ff + j] * mlp.inv[p];
   }
+  const rows = {C, T: tri.T, pos: tri.pos, src: tri.src, biasSource: tri.biasSource, d, signal};
   const delta = buf.delta;
-  for (let a = 0; a < tri.T; a += MLP_ROWS) {
-    if (signal && signal.aborted) throw abortError();
-    const n = Math.min(MLP_ROWS, tri.T - a);
-    const u = matmul(C.subarray(a * d, (a + n) * d), n, w.up, buf.u);   // (n, ff)
-    for (let i = 0; i < n; i++) {
-      const p = tri.pos[a + i], o = i * ff, gs = p * ff;
-      for (let j = 0; j < ff; j++) u[o + j] *= gateScale[gs + j];
-      if (w.upBias && tri.src[a + i] === tri.biasSource) {
-        for (let j = 0; j < ff; j++) u[o + j] += w.upBias[j] * mlp.gate[gs + j];
-      }
+  if (!pool) {
+    mlpRows({...rows, up: w.up, down: w.down, gateScale, gate: mlp.gate, upBias: w.upBias, nj: ff,
+             into: delta, u: buf.u});
+  } else {
+    const n = pool.helpers.length + 1, step = Math.ceil(ff / n / 8) * 8;
+    const part = (j0, j1) => ({gateScale: columns(gateScale, tri.P, ff, j0, j1),
+                               gate: w.upBias && columns(mlp.gate, tri.P, ff, j0, j1),
+                               upBias: w.upBias && w.upBias.slice(j0, j1)});
+    const shares = pool.helpers.map((worker, i) => {
+      const j0 = Math.min(ff, (i + 1) * step), j1 = Math.min(ff, (i + 2) * step);
+      if (j0 === j1) return Promise.resolve(null);
+      // the helper gets its slice alone: rows j0..j1 of W_up, columns j0..j1 of W_down
+      const raw = {up: w.raw.up.slice(j0 * d, j1 * d), postNorm: w.raw.postNorm,
+                   down: columns(w.raw.down, d, ff, j0, j1)};
+      return helperMlp(worker, {...rows, signal: undefined, raw, ff: j1 - j0, j0: 0, j1: j1 - j0,
+                                ...part(j0, j1)});
+    });
+    shares.forEach((s) => s.catch(() => {}));
+    const own = sliceWeights(w.raw, d, ff, 0, Math.min(ff, step));
+    try {
+      mlpRows({...rows, up: own.up, down: own.down, nj: Math.min(ff, step), into: delta,
+               u: buf.u, ...part(0, Math.min(ff, step))});
+    } finally {
+      own.dispose();
     }
-    matmul(u, n, w.down, delta.subarray(a * d, (a + n) * d));
+    for (const s of await Promise.all(shares)) if (s) addInPlace(delta, s);
   }
   addBiasSource(delta, w.downBias, tri, d);
   addInPlace(C, delta);
