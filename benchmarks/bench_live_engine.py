@@ -3,9 +3,11 @@
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_live_engine.py [--sizes 16,32] [--reps 3]
 
 1. Matmul candidates in one module Web Worker of headless Chromium, float32, single thread:
-   the engine's kernel (kernel.js: tfjs-backend-wasm with the weight held transposed, input and
-   output copied in and out as the engine does), raw tfjs on resident tensors, tfjs with the
-   transposed-operand flag, and a plain JS i-k-j loop.
+   the engine's kernel (kernel.js: kernel-sgemm.wasm, weight resident and transposed, input
+   and output copied in and out as the engine does), @tensorflow/tfjs-backend-wasm 4.22.0
+   (npm-installed into a temp folder) used the same way, on resident tensors, and with the
+   transposed-operand flag, and a plain JS i-k-j loop; then one layer's products including
+   making the weights, both kernels, at P = 16 and 32.
 2. engine.js on the default model at prompts of exactly P tokens (with the logit lens), weights
    already in the worker's memory (the live page's cached case), next to
    `infoflow.decompose` on the same prompts, alternating, best of --reps after a warm-up.
@@ -27,23 +29,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_live_engine import ARGS, HARNESS_HTML, STATIC, _Handler, engine_config  # noqa: E402
+from tests.test_live_engine import (ARGS, HARNESS_HTML, HARNESS_WORKER, RUN_IN_WORKER, STATIC,  # noqa: E402
+                                     _Handler, engine_config)
 
 WORKER = r"""
 import {initKernel, Weight, matmul} from "/static/js/live/kernel.js";
 import {decompose} from "/static/js/live/engine.js";
+import "/npm/@tensorflow/tfjs-core/dist/tf-core.min.js";          // UMD builds set globalThis.tf
+import "/npm/@tensorflow/tfjs-backend-wasm/dist/tf-backend-wasm.min.js";
 const tf = globalThis.tf;
 
 function rand(n) { const a = new Float32Array(n); for (let i = 0; i < n; i++) a[i] = Math.random() - 0.5; return a; }
 
-function best(fn, flop, minMs = 400) {            // best GFLOP/s over repeats for ~minMs
+function best(fn, minMs = 400) {                  // best time (ms) over repeats for ~minMs
   fn();
   let bestMs = Infinity, spent = 0;
   while (spent < minMs) {
     const t = performance.now(); fn(); const ms = performance.now() - t;
     bestMs = Math.min(bestMs, ms); spent += ms;
   }
-  return flop / bestMs / 1e6;
+  return bestMs;
 }
 
 function plainJs(x, w, m, k, n, out) {            // out[m, n] = x[m, k] · w[k, n], i-k-j
@@ -54,45 +59,65 @@ function plainJs(x, w, m, k, n, out) {            // out[m, n] = x[m, k] · w[k,
   }
 }
 
-async function simdKernel(url) {               // the hand-written candidate, B resident in its memory
-  const inst = (await WebAssembly.instantiateStreaming(fetch(url))).instance;
-  const mem = inst.exports.memory;
-  return (x, m, k, n, bIn) => {                  // like matmul(): copy x in, C out; B placed once
-    const need = 4 * (m * k + k * n + m * n);
-    if (mem.buffer.byteLength < need) mem.grow(Math.ceil((need - mem.buffer.byteLength) / 65536));
-    const f = new Float32Array(mem.buffer);
-    if (bIn) f.set(bIn, m * k);
-    f.set(x, 0);
-    inst.exports.sgemm(0, 4 * m * k, 4 * (m * k + k * n), m, k, n);
-    return f.slice(m * k + k * n, m * k + k * n + m * n);
-  };
+// tfjs-backend-wasm used the way the engine would: W uploaded and transposed to [in, out] once,
+// x copied in, y copied out.
+class TfWeight {
+  constructor(w, out, inDim, inScale = null) {
+    this.out = out; this.in = inDim;
+    this.t = tf.tidy(() => {
+      let m = tf.tensor2d(w, [out, inDim]);
+      if (inScale) m = tf.mul(m, tf.tensor1d(inScale));
+      return tf.transpose(m);
+    });
+  }
+  dispose() { this.t.dispose(); }
+}
+function tfMatmul(x, rows, w) {
+  const a = tf.tensor2d(x.subarray(0, rows * w.in), [rows, w.in]);
+  const y = tf.matMul(a, w.t);
+  const out = y.dataSync();
+  a.dispose(); y.dispose();
+  return out;
 }
 
-async function kernels(shapes, simd) {
+async function kernels(shapes) {
   const info = await initKernel();
-  const own = await Promise.all(simd.map((u) => simdKernel(`/fixture/${u}`)));
+  tf.wasm.setWasmPaths("/npm/@tensorflow/tfjs-backend-wasm/dist/");
+  await tf.setBackend("wasm");
+  info.tfjs = `${tf.version_core} ${tf.getBackend()} simd=${await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT")}`;
   const rows = [];
   for (const [m, k, n] of shapes) {
-    const x = rand(m * k), wOutIn = rand(n * k), flop = 2 * m * k * n;
-    const W = new Weight(wOutIn, n, k);
-    const a = tf.tensor2d(x, [m, k]), wt = W.t, wRaw = tf.tensor2d(wOutIn, [n, k]);
-    const r = {shape: `${m}x${k} · ${k}x${n}`};
-    r.engine_kernel = best(() => matmul(x, m, W), flop);
-    r.tfjs_resident = best(() => tf.matMul(a, wt).dispose(), flop);
-    r.tfjs_transposed_flag = best(() => tf.matMul(a, wRaw, false, true).dispose(), flop, 150);
-    const wIn = wt.dataSync(), out = new Float32Array(m * n);
-    simd.forEach((name, i) => {
-      const y = own[i](x, m, k, n, wIn), ref = matmul(x, m, W);
-      let err = 0;
-      for (let j = 0; j < y.length; j++) err = Math.max(err, Math.abs(y[j] - ref[j]));
-      r[name] = best(() => own[i](x, m, k, n, null), flop);
-      r[name + " max|diff|"] = err;
-    });
-    r.plain_js = best(() => plainJs(x, wIn, m, k, n, out), flop, 150);
-    a.dispose(); wRaw.dispose(); W.dispose();
-    rows.push(r);
+    const x = rand(m * k), w = rand(n * k), flop = 2 * m * k * n, rate = (ms) => flop / ms / 1e6;
+    const W = new Weight(w, n, k), T = new TfWeight(w, n, k);
+    const a = tf.tensor2d(x, [m, k]), wRaw = tf.tensor2d(w, [n, k]);
+    const y1 = matmul(x, m, W), y2 = tfMatmul(x, m, T);
+    let diff = 0;
+    for (let i = 0; i < y1.length; i++) diff = Math.max(diff, Math.abs(y1[i] - y2[i]));
+    const wIn = T.t.dataSync(), out = new Float32Array(m * n);
+    rows.push({shape: `${m}×${k} · ${k}×${n}`, max_diff: diff,
+      own: rate(best(() => matmul(x, m, W))),
+      tfjs: rate(best(() => tfMatmul(x, m, T))),
+      tfjs_resident: rate(best(() => tf.matMul(a, T.t).dispose())),
+      tfjs_transposed_flag: rate(best(() => tf.matMul(a, wRaw, false, true).dispose(), 150)),
+      plain_js: rate(best(() => plainJs(x, wIn, m, k, n, out), 150))});
+    a.dispose(); wRaw.dispose(); W.dispose(); T.dispose();
   }
   return {info, rows};
+}
+
+// One layer of the default model's shapes, the way the engine uses its kernel: each weight
+// made once (norm folded in, transposed), then one product at P rows (forward pass) and one at
+// T = P(P+1)/2 rows (decomposition).
+function layerCost(P) {
+  const T = P * (P + 1) / 2, d = 576, ff = 1536;
+  const shapes = [[576, d, true], [192, d, true], [192, d, true], [d, 576, false], [ff, d, true], [ff, d, true], [d, ff, false]];
+  const ws = shapes.map(([o, i]) => rand(o * i)), ln = rand(d), xT = rand(T * ff);
+  const run = (Make, mm) => () => {
+    const W = shapes.map(([o, i, fold], n) => new Make(ws[n], o, i, fold ? ln : null));
+    W.forEach((w) => { mm(xT, P, w); mm(xT, T, w); });
+    W.forEach((w) => w.dispose());
+  };
+  return {P, own_ms: best(run(Weight, matmul), 1500), tfjs_ms: best(run(TfWeight, tfMatmul), 1500)};
 }
 
 async function loadAll(url, config) {              // every tensor in memory, as after the cache
@@ -113,7 +138,11 @@ let model = null;
 self.onmessage = async (e) => {
   const msg = e.data;
   try {
-    if (msg.kind === "kernels") self.postMessage({ok: true, out: await kernels(msg.shapes, msg.simd)});
+    if (msg.kind === "kernels") {
+      const out = await kernels(msg.shapes);
+      out.layers = msg.layerP.map(layerCost);
+      self.postMessage({ok: true, out});
+    }
     if (msg.kind === "load") { model = await loadAll(msg.url, msg.config); await initKernel(); self.postMessage({ok: true}); }
     if (msg.kind === "run") {
       const t = performance.now();
@@ -124,91 +153,17 @@ self.onmessage = async (e) => {
 };
 """
 
-# The hand-written candidate: a register-blocked WebAssembly SIMD sgemm (R rows × 4·V columns of
-# f32x4 accumulators), generated as WAT and assembled with wabt (npm wabt@1.0.39).
-WAT_GEN = r"""
-// Generates the WAT of a 4×8 register-blocked float32 SIMD kernel.
-const R = +(process.argv[2] || 4), V = +(process.argv[3] || 2);
-const acc = [];
-for (let r = 0; r < R; r++) for (let v = 0; v < V; v++) acc.push(`$c${r}${v}`);
-const lines = [];
-lines.push(`(module
-  (memory (export "memory") 1)
-  ;; C[m, n] = A[m, k] · B[k, n], float32, row-major, byte offsets a, b, c.
-  ;; m a multiple of ${R}, n a multiple of ${4 * V}. Loop order: an 8-column panel of B stays in L1
-  ;; while every 4-row strip of A passes over it; 8 f32x4 accumulators in registers.
-  (func (export "sgemm") (param $a i32) (param $b i32) (param $c i32) (param $m i32) (param $k i32) (param $n i32)
-    (local $j i32) (local $i i32) (local $p i32) (local $pb i32) (local $lda i32) (local $ldb i32) (local $pc i32)
-    ${Array.from({length: R}, (_, r) => `(local $pa${r} i32)`).join(" ")}
-    ${acc.map((c) => `(local ${c} v128)`).join(" ")}
-    ${Array.from({length: V}, (_, v) => `(local $b${v} v128)`).join(" ")} (local $x v128)
-    (local.set $lda (i32.shl (local.get $k) (i32.const 2)))
-    (local.set $ldb (i32.shl (local.get $n) (i32.const 2)))
-    (local.set $j (i32.const 0))
-    (block $jdone (loop $jloop
-      (br_if $jdone (i32.ge_u (local.get $j) (local.get $n)))
-      (local.set $i (i32.const 0))
-      (block $idone (loop $iloop
-        (br_if $idone (i32.ge_u (local.get $i) (local.get $m)))
-        ${acc.map((c) => `(local.set ${c} (v128.const i32x4 0 0 0 0))`).join("\n        ")}
-        (local.set $pa0 (i32.add (local.get $a) (i32.mul (local.get $i) (local.get $lda))))
-        ${Array.from({length: R - 1}, (_, r) => `(local.set $pa${r + 1} (i32.add (local.get $pa${r}) (local.get $lda)))`).join("\n        ")}
-        (local.set $pb (i32.add (local.get $b) (i32.shl (local.get $j) (i32.const 2))))
-        (local.set $p (local.get $k))
-        (loop $ploop
-${Array.from({length: V}, (_, v) => `          (local.set $b${v} (v128.load offset=${16 * v} (local.get $pb)))`).join("\n")}`);
-for (let r = 0; r < R; r++) {
-  lines.push(`          (local.set $x (v128.load32_splat (local.get $pa${r})))`);
-  for (let v = 0; v < V; v++) {
-    lines.push(`          (local.set $c${r}${v} (f32x4.add (local.get $c${r}${v}) (f32x4.mul (local.get $x) (local.get $b${v}))))`);
-  }
-  lines.push(`          (local.set $pa${r} (i32.add (local.get $pa${r}) (i32.const 4)))`);
-}
-lines.push(`          (local.set $pb (i32.add (local.get $pb) (local.get $ldb)))
-          (local.set $p (i32.sub (local.get $p) (i32.const 1)))
-          (br_if $ploop (local.get $p)))
-        (local.set $pc (i32.add (local.get $c) (i32.add (i32.mul (local.get $i) (local.get $ldb)) (i32.shl (local.get $j) (i32.const 2)))))`);
-for (let r = 0; r < R; r++) {
-  for (let v = 0; v < V; v++) lines.push(`        (v128.store offset=${16 * v} (local.get $pc) (local.get $c${r}${v}))`);
-  lines.push(`        (local.set $pc (i32.add (local.get $pc) (local.get $ldb)))`);
-}
-lines.push(`        (local.set $i (i32.add (local.get $i) (i32.const ${R})))
-        (br $iloop)))
-      (local.set $j (i32.add (local.get $j) (i32.const ${4 * V})))
-      (br $jloop)))))`);
-console.log(lines.join("\n"));
-"""
-
-WAT_BUILD = r"""
-import fs from "fs";
-import wabtInit from "wabt";
-const wabt = await wabtInit();
-const [src, out] = process.argv.slice(2);
-const mod = wabt.parseWat(src, fs.readFileSync(src, "utf8"), {simd: true});
-fs.writeFileSync(out, Buffer.from(mod.toBinary({}).buffer));
-"""
-
-SIMD_BLOCKS = [(4, 2), (4, 4)]
+NPM = ["@tensorflow/tfjs-core@4.22.0", "@tensorflow/tfjs-backend-wasm@4.22.0"]
 
 
-def build_simd_kernels(tmp: Path) -> list[str]:
-    """kernel-simd-RxC.wasm for each block shape; wabt is installed into a cache folder once."""
-    npm_dir = Path(tempfile.gettempdir()) / "live-engine-bench-wabt"
-    if not (npm_dir / "node_modules" / "wabt").exists():
-        subprocess.run(["npm", "install", "--prefix", str(npm_dir), "--ignore-scripts", "wabt@1.0.39"],
+def npm_cache() -> Path:
+    """tfjs for the side-by-side comparison, installed once into a temp folder (not vendored:
+    the site does not use it)."""
+    folder = Path(tempfile.gettempdir()) / "live-engine-bench-npm"
+    if not (folder / "node_modules" / "@tensorflow" / "tfjs-backend-wasm").exists():
+        subprocess.run(["npm", "install", "--prefix", str(folder), "--ignore-scripts", *NPM],
                        check=True, capture_output=True)
-    (tmp / "gen.mjs").write_text(WAT_GEN)
-    (npm_dir / "build.mjs").write_text(WAT_BUILD)
-    names = []
-    for r, v in SIMD_BLOCKS:
-        wat = subprocess.run(["node", str(tmp / "gen.mjs"), str(r), str(v)], check=True, capture_output=True,
-                             text=True).stdout
-        (tmp / f"kernel-{r}x{4 * v}.wat").write_text(wat)
-        name = f"kernel-simd-{r}x{4 * v}.wasm"
-        subprocess.run(["node", str(npm_dir / "build.mjs"), str(tmp / f"kernel-{r}x{4 * v}.wat"), str(tmp / name)],
-                       check=True, cwd=npm_dir)
-        names.append(name)
-    return names
+    return folder / "node_modules"
 
 
 CALL = """async (msg) => new Promise((resolve) => {
@@ -219,7 +174,10 @@ CALL = """async (msg) => new Promise((resolve) => {
 })"""
 
 TEXT = ("The history of the city goes back more than two thousand years, to a small settlement on the "
-        "river where traders met to exchange salt, grain and cloth, and later to a fortified town")
+        "river where traders met to exchange salt, grain and cloth, and later to a fortified town "
+        "that guarded the only bridge for many miles. In the middle ages the town grew rich from the "
+        "wool trade, built a cathedral and a market hall, and its merchants lent money to kings who "
+        "needed it for their wars against the neighbours in the north and in the east")
 
 
 def prompt_of(tokenizer, P: int) -> str:
@@ -232,12 +190,58 @@ def prompt_of(tokenizer, P: int) -> str:
     raise SystemExit(f"no prefix of the benchmark text has exactly {P} tokens")
 
 
+def chromium_rss() -> tuple[int, int]:
+    """(RSS of all Chromium processes, largest RSS of a renderer: the tab, its worker included)."""
+    import psutil
+
+    total = tab = 0
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in p.name():
+                rss = p.memory_info().rss
+                total += rss
+                if "--type=renderer" in " ".join(p.cmdline()):
+                    tab = max(tab, rss)
+        except psutil.Error:
+            pass
+    return total, tab
+
+
+def measure_memory(page, lm, P: int) -> None:
+    """Peak RSS summed over Chromium's processes (an upper bound: shared pages count twice)."""
+    ids = lm.tokenizer(prompt_of(lm.tokenizer, P))["input_ids"]
+    base = chromium_rss()
+    peak, done = list(base), threading.Event()
+
+    def sample():
+        while not done.is_set():
+            now = chromium_rss()
+            peak[:] = [max(a, b) for a, b in zip(peak, now)]
+            time.sleep(0.05)
+
+    threading.Thread(target=sample, daemon=True).start()
+    msg = {"url": "/fixture/default/model.safetensors", "config": engine_config(lm.hf),
+           "runs": [{"ids": ids, "topK": 5, "logitLens": True, "variants": {"main": None}}]}
+    reply = page.evaluate(RUN_IN_WORKER, msg)
+    done.set()
+    assert reply["ok"] and reply["results"][0]["ok"], reply
+    tm = reply["results"][0]["result"]["timings"]
+    print(f"## Memory at P = {P} (logit lens on; weights fetched layer by layer, embedding held)")
+    print(f"Tab (renderer process, worker included): {base[1] / 2**20:.0f} MB before, peak "
+          f"{peak[1] / 2**20:.0f} MB. All Chromium processes: {base[0] / 2**20:.0f} MB before, peak "
+          f"{peak[0] / 2**20:.0f} MB (+{(peak[0] - base[0]) / 2**20:.0f} MB). Kernel memory "
+          f"{tm['kernel_bytes'] / 2**20:.1f} MB; engine wall {tm['total_ms'] / 1e3:.1f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="16,32")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-kernels", action="store_true", help="skip the matmul comparison")
     ap.add_argument("--no-engine", action="store_true", help="only the matmul comparison")
+    ap.add_argument("--memory", type=int, default=0, metavar="P",
+                    help="only: peak RSS of all Chromium processes while the engine runs at P tokens, "
+                         "weights fetched layer by layer as the live page does")
     args = ap.parse_args()
     from playwright import sync_api
 
@@ -248,8 +252,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="live-engine-bench"))
     (tmp / "harness.html").write_text(HARNESS_HTML)
     (tmp / "bench-worker.js").write_text(WORKER)
+    (tmp / "harness-worker.js").write_text(HARNESS_WORKER)
+    (tmp / "default").mkdir()
+    (tmp / "default" / "model.safetensors").symlink_to(Path(converted_default_model()) / "model.safetensors")
     (tmp / "model.safetensors").symlink_to(Path(converted_default_model()) / "model.safetensors")
-    handler = functools.partial(_Handler, roots={"/static/": STATIC, "/fixture/": tmp})
+    handler = functools.partial(_Handler, roots={"/static/": STATIC, "/fixture/": tmp, "/npm/": npm_cache()})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
@@ -258,19 +265,28 @@ def main() -> None:
         page = browser.new_page()
         page.goto(f"{base}/fixture/harness.html")
         print(f"Chromium {browser.version}, headless; one module worker, single thread\n")
+        if args.memory:
+            measure_memory(page, lm, args.memory)
+            browser.close()
+            return
 
         shapes = [] if args.no_kernels else [[512, 576, 1536], [528, 576, 576], [528, 1536, 576], [32, 576, 1536], [1024, 576, 4096]]
-        simd = build_simd_kernels(tmp) if shapes else []
-        out = page.evaluate(CALL, {"kind": "kernels", "shapes": shapes, "simd": simd})
+        out = page.evaluate(CALL, {"kind": "kernels", "shapes": shapes, "layerP": [16, 32] if shapes else []})
         assert out["ok"], out
-        print(f"## Matmul, float32, GFLOP/s (best sample), backend {out['out']['info']}")
-        print("| shape | engine kernel (tfjs-wasm, W held [in,out], copies in/out) | tfjs-wasm resident | "
-              "tfjs-wasm transposed flag | plain JS i-k-j | " + " | ".join(f"own SIMD {n[12:-5]} (copies in/out)" for n in simd)
-              + " |\n|---|---|---|---|---|" + "---|" * len(simd))
+        info = out["out"]["info"]
+        print(f"## Matmul, float32, GFLOP/s (best sample); kernel.js: {info['kernel']}; tfjs {info['tfjs']}")
+        print("| shape | kernel.js (W resident, x in, y out) | tfjs-wasm, same use | tfjs-wasm, tensors resident | "
+              "tfjs-wasm, transposed flag | plain JS i-k-j | max abs diff kernel.js vs tfjs |")
+        print("|---|---|---|---|---|---|---|")
         for r in out["out"]["rows"]:
-            print(f"| {r['shape']} | {r['engine_kernel']:.1f} | {r['tfjs_resident']:.1f} | "
-                  f"{r['tfjs_transposed_flag']:.1f} | {r['plain_js']:.2f} | "
-                  + " | ".join(f"{r[n]:.1f} (max diff {r[n + ' max|diff|']:.0e})" for n in simd) + " |")
+            print(f"| {r['shape']} | {r['own']:.1f} | {r['tfjs']:.1f} | {r['tfjs_resident']:.1f} | "
+                  f"{r['tfjs_transposed_flag']:.1f} | {r['plain_js']:.2f} | {r['max_diff']:.1e} |")
+        if shapes:
+            print("\n## One layer as the engine uses it: 7 weights made (norm folded, transposed), "
+                  "each used at P and at T = P(P+1)/2 rows; best ms")
+            print("| P | kernel.js | tfjs-wasm |\n|---|---|---|")
+            for r in out["out"]["layers"]:
+                print(f"| {r['P']} | {r['own_ms']:.1f} | {r['tfjs_ms']:.1f} |")
 
         if args.no_engine:
             browser.close()

@@ -44,6 +44,7 @@ HARNESS_HTML = "<!doctype html><meta charset=utf-8><title>engine harness</title>
 # engine's model object, runs decompose() and posts plain arrays back.
 HARNESS_WORKER = r"""
 import {decompose} from "/static/js/live/engine.js";
+import {initKernel, Weight, matmul, kernelMemory} from "/static/js/live/kernel.js";
 
 async function range(url, a, b) {
   const r = await fetch(url, {headers: {Range: `bytes=${a}-${b - 1}`}});
@@ -99,7 +100,21 @@ function plain(v) {
   return v;
 }
 
+async function kernelCheck({cases}) {             // y = x · (W ⊙ s)ᵀ for each case, in one kernel
+  await initKernel();
+  const held = [];
+  const out = cases.map(({x, w, s, rows, out, inDim}) => {
+    const W = new Weight(Float32Array.from(w), out, inDim, s && Float32Array.from(s));
+    held.push(W);                                  // keep several live: the allocator must not overlap them
+    return Array.from(matmul(Float32Array.from(x), rows, W));
+  });
+  const again = cases.map((c, i) => Array.from(matmul(Float32Array.from(c.x), c.rows, held[i])));
+  held.forEach((W) => W.dispose());
+  return {ok: true, out, again, memory: kernelMemory()};
+}
+
 self.onmessage = async (e) => {
+  if (e.data.kind === "kernel") { self.postMessage(await kernelCheck(e.data)); return; }
   const {url, config, runs} = e.data;
   try {
     const model = await loadModel(url, config);
@@ -110,6 +125,7 @@ self.onmessage = async (e) => {
       const progress = [];
       const controller = new AbortController();
       const opts = {topK: run.topK, logitLens: run.logitLens, signal: controller.signal,
+        ...(run.threads ? {threads: run.threads} : {}),
         onProgress: (step, total, label) => {
           progress.push([step, total, label]);
           if (run.abortAt !== undefined && step === run.abortAt) controller.abort();
@@ -206,7 +222,7 @@ def harness(tmp_path_factory):
         page.goto(f"{base}/fixture/harness.html")
 
         def run(name: str, msg: dict) -> dict:
-            reply = page.evaluate(RUN_IN_WORKER, {**msg, "url": f"/fixture/{name}/model.safetensors"})
+            reply = page.evaluate(RUN_IN_WORKER, {"url": f"/fixture/{name}/model.safetensors", **msg})
             assert reply["ok"], reply.get("message")
             assert not errors, errors
             return reply
@@ -271,7 +287,7 @@ def llama3_rope_model(seed: int = 3) -> LoadedModel:
 
 
 def run_both(run, root: Path, name: str, lm: LoadedModel, prompt: str, *, top_k: int = 5,
-             logit_lens: bool = True):
+             logit_lens: bool = True, threads: int | None = None):
     """The Python engine's variants {main, words} and the browser engine's result for `prompt`."""
     folder = root / name
     if not (folder / "model.safetensors").exists():
@@ -279,7 +295,7 @@ def run_both(run, root: Path, name: str, lm: LoadedModel, prompt: str, *, top_k:
     py = decompose_variants(prompt, lm, {"main": None, "words": "words"}, top_k=top_k,
                             logit_lens=logit_lens)
     msg = {"config": engine_config(lm.hf), "runs": [{
-        "ids": py["main"].token_ids.tolist(), "topK": top_k, "logitLens": logit_lens,
+        "ids": py["main"].token_ids.tolist(), "topK": top_k, "logitLens": logit_lens, "threads": threads,
         "variants": {"main": None, "words": py["words"].groups.tolist()}}]}
     reply = run(name, msg)["results"][0]
     assert reply["ok"], reply
@@ -354,6 +370,31 @@ def compare(py: dict, js: dict, *, logit_lens: bool = True) -> dict:
 # ----------------------------------------------------------------------------- tests
 
 
+def test_kernel_matches_numpy_on_odd_shapes(harness):
+    """The sgemm kernel pads rows to 4 and columns to 8, and chunks rows by 64: shapes that
+    exercise every edge, several weights alive at once, against float64 numpy."""
+    _, run = harness
+    rng = np.random.default_rng(0)
+    cases = []
+    for rows, out, in_dim, scaled in [(1, 1, 1, False), (5, 13, 7, True), (67, 24, 33, False),
+                                      (130, 200, 96, True), (4, 8, 576, False)]:
+        x = rng.standard_normal((rows, in_dim)).astype(np.float32)
+        w = rng.standard_normal((out, in_dim)).astype(np.float32)
+        s = rng.uniform(0.5, 1.5, in_dim).astype(np.float32) if scaled else None
+        cases.append(dict(x=x.ravel().tolist(), w=w.ravel().tolist(), s=None if s is None else s.tolist(),
+                          rows=rows, out=out, inDim=in_dim, _ref=(x, w, s)))
+    reply = run("unused", {"kind": "kernel", "cases": [{k: v for k, v in c.items() if k != "_ref"} for c in cases]})
+    for c, got, again in zip(cases, reply["out"], reply["again"]):
+        x, w, s = c["_ref"]
+        ws = (w * s).astype(np.float32) if s is not None else w           # folded in float32, as the engine does
+        ref = x.astype(np.float64) @ ws.T.astype(np.float64)
+        got = np.array(got).reshape(ref.shape)
+        tol = 1e-6 * np.abs(x).astype(np.float64) @ np.abs(ws).T.astype(np.float64) + 1e-30
+        assert (np.abs(got - ref) <= 4 * tol * max(1, c["inDim"] ** 0.5)).all(), c["rows"]
+        assert again == got.ravel().tolist()                           # deterministic, weights intact
+
+
+
 TINY_KINDS = ["gqa", "mha", "llama-bias", "qwen2"]
 
 
@@ -367,6 +408,20 @@ def test_tiny_models_match_python_engine(harness, kind):
         print(f"\n{kind} P={js['n_tokens']}: worst norm rel {worst['norm_rel']:.2e}, proj {worst['proj_abs']:.2e}")
         assert [s for s, _, _ in progress] == list(range(lm.hf.config.num_hidden_layers + 2))
         assert all(total == lm.hf.config.num_hidden_layers + 1 for _, total, _ in progress)
+
+
+def test_threaded_unembedding_matches(harness):
+    """The vocabulary and the MLP's hidden units split over 3 threads (helper workers) give the
+    Python engine's result too; the default model test below runs with the default thread count."""
+    root, run = harness
+    lm = tiny_model("mha", layers=3, seed=1)
+    py, js, _ = run_both(run, root, "tiny-mha", lm, TINY_PROMPTS[1], threads=3)
+    compare(py, js)
+    assert js["timings"]["unembedding_threads"] == 3 and js["timings"]["mlp_threads"] == 3
+    _, js1, _ = run_both(run, root, "tiny-mha", lm, TINY_PROMPTS[1], threads=1)
+    assert js1["timings"]["unembedding_threads"] == 1 and js1["timings"]["mlp_threads"] == 1
+    assert js["lens_ids"] == js1["lens_ids"] and js["pred_ids"] == js1["pred_ids"]
+    np.testing.assert_allclose(js["lens_probs"], js1["lens_probs"], rtol=1e-6)
 
 
 def test_llama3_rope_scaling_matches(harness):
@@ -441,11 +496,15 @@ def default_model_folder(harness):
     return folder
 
 
+@pytest.mark.slow
 def test_default_model_matches_python_engine(harness, default_model_folder):
+    """~25–45 s here: the browser fetches all 540 MB of float32 weights from the local server."""
     root, run = harness
     lm = get_model(None)
     py, js, _ = run_both(run, root, "default", lm, "The capital of France is")
     worst = compare(py, js)
+    assert js["timings"]["unembedding_threads"] >= 2       # navigator.hardwareConcurrency here: 2
+    assert js["timings"]["mlp_threads"] >= 2
     print(f"\ndefault model, P={js['n_tokens']}: worst norm rel {worst['norm_rel']:.2e}, "
           f"proj {worst['proj_abs']:.2e}, recon {max(js['recon_error']):.2e}, "
           f"browser {js['wall_ms']:.0f} ms")

@@ -90,12 +90,13 @@ export class SublayerStats {
     this.attn_proj = new Float32Array(n);
     this.mlp_proj = new Float32Array(n);
     this.prev = null;                                  // grouped state (P·G, d) before the block
+    this.next = null;                                  // the other of the two buffers, reused
   }
 
   /** Σ of source vectors within each group, per position (float32, rows in packed order). */
-  grouped(C) {
+  grouped(C, into = null) {
     const {tri, G, d} = this;
-    const out = new Float32Array(tri.P * G * d);
+    const out = into ? into.fill(0) : new Float32Array(tri.P * G * d);
     for (let row = 0; row < tri.T; row++) {
       const o = (tri.pos[row] * G + this.grouping[tri.src[row]]) * d;
       for (let j = 0; j < d; j++) out[o + j] += C[row * d + j];
@@ -129,7 +130,7 @@ export class SublayerStats {
       }
       return;
     }
-    const Cg = this.grouped(C), prev = this.prev;
+    const Cg = this.grouped(C, this.next), prev = this.prev;
     for (let i = 0; i < tri.P * G; i++) {
       const o = i * d, u = Math.floor(i / G) * d;
       let cc = 0, dd = 0, cr = 0;
@@ -143,6 +144,7 @@ export class SublayerStats {
       dnorm[base + i] = Math.sqrt(dd);
       proj[base + i] = cr;
     }
+    this.next = prev;
     this.prev = Cg;
   }
 }

@@ -29,7 +29,13 @@
  * ids: Int32Array (P) of token ids, BOS included, as the Python tokenizer gives them.
  * variants: {name: null | Int32Array (P)}: null = one source per token; otherwise a group id
  *   per token, numbered 0.. by first use (as Python's resolve_groups gives them).
- * opts: {topK = 5, logitLens = true, onProgress(step, total, label), signal: AbortSignal}
+ * opts: {topK = 5, logitLens = true, onProgress(step, total, label), signal: AbortSignal,
+ *        threads = min(4, navigator.hardwareConcurrency)}
+ *   threads > 1 splits the unembedding (predictions and logit lens) over helper workers, each
+ *   holding a copy of its slice of the vocabulary (engine-lens.js; no SharedArrayBuffer), and
+ *   each layer's MLP decomposition by slices of d_ff (engine-mlp.js; each helper is sent its
+ *   slice of W_up and W_down and the rows). The helpers are kept for the next call with the
+ *   same W_U array; releaseLens(W_U) ends them.
  *   onProgress is called with step 0 .. total (total = n_layers + 1: the layers, then the
  *   unembedding). A signal that aborts rejects the promise with a DOMException "AbortError"
  *   (checked between layers and inside the long loops).
@@ -43,26 +49,34 @@
  *    variants: {name: {grouping "tokens"|"custom", groups Int32Array (P), sources_count G,
  *                      has_bias, attn_norm, mlp_norm, attn_delta_norm, mlp_delta_norm,
  *                      attn_proj, mlp_proj (L, P, G), logit_attr (P, k, G)}},
- *    timings {layers_ms, logits_ms, total_ms, layers_kernel_ms, logits_kernel_ms}}
- *   (the *_kernel_ms parts are the time inside the matmul kernel)
+ *    timings {layers_ms, logits_ms, total_ms, layers_kernel_ms, logits_kernel_ms, kernel_bytes,
+ *             unembedding_threads, mlp_threads}}
+ *   (the *_kernel_ms parts are the time inside the matmul kernel; kernel_bytes its memory, which
+ *   grows to its peak and stays)
  *   With biases, the last source of every variant is "bias". Entries with a group not yet
  *   present at a position are zero.
  *   logit_error = max |logits(Σ_s c) − logits|, computed as max |((Σ_s c − r) ⊙ w_f / rms_f)·W_U|
  *   (the same quantity by linearity, without cancelling two float32 logits).
  */
-import {initKernel, Weight, kernelTime, matmul} from "./kernel.js";
+import {initKernel, kernelMemory, kernelTime, matmul} from "./kernel.js";
+import {applyRope, checkConfig, checkIds, checkTopK, layerWeights, ropeTables, sourceGrouping,
+        tokenGroups} from "./engine-model.js";
 import {SublayerStats, reconError, rowNorms, triangle, unitForProj} from "./engine-stats.js";
-import {abortError, logitAttribution, topLogits} from "./engine-logits.js";
+import {abortError, logitAttribution} from "./engine-logits.js";
+import {defaultThreads, helperMlp, helpersFor, releaseLens, topLogitsThreaded} from "./engine-lens.js";
+import {MLP_ROWS, columns, mlpRows, sliceWeights} from "./engine-mlp.js";
 
-const MLP_ROWS = 2048;   // triangle rows per MLP product: u is (2048, d_ff), 12.6 MB at d_ff 1536
+
+export {releaseLens} from "./engine-lens.js";
 
 export async function decompose(model, ids, variants = {main: null}, opts = {}) {
-  const {topK = 5, logitLens = true, onProgress = null, signal = null} = opts;
+  const {topK = 5, logitLens = true, onProgress = null, signal = null, threads = defaultThreads()} = opts;
   const t0 = performance.now(), k0 = kernelTime();
   const cfg = checkConfig(model.config);
   const {n_layers: L, d_model: d, vocab: V} = cfg;
   const P = ids.length;
   checkIds(ids, V);
+  checkTopK(topK, V);
   await initKernel();
   const bias = Boolean(cfg.attention_bias || cfg.mlp_bias);
   const tri = triangle(P, bias);
@@ -81,6 +95,8 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
   for (const st of stats) st.start(C);
   const lensX = logitLens ? new Float32Array(2 * L * P * d) : null;   // (L, 2, P, d), final-normed
   const recon = new Float32Array(L * 2);
+  const buf = scratch(cfg, tri);                                   // reused by every layer
+  const pool = await helpersFor(W_U, V, d, model.lmHeadBias, threads);   // null: one thread
 
   for (let l = 0; l < L; l++) {
     progress(l, `layer ${l + 1} of ${L}`);
@@ -90,14 +106,15 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
       // Attention: run it, then split its write over the sources.   x_mid = x + attn(x)
       const att = attentionForward(x, w, cfg, rope, P);
       const xMid = add(x, att.out);
-      const dAttn = decomposeAttention(C, tri, w, att, cfg);
+      const dAttn = decomposeAttention(C, tri, w, att, cfg, buf);
       record(stats, l, "attn", C, dAttn, xMid, P, d);
       recon[2 * l] = reconError(C, xMid, tri, d);
 
       // MLP, gate frozen.                                            x = x_mid + mlp(x_mid)
       const mlp = mlpForward(xMid, w, cfg, P);
       x = add(xMid, mlp.out);
-      const dMlp = decomposeMlp(C, tri, w, mlp, cfg, signal);
+      const dMlp = await decomposeMlp(C, tri, w, mlp, cfg, buf, signal, pool)
+        .catch(async (e) => { await releaseLens(W_U); throw e; });
       record(stats, l, "mlp", C, dMlp, x, P, d);
       recon[2 * l + 1] = reconError(C, x, tri, d);
 
@@ -111,27 +128,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
   }
   const tLayers = performance.now(), kLayers = kernelTime();
   progress(L, "predictions and logit lens");
-
-  // Unembedding: every lens row (the last P of them are the final residual), or just the final
-  // rows; then P rows of (Σ_s c − r) ⊙ w_f/rms_f for the reconstructed logits' error.
-  const scaleF = finalScale(x, model.finalNorm, cfg.rms_eps, P, d);     // (P, d)
-  const rows = lensX ? 2 * L * P : P;
-  const X = new Float32Array((rows + P) * d);
-  if (lensX) X.set(lensX); else X.set(mulRows(x, scaleF), 0);
-  X.set(reconDiff(C, x, scaleF, tri, d), rows * d);
-  const top = topLogits(X, rows + P, W_U, V, d, topK, {absRows: P, signal, bias: model.lmHeadBias});
-  const k = topK, last = (rows - P) * k;
-  const predIds = top.ids.slice(last, last + P * k);
-  const predLogits = top.logits.slice(last, last + P * k);
-  const predProbs = new Float32Array(P * k);
-  for (let i = 0; i < P * k; i++) predProbs[i] = Math.exp(predLogits[i] - top.logZ[rows - P + Math.floor(i / k)]);
-  let lensIds = null, lensProbs = null;
-  if (lensX) {
-    lensIds = top.ids.slice(0, rows * k);
-    lensProbs = new Float32Array(rows * k);
-    for (let i = 0; i < rows * k; i++) lensProbs[i] = Math.exp(top.logits[i] - top.logZ[Math.floor(i / k)]);
-  }
-
+  const top = await unembed(model, cfg, C, tri, x, lensX, topK, {signal, threads});
   const out = {};
   groupings.forEach(([name, g], i) => {
     const st = stats[i];
@@ -140,18 +137,48 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
       has_bias: bias, attn_norm: st.attn_norm, mlp_norm: st.mlp_norm,
       attn_delta_norm: st.attn_delta_norm, mlp_delta_norm: st.mlp_delta_norm,
       attn_proj: st.attn_proj, mlp_proj: st.mlp_proj,
-      logit_attr: logitAttribution(C, tri, scaleF, W_U, model.lmHeadBias, predIds, k, g, st.G, d),
+      logit_attr: logitAttribution(C, tri, top.scaleF, W_U, model.lmHeadBias, top.pred_ids, topK, g, st.G, d),
     };
   });
   progress(L + 1, "done");
   const tEnd = performance.now();
   return {
-    n_layers: L, n_tokens: P, top_k: k, has_bias: bias, token_ids: Int32Array.from(ids),
-    embed_norm: embedNorm, recon_error: recon, logit_error: top.absMax,
-    pred_ids: predIds, pred_probs: predProbs, pred_logits: predLogits,
-    lens_ids: lensIds, lens_probs: lensProbs, variants: out,
+    n_layers: L, n_tokens: P, top_k: topK, has_bias: bias, token_ids: Int32Array.from(ids),
+    embed_norm: embedNorm, recon_error: recon, logit_error: top.logit_error,
+    pred_ids: top.pred_ids, pred_probs: top.pred_probs, pred_logits: top.pred_logits,
+    lens_ids: top.lens_ids, lens_probs: top.lens_probs, variants: out,
     timings: {layers_ms: tLayers - t0, logits_ms: tEnd - tLayers, total_ms: tEnd - t0,
-              layers_kernel_ms: kLayers - k0, logits_kernel_ms: kernelTime() - kLayers},
+              layers_kernel_ms: kLayers - k0, logits_kernel_ms: kernelTime() - kLayers,
+              kernel_bytes: kernelMemory(), unembedding_threads: top.threads,
+              mlp_threads: pool ? pool.helpers.length + 1 : 1},
+  };
+}
+
+/**
+ * Predictions, logit lens and the reconstructed logits' error in one pass over the vocabulary:
+ * every lens row (the last P of them are the final residual), or just the final rows, then P
+ * rows of (Σ_s c − r) ⊙ w_f/rms_f, whose logits are the reconstruction's logit error.
+ */
+async function unembed(model, cfg, C, tri, x, lensX, k, {signal, threads}) {
+  const {n_layers: L, d_model: d, vocab: V} = cfg, P = tri.P;
+  const scaleF = finalScale(x, model.finalNorm, cfg.rms_eps, P, d);     // (P, d)
+  const rows = lensX ? 2 * L * P : P;
+  const X = new Float32Array((rows + P) * d);
+  if (lensX) X.set(lensX); else X.set(mulRows(x, scaleF), 0);
+  X.set(reconDiff(C, x, scaleF, tri, d), rows * d);
+  const top = await topLogitsThreaded(X, rows + P, model.lmHead || model.embed, V, d, k,
+                                      {absRows: P, signal, bias: model.lmHeadBias, threads});
+  const probs = (from, n) => {                                   // exp(logit − logZ[row])
+    const out = new Float32Array(n * k);
+    for (let i = 0; i < n * k; i++) out[i] = Math.exp(top.logits[from * k + i] - top.logZ[from + Math.floor(i / k)]);
+    return out;
+  };
+  const last = rows - P;
+  return {
+    scaleF, threads: top.threads, logit_error: top.absMax,
+    pred_ids: top.ids.slice(last * k, rows * k), pred_logits: top.logits.slice(last * k, rows * k),
+    pred_probs: probs(last, P),
+    lens_ids: lensX ? top.ids.slice(0, rows * k) : null, lens_probs: lensX ? probs(0, rows) : null,
   };
 }
 
@@ -220,16 +247,16 @@ function mlpForward(xMid, w, cfg, P) {
  * Per-head parts (issue 13) would be O's column block h·hd..(h+1)·hd times the same columns of
  * W_o; keeping them needs only a product per head instead of the one below.
  */
-function decomposeAttention(C, tri, w, att, cfg) {
+function decomposeAttention(C, tri, w, att, cfg, buf) {
   const {d_model: d, n_heads: H, n_kv_heads: KV, head_dim: hd} = cfg;
   const dkv = KV * hd, dh = H * hd, P = tri.P, rep = H / KV;
-  const V = matmul(C, tri.T, w.v);                                // (T, dkv)
+  const V = matmul(C, tri.T, w.v, buf.V);                         // (T, dkv)
   for (let row = 0; row < tri.T; row++) {
     const s = att.inv[tri.pos[row]];
     for (let j = row * dkv, e = j + dkv; j < e; j++) V[j] *= s;
   }
   addBiasSource(V, w.vBias, tri, dkv);
-  const O = new Float32Array(tri.T * dh);                         // (T, H·hd)
+  const O = buf.O.fill(0);                                        // (T, H·hd)
   for (let s = 0; s < tri.S; s++) {
     const s0 = tri.start[s], off = tri.offset[s] - s0;            // row of (p, s) = off + p
     for (let p = s0; p < P; p++) {
@@ -242,40 +269,66 @@ function decomposeAttention(C, tri, w, att, cfg) {
       }
     }
   }
-  const delta = matmul(O, tri.T, w.o);                            // (T, d)
+  const delta = matmul(O, tri.T, w.o, buf.delta);                 // (T, d)
   addBiasSource(delta, w.oBias, tri, d);
   addInPlace(C, delta);
   return delta;
 }
 
 /**
- * The MLP's write for every row, gate frozen, in chunks of MLP_ROWS rows; adds it into C.
- *   u[row] = g[pos] ⊙ (W_up ⊙ w2) · c[row] / rms2[pos]  (+ b_up ⊙ g for the bias source)
- *   δ[row] = W_down · u[row]                              (+ b_down for the bias source)
+ * The MLP's write for every row, gate frozen (engine-mlp.js); adds it into C, returns it.
+ * With helper workers, each computes the write of its slice of the d_ff hidden units from its
+ * slice of W_up and W_down; the slices' writes are summed in a fixed order.
  */
-function decomposeMlp(C, tri, w, mlp, cfg, signal) {
+async function decomposeMlp(C, tri, w, mlp, cfg, buf, signal, pool) {
   const {d_model: d, d_ff: ff} = cfg;
   const gateScale = new Float32Array(tri.P * ff);                  // g / rms2, (P, ff)
   for (let p = 0; p < tri.P; p++) {
     for (let j = 0; j < ff; j++) gateScale[p * ff + j] = mlp.gate[p * ff + j] * mlp.inv[p];
   }
-  const delta = new Float32Array(tri.T * d);
-  for (let a = 0; a < tri.T; a += MLP_ROWS) {
-    if (signal && signal.aborted) throw abortError();
-    const n = Math.min(MLP_ROWS, tri.T - a);
-    const u = matmul(C.subarray(a * d, (a + n) * d), n, w.up);    // (n, ff)
-    for (let i = 0; i < n; i++) {
-      const p = tri.pos[a + i], o = i * ff, gs = p * ff;
-      for (let j = 0; j < ff; j++) u[o + j] *= gateScale[gs + j];
-      if (w.upBias && tri.src[a + i] === tri.biasSource) {
-        for (let j = 0; j < ff; j++) u[o + j] += w.upBias[j] * mlp.gate[gs + j];
-      }
+  const rows = {C, T: tri.T, pos: tri.pos, src: tri.src, biasSource: tri.biasSource, d, signal};
+  const delta = buf.delta;
+  if (!pool) {
+    mlpRows({...rows, up: w.up, down: w.down, gateScale, gate: mlp.gate, upBias: w.upBias, nj: ff,
+             into: delta, u: buf.u});
+  } else {
+    const n = pool.helpers.length + 1, step = Math.ceil(ff / n / 8) * 8;
+    const part = (j0, j1) => ({gateScale: columns(gateScale, tri.P, ff, j0, j1),
+                               gate: w.upBias && columns(mlp.gate, tri.P, ff, j0, j1),
+                               upBias: w.upBias && w.upBias.slice(j0, j1)});
+    const shares = pool.helpers.map((worker, i) => {
+      const j0 = Math.min(ff, (i + 1) * step), j1 = Math.min(ff, (i + 2) * step);
+      if (j0 === j1) return Promise.resolve(null);
+      // the helper gets its slice alone: rows j0..j1 of W_up, columns j0..j1 of W_down
+      const raw = {up: w.raw.up.slice(j0 * d, j1 * d), postNorm: w.raw.postNorm,
+                   down: columns(w.raw.down, d, ff, j0, j1)};
+      return helperMlp(worker, {...rows, signal: undefined, raw, ff: j1 - j0, j0: 0, j1: j1 - j0,
+                                ...part(j0, j1)});
+    });
+    shares.forEach((s) => s.catch(() => {}));
+    const own = sliceWeights(w.raw, d, ff, 0, Math.min(ff, step));
+    try {
+      mlpRows({...rows, up: own.up, down: own.down, nj: Math.min(ff, step), into: delta,
+               u: buf.u, ...part(0, Math.min(ff, step))});
+    } finally {
+      own.dispose();
     }
-    delta.set(matmul(u, n, w.down), a * d);
+    for (const s of await Promise.all(shares)) if (s) addInPlace(delta, s);
   }
   addBiasSource(delta, w.downBias, tri, d);
   addInPlace(C, delta);
   return delta;
+}
+
+/** The decomposition's working arrays, made once per call and reused by every layer. */
+function scratch(cfg, tri) {
+  const {d_model: d, n_heads: H, n_kv_heads: KV, head_dim: hd, d_ff: ff} = cfg;
+  return {
+    V: new Float32Array(tri.T * KV * hd),                          // (T, KV·hd) values
+    O: new Float32Array(tri.T * H * hd),                           // (T, H·hd) mixed heads
+    delta: new Float32Array(tri.T * d),                            // (T, d) a block's write
+    u: new Float32Array(Math.min(MLP_ROWS, tri.T) * ff),           // (rows, ff) one MLP chunk
+  };
 }
 
 function record(stats, l, kind, C, delta, r, P, d) {
@@ -284,35 +337,6 @@ function record(stats, l, kind, C, delta, r, P, d) {
 }
 
 // ----------------------------------------------------------------------------- small pieces
-
-/** The layer's weights in the kernel, each RMSNorm's weight folded into the matrices reading it
- * (W ⊙ w, as engine.extract_weights folds it), so both passes share them. */
-function layerWeights(raw, cfg) {
-  const {d_model: d, n_heads: H, n_kv_heads: KV, head_dim: hd, d_ff: ff} = cfg;
-  const made = [];
-  const weight = (name, out, inDim, scale) => {
-    if (!(raw[name] instanceof Float32Array)) throw new Error(`layer weight ${name} is missing`);
-    const w = new Weight(raw[name], out, inDim, scale);
-    made.push(w);
-    return w;
-  };
-  try {
-    const w = {
-      q: weight("q", H * hd, d, raw.inputNorm), k: weight("k", KV * hd, d, raw.inputNorm),
-      v: weight("v", KV * hd, d, raw.inputNorm), o: weight("o", d, H * hd),
-      gate: weight("gate", ff, d, raw.postNorm), up: weight("up", ff, d, raw.postNorm),
-      down: weight("down", d, ff),
-      dispose: () => made.forEach((m) => m.dispose()),
-    };
-    for (const b of ["qBias", "kBias", "vBias", "oBias", "gateBias", "upBias", "downBias"]) {
-      w[b] = raw[b] || null;
-    }
-    return w;
-  } catch (e) {
-    made.forEach((m) => m.dispose());
-    throw e;
-  }
-}
 
 function invRms(x, P, d, eps) {
   const inv = new Float32Array(P);
@@ -384,100 +408,3 @@ function addBiasSource(y, bias, tri, n) {
   }
 }
 
-/** cos/sin tables (P, hd/2) of HF's rotary embedding, with the model's rope_scaling. */
-function ropeTables(cfg, P) {
-  const half = cfg.head_dim / 2, theta = cfg.rope_theta;
-  let inv = new Float32Array(half);
-  for (let i = 0; i < half; i++) inv[i] = 1 / Math.pow(theta, Math.fround((2 * i) / cfg.head_dim));
-  inv = scaleRope(inv, cfg.rope_scaling);
-  const cos = new Float32Array(P * half), sin = new Float32Array(P * half);
-  for (let p = 0; p < P; p++) {
-    for (let i = 0; i < half; i++) {
-      const angle = Math.fround(inv[i] * p);
-      cos[p * half + i] = Math.cos(angle);
-      sin[p * half + i] = Math.sin(angle);
-    }
-  }
-  return {cos, sin, half};
-}
-
-/** transformers' rope init functions for the types a Llama-family config uses. */
-function scaleRope(inv, scaling) {
-  if (!scaling) return inv;
-  const type = scaling.rope_type || scaling.type || "default";
-  if (type === "default") return inv;
-  if (type === "linear") return inv.map((f) => f / scaling.factor);
-  if (type === "llama3") {
-    const {factor, low_freq_factor: lo, high_freq_factor: hi} = scaling;
-    const old = scaling.original_max_position_embeddings;
-    const loWave = old / lo, hiWave = old / hi;
-    return inv.map((f) => {
-      const wave = (2 * Math.PI) / f;
-      if (wave < hiWave) return f;
-      if (wave > loWave) return f / factor;
-      const smooth = (old / wave - lo) / (hi - lo);
-      return (1 - smooth) * (f / factor) + smooth * f;
-    });
-  }
-  throw new Error(`rope_scaling type "${type}" is not supported by the in-browser engine ` +
-                  "(supported: default, linear, llama3).");
-}
-
-/** HF's rotate_half convention: pairs (i, i + hd/2) within each head, in place. */
-function applyRope(x, P, nh, hd, {cos, sin, half}) {
-  for (let p = 0; p < P; p++) {
-    for (let h = 0; h < nh; h++) {
-      const o = (p * nh + h) * hd;
-      for (let i = 0; i < half; i++) {
-        const a = x[o + i], b = x[o + i + half], c = cos[p * half + i], s = sin[p * half + i];
-        x[o + i] = Math.fround(a * c) - Math.fround(b * s);
-        x[o + i + half] = Math.fround(b * c) + Math.fround(a * s);
-      }
-    }
-  }
-}
-
-// ----------------------------------------------------------------------------- checks
-
-const CONFIG_NUMBERS = ["n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab",
-                        "rms_eps", "rope_theta"];
-
-function checkConfig(cfg) {
-  if (!cfg) throw new Error("model.config is missing");
-  for (const key of CONFIG_NUMBERS) {
-    if (!(Number.isFinite(cfg[key]) && cfg[key] > 0)) throw new Error(`model.config.${key} must be a positive number`);
-  }
-  if (cfg.n_heads % cfg.n_kv_heads) throw new Error("n_heads must be a multiple of n_kv_heads");
-  if (cfg.hidden_act && cfg.hidden_act !== "silu") {
-    throw new Error(`hidden_act "${cfg.hidden_act}" is not supported by the in-browser engine (silu only).`);
-  }
-  return cfg;
-}
-
-function checkIds(ids, V) {
-  if (!ids || ids.length < 1) throw new Error("no token ids to decompose");
-  for (const i of ids) {
-    if (!Number.isInteger(i) || i < 0 || i >= V) throw new Error(`token id ${i} is outside the vocabulary (0..${V - 1})`);
-  }
-}
-
-/** A variant's grouping of the sources: null, or Int32Array (S,) with the bias source last. */
-function sourceGrouping(name, groups, P, bias) {
-  if (groups == null) return null;
-  if (groups.length !== P) throw new Error(`variant "${name}" has ${groups.length} group ids for ${P} tokens`);
-  let next = 0;
-  for (const g of groups) {
-    if (!Number.isInteger(g) || g < 0 || g > next) {
-      throw new Error(`variant "${name}": group ids must be numbered 0.. in order of first use`);
-    }
-    if (g === next) next++;
-  }
-  const out = new Int32Array(P + (bias ? 1 : 0));
-  out.set(groups);
-  if (bias) out[P] = next;
-  return out;
-}
-
-function tokenGroups(groups, P) {
-  return groups == null ? Int32Array.from({length: P}, (_, i) => i) : Int32Array.from(groups);
-}

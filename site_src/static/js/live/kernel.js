@@ -2,89 +2,143 @@
  * The one matmul kernel of the in-browser engine: `y = x · Wᵀ` for a weight W stored as
  * PyTorch stores an nn.Linear weight, row-major [out, in].
  *
- * Backend: @tensorflow/tfjs-backend-wasm 4.22.0 (XNNPACK, WebAssembly SIMD, one thread),
- * vendored under static/vendor/tfjs/. Chosen by measurement (docs/performance.md, "In-browser
- * kernels"): ~30 GFLOP/s single-threaded here when the weight is held transposed, [in, out];
- * with tfjs's transposed-operand flag the same product runs at ~2.5 GFLOP/s. So a Weight
- * transposes once, inside the wasm heap, when it is made, and every product after that takes
- * the fast path. No threads: they need SharedArrayBuffer, hence cross-origin isolation
- * (COOP/COEP headers), which GitHub Pages cannot send; without it tfjs fetches only the
- * single-threaded SIMD binary. WebAssembly needs `'wasm-unsafe-eval'` in the CSP's script-src.
+ * Backend: kernel-sgemm.wasm, a 4 × 8 register-blocked WebAssembly SIMD sgemm (source and
+ * build command in kernel-sgemm.wat), one thread. Chosen by measurement over
+ * @tensorflow/tfjs-backend-wasm (docs/performance.md, "In-browser kernels"): on resident
+ * weights the two run at about the same rate, but the engine uses each layer weight for only
+ * two products (the forward pass and the decomposition), and tfjs/XNNPACK spends more time
+ * uploading, transposing and packing a weight than those products take at small prompts. Here
+ * a Weight is written once, transposed to [in, out] (with an RMSNorm weight folded in), into the
+ * kernel's own memory, and products read it in place.
  *
- * The UMD builds are imported as ES modules for their side effect: they install
- * `globalThis.tf` (import maps, which the ESM builds would need, do not reach module workers).
- * Works in a module Web Worker and in a page.
+ * No threads: they need SharedArrayBuffer, hence cross-origin isolation (COOP/COEP headers),
+ * which GitHub Pages cannot send. WebAssembly needs `'wasm-unsafe-eval'` in the CSP's
+ * script-src. Works in a module Web Worker and in a page.
  */
-import "../../vendor/tfjs/tf-core.min.js";
-import "../../vendor/tfjs/tf-backend-wasm.min.js";
 
-const tf = globalThis.tf;
+const WASM_URL = new URL("./kernel-sgemm.wasm", import.meta.url);
+const ROWS_PER_CALL = 64;    // rows of x per sgemm call: the strip of x stays in L2
+const FLOAT = 4;
+
 let ready = null;
-let spentMs = 0;   // time inside matmul() and Weight(), for the engine's timings
+let sgemm = null;            // (a, b, c, m, k, n) byte offsets, m % 4 == 0, n % 8 == 0
+let memory = null;
+const live = new Set();      // blocks [start, end) in floats, held by live Weights
+let top = 0;                 // first free float past every live block
+let spentMs = 0;             // time inside matmul() and Weight(), for the engine's timings
 
-/** Start the wasm backend once; resolves to {backend, simd}. */
+/** Load the kernel once; resolves to {kernel, simd}. Rejects with a message a user can act on. */
 export function initKernel() {
   if (!ready) {
     ready = (async () => {
-      tf.wasm.setWasmPaths(new URL("../../vendor/tfjs/", import.meta.url).href);
-      if (!(await tf.setBackend("wasm"))) {
-        throw new Error("WebAssembly is not available in this browser; the live engine needs it.");
+      if (typeof WebAssembly !== "object") {
+        throw new Error("This browser has no WebAssembly; the live engine needs it.");
       }
-      await tf.ready();
-      return {backend: tf.getBackend(), simd: await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT")};
+      const response = await fetch(WASM_URL);
+      if (!response.ok) throw new Error(`could not load ${WASM_URL} (HTTP ${response.status})`);
+      const bytes = await response.arrayBuffer();
+      if (!WebAssembly.validate(bytes)) {
+        throw new Error("This browser lacks WebAssembly SIMD (Chrome/Edge 91+, Firefox 89+, " +
+                        "Safari 16.4+); the live engine needs it.");
+      }
+      const {instance} = await WebAssembly.instantiate(bytes);
+      sgemm = instance.exports.sgemm;
+      memory = instance.exports.memory;
+      return {kernel: "kernel-sgemm.wasm (WebAssembly SIMD, 4×8 blocks, one thread)", simd: true};
     })();
+    ready.catch(() => { ready = null; });
   }
   return ready;
 }
 
+function ensure(floats) {
+  const need = floats * FLOAT - memory.buffer.byteLength;
+  if (need > 0) memory.grow(Math.ceil(need / 65536));
+}
+
+function alloc(floats) {
+  const block = {start: top, end: top + Math.ceil(floats / 4) * 4};   // 16-byte aligned
+  ensure(block.end);
+  live.add(block);
+  top = block.end;
+  return block;
+}
+
+function free(block) {
+  live.delete(block);
+  top = 0;
+  for (const b of live) top = Math.max(top, b.end);
+}
+
 /**
- * A linear layer's weight in the kernel's own memory, as Wᵀ [in, out].
- *   w      Float32Array [out·in], row-major [out, in] (the nn.Linear layout)
+ * A linear layer's weight in the kernel's memory, as Wᵀ [in, out] (out padded to a multiple
+ * of 8 with zero columns).
+ *   w       Float32Array [out·in], row-major [out, in] (the nn.Linear layout); not kept
  *   inScale optional Float32Array [in]: folded in as W[o, i]·inScale[i] (an RMSNorm's weight)
  * dispose() frees it; a layer's weights live only while that layer is computed.
  */
 export class Weight {
   constructor(w, out, inDim, inScale = null) {
-    if (w.length !== out * inDim) {
-      throw new Error(`weight has ${w.length} values, expected ${out}×${inDim}`);
-    }
+    if (!sgemm) throw new Error("initKernel() first");
+    if (w.length !== out * inDim) throw new Error(`weight has ${w.length} values, expected ${out}×${inDim}`);
     const t0 = performance.now();
     this.out = out;
     this.in = inDim;
-    this.t = tf.tidy(() => {
-      let m = tf.tensor2d(w, [out, inDim]);
-      if (inScale) m = tf.mul(m, tf.tensor1d(inScale));
-      return tf.transpose(m);                                   // [in, out]
-    });
+    this.ld = Math.ceil(out / 8) * 8;                         // row length of Wᵀ
+    this.block = alloc(inDim * this.ld);
+    const F = new Float32Array(memory.buffer, this.block.start * FLOAT, inDim * this.ld);
+    if (this.ld !== out) F.fill(0);
+    for (let o = 0; o < out; o++) {                           // Wᵀ[i, o] = W[o, i]·s[i]
+      const row = o * inDim;
+      if (inScale) for (let i = 0; i < inDim; i++) F[i * this.ld + o] = w[row + i] * inScale[i];
+      else for (let i = 0; i < inDim; i++) F[i * this.ld + o] = w[row + i];
+    }
     spentMs += performance.now() - t0;
   }
 
   dispose() {
-    if (this.t) this.t.dispose();
-    this.t = null;
+    if (this.block) free(this.block);
+    this.block = null;
   }
 }
 
-/** x · Wᵀ for `rows` rows of x (Float32Array [rows·in]) -> new Float32Array [rows·out]. */
-export function matmul(x, rows, weight) {
+/**
+ * x · Wᵀ for `rows` rows of x (Float32Array [rows·in]) -> Float32Array [rows·out], written into
+ * `into` (its first rows·out values; returned as that view) when given, else a new array.
+ * Reusing one buffer matters: a fresh tens-of-MB array per product is garbage the tab holds
+ * until the collector runs.
+ */
+export function matmul(x, rows, weight, into = null) {
+  if (!weight.block) throw new Error("matmul: the weight was disposed");
   if (x.length < rows * weight.in) throw new Error("matmul: x is too short");
   const t0 = performance.now();
-  const xs = x.length === rows * weight.in ? x : x.subarray(0, rows * weight.in);
-  const a = tf.tensor2d(xs, [rows, weight.in]);
-  const y = tf.matMul(a, weight.t);
-  a.dispose();
-  const out = y.dataSync();
-  y.dispose();
+  const k = weight.in, n = weight.ld, out = weight.out;
+  if (into && into.length < rows * out) throw new Error("matmul: the output buffer is too short");
+  const y = into ? into.subarray(0, rows * out) : new Float32Array(rows * out);
+  const a = top, c = top + ROWS_PER_CALL * k;                // scratch past the live weights
+  ensure(c + ROWS_PER_CALL * n);
+  const F = new Float32Array(memory.buffer);
+  for (let r0 = 0; r0 < rows; r0 += ROWS_PER_CALL) {
+    const m = Math.min(ROWS_PER_CALL, rows - r0), m4 = Math.ceil(m / 4) * 4;
+    F.set(x.subarray(r0 * k, (r0 + m) * k), a);
+    if (m4 > m) F.fill(0, a + m * k, a + m4 * k);
+    sgemm(a * FLOAT, weight.block.start * FLOAT, c * FLOAT, m4, k, n);
+    if (n === out) {
+      y.set(F.subarray(c, c + m * n), r0 * out);
+    } else {
+      for (let i = 0; i < m; i++) y.set(F.subarray(c + i * n, c + i * n + out), (r0 + i) * out);
+    }
+  }
   spentMs += performance.now() - t0;
-  return out;
+  return y;
 }
 
-/** Milliseconds spent in the kernel (products and weight uploads) since the page started. */
+/** Bytes of the kernel's memory (it grows to the peak and stays). */
+export function kernelMemory() {
+  return memory ? memory.buffer.byteLength : 0;
+}
+
+/** Milliseconds spent in the kernel (products and weight uploads) since the worker started. */
 export function kernelTime() {
   return spentMs;
-}
-
-/** Bytes the kernel holds in its heap now (for tests and the memory budget). */
-export function kernelMemory() {
-  return tf.memory().numBytes;
 }
