@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.test_browser import browser  # noqa: F401  (the session's one shared Chromium)
+
 ROOT = Path(__file__).resolve().parent.parent
 LIVE_JS = ROOT / "site_src" / "static" / "js" / "live"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
 NODE = shutil.which("node")
 SHOTS = Path(os.environ.get("INFOFLOW_LIVE_SHOTS", ROOT / "test-artifacts"))
 
@@ -69,20 +68,6 @@ def live_server(gallery_site):
     yield f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    from playwright import sync_api
-    if not Path(CHROMIUM).exists():
-        message = "Debian chromium is not installed: run setup.sh as root, or apt-get install chromium"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
