@@ -242,6 +242,9 @@ def _write_site(cfg: SiteConfig, out: Path, prompts: list[Prompt], docs: dict[st
         manifest = {"schema": SCHEMA, "site": site, "prompts": entries}
         (staging / "data" / "manifest.json").write_text(
             json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+        if cfg.live:
+            from .live import export_live_model
+            site["live"] = export_live_model(staging, site, model=cfg.model, cache=cfg.cache)
         render_site(staging, entries, site)
         write_marker(staging, site_identity(cfg))
     except BaseException:

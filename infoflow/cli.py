@@ -131,7 +131,7 @@ def _rebuild(cfg: SiteConfig) -> None:
     marker = read_marker(resolve_out(cfg.out))
     if marker:
         built_with = marker.get("config", {})
-        differ = [k for k in ("model", "dtype", "max_tokens") if built_with.get(k) != cfg.identity()[k]]
+        differ = [k for k in ("model", "dtype", "max_tokens", "live") if built_with.get(k) != cfg.identity()[k]]
         if differ:
             raise click.ClickException(
                 f"{cfg.out} was built with " + ", ".join(f"--{k.replace('_', '-')} {built_with.get(k)}" for k in differ)

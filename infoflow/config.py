@@ -30,6 +30,7 @@ class SiteConfig:
     cache: str | None = None          # None: $INFOFLOW_CACHE or ~/.cache/infoflow
     max_tokens: int = DEFAULT_MAX_TOKENS
     top_k: int = 5
+    live: bool = True                 # export the model for the in-browser page (live/)
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", Path(self.prompts))
@@ -47,7 +48,7 @@ class SiteConfig:
     def identity(self) -> dict:
         """What decides the site's content (recorded in the site, compared by serve and publish)."""
         return {"model": self.model, "dtype": self.dtype, "max_tokens": self.max_tokens,
-                "top_k": self.top_k, "prompts": str(self.prompts)}
+                "top_k": self.top_k, "prompts": str(self.prompts), "live": self.live}
 
     def as_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -109,10 +110,12 @@ def site_options(f):
         model_options,
         click.option("--max-tokens", default=DEFAULT_MAX_TOKENS, show_default=True, type=int,
                      help="Refuse prompts longer than this."),
+        click.option("--live/--no-live", default=True, show_default=True,
+                     help="Export the default model for the in-browser page (live/), ~97 MB."),
     ])
 
 
 def config_from_options(kwargs: dict) -> SiteConfig:
     """Pop the site_options out of a command's kwargs and make the validated config."""
-    names = ("prompts", "out", "model", "dtype", "device", "cache", "max_tokens")
+    names = ("prompts", "out", "model", "dtype", "device", "cache", "max_tokens", "live")
     return SiteConfig(**{n: kwargs.pop(n) for n in names}).check()

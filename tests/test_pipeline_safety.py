@@ -35,8 +35,10 @@ def snapshot(folder: Path) -> dict:
 
 
 def copy_site(gallery, tmp_path) -> Path:
+    """A site of our own, built from the gallery's cached results (no model, no live weights)."""
+    from dataclasses import replace
     site = tmp_path / "site"
-    shutil.copytree(gallery["site"], site, symlinks=True)
+    build(replace(gallery["cfg"], out=site, live=False), progress=False)
     return site
 
 
@@ -115,14 +117,14 @@ def test_publish_dry_run_changes_nothing_and_lists_files(gallery, tmp_path):
     site = copy_site(gallery, tmp_path)
     cache = Path(cfg.cache)
     before_site, before_cache = snapshot(site), snapshot(cache / "results")
-    args = ["publish", "--dry-run", "--prompts", cfg.prompts, "--out", site, "--cache-dir", cfg.cache]
+    args = ["publish", "--dry-run", "--no-live", "--prompts", cfg.prompts, "--out", site, "--cache-dir", cfg.cache]
     result = cli(*args)
     assert result.exit_code == 0, result.output
     assert "would not rebuild" in result.output and "  index.html" in result.output
     assert "  p/capital.html" in result.output and sitedir.MARKER not in result.output
     stale = tmp_path / "stale.toml"
     stale.write_text(cfg.prompts.read_text().replace("Factual recall", "Another title"))
-    result = cli("publish", "--dry-run", "--prompts", stale, "--out", site, "--cache-dir", cfg.cache)
+    result = cli("publish", "--dry-run", "--no-live", "--prompts", stale, "--out", site, "--cache-dir", cfg.cache)
     assert result.exit_code == 0 and "would rebuild first" in result.output, result.output
     assert snapshot(site) == before_site and snapshot(cache / "results") == before_cache
 

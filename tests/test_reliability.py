@@ -43,7 +43,8 @@ def test_publish_to_local_bare_repo(gallery, gallery_site, tmp_path):
     (work / ".env").write_text("SECRET=1")              # must never be published
     (work / "model.safetensors").write_bytes(b"weights")
     site = work / "build"
-    shutil.copytree(gallery_site, site)
+    from dataclasses import replace
+    build(replace(gallery["cfg"], out=site, live=False), progress=False)    # no 97 MB of weights to push
 
     first = publish(site, repo=work, cname="flow.example.org")
     assert first.pushed
@@ -63,7 +64,7 @@ def test_publish_to_local_bare_repo(gallery, gallery_site, tmp_path):
     # A changed site (a new title, rebuilt from the cache) is pushed as one more commit.
     prompts = tmp_path / "prompts.toml"
     prompts.write_text(gallery["prompts"].read_text().replace("Factual recall", "Recall of a fact"))
-    build(SiteConfig(prompts=prompts, out=site, cache=gallery["cfg"].cache), progress=False)
+    build(SiteConfig(prompts=prompts, out=site, cache=gallery["cfg"].cache, live=False), progress=False)
     assert publish(site, repo=work, cname="flow.example.org").pushed
     assert int(git("rev-list", "--count", "gh-pages", cwd=bare)) == int(count) + 1
 

@@ -1,0 +1,335 @@
+"""The default model for the in-browser engine (docs/live-format.md): weights, tokenizer, page.
+
+We ship the GGUF's own quantized blocks, byte for byte, and the browser dequantizes them the
+way the Python conversion did (gguf-py's numpy code in float32, then transformers' q/k
+un-permutation), so both engines see the same float32 weights. The export is cached under
+the infoflow cache, keyed by the GGUF file and this format's version, so a rebuild copies it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import ENGINE_VERSION, __version__
+from .model import (DEFAULT_MODEL, _GGUF_FILE, _folder_fingerprint, _gguf_folder, cache_dir,
+                    converted_default_model)
+
+FORMAT = "infoflow-live"
+FORMAT_VERSION = 1
+EXPORT_REVISION = 3             # bump when the export of the same GGUF changes (cache key)
+CHUNK_BYTES = 16 << 20            # ≤ 20 MB per file: GitHub Pages and CDNs take it happily
+MAX_TOTAL_BYTES = 110_000_000     # the whole download
+MAX_PARAMETERS = 500_000_000      # beyond ~0.5 B parameters a browser tab is the wrong place
+ALIGN = 64                        # every tensor starts at a multiple of this in the byte stream
+QUANT = {                         # GGUF type: (values per block, bytes per block)
+    "F32": (1, 4), "Q8_0": (32, 34), "Q4_1": (32, 20),
+}
+LIVE_DIR = "live"                 # in the site: live/index.html, live/model/*
+
+
+class LiveExportError(Exception):
+    """The model cannot be exported for the browser; the message says why."""
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def hf_name(gguf_name: str) -> str:
+    """GGUF tensor name -> the PyTorch parameter name of the converted model."""
+    if gguf_name == "token_embd.weight":
+        return "model.embed_tokens.weight"
+    if gguf_name == "output_norm.weight":
+        return "model.norm.weight"
+    if gguf_name == "output.weight":
+        return "lm_head.weight"
+    blk, i, part, _ = gguf_name.split(".")
+    assert blk == "blk", gguf_name
+    return f"model.layers.{i}." + {
+        "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+        "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj"}[part] + ".weight"
+
+
+def permute_heads(gguf_name: str, heads: int, kv_heads: int) -> int | None:
+    """llama.cpp stores q and k rows interleaved for its RoPE; transformers un-permutes them
+    with this many heads (its LlamaTensorProcessor), we do the same."""
+    if ".attn_q." in gguf_name:
+        return heads
+    if ".attn_k." in gguf_name:
+        return kv_heads
+    return None
+
+
+def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """transformers' _reverse_permute_weights: (out, in) rows [h, 2, dim] -> [h, dim, 2]."""
+    dim = w.shape[0] // n_head // 2
+    return w.reshape(n_head, dim, 2, *w.shape[1:]).swapaxes(2, 1).reshape(w.shape)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _gguf_path() -> Path:
+    return _gguf_folder() / _GGUF_FILE
+
+
+def _export_key(gguf: Path) -> str:
+    st = gguf.stat()
+    blob = json.dumps([FORMAT_VERSION, EXPORT_REVISION, CHUNK_BYTES, ALIGN, str(gguf.resolve()), st.st_size, st.st_mtime_ns])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _content_name(stem: str, data: bytes, ext: str) -> str:
+    return f"{stem}.{hashlib.sha256(data).hexdigest()[:12]}.{ext}"
+
+
+def _model_config(reader, folder: Path) -> dict:
+    """What the engine needs to know, read from the converted model's config.json."""
+    cfg = json.loads((folder / "config.json").read_text())
+    heads = int(cfg["num_attention_heads"])
+    rope = cfg.get("rope_parameters") or {}
+    return {
+        "layers": int(cfg["num_hidden_layers"]), "d_model": int(cfg["hidden_size"]),
+        "heads": heads, "kv_heads": int(cfg.get("num_key_value_heads") or heads),
+        "head_dim": int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
+        "d_mlp": int(cfg["intermediate_size"]), "vocab": int(cfg["vocab_size"]),
+        "rms_norm_eps": float(cfg["rms_norm_eps"]),
+        "rope_theta": float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
+        "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        "attention_bias": bool(cfg.get("attention_bias", False)),
+        "mlp_bias": bool(cfg.get("mlp_bias", False)),
+    }
+
+
+def _model_info(folder: Path, config: dict) -> dict:
+    """The data file's `model` map, as infoflow.model.model_info writes it for this model."""
+    cfg = json.loads((folder / "config.json").read_text())
+    return {"id": DEFAULT_MODEL, "fingerprint": _folder_fingerprint(folder),
+            "architecture": (cfg.get("architectures") or ["LlamaForCausalLM"])[0],
+            "layers": config["layers"], "d_model": config["d_model"], "heads": config["heads"],
+            "kv_heads": config["kv_heads"], "d_mlp": config["d_mlp"], "vocab": config["vocab"],
+            "dtype": "float32"}
+
+
+def _ranges(pred) -> list[list[int]]:
+    """Inclusive [first, last] code-point ranges where pred(character) holds."""
+    out, start = [], None
+    for c in range(0x110000):
+        if pred(chr(c)):
+            start = c if start is None else start
+        elif start is not None:
+            out.append([start, c - 1])
+            start = None
+    if start is not None:
+        out.append([start, 0x10FFFF])
+    return out
+
+
+def word_tables() -> dict:
+    """tokens.py's words rule needs str.isspace, str.isdigit and unicodedata categories; JS
+    has other Unicode tables, so we ship Python's as ranges (about 6 KB)."""
+    import unicodedata
+    return {"unicode": unicodedata.unidata_version,
+            "space": _ranges(str.isspace),
+            "word_start": _ranges(lambda ch: ch.isspace() or ch.isdigit()
+                                  or unicodedata.category(ch).startswith(("P", "S")))}
+
+
+def _tokenizer_meta(folder: Path) -> dict:
+    """Special ids and chat template exactly as the Python tokenizer sees them."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(folder)
+    return {"special_ids": sorted(int(i) for i in (tok.all_special_ids or [])),
+            "chat_template": getattr(tok, "chat_template", None) or None,
+            "bos_token": tok.bos_token, "eos_token": tok.eos_token, "words": word_tables()}
+
+
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+
+def browser_tokenizer(tok: dict) -> dict:
+    """tokenizer.json for @huggingface/tokenizers, with the same meaning as for Python.
+
+    A ByteLevel pre-tokenizer with use_regex=True splits with the GPT-2 pattern; the Rust
+    library compiles it with Oniguruma, whose \\s is Unicode White_Space, but the JS library
+    hard-codes it as a JS RegExp, whose \\s misses U+0085 (NEL) and adds U+FEFF. We spell the
+    same split out as a Split pre-tokenizer (which the JS library translates with Oniguruma
+    semantics, \\s -> \\p{White_Space}) followed by a ByteLevel that does not split again.
+    tests/test_live.py checks that Python gives identical ids with both files.
+    """
+    pre = tok.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        tok = dict(tok, pre_tokenizer={"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": GPT2_PATTERN}, "behavior": "Isolated", "invert": False},
+            dict(pre, use_regex=False)]})
+    return tok
+
+
+def _build_export(gguf: Path, folder: Path, target: Path) -> None:
+    """Write chunks, tokenizer and manifest.json into `target` (a fresh folder)."""
+    import gguf as ggufpy
+    reader = ggufpy.GGUFReader(gguf)
+    config = _model_config(reader, folder)
+    tensors, stream, offset = [], [], 0
+    for t in reader.tensors:
+        kind = t.tensor_type.name
+        if kind not in QUANT:
+            raise LiveExportError(f"tensor {t.name} is {kind}; the browser dequantizes only {sorted(QUANT)}")
+        raw = np.asarray(t.data).view(np.uint8).tobytes()
+        pad = -offset % ALIGN
+        stream.append(b"\0" * pad)
+        offset += pad
+        shape = [int(n) for n in reversed(t.shape.tolist())]          # GGUF ne order -> [out, in]
+        tensors.append({"name": hf_name(t.name), "gguf": t.name, "type": kind, "shape": shape,
+                        "offset": offset, "bytes": len(raw),
+                        "permute_heads": permute_heads(t.name, config["heads"], config["kv_heads"])})
+        stream.append(raw)
+        offset += len(raw)
+    blob = b"".join(stream)
+    if len(blob) > MAX_TOTAL_BYTES:
+        raise LiveExportError(f"the weights take {len(blob) / 1e6:.0f} MB, over the {MAX_TOTAL_BYTES / 1e6:.0f} MB limit")
+    chunks = []
+    for i, a in enumerate(range(0, len(blob), CHUNK_BYTES)):
+        part = blob[a:a + CHUNK_BYTES]
+        name = _content_name(f"weights-{i:02d}", part, "chunk")   # not .bin: publish refuses *.bin
+        (target / name).write_bytes(part)
+        chunks.append({"file": name, "bytes": len(part), "sha256": hashlib.sha256(part).hexdigest()})
+    tok_json = browser_tokenizer(json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")))
+    tok_bytes = json.dumps(tok_json, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    tok_name = _content_name("tokenizer", tok_bytes, "json")
+    (target / tok_name).write_bytes(tok_bytes)
+    manifest = {
+        "format": FORMAT, "version": FORMAT_VERSION,
+        "generator": {"infoflow": __version__, "engine": ENGINE_VERSION},
+        "model": _model_info(folder, config), "config": config,
+        "tokenizer": {"file": tok_name, "bytes": len(tok_bytes), "sha256": hashlib.sha256(tok_bytes).hexdigest(),
+                      **_tokenizer_meta(folder)},
+        "total_bytes": len(blob), "chunks": chunks, "tensors": tensors,
+    }
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def check_size(gguf: Path) -> int:
+    """The GGUF's parameter count; LiveExportError past MAX_PARAMETERS (read from its header)."""
+    import gguf as ggufpy
+    n_params = sum(int(np.prod(t.shape)) for t in ggufpy.GGUFReader(gguf).tensors)
+    if n_params > MAX_PARAMETERS:
+        raise LiveExportError(f"{n_params / 1e9:.2f} B parameters is too large for a browser tab "
+                              f"(limit ~{MAX_PARAMETERS / 1e9:.1f} B)")
+    return n_params
+
+
+def cached_export(cache: str | os.PathLike | None = None) -> Path:
+    """The exported default model in the cache (chunks, tokenizer, manifest.json), made once."""
+    gguf = _gguf_path()
+    target = cache_dir(cache) / "live" / _export_key(gguf)
+    if (target / "manifest.json").exists():
+        return target
+    check_size(gguf)
+    folder = converted_default_model(cache)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
+    try:
+        _build_export(gguf, folder, tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    for old in target.parent.iterdir():       # exports of an older format or GGUF (~100 MB each)
+        if old != target and (old / "manifest.json").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def export_live_model(site_dir: Path, site: dict, *, model: str | None = None,
+                      cache: str | os.PathLike | None = None, log=print) -> str | None:
+    """Put the browser model and the page live/index.html into `site_dir`.
+
+    Returns the page's path relative to the site root, or None (with a message) when the
+    model cannot run in a browser.
+    """
+    from .site import render_live
+    if model not in (None, DEFAULT_MODEL):
+        log(f"live page skipped: only the default model ({DEFAULT_MODEL}) is exported for the browser, "
+            f"not {model!r}")
+        return None
+    try:
+        src = cached_export(cache)
+    except LiveExportError as e:
+        log(f"live page skipped: {e}")
+        return None
+    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
+    dest = Path(site_dir) / LIVE_DIR / "model"
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in [c["file"] for c in manifest["chunks"]] + [manifest["tokenizer"]["file"]]:
+        _link_or_copy(src / name, dest / name)
+    body = (src / "manifest.json").read_bytes()
+    manifest_name = _content_name("manifest", body, "json")
+    (dest / manifest_name).write_bytes(body)
+    render_live(Path(site_dir), site, manifest=f"model/{manifest_name}",
+                total_mb=manifest["total_bytes"] / 1e6, config=manifest["config"],
+                has_chat=bool(manifest["tokenizer"].get("chat_template")))
+    return f"{LIVE_DIR}/index.html"
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)      # the cache and the site are usually on one disk
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
+# ----------------------------------------------------------------------------- read back
+
+
+def read_manifest(folder: Path) -> tuple[dict, Path]:
+    """The manifest of an export: a cache folder (manifest.json) or a site's live/model/."""
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if not path.exists():
+        found = sorted(folder.glob("manifest.*.json"))
+        if len(found) != 1:
+            raise LiveExportError(f"{folder}: expected one manifest.json or manifest.<hash>.json")
+        path = found[0]
+    return json.loads(path.read_text(encoding="utf-8")), path
+
+
+def read_stream(folder: Path, manifest: dict) -> bytes:
+    """All chunks, sha256-checked, as one byte stream."""
+    parts = []
+    for c in manifest["chunks"]:
+        data = (Path(folder) / c["file"]).read_bytes()
+        if hashlib.sha256(data).hexdigest() != c["sha256"] or len(data) != c["bytes"]:
+            raise LiveExportError(f"chunk {c['file']} is corrupt (sha256 mismatch)")
+        parts.append(data)
+    return b"".join(parts)
+
+
+def dequantize(entry: dict, stream: bytes) -> np.ndarray:
+    """One tensor as float32 [out, in], exactly as the Python conversion made it."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize as gguf_dequantize
+    raw = np.frombuffer(stream, dtype=np.uint8, count=entry["bytes"], offset=entry["offset"])
+    shape = entry["shape"]
+    per, size = QUANT[entry["type"]]
+    raw = raw.reshape(*shape[:-1], shape[-1] // per * size)
+    w = gguf_dequantize(raw, GGMLQuantizationType[entry["type"]]).reshape(shape)
+    if entry.get("permute_heads"):
+        w = unpermute_rows(w, entry["permute_heads"])
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def read_live_model(folder: Path) -> dict[str, np.ndarray]:
+    """Decode a whole export back into {PyTorch parameter name: float32 array}."""
+    manifest, _ = read_manifest(folder)
+    stream = read_stream(folder, manifest)
+    return {t["name"]: dequantize(t, stream) for t in manifest["tensors"]}

@@ -1,0 +1,40 @@
+/**
+ * A helper worker of the unembedding (engine-lens.js): it holds one contiguous slice of the
+ * vocabulary's rows of W_U (its own copy: no SharedArrayBuffer) and answers topLogits() for
+ * the rows it is sent. It also computes its share of a layer's MLP write (engine-mlp.js), from
+ * the slice of the layer's weights it is sent with the rows.
+ */
+import {initKernel} from "./kernel.js";
+import {topLogits} from "./engine-logits.js";
+import {mlpRows, sliceWeights} from "./engine-mlp.js";
+
+let slice = null;   // {W (n·d), v0, n, d, bias}
+
+self.onmessage = async (e) => {
+  const msg = e.data;
+  try {
+    if (msg.kind === "slice") {
+      await initKernel();
+      slice = msg;
+      self.postMessage({ok: true});
+    } else if (msg.kind === "mlp") {
+      await initKernel();
+      const {raw, d, ff, j0, j1, T} = msg;
+      const w = sliceWeights(raw, d, ff, j0, j1);
+      try {
+        const into = new Float32Array(T * d), u = new Float32Array(Math.min(T, 2048) * (j1 - j0));
+        mlpRows({...msg, up: w.up, down: w.down, nj: j1 - j0, into, u});
+        self.postMessage({ok: true, delta: into}, [into.buffer]);
+      } finally {
+        w.dispose();
+      }
+    } else if (msg.kind === "rows") {
+      const {W, v0, n, d, bias} = slice;
+      const r = topLogits(msg.X, msg.N, W, n, d, msg.k, {absRows: msg.absRows, bias});
+      for (let i = 0; i < r.ids.length; i++) r.ids[i] += v0;
+      self.postMessage({ok: true, ...r}, [r.ids.buffer, r.logits.buffer, r.logZ.buffer]);
+    }
+  } catch (err) {
+    self.postMessage({ok: false, message: String((err && err.message) || err)});
+  }
+};

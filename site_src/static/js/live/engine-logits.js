@@ -1,0 +1,113 @@
+/**
+ * The unembedding side of the in-browser engine, as infoflow/engine.py computes it: top-k next
+ * tokens with their probabilities (logit lens and predictions), the reconstructed logits' error,
+ * and the exact per-source logit attribution.
+ */
+import {Weight, matmul} from "./kernel.js";
+
+export const VOCAB_BLOCK = 256;    // vocabulary columns per product: a 576 KB block of W_U stays in L2
+                                   // (measured 8–10 GFLOP/s vs 5.6 at 4096 columns, docs/performance.md)
+export const ROW_BATCH = 1024;     // rows per product: a (1024, 256) slab of logits, 1 MB
+
+/**
+ * Top-k of X · W_Uᵀ per row and the log of its softmax denominator, without the (N, V) logits.
+ *
+ *   X      Float32Array (N, d): residuals already through the final norm (w_f ⊙ r / rms_f(r))
+ *   W_U    Float32Array (V, d): the unembedding, row-major
+ *   absRows the last `absRows` rows are differences; for them only max_v |logit| is kept
+ *   signal  AbortSignal, checked once per vocabulary block
+ *   bias    optional lm_head bias (V,), added to every row but the differences
+ * -> {ids Int32Array (N, k), logits Float32Array (N, k), logZ Float64Array (N), absMax number}
+ *
+ * Per row, the vocabulary is walked in blocks with an online log-sum-exp (running max m,
+ * running Σ exp(l − m)), like engine.logit_lens.
+ */
+export function topLogits(X, N, W_U, V, d, k, {absRows = 0, signal = null, bias = null} = {}) {
+  const ids = new Int32Array(N * k);
+  const best = new Float32Array(N * k).fill(-Infinity);
+  const m = new Float64Array(N).fill(-Infinity);
+  const total = new Float64Array(N);
+  const nTop = N - absRows;
+  let absMax = 0;
+  const slab = new Float32Array(Math.min(ROW_BATCH, N) * Math.min(VOCAB_BLOCK, V));   // reused
+  for (let v0 = 0; v0 < V; v0 += VOCAB_BLOCK) {
+    if (signal && signal.aborted) throw abortError();
+    const B = Math.min(VOCAB_BLOCK, V - v0);
+    const W = new Weight(W_U.subarray(v0 * d, (v0 + B) * d), B, d);
+    try {
+      for (let a = 0; a < N; a += ROW_BATCH) {
+        const n = Math.min(ROW_BATCH, N - a);
+        const logits = matmul(X.subarray(a * d, (a + n) * d), n, W, slab);    // (n, B)
+        for (let i = 0; i < n; i++) {
+          const row = a + i, o = i * B;
+          if (row >= nTop) {
+            for (let j = 0; j < B; j++) absMax = Math.max(absMax, Math.abs(logits[o + j]));
+            continue;
+          }
+          if (bias) for (let j = 0; j < B; j++) logits[o + j] += bias[v0 + j];
+          let blockMax = -Infinity;
+          const top = row * k;
+          for (let j = 0; j < B; j++) {
+            const x = logits[o + j];
+            if (x > blockMax) blockMax = x;
+            if (x > best[top + k - 1]) insertTop(best, ids, top, k, x, v0 + j);
+          }
+          const mNew = Math.max(m[row], blockMax);
+          let sum = 0;
+          for (let j = 0; j < B; j++) sum += Math.exp(logits[o + j] - mNew);
+          total[row] = total[row] * Math.exp(m[row] - mNew) + sum;
+          m[row] = mNew;
+        }
+      }
+    } finally {
+      W.dispose();
+    }
+  }
+  const logZ = new Float64Array(N);
+  for (let row = 0; row < nTop; row++) logZ[row] = m[row] + Math.log(total[row]);
+  return {ids, logits: best, logZ, absMax};
+}
+
+/** Insert (x, id) into the row's sorted top-k list starting at `top`. */
+function insertTop(best, ids, top, k, x, id) {
+  let j = k - 1;
+  while (j > 0 && best[top + j - 1] < x) {
+    best[top + j] = best[top + j - 1];
+    ids[top + j] = ids[top + j - 1];
+    j--;
+  }
+  best[top + j] = x;
+  ids[top + j] = id;
+}
+
+/**
+ * Per-source share of the logit of predIds[p, j] at p, the final norm's scale frozen:
+ * ⟨c[p, s] ⊙ scaleF[p], W_U[id]⟩ summed within each group; the bias group gets the lm_head bias.
+ *   C (T, d) packed parts after the last layer; scaleF (P, d) = w_f / rms_f[p]
+ *   grouping: null or Int32Array (S,) -> (P, k, G) Float32Array, summing over G to the logit
+ */
+export function logitAttribution(C, tri, scaleF, W_U, lmBias, predIds, k, grouping, G, d) {
+  const out = new Float64Array(tri.P * k * G);
+  const x = new Float32Array(d);
+  for (let row = 0; row < tri.T; row++) {
+    const p = tri.pos[row];
+    const g = grouping ? grouping[tri.src[row]] : tri.src[row];
+    for (let j = 0; j < d; j++) x[j] = C[row * d + j] * scaleF[p * d + j];
+    for (let i = 0; i < k; i++) {
+      const u = predIds[p * k + i] * d;
+      let acc = 0;
+      for (let j = 0; j < d; j++) acc += x[j] * W_U[u + j];
+      out[(p * k + i) * G + g] += Math.fround(acc);
+    }
+  }
+  if (lmBias) {
+    for (let p = 0; p < tri.P; p++) {
+      for (let i = 0; i < k; i++) out[(p * k + i) * G + G - 1] += lmBias[predIds[p * k + i]];
+    }
+  }
+  return Float32Array.from(out);
+}
+
+export function abortError() {
+  return new DOMException("The decomposition was cancelled.", "AbortError");
+}

@@ -1,0 +1,410 @@
+/**
+ * The in-browser decomposition engine: one forward pass of a Llama-family model, and the exact
+ * per-source split of its residual stream, the same math as infoflow/engine.py (read that
+ * module's docstring for the method). Runs in a Web Worker or a page; no DOM.
+ *
+ * Layer by layer: the layer's forward pass freezes its attention pattern, SwiGLU gate and
+ * RMSNorm scales, then the same layer is applied to every (position, source) row of the packed
+ * causal triangle, so only one layer's float32 weights are alive at a time.
+ *
+ * ## Interface (stable)
+ *
+ *   import {decompose} from "./engine.js";
+ *   const result = await decompose(model, ids, variants, opts);
+ *
+ * model: {config, embed, finalNorm, lmHead, lmHeadBias?, layer}
+ *   config: {n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff, vocab, rms_eps, rope_theta,
+ *            rope_scaling (null, or HF's dict: rope_type "default" | "linear" | "llama3"),
+ *            tie_embeddings, attention_bias, mlp_bias, hidden_act? ("silu")}
+ *   embed: Float32Array (vocab·d), row-major: the token embedding; the unembedding when tied
+ *   finalNorm: Float32Array (d);  lmHead: Float32Array (vocab·d), or null when tied
+ *   lmHeadBias: optional Float32Array (vocab)
+ *   layer(i): Promise<{inputNorm (d), q (nh·hd·d), k (nkv·hd·d), v (nkv·hd·d), o (d·nh·hd),
+ *             postNorm (d), gate (ff·d), up (ff·d), down (d·ff),
+ *             qBias?, kBias?, vBias?, oBias?, gateBias?, upBias?, downBias?}>
+ *     every one a Float32Array, row-major [out, in] exactly as the PyTorch nn.Linear weight
+ *     (q/k rows in Hugging Face's order, i.e. after transformers' GGUF un-permutation).
+ *     The engine neither keeps nor modifies these arrays.
+ *   The bias source exists when config.attention_bias or config.mlp_bias is true.
+ * ids: Int32Array (P) of token ids, BOS included, as the Python tokenizer gives them.
+ * variants: {name: null | Int32Array (P)}: null = one source per token; otherwise a group id
+ *   per token, numbered 0.. by first use (as Python's resolve_groups gives them).
+ * opts: {topK = 5, logitLens = true, onProgress(step, total, label), signal: AbortSignal,
+ *        threads = min(4, navigator.hardwareConcurrency)}
+ *   threads > 1 splits the unembedding (predictions and logit lens) over helper workers, each
+ *   holding a copy of its slice of the vocabulary (engine-lens.js; no SharedArrayBuffer), and
+ *   each layer's MLP decomposition by slices of d_ff (engine-mlp.js; each helper is sent its
+ *   slice of W_up and W_down and the rows). The helpers are kept for the next call with the
+ *   same W_U array; releaseLens(W_U) ends them.
+ *   onProgress is called with step 0 .. total (total = n_layers + 1: the layers, then the
+ *   unembedding). A signal that aborts rejects the promise with a DOMException "AbortError"
+ *   (checked between layers and inside the long loops).
+ *
+ * result (names as in infoflow/decompose.py's Decomposition; arrays row-major, float32 unless
+ * said otherwise; G = sources_count of the variant):
+ *   {n_layers L, n_tokens P, top_k k, has_bias,
+ *    token_ids Int32Array (P), embed_norm (P), recon_error (L, 2), logit_error number,
+ *    pred_ids Int32Array (P, k), pred_probs (P, k), pred_logits (P, k),
+ *    lens_ids Int32Array (L, 2, P, k) | null, lens_probs (L, 2, P, k) | null,
+ *    variants: {name: {grouping "tokens"|"custom", groups Int32Array (P), sources_count G,
+ *                      has_bias, attn_norm, mlp_norm, attn_delta_norm, mlp_delta_norm,
+ *                      attn_proj, mlp_proj (L, P, G), logit_attr (P, k, G)}},
+ *    timings {layers_ms, logits_ms, total_ms, layers_kernel_ms, logits_kernel_ms, kernel_bytes,
+ *             unembedding_threads, mlp_threads}}
+ *   (the *_kernel_ms parts are the time inside the matmul kernel; kernel_bytes its memory, which
+ *   grows to its peak and stays)
+ *   With biases, the last source of every variant is "bias". Entries with a group not yet
+ *   present at a position are zero.
+ *   logit_error = max |logits(Σ_s c) − logits|, computed as max |((Σ_s c − r) ⊙ w_f / rms_f)·W_U|
+ *   (the same quantity by linearity, without cancelling two float32 logits).
+ */
+import {initKernel, kernelMemory, kernelTime, matmul} from "./kernel.js";
+import {applyRope, checkConfig, checkIds, checkTopK, layerWeights, ropeTables, sourceGrouping,
+        tokenGroups} from "./engine-model.js";
+import {SublayerStats, reconError, rowNorms, triangle, unitForProj} from "./engine-stats.js";
+import {abortError, logitAttribution} from "./engine-logits.js";
+import {defaultThreads, helperMlp, helpersFor, releaseLens, topLogitsThreaded} from "./engine-lens.js";
+import {MLP_ROWS, columns, mlpRows, sliceWeights} from "./engine-mlp.js";
+
+
+export {releaseLens} from "./engine-lens.js";
+
+export async function decompose(model, ids, variants = {main: null}, opts = {}) {
+  const {topK = 5, logitLens = true, onProgress = null, signal = null, threads = defaultThreads()} = opts;
+  const t0 = performance.now(), k0 = kernelTime();
+  const cfg = checkConfig(model.config);
+  const {n_layers: L, d_model: d, vocab: V} = cfg;
+  const P = ids.length;
+  checkIds(ids, V);
+  checkTopK(topK, V);
+  await initKernel();
+  const bias = Boolean(cfg.attention_bias || cfg.mlp_bias);
+  const tri = triangle(P, bias);
+  const groupings = Object.entries(variants).map(([name, g]) => [name, sourceGrouping(name, g, P, bias)]);
+  const stats = groupings.map(([, g]) => new SublayerStats(L, tri, g, d));
+  const rope = ropeTables(cfg, P);
+  const W_U = model.lmHead || model.embed;
+  const progress = (step, label) => onProgress && onProgress(step, L + 1, label);
+
+  // Layer 0: each position holds only its own embedding.
+  let x = new Float32Array(P * d);                               // (P, d) the real residual
+  for (let p = 0; p < P; p++) x.set(model.embed.subarray(ids[p] * d, (ids[p] + 1) * d), p * d);
+  const embedNorm = Float32Array.from(rowNorms(x, P, d));
+  const C = new Float32Array(tri.T * d);                          // (T, d) its parts, per source
+  for (let p = 0; p < P; p++) C.set(x.subarray(p * d, (p + 1) * d), tri.offset[p] * d);
+  for (const st of stats) st.start(C);
+  const lensX = logitLens ? new Float32Array(2 * L * P * d) : null;   // (L, 2, P, d), final-normed
+  const recon = new Float32Array(L * 2);
+  const buf = scratch(cfg, tri);                                   // reused by every layer
+  const pool = await helpersFor(W_U, V, d, model.lmHeadBias, threads);   // null: one thread
+
+  for (let l = 0; l < L; l++) {
+    progress(l, `layer ${l + 1} of ${L}`);
+    if (signal && signal.aborted) throw abortError();
+    const w = layerWeights(await model.layer(l), cfg);
+    try {
+      // Attention: run it, then split its write over the sources.   x_mid = x + attn(x)
+      const att = attentionForward(x, w, cfg, rope, P);
+      const xMid = add(x, att.out);
+      const dAttn = decomposeAttention(C, tri, w, att, cfg, buf);
+      record(stats, l, "attn", C, dAttn, xMid, P, d);
+      recon[2 * l] = reconError(C, xMid, tri, d);
+
+      // MLP, gate frozen.                                            x = x_mid + mlp(x_mid)
+      const mlp = mlpForward(xMid, w, cfg, P);
+      x = add(xMid, mlp.out);
+      const dMlp = await decomposeMlp(C, tri, w, mlp, cfg, buf, signal, pool)
+        .catch(async (e) => { await releaseLens(W_U); throw e; });
+      record(stats, l, "mlp", C, dMlp, x, P, d);
+      recon[2 * l + 1] = reconError(C, x, tri, d);
+
+      if (lensX) {
+        lensX.set(finalNormed(xMid, model.finalNorm, cfg.rms_eps, P, d), (2 * l) * P * d);
+        lensX.set(finalNormed(x, model.finalNorm, cfg.rms_eps, P, d), (2 * l + 1) * P * d);
+      }
+    } finally {
+      w.dispose();
+    }
+  }
+  const tLayers = performance.now(), kLayers = kernelTime();
+  progress(L, "predictions and logit lens");
+  const top = await unembed(model, cfg, C, tri, x, lensX, topK, {signal, threads});
+  const out = {};
+  groupings.forEach(([name, g], i) => {
+    const st = stats[i];
+    out[name] = {
+      grouping: g ? "custom" : "tokens", groups: tokenGroups(variants[name], P), sources_count: st.G,
+      has_bias: bias, attn_norm: st.attn_norm, mlp_norm: st.mlp_norm,
+      attn_delta_norm: st.attn_delta_norm, mlp_delta_norm: st.mlp_delta_norm,
+      attn_proj: st.attn_proj, mlp_proj: st.mlp_proj,
+      logit_attr: logitAttribution(C, tri, top.scaleF, W_U, model.lmHeadBias, top.pred_ids, topK, g, st.G, d),
+    };
+  });
+  progress(L + 1, "done");
+  const tEnd = performance.now();
+  return {
+    n_layers: L, n_tokens: P, top_k: topK, has_bias: bias, token_ids: Int32Array.from(ids),
+    embed_norm: embedNorm, recon_error: recon, logit_error: top.logit_error,
+    pred_ids: top.pred_ids, pred_probs: top.pred_probs, pred_logits: top.pred_logits,
+    lens_ids: top.lens_ids, lens_probs: top.lens_probs, variants: out,
+    timings: {layers_ms: tLayers - t0, logits_ms: tEnd - tLayers, total_ms: tEnd - t0,
+              layers_kernel_ms: kLayers - k0, logits_kernel_ms: kernelTime() - kLayers,
+              kernel_bytes: kernelMemory(), unembedding_threads: top.threads,
+              mlp_threads: pool ? pool.helpers.length + 1 : 1},
+  };
+}
+
+/**
+ * Predictions, logit lens and the reconstructed logits' error in one pass over the vocabulary:
+ * every lens row (the last P of them are the final residual), or just the final rows, then P
+ * rows of (Σ_s c − r) ⊙ w_f/rms_f, whose logits are the reconstruction's logit error.
+ */
+async function unembed(model, cfg, C, tri, x, lensX, k, {signal, threads}) {
+  const {n_layers: L, d_model: d, vocab: V} = cfg, P = tri.P;
+  const scaleF = finalScale(x, model.finalNorm, cfg.rms_eps, P, d);     // (P, d)
+  const rows = lensX ? 2 * L * P : P;
+  const X = new Float32Array((rows + P) * d);
+  if (lensX) X.set(lensX); else X.set(mulRows(x, scaleF), 0);
+  X.set(reconDiff(C, x, scaleF, tri, d), rows * d);
+  const top = await topLogitsThreaded(X, rows + P, model.lmHead || model.embed, V, d, k,
+                                      {absRows: P, signal, bias: model.lmHeadBias, threads});
+  const probs = (from, n) => {                                   // exp(logit − logZ[row])
+    const out = new Float32Array(n * k);
+    for (let i = 0; i < n * k; i++) out[i] = Math.exp(top.logits[from * k + i] - top.logZ[from + Math.floor(i / k)]);
+    return out;
+  };
+  const last = rows - P;
+  return {
+    scaleF, threads: top.threads, logit_error: top.absMax,
+    pred_ids: top.ids.slice(last * k, rows * k), pred_logits: top.logits.slice(last * k, rows * k),
+    pred_probs: probs(last, P),
+    lens_ids: lensX ? top.ids.slice(0, rows * k) : null, lens_probs: lensX ? probs(0, rows) : null,
+  };
+}
+
+// ----------------------------------------------------------------------------- forward pass
+
+/** Attention of one layer over the real residual x (P, d); freezes rms1 and the pattern. */
+function attentionForward(x, w, cfg, rope, P) {
+  const {d_model: d, n_heads: H, n_kv_heads: KV, head_dim: hd} = cfg;
+  const inv = invRms(x, P, d, cfg.rms_eps);                      // (P,)  1 / rms1
+  const xhat = scaleRows(x, inv, P, d);                           // the norm's weight is in W
+  const q = addBias(matmul(xhat, P, w.q), w.qBias, P);            // (P, H·hd)
+  const k = addBias(matmul(xhat, P, w.k), w.kBias, P);            // (P, KV·hd)
+  const v = addBias(matmul(xhat, P, w.v), w.vBias, P);            // (P, KV·hd)
+  applyRope(q, P, H, hd, rope);
+  applyRope(k, P, KV, hd, rope);
+  // pattern[h, p, t] = softmax over t ≤ p of q_h[p]·k_g[t] / √hd; heads[p, h] = Σ_t pattern·v_g[t]
+  const pattern = new Float32Array(H * P * P);                    // (H, P, P)
+  const heads = new Float32Array(P * H * hd);                     // (P, H·hd)
+  const scaling = Math.fround(1 / Math.sqrt(hd)), rep = H / KV;
+  const scores = new Float64Array(P);
+  for (let h = 0; h < H; h++) {
+    const g = Math.floor(h / rep);
+    for (let p = 0; p < P; p++) {
+      let max = -Infinity;
+      for (let t = 0; t <= p; t++) {
+        let dot = 0;
+        for (let j = 0; j < hd; j++) dot += q[p * H * hd + h * hd + j] * k[t * KV * hd + g * hd + j];
+        scores[t] = Math.fround(Math.fround(dot) * scaling);
+        max = Math.max(max, scores[t]);
+      }
+      let sum = 0;
+      for (let t = 0; t <= p; t++) sum += (scores[t] = Math.exp(scores[t] - max));
+      const A = (h * P + p) * P, o = p * H * hd + h * hd;
+      for (let t = 0; t <= p; t++) {
+        const a = pattern[A + t] = scores[t] / sum;
+        for (let j = 0; j < hd; j++) heads[o + j] += a * v[t * KV * hd + g * hd + j];
+      }
+    }
+  }
+  const out = addBias(matmul(heads, P, w.o), w.oBias, P);        // (P, d)
+  return {inv, pattern, out};
+}
+
+/** SwiGLU MLP of one layer over x_mid (P, d); freezes rms2 and the gate act(gate_proj(x)). */
+function mlpForward(xMid, w, cfg, P) {
+  const {d_model: d, d_ff: ff} = cfg;
+  const inv = invRms(xMid, P, d, cfg.rms_eps);                   // (P,)  1 / rms2
+  const xhat = scaleRows(xMid, inv, P, d);
+  const gate = addBias(matmul(xhat, P, w.gate), w.gateBias, P);  // (P, ff), then SiLU in place
+  const up = addBias(matmul(xhat, P, w.up), w.upBias, P);        // (P, ff)
+  for (let i = 0; i < P * ff; i++) {
+    gate[i] = gate[i] / (1 + Math.exp(-gate[i]));
+    up[i] *= gate[i];
+  }
+  const out = addBias(matmul(up, P, w.down), w.downBias, P);     // (P, d)
+  return {inv, gate, out};
+}
+
+// ----------------------------------------------------------------------------- decomposition
+
+/**
+ * The attention block's write for every (position, source) row; adds it into C, returns it.
+ *   V[row] = (W_v ⊙ w1) · c[row] / rms1[pos]                (T, d) -> (T, KV·hd)
+ *   O[p, s] = Σ_{t = start[s]}^{p} A[h, p, t] V[t, s]       per query head, GQA   -> (T, H·hd)
+ *   δ[row] = W_o · O[row]                                   (T, H·hd) -> (T, d)
+ * Per-head parts (issue 13) would be O's column block h·hd..(h+1)·hd times the same columns of
+ * W_o; keeping them needs only a product per head instead of the one below.
+ */
+function decomposeAttention(C, tri, w, att, cfg, buf) {
+  const {d_model: d, n_heads: H, n_kv_heads: KV, head_dim: hd} = cfg;
+  const dkv = KV * hd, dh = H * hd, P = tri.P, rep = H / KV;
+  const V = matmul(C, tri.T, w.v, buf.V);                         // (T, dkv)
+  for (let row = 0; row < tri.T; row++) {
+    const s = att.inv[tri.pos[row]];
+    for (let j = row * dkv, e = j + dkv; j < e; j++) V[j] *= s;
+  }
+  addBiasSource(V, w.vBias, tri, dkv);
+  const O = buf.O.fill(0);                                        // (T, H·hd)
+  for (let s = 0; s < tri.S; s++) {
+    const s0 = tri.start[s], off = tri.offset[s] - s0;            // row of (p, s) = off + p
+    for (let p = s0; p < P; p++) {
+      for (let h = 0; h < H; h++) {
+        const A = (h * P + p) * P, o = (off + p) * dh + h * hd, g = Math.floor(h / rep) * hd;
+        for (let t = s0; t <= p; t++) {
+          const a = att.pattern[A + t], vb = (off + t) * dkv + g;
+          for (let j = 0; j < hd; j++) O[o + j] += a * V[vb + j];
+        }
+      }
+    }
+  }
+  const delta = matmul(O, tri.T, w.o, buf.delta);                 // (T, d)
+  addBiasSource(delta, w.oBias, tri, d);
+  addInPlace(C, delta);
+  return delta;
+}
+
+/**
+ * The MLP's write for every row, gate frozen (engine-mlp.js); adds it into C, returns it.
+ * With helper workers, each computes the write of its slice of the d_ff hidden units from its
+ * slice of W_up and W_down; the slices' writes are summed in a fixed order.
+ */
+async function decomposeMlp(C, tri, w, mlp, cfg, buf, signal, pool) {
+  const {d_model: d, d_ff: ff} = cfg;
+  const gateScale = new Float32Array(tri.P * ff);                  // g / rms2, (P, ff)
+  for (let p = 0; p < tri.P; p++) {
+    for (let j = 0; j < ff; j++) gateScale[p * ff + j] = mlp.gate[p * ff + j] * mlp.inv[p];
+  }
+  const rows = {C, T: tri.T, pos: tri.pos, src: tri.src, biasSource: tri.biasSource, d, signal};
+  const delta = buf.delta;
+  if (!pool) {
+    mlpRows({...rows, up: w.up, down: w.down, gateScale, gate: mlp.gate, upBias: w.upBias, nj: ff,
+             into: delta, u: buf.u});
+  } else {
+    const n = pool.helpers.length + 1, step = Math.ceil(ff / n / 8) * 8;
+    const part = (j0, j1) => ({gateScale: columns(gateScale, tri.P, ff, j0, j1),
+                               gate: w.upBias && columns(mlp.gate, tri.P, ff, j0, j1),
+                               upBias: w.upBias && w.upBias.slice(j0, j1)});
+    const shares = pool.helpers.map((worker, i) => {
+      const j0 = Math.min(ff, (i + 1) * step), j1 = Math.min(ff, (i + 2) * step);
+      if (j0 === j1) return Promise.resolve(null);
+      // the helper gets its slice alone: rows j0..j1 of W_up, columns j0..j1 of W_down
+      const raw = {up: w.raw.up.slice(j0 * d, j1 * d), postNorm: w.raw.postNorm,
+                   down: columns(w.raw.down, d, ff, j0, j1)};
+      return helperMlp(worker, {...rows, signal: undefined, raw, ff: j1 - j0, j0: 0, j1: j1 - j0,
+                                ...part(j0, j1)});
+    });
+    shares.forEach((s) => s.catch(() => {}));
+    const own = sliceWeights(w.raw, d, ff, 0, Math.min(ff, step));
+    try {
+      mlpRows({...rows, up: own.up, down: own.down, nj: Math.min(ff, step), into: delta,
+               u: buf.u, ...part(0, Math.min(ff, step))});
+    } finally {
+      own.dispose();
+    }
+    for (const s of await Promise.all(shares)) if (s) addInPlace(delta, s);
+  }
+  addBiasSource(delta, w.downBias, tri, d);
+  addInPlace(C, delta);
+  return delta;
+}
+
+/** The decomposition's working arrays, made once per call and reused by every layer. */
+function scratch(cfg, tri) {
+  const {d_model: d, n_heads: H, n_kv_heads: KV, head_dim: hd, d_ff: ff} = cfg;
+  return {
+    V: new Float32Array(tri.T * KV * hd),                          // (T, KV·hd) values
+    O: new Float32Array(tri.T * H * hd),                           // (T, H·hd) mixed heads
+    delta: new Float32Array(tri.T * d),                            // (T, d) a block's write
+    u: new Float32Array(Math.min(MLP_ROWS, tri.T) * ff),           // (rows, ff) one MLP chunk
+  };
+}
+
+function record(stats, l, kind, C, delta, r, P, d) {
+  const rUnit = unitForProj(r, P, d);
+  for (const st of stats) st.record(l, kind, C, delta, rUnit);
+}
+
+// ----------------------------------------------------------------------------- small pieces
+
+function invRms(x, P, d, eps) {
+  const inv = new Float32Array(P);
+  for (let p = 0; p < P; p++) {
+    let ss = 0;
+    for (let j = p * d; j < (p + 1) * d; j++) ss += x[j] * x[j];
+    inv[p] = 1 / Math.sqrt(Math.fround(Math.fround(ss / d) + eps));
+  }
+  return inv;
+}
+
+function scaleRows(x, s, P, d) {
+  const out = new Float32Array(P * d);
+  for (let p = 0; p < P; p++) for (let j = p * d; j < (p + 1) * d; j++) out[j] = x[j] * s[p];
+  return out;
+}
+
+/** w_f / rms_f[p], the final norm with its real per-position scale.   (P, d) */
+function finalScale(x, wf, eps, P, d) {
+  const inv = invRms(x, P, d, eps), out = new Float32Array(P * d);
+  for (let p = 0; p < P; p++) for (let j = 0; j < d; j++) out[p * d + j] = wf[j] * inv[p];
+  return out;
+}
+
+function finalNormed(x, wf, eps, P, d) {
+  return mulRows(x, finalScale(x, wf, eps, P, d));
+}
+
+function mulRows(a, b) {
+  const out = new Float32Array(a.length);
+  for (let i = 0; i < a.length; i++) out[i] = a[i] * b[i];
+  return out;
+}
+
+/** (Σ_s c[p, s] − r[p]) ⊙ scaleF[p]   (P, d) */
+function reconDiff(C, r, scaleF, tri, d) {
+  const total = new Float32Array(tri.P * d);
+  for (let row = 0; row < tri.T; row++) {
+    const o = tri.pos[row] * d;
+    for (let j = 0; j < d; j++) total[o + j] += C[row * d + j];
+  }
+  for (let i = 0; i < total.length; i++) total[i] = (total[i] - r[i]) * scaleF[i];
+  return total;
+}
+
+function add(a, b) {
+  const out = new Float32Array(a.length);
+  for (let i = 0; i < a.length; i++) out[i] = a[i] + b[i];
+  return out;
+}
+
+function addInPlace(a, b) {
+  for (let i = 0; i < a.length; i++) a[i] += b[i];
+}
+
+function addBias(y, bias, rows) {
+  if (!bias) return y;
+  const n = bias.length;
+  for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) y[r * n + j] += bias[j];
+  return y;
+}
+
+/** Add a bias to the rows of the bias source (it exists only when the model has biases). */
+function addBiasSource(y, bias, tri, n) {
+  if (!bias || !tri.bias) return;
+  const s = tri.biasSource;
+  for (let row = tri.offset[s]; row < tri.offset[s + 1]; row++) {
+    for (let j = 0; j < n; j++) y[row * n + j] += bias[j];
+  }
+}
+

@@ -1,0 +1,144 @@
+/**
+ * The one matmul kernel of the in-browser engine: `y = x · Wᵀ` for a weight W stored as
+ * PyTorch stores an nn.Linear weight, row-major [out, in].
+ *
+ * Backend: kernel-sgemm.wasm, a 4 × 8 register-blocked WebAssembly SIMD sgemm (source and
+ * build command in kernel-sgemm.wat), one thread. Chosen by measurement over
+ * @tensorflow/tfjs-backend-wasm (docs/performance.md, "In-browser kernels"): on resident
+ * weights the two run at about the same rate, but the engine uses each layer weight for only
+ * two products (the forward pass and the decomposition), and tfjs/XNNPACK spends more time
+ * uploading, transposing and packing a weight than those products take at small prompts. Here
+ * a Weight is written once, transposed to [in, out] (with an RMSNorm weight folded in), into the
+ * kernel's own memory, and products read it in place.
+ *
+ * No threads: they need SharedArrayBuffer, hence cross-origin isolation (COOP/COEP headers),
+ * which GitHub Pages cannot send. WebAssembly needs `'wasm-unsafe-eval'` in the CSP's
+ * script-src. Works in a module Web Worker and in a page.
+ */
+
+const WASM_URL = new URL("./kernel-sgemm.wasm", import.meta.url);
+const ROWS_PER_CALL = 64;    // rows of x per sgemm call: the strip of x stays in L2
+const FLOAT = 4;
+
+let ready = null;
+let sgemm = null;            // (a, b, c, m, k, n) byte offsets, m % 4 == 0, n % 8 == 0
+let memory = null;
+const live = new Set();      // blocks [start, end) in floats, held by live Weights
+let top = 0;                 // first free float past every live block
+let spentMs = 0;             // time inside matmul() and Weight(), for the engine's timings
+
+/** Load the kernel once; resolves to {kernel, simd}. Rejects with a message a user can act on. */
+export function initKernel() {
+  if (!ready) {
+    ready = (async () => {
+      if (typeof WebAssembly !== "object") {
+        throw new Error("This browser has no WebAssembly; the live engine needs it.");
+      }
+      const response = await fetch(WASM_URL);
+      if (!response.ok) throw new Error(`could not load ${WASM_URL} (HTTP ${response.status})`);
+      const bytes = await response.arrayBuffer();
+      if (!WebAssembly.validate(bytes)) {
+        throw new Error("This browser lacks WebAssembly SIMD (Chrome/Edge 91+, Firefox 89+, " +
+                        "Safari 16.4+); the live engine needs it.");
+      }
+      const {instance} = await WebAssembly.instantiate(bytes);
+      sgemm = instance.exports.sgemm;
+      memory = instance.exports.memory;
+      return {kernel: "kernel-sgemm.wasm (WebAssembly SIMD, 4×8 blocks, one thread)", simd: true};
+    })();
+    ready.catch(() => { ready = null; });
+  }
+  return ready;
+}
+
+function ensure(floats) {
+  const need = floats * FLOAT - memory.buffer.byteLength;
+  if (need > 0) memory.grow(Math.ceil(need / 65536));
+}
+
+function alloc(floats) {
+  const block = {start: top, end: top + Math.ceil(floats / 4) * 4};   // 16-byte aligned
+  ensure(block.end);
+  live.add(block);
+  top = block.end;
+  return block;
+}
+
+function free(block) {
+  live.delete(block);
+  top = 0;
+  for (const b of live) top = Math.max(top, b.end);
+}
+
+/**
+ * A linear layer's weight in the kernel's memory, as Wᵀ [in, out] (out padded to a multiple
+ * of 8 with zero columns).
+ *   w       Float32Array [out·in], row-major [out, in] (the nn.Linear layout); not kept
+ *   inScale optional Float32Array [in]: folded in as W[o, i]·inScale[i] (an RMSNorm's weight)
+ * dispose() frees it; a layer's weights live only while that layer is computed.
+ */
+export class Weight {
+  constructor(w, out, inDim, inScale = null) {
+    if (!sgemm) throw new Error("initKernel() first");
+    if (w.length !== out * inDim) throw new Error(`weight has ${w.length} values, expected ${out}×${inDim}`);
+    const t0 = performance.now();
+    this.out = out;
+    this.in = inDim;
+    this.ld = Math.ceil(out / 8) * 8;                         // row length of Wᵀ
+    this.block = alloc(inDim * this.ld);
+    const F = new Float32Array(memory.buffer, this.block.start * FLOAT, inDim * this.ld);
+    if (this.ld !== out) F.fill(0);
+    for (let o = 0; o < out; o++) {                           // Wᵀ[i, o] = W[o, i]·s[i]
+      const row = o * inDim;
+      if (inScale) for (let i = 0; i < inDim; i++) F[i * this.ld + o] = w[row + i] * inScale[i];
+      else for (let i = 0; i < inDim; i++) F[i * this.ld + o] = w[row + i];
+    }
+    spentMs += performance.now() - t0;
+  }
+
+  dispose() {
+    if (this.block) free(this.block);
+    this.block = null;
+  }
+}
+
+/**
+ * x · Wᵀ for `rows` rows of x (Float32Array [rows·in]) -> Float32Array [rows·out], written into
+ * `into` (its first rows·out values; returned as that view) when given, else a new array.
+ * Reusing one buffer matters: a fresh tens-of-MB array per product is garbage the tab holds
+ * until the collector runs.
+ */
+export function matmul(x, rows, weight, into = null) {
+  if (!weight.block) throw new Error("matmul: the weight was disposed");
+  if (x.length < rows * weight.in) throw new Error("matmul: x is too short");
+  const t0 = performance.now();
+  const k = weight.in, n = weight.ld, out = weight.out;
+  if (into && into.length < rows * out) throw new Error("matmul: the output buffer is too short");
+  const y = into ? into.subarray(0, rows * out) : new Float32Array(rows * out);
+  const a = top, c = top + ROWS_PER_CALL * k;                // scratch past the live weights
+  ensure(c + ROWS_PER_CALL * n);
+  const F = new Float32Array(memory.buffer);
+  for (let r0 = 0; r0 < rows; r0 += ROWS_PER_CALL) {
+    const m = Math.min(ROWS_PER_CALL, rows - r0), m4 = Math.ceil(m / 4) * 4;
+    F.set(x.subarray(r0 * k, (r0 + m) * k), a);
+    if (m4 > m) F.fill(0, a + m * k, a + m4 * k);
+    sgemm(a * FLOAT, weight.block.start * FLOAT, c * FLOAT, m4, k, n);
+    if (n === out) {
+      y.set(F.subarray(c, c + m * n), r0 * out);
+    } else {
+      for (let i = 0; i < m; i++) y.set(F.subarray(c + i * n, c + i * n + out), (r0 + i) * out);
+    }
+  }
+  spentMs += performance.now() - t0;
+  return y;
+}
+
+/** Bytes of the kernel's memory (it grows to the peak and stays). */
+export function kernelMemory() {
+  return memory ? memory.buffer.byteLength : 0;
+}
+
+/** Milliseconds spent in the kernel (products and weight uploads) since the worker started. */
+export function kernelTime() {
+  return spentMs;
+}

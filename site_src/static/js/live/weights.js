@@ -1,0 +1,200 @@
+// Download, verify and cache the exported model (docs/live-format.md); dequantize on demand.
+//
+// Nothing is fetched until load() is called. Each chunk is checked with sha256 and kept in the
+// Cache Storage under its content-hashed URL, so a second visit reads it from disk. A network
+// error is retried per chunk; a chunk whose sha256 is wrong is fetched once more, bypassing
+// the HTTP cache, and then reported by name. Layers are dequantized one at a time when the
+// engine asks, so only the quantized bytes (~97 MB) and one layer's float32 stay in memory.
+import { dequantizeTensor } from "./dequant.js";
+
+export const CACHE_NAME = "infoflow-live-v1";
+const RETRIES = 3;                 // network errors per chunk before giving up
+const BACKOFF_MS = [300, 1000, 3000];
+
+/**
+ * A failure the page shows as is; `chunk` names the file when one chunk is to blame;
+ * `final`: retrying now will not help (corrupt twice, missing file).
+ */
+export class LoadError extends Error {
+  constructor(message, chunk = null, final = false) {
+    super(message);
+    this.name = "LoadError";
+    this.chunk = chunk;
+    this.final = final;
+  }
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function sha256hex(bytes) {
+  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  return Array.from(d, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function openCache() {
+  try {
+    return typeof caches !== "undefined" ? await caches.open(CACHE_NAME) : null;
+  } catch {
+    return null;     // Cache Storage refused (private mode, insecure origin): download every visit
+  }
+}
+
+/** Read a response body, reporting bytes as they arrive. */
+async function readBody(resp, onBytes, signal) {
+  if (!resp.body) {
+    const b = new Uint8Array(await resp.arrayBuffer());
+    onBytes(b.byteLength);
+    return b;
+  }
+  const reader = resp.body.getReader();
+  const parts = [];
+  let n = 0;
+  for (;;) {
+    if (signal && signal.aborted) { reader.cancel(); throw new DOMException("cancelled", "AbortError"); }
+    const { done, value } = await reader.read();
+    if (done) break;
+    parts.push(value);
+    n += value.byteLength;
+    onBytes(value.byteLength);
+  }
+  const out = new Uint8Array(n);
+  let o = 0;
+  for (const p of parts) { out.set(p, o); o += p.byteLength; }
+  return out;
+}
+
+/** One chunk from the cache or the network, verified. onBytes(delta) reports progress. */
+async function fetchChunk(chunk, url, cache, onBytes, signal) {
+  if (cache) {
+    const hit = await cache.match(url);
+    if (hit) {
+      const bytes = new Uint8Array(await hit.arrayBuffer());
+      if (bytes.byteLength === chunk.bytes && await sha256hex(bytes) === chunk.sha256) {
+        onBytes(bytes.byteLength, true);
+        return bytes;
+      }
+      await cache.delete(url);          // a damaged cache entry: fetch it again
+    }
+  }
+  let corrupt = 0;
+  for (let attempt = 0; ; attempt++) {
+    let got = 0;
+    const count = (n) => { got += n; onBytes(n, false); };
+    try {
+      const resp = await fetch(url, { cache: corrupt ? "reload" : "default", signal });
+      if (resp.status === 404) {
+        throw new LoadError(`The model file ${chunk.file} is missing from this site (HTTP 404).`, chunk.file, true);
+      }
+      if (!resp.ok) throw new LoadError(`HTTP ${resp.status} for ${chunk.file}`, chunk.file);
+      const bytes = await readBody(resp, count, signal);
+      if (bytes.byteLength !== chunk.bytes || await sha256hex(bytes) !== chunk.sha256) {
+        onBytes(-got, false);
+        if (++corrupt > 1) {
+          throw new LoadError(`The model file ${chunk.file} arrived corrupt twice (its sha256 does not match). ` +
+            "Try again later; if it persists, the site's copy is damaged.", chunk.file, true);
+        }
+        continue;                       // once more, past any cache
+      }
+      if (cache) {
+        try {
+          await cache.put(url, new Response(bytes, { headers: { "Content-Type": "application/octet-stream" } }));
+        } catch { /* quota: still usable this visit */ }
+      }
+      return bytes;
+    } catch (e) {
+      if (e.name === "AbortError" || e.final) throw e;
+      onBytes(-got, false);
+      if (attempt >= RETRIES) {
+        throw new LoadError(`Could not download ${chunk.file} after ${RETRIES + 1} tries (${e.message}). ` +
+          "Check the connection and press Run again: the parts already downloaded are kept.", chunk.file);
+      }
+      await sleep(BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)]);
+    }
+  }
+}
+
+/** Drop cached chunks of older exports (other content hashes). */
+async function pruneCache(cache, keep) {
+  if (!cache) return;
+  try {
+    for (const req of await cache.keys()) if (!keep.has(req.url)) await cache.delete(req);
+  } catch { /* best effort */ }
+}
+
+/**
+ * Fetch the manifest and every chunk; returns a LiveModel.
+ * onProgress({loaded, total, cached}) in bytes; signal: an AbortSignal.
+ */
+export async function loadModel(manifestUrl, { onProgress = () => {}, signal } = {}) {
+  const base = new URL(manifestUrl, self.location.href);
+  let manifest;
+  try {
+    const r = await fetch(base, { signal });
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    manifest = await r.json();
+  } catch (e) {
+    if (e.name === "AbortError") throw e;
+    throw new LoadError(`Could not download the model's manifest (${e.message}).`);
+  }
+  if (manifest.format !== "infoflow-live" || manifest.version !== 1) {
+    throw new LoadError(`Unknown model format ${JSON.stringify(manifest.format)} v${manifest.version}.`);
+  }
+  const cache = await openCache();
+  const total = manifest.total_bytes;
+  const stream = new Uint8Array(total);
+  let loaded = 0, fromCache = 0;
+  const urls = manifest.chunks.map((c) => new URL(c.file, base).href);
+  let offset = 0;
+  const offsets = manifest.chunks.map((c) => { const o = offset; offset += c.bytes; return o; });
+  if (offset !== total) throw new LoadError("The model's manifest is inconsistent (chunk sizes).");
+  onProgress({ loaded, total, cached: 0 });
+  // two chunks at a time: enough to fill the pipe, little extra memory
+  let next = 0;
+  const worker = async () => {
+    while (next < manifest.chunks.length) {
+      const i = next++;
+      const bytes = await fetchChunk(manifest.chunks[i], urls[i], cache, (n, hit) => {
+        loaded += n;
+        if (hit) fromCache += n;
+        onProgress({ loaded, total, cached: fromCache });
+      }, signal);
+      stream.set(bytes, offsets[i]);
+    }
+  };
+  await Promise.all([worker(), worker()]);
+  pruneCache(cache, new Set(urls));
+  return new LiveModel(manifest, stream, base);
+}
+
+/** The exported weights in memory, quantized; float32 tensors made on demand. */
+export class LiveModel {
+  constructor(manifest, stream, base) {
+    this.manifest = manifest;
+    this.config = manifest.config;
+    this.stream = stream;
+    this.base = base;
+    this.byName = new Map(manifest.tensors.map((t) => [t.name, t]));
+  }
+
+  tensor(name) {
+    const t = this.byName.get(name);
+    if (!t) throw new LoadError(`The model has no tensor ${name}.`);
+    return dequantizeTensor(t, this.stream);
+  }
+
+  /** Layer i's float32 weights, row-major [out, in] as PyTorch's Linear weights (engine.js names). */
+  layerTensors(i) {
+    const p = `model.layers.${i}.`;
+    return {
+      inputNorm: this.tensor(p + "input_layernorm.weight"),            // (d,)
+      postNorm: this.tensor(p + "post_attention_layernorm.weight"),     // (d,)
+      q: this.tensor(p + "self_attn.q_proj.weight"),                   // (H·dh, d)
+      k: this.tensor(p + "self_attn.k_proj.weight"),                   // (Hkv·dh, d)
+      v: this.tensor(p + "self_attn.v_proj.weight"),                   // (Hkv·dh, d)
+      o: this.tensor(p + "self_attn.o_proj.weight"),                   // (d, H·dh)
+      gate: this.tensor(p + "mlp.gate_proj.weight"),                   // (d_mlp, d)
+      up: this.tensor(p + "mlp.up_proj.weight"),                       // (d_mlp, d)
+      down: this.tensor(p + "mlp.down_proj.weight"),                   // (d, d_mlp)
+    };
+  }
+}

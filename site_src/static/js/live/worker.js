@@ -1,0 +1,177 @@
+// The live page's Web Worker: tokenize, load the weights, run the engine, encode a data file.
+//
+// Messages in:  {type: "init", manifest}             the manifest URL (fetched now: ~60 KB)
+//               {type: "count", seq, text, chat}     -> {type: "count", seq, n} or {type: "error"}
+//               {type: "run", text, chat, maxTokens} -> progress..., then {type: "done", bytes}
+//               {type: "cancel"}                     -> the run rejects with "cancelled"
+// Messages out: {type: "progress", phase: "download", loaded, total, cached}
+//               {type: "progress", phase: "layers", step, total, label}
+//               {type: "error", kind, message, chunk?}   kind: input | download | memory | engine | cancelled
+// The weights stay in this worker between runs; the page terminates it to free them.
+import { loadModel, LoadError } from "./weights.js";
+import { LiveTokenizer } from "./tokenize.js";
+import { encodeDocument } from "./encode.js";
+
+let manifestUrl = null;
+let manifestP = null;      // Promise of the manifest
+let tokenizerP = null;     // Promise of a LiveTokenizer
+let modelP = null;         // Promise of {live, engineModel}
+let running = null;        // AbortController of the run in progress
+
+class InputError extends Error {}
+
+function manifest() {
+  if (!manifestP) {
+    manifestP = fetch(manifestUrl).then((r) => {
+      if (!r.ok) throw new LoadError(`Could not download the model's manifest (HTTP ${r.status}).`);
+      return r.json();
+    });
+    manifestP.catch(() => { manifestP = null; });
+  }
+  return manifestP;
+}
+
+function tokenizer() {
+  if (!tokenizerP) {
+    tokenizerP = manifest().then(async (m) => {
+      const r = await fetch(new URL(m.tokenizer.file, new URL(manifestUrl, self.location.href)));
+      if (!r.ok) throw new LoadError(`Could not download the tokenizer (HTTP ${r.status}).`);
+      return new LiveTokenizer(await r.json(), m.tokenizer);
+    });
+    tokenizerP.catch(() => { tokenizerP = null; });
+  }
+  return tokenizerP;
+}
+
+/** The engine's `model` object (engine.js JSDoc) over the exported weights. */
+function engineModel(live) {
+  const c = live.config;
+  const embed = live.tensor("model.embed_tokens.weight");
+  return {
+    config: {
+      n_layers: c.layers, d_model: c.d_model, n_heads: c.heads, n_kv_heads: c.kv_heads,
+      head_dim: c.head_dim, d_ff: c.d_mlp, vocab: c.vocab, rms_eps: c.rms_norm_eps,
+      rope_theta: c.rope_theta, rope_scaling: c.rope_scaling || null,
+      tie_embeddings: c.tie_word_embeddings, attention_bias: c.attention_bias, mlp_bias: c.mlp_bias,
+      hidden_act: "silu",
+    },
+    embed,
+    finalNorm: live.tensor("model.norm.weight"),
+    lmHead: c.tie_word_embeddings ? null : live.tensor("lm_head.weight"),
+    layer: async (i) => live.layerTensors(i),
+  };
+}
+
+function model(signal) {
+  if (!modelP) {
+    modelP = (async () => {
+      const live = await loadModel(manifestUrl, {
+        signal, onProgress: (p) => postMessage({ type: "progress", phase: "download", ...p }),
+      });
+      return { live, engine: engineModel(live) };
+    })();
+    modelP.catch(() => { modelP = null; });
+  }
+  return modelP;
+}
+
+function encodeIds(tok, text, chat) {
+  if (typeof text !== "string" || !text.trim()) {
+    throw new InputError("The prompt is empty: type some text to decompose.");
+  }
+  return tok.encode(text, { chat });
+}
+
+/** The engine's result plus the tokenizer's strings -> what encode.js writes. */
+function toResult(res, tok, ids, tokens, variantInfo, live) {
+  const L = res.n_layers, P = res.n_tokens, k = res.top_k;
+  const used = new Set(res.pred_ids);
+  if (res.lens_ids) for (const i of res.lens_ids) used.add(i);
+  const token_text = new Map([...used].sort((a, b) => a - b).map((i) => [i, tok.display(i)]));
+  const variants = variantInfo.map(({ name, label, grouping }) => {
+    const v = res.variants[name];
+    const groups = Array.from(v.groups);
+    const nGroups = Math.max(...groups) + 1;
+    const sources = new Array(nGroups).fill("");
+    groups.forEach((g, p) => { sources[g] += tokens[p]; });
+    if (v.has_bias) sources.push("bias");
+    if (sources.length !== v.sources_count) throw new Error(`variant ${name}: ${sources.length} labels, ${v.sources_count} sources`);
+    return { ...v, name, label, grouping, groups, sources };
+  });
+  return {
+    L, P, k, tokens, token_ids: ids, embed_norm: res.embed_norm, recon_error: res.recon_error,
+    logit_error: res.logit_error, pred_ids: res.pred_ids, pred_probs: res.pred_probs,
+    pred_logits: res.pred_logits, lens_ids: res.lens_ids, lens_probs: res.lens_probs,
+    token_text, variants, model: live.manifest.model, precision: "float32",
+    generator: { ...live.manifest.generator, runtime: "browser" },
+  };
+}
+
+async function run({ text, chat, maxTokens }) {
+  running = new AbortController();
+  const signal = running.signal;
+  const t0 = performance.now();
+  const tok = await tokenizer();
+  const ids = encodeIds(tok, text, chat);
+  if (ids.length > maxTokens) {
+    throw new InputError(`The prompt has ${ids.length} tokens; the limit here is ${maxTokens}. Shorten it.`);
+  }
+  const { live, engine } = await model(signal);
+  if (signal.aborted) throw new DOMException("cancelled", "AbortError");
+  const t1 = performance.now();
+  let decompose;
+  try {
+    ({ decompose } = await import("./engine.js"));
+  } catch (e) {
+    throw new Error(`The in-browser engine (live/engine.js) could not be loaded: ${e.message}`);
+  }
+  const tokens = tok.displayTokens(ids);
+  const special = ids.map((i) => tok.isSpecial(i));
+  const words = tok.wordGroups(tokens, special);
+  const variantInfo = [
+    { name: "tokens", label: "none (each token)", grouping: "tokens" },
+    { name: "words", label: "by words", grouping: "words" },
+  ];
+  const res = await decompose(engine, Int32Array.from(ids), { tokens: null, words: Int32Array.from(words) }, {
+    topK: 5, logitLens: true, signal,
+    onProgress: (step, total, label) => postMessage({ type: "progress", phase: "layers", step, total, label }),
+  });
+  const t2 = performance.now();
+  const result = toResult(res, tok, ids, tokens, variantInfo, live);
+  const prompt = { id: "live", title: "Your prompt", text, tags: [], note: null, chat: !!chat };
+  const bytes = await encodeDocument(result, prompt);
+  const t3 = performance.now();
+  return { bytes, timings: { load: t1 - t0, engine: t2 - t1, encode: t3 - t2, ...res.timings } };
+}
+
+function report(e) {
+  let kind = "engine";
+  if (e instanceof InputError) kind = "input";
+  else if (e instanceof LoadError) kind = "download";
+  else if (e && e.name === "AbortError") kind = "cancelled";
+  else if (e instanceof RangeError && /alloc|memory|Array buffer/i.test(e.message)) kind = "memory";
+  postMessage({ type: "error", kind, message: e && e.message ? e.message : String(e), chunk: e && e.chunk });
+}
+
+self.onmessage = async (ev) => {
+  const m = ev.data || {};
+  try {
+    if (m.type === "init") {
+      manifestUrl = new URL(m.manifest, self.location.href).href;
+    } else if (m.type === "count") {
+      const tok = await tokenizer();
+      const n = m.text ? tok.encode(m.text, { chat: !!m.chat }).length : 0;
+      postMessage({ type: "count", seq: m.seq, n });
+    } else if (m.type === "run") {
+      const { bytes, timings } = await run(m);
+      postMessage({ type: "done", bytes, timings }, [bytes.buffer]);
+    } else if (m.type === "cancel") {
+      if (running) running.abort();
+    }
+  } catch (e) {
+    if (m.type === "count") postMessage({ type: "count", seq: m.seq, n: null, error: e.message });
+    else report(e);
+  } finally {
+    if (m.type === "run") running = null;
+  }
+};

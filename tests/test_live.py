@@ -1,0 +1,522 @@
+"""The live page (issue 11): export, weights, tokenizer, encoder, bad input, end to end.
+
+The browser side runs in Debian's chromium (Python Playwright) against a built site served
+from 127.0.0.1; pure modules (dequant.js, encode.js) also run in node where that is the same
+module. The real-model tests use the `gallery` fixture (tests/conftest.py), built with the
+live export on.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import os
+import random
+import shutil
+import subprocess
+import threading
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_browser import browser  # noqa: F401  (the session's one shared Chromium)
+
+ROOT = Path(__file__).resolve().parent.parent
+LIVE_JS = ROOT / "site_src" / "static" / "js" / "live"
+NODE = shutil.which("node")
+SHOTS = Path(os.environ.get("INFOFLOW_LIVE_SHOTS", ROOT / "test-artifacts"))
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def live_dir(gallery_site) -> Path:
+    return Path(gallery_site) / "live" / "model"
+
+
+@pytest.fixture(scope="session")
+def manifest(live_dir) -> dict:
+    from infoflow.live import read_manifest
+    return read_manifest(live_dir)[0]
+
+
+@pytest.fixture(scope="session")
+def converted() -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+    from infoflow.model import converted_default_model
+    return load_file(str(converted_default_model() / "model.safetensors"))
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def end_headers(self):
+        self.send_header("Cache-Control", "no-store")   # only the Cache Storage may keep chunks
+        super().end_headers()
+
+
+@pytest.fixture(scope="session")
+def live_server(gallery_site):
+    handler = functools.partial(_Quiet, directory=str(gallery_site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def context(browser):
+    """A fresh browser profile: empty Cache Storage."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    yield ctx
+    ctx.close()
+
+
+def _need_node():
+    if NODE is None:
+        pytest.fail("node is not installed; the JS module tests need it (apt-get install nodejs)")
+
+
+def _node(script: str, *args: str, stdin: str | None = None) -> str:
+    _need_node()
+    out = subprocess.run([NODE, "--input-type=module", "-e", script, "--", *args], input=stdin,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def _open_live(page, url: str):
+    page.goto(url)
+    page.wait_for_function("() => document.documentElement.dataset.liveState")
+    return page
+
+
+def _wait_state(page, states, timeout=120_000):
+    page.wait_for_function(f"() => {json.dumps(states)}.includes(document.documentElement.dataset.liveState)",
+                           timeout=timeout)
+    return page.evaluate("() => document.documentElement.dataset.liveState")
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def test_export_chunks_are_small_hashed_and_complete(live_dir, manifest):
+    total = 0
+    for c in manifest["chunks"]:
+        data = (live_dir / c["file"]).read_bytes()
+        assert len(data) == c["bytes"] <= 20_000_000
+        digest = hashlib.sha256(data).hexdigest()
+        assert digest == c["sha256"] and c["file"].split(".")[-2] == digest[:12]
+        total += len(data)
+    assert total == manifest["total_bytes"] <= 110_000_000
+    assert {t["type"] for t in manifest["tensors"]} <= {"F32", "Q8_0", "Q4_1"}
+    ends = [t["offset"] + t["bytes"] for t in manifest["tensors"]]
+    assert max(ends) <= total
+    tok = live_dir / manifest["tokenizer"]["file"]
+    assert hashlib.sha256(tok.read_bytes()).hexdigest() == manifest["tokenizer"]["sha256"]
+
+
+def test_python_reads_the_export_as_the_converted_weights(live_dir, converted):
+    from infoflow.live import read_live_model
+    weights = read_live_model(live_dir)
+    assert set(weights) == set(converted)
+    for name, w in weights.items():
+        assert w.dtype == np.float32 and w.shape == converted[name].shape, name
+        assert np.array_equal(w.view(np.uint32), converted[name].view(np.uint32)), name
+
+
+def test_weight_hash_js_dequantizer_matches_python(live_dir, manifest, converted):
+    """dequant.js (the worker's module) on the site's chunks: every tensor's float32 bytes
+    hash equal to the converted safetensors the Python engine loads."""
+    script = """
+import { readFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { pathToFileURL } from "node:url";
+const [mod, dir, man] = process.argv.slice(1);
+const { dequantizeTensor } = await import(pathToFileURL(mod).href);
+const m = JSON.parse(readFileSync(man));
+const stream = new Uint8Array(Buffer.concat(m.chunks.map((c) => readFileSync(dir + "/" + c.file))));
+const out = {};
+for (const t of m.tensors) {
+  const w = dequantizeTensor(t, stream);
+  out[t.name] = createHash("sha256").update(new Uint8Array(w.buffer, w.byteOffset, w.byteLength)).digest("hex");
+}
+console.log(JSON.stringify(out));
+"""
+    from infoflow.live import read_manifest
+    js = json.loads(_node(script, str(LIVE_JS / "dequant.js"), str(live_dir), str(read_manifest(live_dir)[1])))
+    assert set(js) == set(converted)
+    bad = [n for n, w in converted.items()
+           if hashlib.sha256(np.ascontiguousarray(w, dtype="<f4").tobytes()).hexdigest() != js[n]]
+    assert not bad, f"{len(bad)} tensors differ, e.g. {bad[:3]}"
+
+
+def test_no_live_leaves_the_weights_out(gallery, tmp_path):
+    from dataclasses import replace
+    from infoflow.build import build
+    out = tmp_path / "site"
+    build(replace(gallery["cfg"], out=out, live=False), progress=False)
+    assert not (out / "live").exists()
+    assert "Try your own prompt" not in (out / "index.html").read_text()
+    assert "Try your own prompt" in (Path(gallery["site"]) / "index.html").read_text()
+    page = next((Path(gallery["site"]) / "p").glob("*.html")).read_text()
+    assert 'href="../live/index.html"' in page
+
+
+def test_large_models_are_skipped_with_a_message(tmp_path, monkeypatch):
+    import infoflow.live as live
+    monkeypatch.setattr(live, "MAX_PARAMETERS", 1000)
+    monkeypatch.setattr(live, "EXPORT_REVISION", "test-too-large")
+    said = []
+    assert live.export_live_model(tmp_path, {}, cache=tmp_path / "cache", log=said.append) is None
+    assert said and "too large" in said[0] and not (tmp_path / "live").exists()
+    said.clear()
+    assert live.export_live_model(tmp_path, {}, model="some/other-model", log=said.append) is None
+    assert "only the default model" in said[0]
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def _random_strings(n: int, seed: int = 0) -> list[str]:
+    """Seeded random Unicode: ASCII with controls, Latin-1 (NEL), the BMP minus surrogates, astral."""
+    rng = random.Random(seed)
+    pools = [(0, 0x7F), (0x80, 0xFF), (0x100, 0xD7FF), (0xE000, 0xFFFF), (0x10000, 0x10FFFF), (0x1F300, 0x1FAFF)]
+    out = []
+    for _ in range(n):
+        chars = []
+        for _ in range(rng.randint(1, 24)):
+            a, b = pools[rng.choices(range(len(pools)), weights=[6, 2, 4, 1, 1, 2])[0]]
+            chars.append(chr(rng.randint(a, b)))
+            if rng.random() < 0.15:
+                chars.append(" " * rng.randint(1, 3))
+        out.append("".join(chars))
+    return out
+
+
+SPECIAL_CASES = [
+    "👩‍👩‍👧 family, 🏳️‍🌈 flag, 👍🏽 thumbs",                      # emoji with ZWJ and modifiers
+    "مرحبا بالعالم", "שלום עולם", "abc ‮reversed‬ def",           # RTL and bidi controls
+    "e\u0301 a\u0308 n\u0303 Z\u0335\u0321\u0354a\u0337l\u0336g\u0334o",  # combining marks
+    "nul\x00 bell\x07 esc\x1b[31m tab\t cr\r lf\n ff\x0c vt\x0b del\x7f",  # NUL and controls
+    "中文字符测试，日本語のテキスト、한국어 텍스트",                         # CJK
+    " " * 40 + "x" + "\t" * 10 + "\n" * 7 + "  \n  \n", "   ", "\n\n\n\n",  # whitespace runs
+    "def f(x):\n    return {'a': [1, 2, 3]}  # comment\n\tif x != 0: pass",  # code
+    "for (let i = 0; i < n; i++) { s += a[i] * b[i]; }",
+    " \x85x", "a\x85 b", "\x85", "  \x85\x85  ", " \ufeffx", "\u2028\u2029\u3000\u00a0\u1680",  # NEL and other spaces
+    "<|im_start|>user\nhi<|im_end|>", "<|endoftext|>", "don't won't I'm we'll they're",
+    "1234567890 3.14159 1e-10 ½ ² ① ٣", "x" * 300,
+]
+
+
+def _corpus() -> list[str]:
+    gallery = tomllib.loads((ROOT / "prompts" / "gallery.toml").read_text(encoding="utf-8"))["prompt"]
+    return [p["text"] for p in gallery] + SPECIAL_CASES + _random_strings(10_000)
+
+
+def _python_tokenize(texts: list[str], chat: bool = False):
+    from infoflow.decompose import get_model
+    from infoflow.tokens import display_tokens, word_groups
+    tok = get_model(None).tokenizer
+    special = set(tok.all_special_ids)
+    out = []
+    for t in texts:
+        if chat:
+            ids = tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)
+            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        else:
+            ids = tok(t)["input_ids"]
+        disp = display_tokens(tok, ids)
+        out.append({"ids": ids, "tokens": disp, "words": word_groups(disp, [i in special for i in ids])})
+    return out
+
+
+def test_tokenizer_rewrite_keeps_python_ids(live_dir, manifest):
+    """The exported tokenizer.json (GPT-2 split spelled out) tokenizes like the original in Python."""
+    from tokenizers import Tokenizer
+    from infoflow.model import converted_default_model
+    original = Tokenizer.from_file(str(converted_default_model() / "tokenizer.json"))
+    shipped = Tokenizer.from_file(str(live_dir / manifest["tokenizer"]["file"]))
+    texts = _corpus()
+    a = original.encode_batch(texts)
+    b = shipped.encode_batch(texts)
+    assert [e.ids for e in a] == [e.ids for e in b]
+
+
+BROWSER_TOKENIZE = """async ([texts, chat]) => {
+  const { LiveTokenizer } = await import("../static/js/live/tokenize.js");
+  const el = document.getElementById("live");
+  const man = await (await fetch(el.dataset.manifest)).json();
+  const tj = await (await fetch(new URL(man.tokenizer.file, new URL(el.dataset.manifest, location.href)))).json();
+  const tok = new LiveTokenizer(tj, man.tokenizer);
+  return texts.map((t) => {
+    const ids = tok.encode(t, { chat });
+    const tokens = tok.displayTokens(ids);
+    return { ids, tokens, words: tok.wordGroups(tokens, ids.map((i) => tok.isSpecial(i))) };
+  });
+}"""
+
+
+@pytest.mark.browser
+def test_tokenizer_corpus_matches_python_in_browser(context, live_server):
+    """Token ids, display strings and words groups identical to Python on the whole corpus."""
+    texts = _corpus()
+    page = _open_live(context.new_page(), live_server + "live/index.html")
+    js = page.evaluate(BROWSER_TOKENIZE, [texts, False])
+    py = _python_tokenize(texts)
+    diffs = [(t, p, j) for t, p, j in zip(texts, py, js) if p != j]
+    assert not diffs, f"{len(diffs)} of {len(texts)} differ; first: {diffs[0]!r}"
+
+
+@pytest.mark.browser
+def test_chat_template_matches_python_in_browser(context, live_server):
+    gallery = tomllib.loads((ROOT / "prompts" / "gallery.toml").read_text(encoding="utf-8"))["prompt"]
+    texts = [p["text"] for p in gallery if p.get("chat")] + ["What is 2 + 2?", "héllo\n\nwörld 👩‍👩‍👧"]
+    page = _open_live(context.new_page(), live_server + "live/index.html")
+    assert page.evaluate(BROWSER_TOKENIZE, [texts, True]) == _python_tokenize(texts, chat=True)
+
+
+# ----------------------------------------------------------------------------- encoder
+
+
+def test_encode_js_writes_what_infoflow_load_reads(default_model, tmp_path):
+    """encode.js on a real Python result: infoflow.load gives back what datafile.encode gives."""
+    import infoflow
+    from infoflow.datafile import encode
+    from infoflow.decompose import decompose_variants
+    text = "When Mary and John went to the store, John gave a drink to"
+    res = decompose_variants(text, default_model, {"tokens": None, "words": "words"})
+    prompt = {"id": "live", "title": "Your prompt", "text": text, "tags": [], "note": None, "chat": False}
+    (tmp_path / "py.msgpack").write_bytes(encode(res, prompt, labels={"tokens": "none (each token)",
+                                                                      "words": "by words"}))
+    base = res["tokens"]
+    arrays = {}
+
+    def put(name, a, dtype):
+        a = np.ascontiguousarray(a, dtype=dtype)
+        (tmp_path / f"{name}.bin").write_bytes(a.tobytes())
+        arrays[name] = dtype
+
+    for key in ("token_ids", "pred_ids", "lens_ids"):
+        put(key, getattr(base, key), "<i4")
+    for key in ("embed_norm", "recon_error", "pred_probs", "pred_logits", "lens_probs"):
+        put(key, getattr(base, key), "<f4")
+    meta = {"L": base.n_layers, "P": base.n_tokens, "k": base.pred_ids.shape[1], "tokens": base.tokens,
+            "logit_error": base.logit_error, "token_text": [[int(i), s] for i, s in base.token_text.items()],
+            "model": base.model, "precision": base.precision,
+            "generator": {"infoflow": infoflow.__version__, "engine": "test"}, "prompt": prompt, "variants": []}
+    for name, label in (("tokens", "none (each token)"), ("words", "by words")):
+        d = res[name]
+        v = {"name": name, "label": label, "grouping": d.grouping, "sources": d.sources, "has_bias": d.has_bias,
+             "groups": d.groups.tolist()}
+        for key in ("attn_norm", "mlp_norm", "attn_delta_norm", "mlp_delta_norm", "attn_proj", "mlp_proj",
+                    "logit_attr"):
+            put(f"{name}.{key}", getattr(d, key), "<f4")
+        meta["variants"].append(v)
+    (tmp_path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    script = """
+import { readFileSync, writeFileSync } from "node:fs";
+import { pathToFileURL } from "node:url";
+const [mod, dir] = process.argv.slice(1);
+const { encodeDocument } = await import(pathToFileURL(mod).href);
+const meta = JSON.parse(readFileSync(dir + "/meta.json"));
+const arr = (name, T) => { const b = readFileSync(dir + "/" + name + ".bin"); return new T(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)); };
+const r = { ...meta, token_text: new Map(meta.token_text) };
+for (const k of ["token_ids", "pred_ids", "lens_ids"]) r[k] = arr(k, Int32Array);
+for (const k of ["embed_norm", "recon_error", "pred_probs", "pred_logits", "lens_probs"]) r[k] = arr(k, Float32Array);
+r.variants = meta.variants.map((v) => {
+  const o = { ...v, groups: Int32Array.from(v.groups) };
+  for (const k of ["attn_norm", "mlp_norm", "attn_delta_norm", "mlp_delta_norm", "attn_proj", "mlp_proj", "logit_attr"]) o[k] = arr(v.name + "." + k, Float32Array);
+  return o;
+});
+writeFileSync(dir + "/js.msgpack", await encodeDocument(r, meta.prompt));
+"""
+    _node(script, str(LIVE_JS / "encode.js"), str(tmp_path))
+    for variant in ("tokens", "words"):
+        py, js = infoflow.load(tmp_path / "py.msgpack", variant), infoflow.load(tmp_path / "js.msgpack", variant)
+        assert js.tokens == py.tokens and js.sources == py.sources and js.grouping == py.grouping
+        for key in ("token_ids", "groups", "attn_norm", "mlp_norm", "attn_delta_norm", "mlp_delta_norm",
+                    "attn_proj", "mlp_proj", "embed_norm", "pred_ids", "pred_probs", "pred_logits",
+                    "logit_attr", "recon_error", "lens_ids", "lens_probs"):
+            assert np.array_equal(getattr(js, key), getattr(py, key)), (variant, key)
+        assert js.token_text == py.token_text and js.logit_error == py.logit_error
+
+
+# ----------------------------------------------------------------------------- page: bad input
+
+
+@pytest.mark.browser
+def test_empty_and_over_limit_prompts_say_what_to_fix(context, live_server):
+    page = _open_live(context.new_page(), live_server + "live/index.html")
+    requested = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.click("#run")
+    assert "empty" in page.text_content("#live-error")
+    long_text = "word " * 80
+    page.fill("#prompt", long_text)
+    page.wait_for_function("() => Number(document.getElementById('token-count').dataset.count) > 64")
+    n = int(page.get_attribute("#token-count", "data-count"))
+    assert n > 64 and f"{n} / 64 tokens" in page.text_content("#token-count")
+    page.click("#run")
+    message = page.text_content("#live-error")
+    assert f"{n} tokens" in message and "64" in message
+    assert not [u for u in requested if "weights-" in u], "nothing is downloaded for a refused prompt"
+
+
+@pytest.mark.browser
+def test_shared_link_prefills_and_asks_before_downloading(context, live_server):
+    page = context.new_page()
+    requested = []
+    page.on("request", lambda r: requested.append(r.url))
+    _open_live(page, live_server + "live/index.html#text=" + "Hello%20%3Cb%3Eworld%3C%2Fb%3E")
+    assert page.input_value("#prompt") == "Hello <b>world</b>"
+    assert page.is_visible("#link-notice")
+    page.wait_for_timeout(500)
+    assert not [u for u in requested if "weights-" in u]
+    assert page.evaluate("() => document.querySelectorAll('#live b').length") == 0
+
+
+def _corrupt(route, bad: set, times: dict):
+    name = route.request.url.rsplit("/", 1)[-1]
+    if name in bad:
+        times[name] = times.get(name, 0) + 1
+        resp = route.fetch()
+        body = bytearray(resp.body())
+        body[1000] ^= 0xFF
+        route.fulfill(response=resp, body=bytes(body))
+    else:
+        route.continue_()
+
+
+@pytest.mark.browser
+def test_corrupt_chunk_is_refetched_once_then_named(context, live_server, manifest):
+    chunk = manifest["chunks"][1]["file"]
+    times: dict = {}
+    context.route(f"**/{chunk}", lambda r: _corrupt(r, {chunk}, times))
+    page = _open_live(context.new_page(), live_server + "live/index.html")
+    page.fill("#prompt", "Hello there")
+    page.click("#run")
+    assert _wait_state(page, ["error", "done"]) == "error"
+    message = page.text_content("#live-error")
+    assert chunk in message and "corrupt" in message
+    assert times[chunk] == 2, "fetched once more, then reported"
+    assert not page.is_disabled("#run")
+
+
+@pytest.mark.browser
+def test_network_error_is_retried_and_cached_chunks_are_reused(context, live_server, manifest):
+    """A dropped connection is retried; a second visit downloads no chunk at all."""
+    chunk = manifest["chunks"][2]["file"]
+    state = {"failed": 0, "served": []}
+
+    def flaky(route):
+        if state["failed"] < 2:
+            state["failed"] += 1
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    context.route(f"**/{chunk}", flaky)
+    context.on("request", lambda r: "weights-" in r.url and state["served"].append(r.url.rsplit("/", 1)[-1]))
+    page = _open_live(context.new_page(), live_server + "live/index.html")
+    page.fill("#prompt", "Hello there")
+    page.click("#run")
+    page.wait_for_function("() => document.getElementById('download-bar').value >= "
+                           f"{manifest['total_bytes']}", timeout=120_000)
+    assert state["failed"] == 2 and state["served"].count(chunk) == 3
+    _wait_state(page, ["error", "done"])
+    page.close()
+
+    state["served"].clear()
+    page = _open_live(context.new_page(), live_server + "live/index.html")
+    page.fill("#prompt", "Hello again, " * 20)         # ~60 tokens: the engine takes long enough to cancel
+    page.click("#run")
+    page.wait_for_function("() => document.getElementById('download-bar').value >= "
+                           f"{manifest['total_bytes']}", timeout=60_000)
+    assert state["served"] == [], "the second visit reads every chunk from the Cache Storage"
+    assert "cache" in page.text_content("#download-label")
+    # Cancel while the engine works through the layers
+    page.wait_for_function("() => document.getElementById('layer-bar').value >= 1", timeout=120_000)
+    page.click("#cancel")
+    assert _wait_state(page, ["cancelled", "error", "done"]) == "cancelled"
+    assert page.is_hidden("#live-error") and not page.is_disabled("#run")
+    assert page.is_hidden("#live-result"), "a cancelled run shows no result"
+
+
+@pytest.mark.browser
+def test_cancel_mid_download_stops_cleanly(context, live_server):
+    def slow(route):
+        import time
+        time.sleep(0.4)
+        route.continue_()
+
+    context.route("**/weights-*.chunk", slow)
+    page = _open_live(context.new_page(), live_server + "live/index.html")
+    page.fill("#prompt", "Hello there")
+    page.click("#run")
+    page.wait_for_function("() => document.documentElement.dataset.liveState === 'loading'")
+    page.click("#cancel")
+    assert _wait_state(page, ["cancelled", "error", "done"]) == "cancelled"
+    assert "Cancelled" in page.text_content("#live-status")
+    assert page.is_hidden("#cancel") and not page.is_disabled("#run")
+    assert page.is_hidden("#live-error")
+
+
+@pytest.mark.browser
+def test_no_webassembly_says_so(context, live_server):
+    context.add_init_script("delete globalThis.WebAssembly")
+    page = _open_live(context.new_page(), live_server + "live/index.html")
+    assert page.evaluate("() => document.documentElement.dataset.liveState") == "unsupported"
+    assert "WebAssembly" in page.text_content("#live-error")
+    assert page.is_disabled("#run")
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.browser
+def test_real_model_end_to_end_matches_python(context, live_server, default_model, tmp_path):
+    """A short prompt decomposed in the browser; the downloaded data file against infoflow.decompose."""
+    import infoflow
+    from infoflow.datafile import encode
+    from infoflow.decompose import decompose_variants
+    text = "The capital of France is"
+    page = _open_live(context.new_page(), live_server + "live/index.html")
+    page.fill("#prompt", text)
+    page.click("#run")
+    page.wait_for_function("() => document.documentElement.dataset.liveState === 'running' || "
+                           "document.documentElement.dataset.liveState === 'error'", timeout=120_000)
+    if SHOTS:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "live-running.png"))
+    state = _wait_state(page, ["error", "done"])
+    assert state == "done", page.text_content("#live-error")
+    with page.expect_download() as dl:
+        page.click("#download-data")
+    path = tmp_path / "live.msgpack"
+    dl.value.save_as(path)
+
+    py = decompose_variants(text, default_model, {"tokens": None, "words": "words"})
+    (tmp_path / "py.msgpack").write_bytes(encode(py, {"id": "live", "title": "", "text": text, "tags": [],
+                                                      "note": None, "chat": False}))
+    for variant in ("tokens", "words"):
+        js = infoflow.load(path, variant)
+        ref = infoflow.load(tmp_path / "py.msgpack", variant)      # Python's numbers at the file's precision
+        exact = py[variant]
+        assert js.token_ids.tolist() == exact.token_ids.tolist()
+        assert js.tokens == exact.tokens and js.sources == exact.sources
+        assert [js.token_text[i] for i in js.pred_ids[:, 0]] == [exact.token_text[i] for i in exact.pred_ids[:, 0]]
+        for key in ("attn_norm", "mlp_norm", "attn_delta_norm", "mlp_delta_norm"):
+            a, b = getattr(js, key), getattr(ref, key)
+            scale = np.abs(getattr(exact, key)).max(-1, keepdims=True)       # (L, P, 1) one quantization step
+            assert np.all(np.abs(a - b) <= scale / 255 * (1 + 1e-6) + 1e-4 * np.abs(b)), key
+        assert np.allclose(js.embed_norm, exact.embed_norm, rtol=1e-4, atol=0)
+        assert js.worst_recon_error <= 1e-5
+        assert js.recon_error.shape == (exact.n_layers, 2)
+    assert page.evaluate("() => window.infoflowLive.D.P") == len(py["tokens"].tokens)

@@ -1,0 +1,510 @@
+"""The in-browser engine (site_src/static/js/live/engine.js) against the Python engine.
+
+Tiny random Llamas (GQA, MHA, biases, Qwen2 with an untied head, llama3 rope scaling) and the
+real default model: the float32 weights go to a safetensors file, the engine runs in a module
+Web Worker in headless Chromium (served from 127.0.0.1 with the site's CSP as a header), and
+every field of its result is compared with `infoflow.decompose_variants` on the same prompt.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import json
+import os
+import re
+import shutil
+import threading
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from infoflow.decompose import decompose_variants, get_model
+from infoflow.model import LoadedModel, model_info
+from tests.conftest import CharTokenizer, tiny_model
+
+pytestmark = pytest.mark.browser
+
+STATIC = Path(__file__).resolve().parent.parent / "site_src" / "static"
+CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+NORM_RTOL = 1e-4      # issue 11: norms within 1e-4 relative of infoflow.decompose (both float32)
+RECON_MAX = 1e-5      # issue 11: the reconstruction error, at most 1e-5
+TINY_PROMPTS = ["Hello world, it is", "When Mary and John went to the"]
+
+# ----------------------------------------------------------------------------- the harness
+
+HARNESS_HTML = "<!doctype html><meta charset=utf-8><title>engine harness</title>"
+
+# A module worker: reads float32 tensors from a safetensors file with Range requests, builds the
+# engine's model object, runs decompose() and posts plain arrays back.
+HARNESS_WORKER = r"""
+import {decompose} from "/static/js/live/engine.js";
+import {initKernel, Weight, matmul, kernelMemory} from "/static/js/live/kernel.js";
+
+async function range(url, a, b) {
+  const r = await fetch(url, {headers: {Range: `bytes=${a}-${b - 1}`}});
+  if (r.status !== 206) throw new Error(`range request for ${url} gave ${r.status}`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+async function openSafetensors(url) {
+  const n = Number(new DataView((await range(url, 0, 8)).buffer).getBigUint64(0, true));
+  const meta = JSON.parse(new TextDecoder().decode(await range(url, 8, 8 + n)));
+  return {
+    has: (name) => name in meta,
+    async get(name) {
+      const m = meta[name];
+      if (!m || m.dtype !== "F32") throw new Error(`no float32 tensor ${name}`);
+      const bytes = await range(url, 8 + n + m.data_offsets[0], 8 + n + m.data_offsets[1]);
+      return new Float32Array(bytes.buffer);
+    },
+  };
+}
+
+const WEIGHTS = {inputNorm: "input_layernorm.weight", q: "self_attn.q_proj.weight", k: "self_attn.k_proj.weight",
+  v: "self_attn.v_proj.weight", o: "self_attn.o_proj.weight", postNorm: "post_attention_layernorm.weight",
+  gate: "mlp.gate_proj.weight", up: "mlp.up_proj.weight", down: "mlp.down_proj.weight"};
+const BIASES = {qBias: "self_attn.q_proj.bias", kBias: "self_attn.k_proj.bias", vBias: "self_attn.v_proj.bias",
+  oBias: "self_attn.o_proj.bias", gateBias: "mlp.gate_proj.bias", upBias: "mlp.up_proj.bias",
+  downBias: "mlp.down_proj.bias"};
+
+async function loadModel(url, config) {
+  const st = await openSafetensors(url);
+  const model = {
+    config,
+    embed: await st.get("model.embed_tokens.weight"),
+    finalNorm: await st.get("model.norm.weight"),
+    lmHead: config.tie_embeddings ? null : await st.get("lm_head.weight"),
+    layersLoaded: 0,
+    async layer(i) {
+      const out = {};
+      for (const [key, name] of Object.entries(WEIGHTS)) out[key] = await st.get(`model.layers.${i}.${name}`);
+      for (const [key, name] of Object.entries(BIASES)) {
+        if (st.has(`model.layers.${i}.${name}`)) out[key] = await st.get(`model.layers.${i}.${name}`);
+      }
+      model.layersLoaded++;
+      return out;
+    },
+  };
+  return model;
+}
+
+function plain(v) {
+  if (ArrayBuffer.isView(v)) return Array.from(v);
+  if (v && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plain(x)]));
+  return v;
+}
+
+async function kernelCheck({cases}) {             // y = x · (W ⊙ s)ᵀ for each case, in one kernel
+  await initKernel();
+  const held = [];
+  const out = cases.map(({x, w, s, rows, out, inDim}) => {
+    const W = new Weight(Float32Array.from(w), out, inDim, s && Float32Array.from(s));
+    held.push(W);                                  // keep several live: the allocator must not overlap them
+    return Array.from(matmul(Float32Array.from(x), rows, W));
+  });
+  const again = cases.map((c, i) => Array.from(matmul(Float32Array.from(c.x), c.rows, held[i])));
+  held.forEach((W) => W.dispose());
+  return {ok: true, out, again, memory: kernelMemory()};
+}
+
+self.onmessage = async (e) => {
+  if (e.data.kind === "kernel") { self.postMessage(await kernelCheck(e.data)); return; }
+  const {url, config, runs} = e.data;
+  try {
+    const model = await loadModel(url, config);
+    const results = [];
+    for (const run of runs) {
+      const variants = Object.fromEntries(Object.entries(run.variants).map(
+        ([k, g]) => [k, g === null ? null : Int32Array.from(g)]));
+      const progress = [];
+      const controller = new AbortController();
+      const opts = {topK: run.topK, logitLens: run.logitLens, signal: controller.signal,
+        ...(run.threads ? {threads: run.threads} : {}),
+        onProgress: (step, total, label) => {
+          progress.push([step, total, label]);
+          if (run.abortAt !== undefined && step === run.abortAt) controller.abort();
+        }};
+      const before = model.layersLoaded;
+      try {
+        const t = performance.now();
+        const result = await decompose(model, Int32Array.from(run.ids), variants, opts);
+        result.wall_ms = performance.now() - t;
+        results.push({ok: true, result: plain(result), progress});
+      } catch (err) {
+        results.push({ok: false, name: err.name, message: String(err.message), progress,
+                      layersLoaded: model.layersLoaded - before});
+      }
+    }
+    self.postMessage({ok: true, results});
+  } catch (err) {
+    self.postMessage({ok: false, message: String(err && err.stack || err)});
+  }
+};
+"""
+
+RUN_IN_WORKER = """async (msg) => new Promise((resolve) => {
+  const w = new Worker("/fixture/harness-worker.js", {type: "module"});
+  w.onmessage = (e) => { resolve(e.data); w.terminate(); };
+  w.onerror = (e) => { resolve({ok: false, message: "worker error: " + e.message}); w.terminate(); };
+  w.postMessage(msg);
+})"""
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Static files under a few prefixes, the site's CSP on every response, byte ranges."""
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                      ".js": "text/javascript", ".wasm": "application/wasm"}
+
+    def __init__(self, *args, roots, **kw):
+        self.roots = roots
+        super().__init__(*args, **kw)
+
+    def translate_path(self, path):
+        path = urllib.parse.unquote(urllib.parse.urlsplit(path).path)
+        for prefix, root in self.roots.items():
+            if path.startswith(prefix) and ".." not in path:
+                return str(Path(root) / path[len(prefix):])
+        return "/nonexistent"
+
+    def end_headers(self):
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("Cache-Control", "no-store")
+        super().end_headers()
+
+    def send_head(self):
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+        path = self.translate_path(self.path)
+        if not m or not os.path.isfile(path):
+            return super().send_head()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            a, b = int(m[1]), min(int(m[2]), size - 1)
+            f.seek(a)
+            body = f.read(b - a + 1)
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {a}-{b}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        return io.BytesIO(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    """(url, run): a server over site_src/static and a fixture folder, and a function that runs
+    the engine in a module worker of one page and returns the worker's reply."""
+    from playwright import sync_api
+
+    if not shutil.which("chromium"):
+        pytest.skip("Debian chromium is not installed: apt-get install chromium")
+    root = tmp_path_factory.mktemp("live-engine")
+    (root / "harness.html").write_text(HARNESS_HTML)
+    (root / "harness-worker.js").write_text(HARNESS_WORKER)
+    handler = functools.partial(_Handler, roots={"/static/": STATIC, "/fixture/": root})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=ARGS)
+        page = browser.new_page()
+        errors = []
+        page.on("console", lambda m: m.type == "error" and "favicon" not in m.location.get("url", "")
+                and errors.append(f"{m.text} {m.location}"))
+        page.goto(f"{base}/fixture/harness.html")
+
+        def run(name: str, msg: dict) -> dict:
+            reply = page.evaluate(RUN_IN_WORKER, {"url": f"/fixture/{name}/model.safetensors", **msg})
+            assert reply["ok"], reply.get("message")
+            assert not errors, errors
+            return reply
+
+        yield root, run
+        browser.close()
+    server.shutdown()
+    server.server_close()
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def engine_config(hf) -> dict:
+    """The engine's model.config, from a Hugging Face config (transformers 5 keeps rope settings
+    in rope_parameters)."""
+    c = hf.config
+    att, mlp = hf.model.layers[0].self_attn, hf.model.layers[0].mlp
+    rope = dict(getattr(c, "rope_parameters", None) or {})
+    theta = rope.get("rope_theta", getattr(c, "rope_theta", None))
+    scaling = None if rope.get("rope_type", "default") == "default" else rope
+    heads = c.num_attention_heads
+    return dict(n_layers=c.num_hidden_layers, d_model=c.hidden_size, n_heads=heads,
+                n_kv_heads=getattr(c, "num_key_value_heads", None) or heads,
+                head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads,
+                d_ff=c.intermediate_size, vocab=c.vocab_size, rms_eps=float(c.rms_norm_eps),
+                rope_theta=float(theta), rope_scaling=scaling,
+                tie_embeddings=bool(c.tie_word_embeddings),
+                attention_bias=any(m.bias is not None for m in (att.q_proj, att.k_proj, att.v_proj, att.o_proj)),
+                mlp_bias=any(m.bias is not None for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)),
+                hidden_act=c.hidden_act)
+
+
+def write_weights(hf, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tied = hf.config.tie_word_embeddings
+    tensors = {k: v.detach().float().contiguous().clone() for k, v in hf.state_dict().items()
+               if not (tied and k == "lm_head.weight")}
+    save_file(tensors, str(folder / "model.safetensors"))
+
+
+def llama3_rope_model(seed: int = 3) -> LoadedModel:
+    """tiny_model's GQA Llama with llama3 rope scaling (all three frequency bands in use)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      max_position_embeddings=64, initializer_range=0.3, rms_norm_eps=1e-6,
+                      num_attention_heads=4, num_key_value_heads=2,
+                      rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8,
+                                       "rope_theta": 10000.0})
+    cfg._attn_implementation = "eager"
+    hf = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return LoadedModel(hf=hf, tokenizer=CharTokenizer(64), info=model_info(hf, "tiny-llama3", "seed-3"))
+
+
+def run_both(run, root: Path, name: str, lm: LoadedModel, prompt: str, *, top_k: int = 5,
+             logit_lens: bool = True, threads: int | None = None):
+    """The Python engine's variants {main, words} and the browser engine's result for `prompt`."""
+    folder = root / name
+    if not (folder / "model.safetensors").exists():
+        write_weights(lm.hf, folder)
+    py = decompose_variants(prompt, lm, {"main": None, "words": "words"}, top_k=top_k,
+                            logit_lens=logit_lens)
+    msg = {"config": engine_config(lm.hf), "runs": [{
+        "ids": py["main"].token_ids.tolist(), "topK": top_k, "logitLens": logit_lens, "threads": threads,
+        "variants": {"main": None, "words": py["words"].groups.tolist()}}]}
+    reply = run(name, msg)["results"][0]
+    assert reply["ok"], reply
+    return py, reply["result"], reply["progress"]
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def compare(py: dict, js: dict, *, logit_lens: bool = True) -> dict:
+    """Assert every field of the browser result against the Python Decompositions; return the
+    worst relative norm error and the like, for the report."""
+    main = py["main"]
+    L, P, k = main.n_layers, main.n_tokens, main.pred_ids.shape[1]
+    assert js["token_ids"] == main.token_ids.tolist()
+    assert (js["n_layers"], js["n_tokens"], js["top_k"], js["has_bias"]) == (L, P, k, main.has_bias)
+    worst = {"norm_rel": 0.0, "proj_abs": 0.0}
+
+    def close_norms(a, b, what):
+        # relative to the value, with an absolute floor at 1e-6 of the row's largest entry
+        a, b = np.asarray(a, dtype=np.float64).reshape(b.shape), b.astype(np.float64)
+        floor = 1e-6 * np.abs(b).max(axis=-1, keepdims=True) + 1e-30
+        rel = np.abs(a - b) / np.maximum(np.abs(b), floor)
+        worst["norm_rel"] = max(worst["norm_rel"], float(rel.max()))
+        assert rel.max() <= NORM_RTOL, f"{what}: worst relative error {rel.max():.2e} at {np.unravel_index(rel.argmax(), rel.shape)}"
+
+    close_norms(js["embed_norm"], main.embed_norm, "embed_norm")
+    recon = np.array(js["recon_error"]).reshape(L, 2)
+    assert recon.max() <= RECON_MAX, f"browser recon_error {recon.max():.2e}"
+    assert main.recon_error.max() <= RECON_MAX
+    for name, d in py.items():
+        v = js["variants"][name]
+        G = len(d.sources)
+        assert v["sources_count"] == G and v["has_bias"] == d.has_bias
+        assert v["groups"] == d.groups.tolist()
+        for field in ("attn_norm", "mlp_norm", "attn_delta_norm", "mlp_delta_norm"):
+            close_norms(v[field], getattr(d, field), f"{name}.{field}")
+        for field in ("attn_proj", "mlp_proj"):
+            # signed shares sum to 1 over sources: absolute error against the row's scale
+            a = np.array(v[field]).reshape(L, P, G)
+            b = getattr(d, field)
+            err = np.abs(a - b) / np.maximum(np.abs(b).max(-1, keepdims=True), 1.0)
+            worst["proj_abs"] = max(worst["proj_abs"], float(err.max()))
+            assert err.max() <= NORM_RTOL, f"{name}.{field}: worst error {err.max():.2e}"
+            np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-3)
+        attr = np.array(v["logit_attr"]).reshape(P, k, G)
+        scale = np.abs(main.pred_logits).max()
+        np.testing.assert_allclose(attr, d.logit_attr, atol=NORM_RTOL * scale, rtol=0)
+        # the attribution sums to the logit it explains
+        np.testing.assert_allclose(attr.sum(-1), np.array(js["pred_logits"]).reshape(P, k),
+                                   atol=NORM_RTOL * scale, rtol=0)
+
+    pred_ids = np.array(js["pred_ids"]).reshape(P, k)
+    assert (pred_ids[:, 0] == main.pred_ids[:, 0]).all(), "top-1 prediction differs"
+    np.testing.assert_allclose(np.array(js["pred_probs"]).reshape(P, k)[:, 0], main.pred_probs[:, 0],
+                               rtol=NORM_RTOL, atol=1e-6)
+    np.testing.assert_allclose(np.array(js["pred_logits"]).reshape(P, k)[:, 0], main.pred_logits[:, 0],
+                               rtol=NORM_RTOL, atol=NORM_RTOL * np.abs(main.pred_logits).max())
+    assert js["logit_error"] <= max(10 * main.logit_error, 1e-4), (js["logit_error"], main.logit_error)
+    if logit_lens:
+        lens_ids = np.array(js["lens_ids"]).reshape(L, 2, P, k)
+        lens_probs = np.array(js["lens_probs"]).reshape(L, 2, P, k)
+        assert (lens_ids[..., 0] == main.lens_ids[..., 0]).all(), "logit lens top-1 differs"
+        np.testing.assert_allclose(lens_probs[..., 0], main.lens_probs[..., 0], rtol=NORM_RTOL, atol=1e-6)
+        # the last cell of the lens is the model's own prediction
+        assert (lens_ids[-1, 1] == pred_ids).all()
+    else:
+        assert js["lens_ids"] is None and js["lens_probs"] is None
+    return worst
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_kernel_matches_numpy_on_odd_shapes(harness):
+    """The sgemm kernel pads rows to 4 and columns to 8, and chunks rows by 64: shapes that
+    exercise every edge, several weights alive at once, against float64 numpy."""
+    _, run = harness
+    rng = np.random.default_rng(0)
+    cases = []
+    for rows, out, in_dim, scaled in [(1, 1, 1, False), (5, 13, 7, True), (67, 24, 33, False),
+                                      (130, 200, 96, True), (4, 8, 576, False)]:
+        x = rng.standard_normal((rows, in_dim)).astype(np.float32)
+        w = rng.standard_normal((out, in_dim)).astype(np.float32)
+        s = rng.uniform(0.5, 1.5, in_dim).astype(np.float32) if scaled else None
+        cases.append(dict(x=x.ravel().tolist(), w=w.ravel().tolist(), s=None if s is None else s.tolist(),
+                          rows=rows, out=out, inDim=in_dim, _ref=(x, w, s)))
+    reply = run("unused", {"kind": "kernel", "cases": [{k: v for k, v in c.items() if k != "_ref"} for c in cases]})
+    for c, got, again in zip(cases, reply["out"], reply["again"]):
+        x, w, s = c["_ref"]
+        ws = (w * s).astype(np.float32) if s is not None else w           # folded in float32, as the engine does
+        ref = x.astype(np.float64) @ ws.T.astype(np.float64)
+        got = np.array(got).reshape(ref.shape)
+        tol = 1e-6 * np.abs(x).astype(np.float64) @ np.abs(ws).T.astype(np.float64) + 1e-30
+        assert (np.abs(got - ref) <= 4 * tol * max(1, c["inDim"] ** 0.5)).all(), c["rows"]
+        assert again == got.ravel().tolist()                           # deterministic, weights intact
+
+
+
+TINY_KINDS = ["gqa", "mha", "llama-bias", "qwen2"]
+
+
+@pytest.mark.parametrize("kind", TINY_KINDS)
+def test_tiny_models_match_python_engine(harness, kind):
+    root, run = harness
+    lm = tiny_model(kind, layers=3, seed=1)
+    for prompt in TINY_PROMPTS:
+        py, js, progress = run_both(run, root, f"tiny-{kind}", lm, prompt)
+        worst = compare(py, js)
+        print(f"\n{kind} P={js['n_tokens']}: worst norm rel {worst['norm_rel']:.2e}, proj {worst['proj_abs']:.2e}")
+        assert [s for s, _, _ in progress] == list(range(lm.hf.config.num_hidden_layers + 2))
+        assert all(total == lm.hf.config.num_hidden_layers + 1 for _, total, _ in progress)
+
+
+def test_threaded_unembedding_matches(harness):
+    """The vocabulary and the MLP's hidden units split over 3 threads (helper workers) give the
+    Python engine's result too; the default model test below runs with the default thread count."""
+    root, run = harness
+    lm = tiny_model("mha", layers=3, seed=1)
+    py, js, _ = run_both(run, root, "tiny-mha", lm, TINY_PROMPTS[1], threads=3)
+    compare(py, js)
+    assert js["timings"]["unembedding_threads"] == 3 and js["timings"]["mlp_threads"] == 3
+    _, js1, _ = run_both(run, root, "tiny-mha", lm, TINY_PROMPTS[1], threads=1)
+    assert js1["timings"]["unembedding_threads"] == 1 and js1["timings"]["mlp_threads"] == 1
+    assert js["lens_ids"] == js1["lens_ids"] and js["pred_ids"] == js1["pred_ids"]
+    np.testing.assert_allclose(js["lens_probs"], js1["lens_probs"], rtol=1e-6)
+
+
+def test_llama3_rope_scaling_matches(harness):
+    root, run = harness
+    py, js, _ = run_both(run, root, "tiny-llama3", llama3_rope_model(), TINY_PROMPTS[1])
+    compare(py, js)
+
+
+def test_without_logit_lens_and_other_top_k(harness):
+    root, run = harness
+    py, js, _ = run_both(run, root, "tiny-gqa", tiny_model("gqa", layers=3, seed=1), TINY_PROMPTS[0],
+                         top_k=3, logit_lens=False)
+    compare(py, js, logit_lens=False)
+
+
+def test_bias_source_is_last_and_nonzero(harness):
+    """With biases, the "bias" source carries part of the residual: a wrong bias path would
+    leave it zero (and break the sum identity that compare() checks)."""
+    root, run = harness
+    py, js, _ = run_both(run, root, "tiny-llama-bias", tiny_model("llama-bias", layers=3, seed=1), TINY_PROMPTS[0])
+    v = js["variants"]["main"]
+    P, G = js["n_tokens"], v["sources_count"]
+    assert G == P + 1
+    bias_norm = np.array(v["mlp_norm"]).reshape(-1, P, G)[..., -1]
+    assert (bias_norm > 1e-3).all()
+
+
+def test_cancel_stops_between_layers(harness):
+    root, run = harness
+    lm = tiny_model("gqa", layers=3, seed=1)
+    write_weights(lm.hf, root / "tiny-cancel")
+    ids = lm.tokenizer("Cancel me")["input_ids"]
+    msg = {"config": engine_config(lm.hf), "runs": [
+        {"ids": ids, "topK": 5, "logitLens": True, "variants": {"main": None}, "abortAt": 1},
+        {"ids": ids, "topK": 5, "logitLens": True, "variants": {"main": None}}]}
+    cancelled, after = run("tiny-cancel", msg)["results"]
+    assert not cancelled["ok"] and cancelled["name"] == "AbortError"
+    assert cancelled["layersLoaded"] == 1          # aborted before layer 2's weights were asked for
+    assert after["ok"]                             # the engine works again after a cancel
+
+
+def test_bad_inputs_get_clear_errors(harness):
+    root, run = harness
+    lm = tiny_model("gqa", layers=3, seed=1)
+    write_weights(lm.hf, root / "tiny-bad")
+    cfg = engine_config(lm.hf)
+    msg = {"config": cfg, "runs": [
+        {"ids": [1, 999], "topK": 5, "logitLens": True, "variants": {"main": None}},
+        {"ids": [1, 2, 3], "topK": 5, "logitLens": True, "variants": {"main": None, "w": [0, 2, 1]}},
+        {"ids": [], "topK": 5, "logitLens": True, "variants": {"main": None}}]}
+    out = run("tiny-bad", msg)["results"]
+    assert [r["ok"] for r in out] == [False] * 3
+    assert "outside the vocabulary" in out[0]["message"]
+    assert "order of first use" in out[1]["message"]
+    assert "no token ids" in out[2]["message"]
+    bad_rope = {**cfg, "rope_scaling": {"rope_type": "yarn", "factor": 2.0}}
+    good = {"ids": [1, 2, 3], "topK": 5, "logitLens": True, "variants": {"main": None}}
+    reply = run("tiny-bad", {"config": bad_rope, "runs": [good]})["results"][0]
+    assert not reply["ok"] and "yarn" in reply["message"] and "not supported" in reply["message"]
+
+
+@pytest.fixture(scope="module")
+def default_model_folder(harness):
+    """The converted default model's safetensors, linked into the fixture folder (not copied)."""
+    from infoflow.model import converted_default_model
+
+    root, _ = harness
+    folder = root / "default"
+    folder.mkdir(exist_ok=True)
+    if not (folder / "model.safetensors").exists():
+        (folder / "model.safetensors").symlink_to(Path(converted_default_model()) / "model.safetensors")
+    return folder
+
+
+@pytest.mark.slow
+def test_default_model_matches_python_engine(harness, default_model_folder):
+    """~25–45 s here: the browser fetches all 540 MB of float32 weights from the local server."""
+    root, run = harness
+    lm = get_model(None)
+    py, js, _ = run_both(run, root, "default", lm, "The capital of France is")
+    worst = compare(py, js)
+    assert js["timings"]["unembedding_threads"] >= 2       # navigator.hardwareConcurrency here: 2
+    assert js["timings"]["mlp_threads"] >= 2
+    print(f"\ndefault model, P={js['n_tokens']}: worst norm rel {worst['norm_rel']:.2e}, "
+          f"proj {worst['proj_abs']:.2e}, recon {max(js['recon_error']):.2e}, "
+          f"browser {js['wall_ms']:.0f} ms")
