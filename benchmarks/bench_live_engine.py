@@ -146,7 +146,8 @@ self.onmessage = async (e) => {
     if (msg.kind === "load") { model = await loadAll(msg.url, msg.config); await initKernel(); self.postMessage({ok: true}); }
     if (msg.kind === "run") {
       const t = performance.now();
-      const r = await decompose(model, Int32Array.from(msg.ids), {main: null}, {topK: 5, logitLens: msg.lens});
+      const r = await decompose(model, Int32Array.from(msg.ids), {main: null},
+                                {topK: 5, logitLens: msg.lens, ...(msg.threads ? {threads: msg.threads} : {})});
       self.postMessage({ok: true, wall_ms: performance.now() - t, timings: r.timings, top1: r.pred_ids[(msg.ids.length - 1) * 5]});
     }
   } catch (err) { self.postMessage({ok: false, message: String(err && err.stack || err)}); }
@@ -238,6 +239,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="16,32")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-kernels", action="store_true", help="skip the matmul comparison")
+    ap.add_argument("--threads", type=int, default=0, help="engine threads (0: its default)")
     ap.add_argument("--no-engine", action="store_true", help="only the matmul comparison")
     ap.add_argument("--memory", type=int, default=0, metavar="P",
                     help="only: peak RSS of all Chromium processes while the engine runs at P tokens, "
@@ -264,7 +266,8 @@ def main() -> None:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=ARGS)
         page = browser.new_page()
         page.goto(f"{base}/fixture/harness.html")
-        print(f"Chromium {browser.version}, headless; one module worker, single thread\n")
+        print(f"Chromium {browser.version}, headless; the engine in one module worker (plus its helper "
+              "workers when threads > 1); the kernel comparison on one thread\n")
         if args.memory:
             measure_memory(page, lm, args.memory)
             browser.close()
@@ -296,16 +299,17 @@ def main() -> None:
                                    "config": engine_config(lm.hf)})
         assert out["ok"], out
         print(f"\n(weights loaded into the worker in {time.perf_counter() - t:.1f} s, not timed below)\n")
-        print("## Engine, default model, logit lens on; best of", args.reps, "after a warm-up (median in brackets)")
+        print("## Engine, default model, logit lens on; best of", args.reps, "after a warm-up (median in brackets); "
+              f"navigator.hardwareConcurrency = {page.evaluate('navigator.hardwareConcurrency')}")
         print("| P | engine.js in Chromium | of which layers / unembedding (in the matmul kernel) | "
-              "`infoflow.decompose` | ratio |")
-        print("|---|---|---|---|---|")
+              "`infoflow.decompose` | ratio | threads: MLP / unembedding |")
+        print("|---|---|---|---|---|---|")
         for P in [int(s) for s in args.sizes.split(",")]:
             text = prompt_of(lm.tokenizer, P)
             ids = lm.tokenizer(text)["input_ids"]
             js, py, split = [], [], []
             for rep in range(args.reps + 1):
-                r = page.evaluate(CALL, {"kind": "run", "ids": ids, "lens": True})
+                r = page.evaluate(CALL, {"kind": "run", "ids": ids, "lens": True, "threads": args.threads})
                 assert r["ok"], r
                 t = time.perf_counter()
                 d = decompose(text, lm)
@@ -315,12 +319,14 @@ def main() -> None:
                     js.append(r["wall_ms"] / 1e3)
                     py.append(py_s)
                     tm = r["timings"]
+                    threads = (tm["mlp_threads"], tm["unembedding_threads"])
                     split.append((tm["layers_ms"] / 1e3, tm["logits_ms"] / 1e3,
                                   tm["layers_kernel_ms"] / 1e3, tm["logits_kernel_ms"] / 1e3))
             i = min(range(len(js)), key=js.__getitem__)
             med = sorted(js)[len(js) // 2], sorted(py)[len(py) // 2]
             print(f"| {P} | {min(js):.2f} s ({med[0]:.2f}) | {split[i][0]:.2f} ({split[i][2]:.2f}) / {split[i][1]:.2f} ({split[i][3]:.2f}) s | "
-                  f"{min(py):.2f} s ({med[1]:.2f}) | **{min(js) / min(py):.2f}×** ({med[0] / med[1]:.2f}×) |")
+                  f"{min(py):.2f} s ({med[1]:.2f}) | **{min(js) / min(py):.2f}×** ({med[0] / med[1]:.2f}×) | "
+                  f"{threads[0]} / {threads[1]} |")
         browser.close()
     server.shutdown()
 

@@ -12,6 +12,7 @@ import http.server
 import io
 import json
 import os
+import queue
 import re
 import shutil
 import threading
@@ -198,12 +199,55 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _BrowserThread:
+    """Headless Chromium driven from its own thread: Playwright's sync API refuses to start a
+    second instance in a thread whose asyncio loop another test module's browser holds."""
+
+    def __init__(self, url: str):
+        self.url, self.jobs, self.ready = url, queue.Queue(), queue.Queue()
+        threading.Thread(target=self._main, daemon=True).start()
+        error = self.ready.get(timeout=120)
+        if error:
+            raise error
+
+    def _main(self):
+        from playwright import sync_api
+
+        try:
+            with sync_api.sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=ARGS)
+                page = browser.new_page()
+                self.errors = []
+                page.on("console", lambda m: m.type == "error" and "favicon" not in m.location.get("url", "")
+                        and self.errors.append(f"{m.text} {m.location}"))
+                page.goto(self.url)
+                self.ready.put(None)
+                while (job := self.jobs.get()) is not None:
+                    fn, reply = job
+                    try:
+                        reply.put((True, fn(page)))
+                    except Exception as e:        # handed to the calling thread
+                        reply.put((False, e))
+                browser.close()
+        except Exception as e:
+            self.ready.put(e)
+
+    def call(self, fn):
+        reply = queue.Queue()
+        self.jobs.put((fn, reply))
+        ok, value = reply.get(timeout=600)
+        if not ok:
+            raise value
+        return value
+
+    def close(self):
+        self.jobs.put(None)
+
+
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
-    """(url, run): a server over site_src/static and a fixture folder, and a function that runs
-    the engine in a module worker of one page and returns the worker's reply."""
-    from playwright import sync_api
-
+    """(folder, run): a server over site_src/static and a fixture folder, and a function that
+    runs the engine in a module worker of one page and returns the worker's reply."""
     if not shutil.which("chromium"):
         pytest.skip("Debian chromium is not installed: apt-get install chromium")
     root = tmp_path_factory.mktemp("live-engine")
@@ -212,23 +256,17 @@ def harness(tmp_path_factory):
     handler = functools.partial(_Handler, roots={"/static/": STATIC, "/fixture/": root})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=ARGS)
-        page = browser.new_page()
-        errors = []
-        page.on("console", lambda m: m.type == "error" and "favicon" not in m.location.get("url", "")
-                and errors.append(f"{m.text} {m.location}"))
-        page.goto(f"{base}/fixture/harness.html")
+    browser = _BrowserThread(f"http://127.0.0.1:{server.server_address[1]}/fixture/harness.html")
 
-        def run(name: str, msg: dict) -> dict:
-            reply = page.evaluate(RUN_IN_WORKER, {"url": f"/fixture/{name}/model.safetensors", **msg})
-            assert reply["ok"], reply.get("message")
-            assert not errors, errors
-            return reply
+    def run(name: str, msg: dict) -> dict:
+        reply = browser.call(lambda page: page.evaluate(
+            RUN_IN_WORKER, {"url": f"/fixture/{name}/model.safetensors", **msg}))
+        assert reply["ok"], reply.get("message")
+        assert not browser.errors, browser.errors
+        return reply
 
-        yield root, run
-        browser.close()
+    yield root, run
+    browser.close()
     server.shutdown()
     server.server_close()
 

@@ -43,11 +43,12 @@ async function startPool(W_U, V, d, bias, threads) {
     helpers.forEach((w) => w.terminate());
     throw e;
   }
-  return {helpers, bounds};
+  return {helpers, bounds, threads};
 }
 
 /** The helper workers for W_U (started on first use), or null for one thread. */
 export async function helpersFor(W_U, V, d, bias, threads) {
+  if (pools.has(W_U) && (await pools.get(W_U).catch(() => null))?.threads !== threads) await releaseLens(W_U);
   if (threads <= 1 || V < 8 * threads) return null;
   if (!pools.has(W_U)) {
     const started = startPool(W_U, V, d, bias, threads);

@@ -35,7 +35,8 @@
  *   holding a copy of its slice of the vocabulary (engine-lens.js; no SharedArrayBuffer), and
  *   each layer's MLP decomposition by slices of d_ff (engine-mlp.js; each helper is sent its
  *   slice of W_up and W_down and the rows). The helpers are kept for the next call with the
- *   same W_U array; releaseLens(W_U) ends them.
+ *   same W_U array and thread count (another count restarts them); releaseLens(W_U), also
+ *   exported here, ends them.
  *   onProgress is called with step 0 .. total (total = n_layers + 1: the layers, then the
  *   unembedding). A signal that aborts rejects the promise with a DOMException "AbortError"
  *   (checked between layers and inside the long loops).
@@ -46,7 +47,8 @@
  *    token_ids Int32Array (P), embed_norm (P), recon_error (L, 2), logit_error number,
  *    pred_ids Int32Array (P, k), pred_probs (P, k), pred_logits (P, k),
  *    lens_ids Int32Array (L, 2, P, k) | null, lens_probs (L, 2, P, k) | null,
- *    variants: {name: {grouping "tokens"|"custom", groups Int32Array (P), sources_count G,
+ *    variants: {name: {grouping "tokens" (null) | "custom" (the caller knows when that is
+ *                      Python's "words"), groups Int32Array (P), sources_count G,
  *                      has_bias, attn_norm, mlp_norm, attn_delta_norm, mlp_delta_norm,
  *                      attn_proj, mlp_proj (L, P, G), logit_attr (P, k, G)}},
  *    timings {layers_ms, logits_ms, total_ms, layers_kernel_ms, logits_kernel_ms, kernel_bytes,
