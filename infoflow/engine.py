@@ -376,8 +376,8 @@ class HeadStats:
     only when o_proj has a bias, and non-zero only for the bias source. Only the norm and
     the signed share of each part are kept, so the (T, H, d) parts never exist:
 
-        ‖part_h‖²         = O_hᵀ (W_o,hᵀ W_o,h) O_h      Gram (H, hd, hd): T·H·hd² MACs
-        ⟨part_h, r⟩/‖r‖²  = O_h · (W_o,hᵀ r/‖r‖²)[p]     R (P, H, hd): one gather per row
+        ‖part_h‖          = ‖R_h O_h‖,  W_o,h = Q_h R_h      R_h (hd, hd): T·H·hd² MACs in all
+        ⟨part_h, r⟩/‖r‖²  = O_h · (W_o,hᵀ r/‖r‖²)[p]      (P, H, hd): one gather per row
 
     r is the real residual after the attention block (resid_mid), as for attn_proj, so
     Σ_h share_h is the share of what the block wrote for s. Grouped sources sum O first
@@ -395,42 +395,56 @@ class HeadStats:
         self.proj = torch.zeros(L, Hx, tri.P, self.G, dtype=r_dtype)
         self.write_norm = torch.zeros(L, Hx, tri.P, dtype=r_dtype)
         self.write_proj = torch.zeros(L, Hx, tri.P, dtype=r_dtype)
+        self._pos = torch.arange(tri.P, device=tri.pos.device)
+        if grouping is not None:
+            self._group = grouping.tolist()
+            self._pos_g = self._pos.repeat_interleave(self.G)
 
     @staticmethod
     def layer_maps(lw: LayerWeights, r_unit: Tensor) -> tuple[Tensor, Tensor]:
-        """Gram (H, hd, hd) = W_o,hᵀ W_o,h and R (P, H·hd) = r/‖r‖² · W_o, per layer."""
+        """Per layer: Rt (H, hd, hd) with ‖W_o,h x‖ = ‖x Rt_h‖, and R (P, H·hd) = r/‖r‖² · W_o.
+
+        Rt_h = R_hᵀ from W_o,h = Q_h R_h (QR, Q_h orthonormal columns): the norm of a
+        (hd,) vector instead of a d-vector, with no cancellation (x Gram xᵀ would have some),
+        and exact zeros for a head whose columns are zero."""
         d, H = lw.Wo.shape[0], lw.n_heads
-        Wh = lw.Wo.view(d, H, -1).permute(1, 0, 2)                     # (H, d, hd)
-        return Wh.transpose(1, 2) @ Wh, r_unit @ lw.Wo
+        Rt = getattr(lw, "_head_rt", None)                              # weights only: once per layer
+        if Rt is None:
+            Wh = lw.Wo.view(d, H, -1).permute(1, 0, 2)                 # (H, d, hd)
+            Rt = lw._head_rt = torch.linalg.qr(Wh, mode="r").R.transpose(1, 2)
+        return Rt, r_unit @ lw.Wo
 
     @staticmethod
-    def metrics(X: Tensor, pos: Tensor, gram: Tensor, R: Tensor) -> tuple[Tensor, Tensor]:
+    def metrics(X: Tensor, pos: Tensor, Rt: Tensor, R: Tensor) -> tuple[Tensor, Tensor]:
         """‖W_o,h x_h‖ and ⟨W_o,h x_h, r[pos]⟩/‖r‖² per row and head.   (N, H·hd) -> (H, N) ×2"""
-        H, hd = gram.shape[0], gram.shape[1]
+        H, hd = Rt.shape[0], Rt.shape[1]
         Xh = X.view(-1, H, hd).transpose(0, 1)                         # (H, N, hd), a view
-        sq = torch.bmm(Xh, gram).mul_(Xh).sum(-1)                      # (H, N) = x_hᵀ G_h x_h
+        norm = torch.linalg.vector_norm(torch.bmm(Xh, Rt), dim=-1)      # (H, N)
         proj = torch.index_select(R, 0, pos).mul_(X).view(-1, H, hd).sum(-1).T   # (H, N)
-        return sq.clamp_(min=0).sqrt_(), proj
+        return norm, proj
 
     def record(self, l: int, O: Tensor, lw: LayerWeights, r_unit: Tensor, rows_of=chunks) -> None:
         """All statistics of layer l from the mixed heads O (T, H·hd)."""
-        tri, G, H = self.tri, self.G, self.H
-        gram, R = self.layer_maps(lw, r_unit)
+        tri, G, H, P = self.tri, self.G, self.H, self.tri.P
+        Rt, R = self.layer_maps(lw, r_unit)
         dt = self.norm.dtype
         if self.grouping is None:
             for rows in rows_of(tri.T):
-                norm, proj = self.metrics(O[rows], tri.pos[rows], gram, R)
+                norm, proj = self.metrics(O[rows], tri.pos[rows], Rt, R)
                 pos, src = tri.pos[rows].cpu(), tri.src[rows].cpu()
                 self.norm[l, :H][:, pos, src] = norm.cpu().to(dt)
                 self.proj[l, :H][:, pos, src] = proj.cpu().to(dt)
         else:
-            index = tri.pos * G + self.grouping[tri.src]
-            Og = O.new_zeros(tri.P * G, O.shape[1]).index_add_(0, index, O)   # (P·G, H·hd)
-            norm, proj = self.metrics(Og, torch.arange(tri.P, device=O.device).repeat_interleave(G), gram, R)
-            self.norm[l, :H] = norm.view(H, tri.P, G).cpu().to(dt)
-            self.proj[l, :H] = proj.view(H, tri.P, G).cpu().to(dt)
-        whole = O.new_zeros(tri.P, O.shape[1]).index_add_(0, tri.pos, O)       # (P, H·hd)
-        norm, proj = self.metrics(whole, torch.arange(tri.P, device=O.device), gram, R)
+            Og = O.new_zeros(P, G, O.shape[1])                          # (P, G, H·hd)
+            for s in range(tri.S):          # a source's rows are consecutive positions: no scatter
+                Og[tri.start[s]:, self._group[s]] += O[tri.offset[s]:tri.offset[s + 1]]
+            norm, proj = self.metrics(Og.view(P * G, -1), self._pos_g, Rt, R)
+            self.norm[l, :H] = norm.view(H, P, G).cpu().to(dt)
+            self.proj[l, :H] = proj.view(H, P, G).cpu().to(dt)
+        whole = O.new_zeros(P, O.shape[1])                              # (P, H·hd)
+        for s in range(tri.S):
+            whole[tri.start[s]:] += O[tri.offset[s]:tri.offset[s + 1]]
+        norm, proj = self.metrics(whole, self._pos, Rt, R)
         self.write_norm[l, :H], self.write_proj[l, :H] = norm.cpu().to(dt), proj.cpu().to(dt)
         if lw.bo is not None:                                           # the o_proj bias pseudo-head
             b_norm = torch.linalg.vector_norm(lw.bo).cpu().to(dt)
