@@ -1,47 +1,29 @@
 """The whole pipeline: prompts -> (cached) decompositions -> data files -> a static site.
 
-The site is assembled in a staging folder and swapped in at the end, so a build that fails
-or is killed leaves the previous site as it was. Every cached result is written to a
-temporary name and renamed, so a killed build loses only the prompt it was computing.
+The site is assembled in a staging folder and swapped in at the end (sitedir.py says how, and
+what is guaranteed), so a build that fails or is killed leaves the previous site as it was.
+Every cached result is written to a temporary name and renamed, so a killed build loses only
+the prompt it was computing.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgpack
-
 from . import ENGINE_VERSION, __version__
-from .datafile import SCHEMA, DataFileError, content_hash, decode_array, encode
+from .config import SiteConfig
+from .datafile import (SCHEMA, DataFileError, content_hash, encode, pack_entry, page_bytes, summarize,
+                       thumbnail_norms, unpack_entry)
 from .files import atomic_write
-from .decompose import DEFAULT_MAX_TOKENS, InputError, decompose_variants, get_model
-from .model import DEFAULT_MODEL, _folder_fingerprint, cache_dir, converted_default_model
+from .model import ModelError, cache_dir, fingerprint
 from .prompts import Prompt, PromptError, load_prompts, span_groups
-from .site import palette, render_site, thumbnail_png
-
-
-@dataclass
-class BuildOptions:
-    prompts: Path = Path("prompts/gallery.toml")
-    out: Path = Path("build")
-    model: str | None = None
-    dtype: str = "float32"
-    device: str = "cpu"
-    cache: str | None = None
-    only: tuple[str, ...] = ()
-    keep_going: bool = False
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    top_k: int = 5
-    progress: bool = True
-    shard: tuple[int, int] | None = None    # (i, n): compute prompts i, i+n, ... into the cache only
-    cached_only: bool = False               # merge: assemble from the cache, compute nothing
+from .site import SITE_SRC, palette, render_site, thumbnail_png
+from .sitedir import (SiteDirError, check_replaceable, locked, new_staging, read_marker, recover,
+                      resolve_out, swap, write_marker)
 
 
 @dataclass
@@ -62,46 +44,34 @@ class BuildError(Exception):
     """The build stopped; the previous site is untouched."""
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- cache
 
 
-def model_fingerprint(opts: BuildOptions) -> str:
-    """Identify the weights without loading the model (hub ids: by name and dtype)."""
-    if opts.model in (None, DEFAULT_MODEL):
-        fp = _folder_fingerprint(converted_default_model(opts.cache))
-    elif Path(opts.model).expanduser().is_dir():
-        fp = _folder_fingerprint(Path(opts.model).expanduser())
-    else:
-        fp = f"hub:{opts.model}"
-    return f"{fp}:{opts.dtype}"
-
-
-def result_key(fingerprint: str, p: Prompt, opts: BuildOptions) -> str:
-    blob = json.dumps([fingerprint, p.text, p.chat, p.groups, ENGINE_VERSION, SCHEMA, opts.top_k],
-                      ensure_ascii=False)
+def result_key(model_fingerprint: str, p: Prompt, cfg: SiteConfig) -> str:
+    blob = json.dumps([f"{model_fingerprint}:{cfg.dtype}", p.text, p.chat, p.groups, ENGINE_VERSION, SCHEMA,
+                       cfg.top_k], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 def read_cached(path: Path) -> dict | None:
-    """A cached result, or None (with a warning) when it is missing, truncated or corrupt."""
-    if not path.exists():
-        return None
+    """The cached document under `path` (its name is its key), or None, with a warning, when it
+    is missing, truncated, corrupt, stored under another key or malformed."""
     try:
         raw = path.read_bytes()
-        body, digest = raw[:-32], raw[-32:]
-        if hashlib.sha256(body).digest() != digest:
-            raise DataFileError("checksum mismatch (truncated or corrupt)")
-        doc = msgpack.unpackb(body, raw=False, strict_map_key=False)
-        if doc.get("schema") != SCHEMA:
-            raise DataFileError(f"schema {doc.get('schema')!r}")
-        return doc
-    except (OSError, ValueError, msgpack.UnpackException) as e:
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        warnings.warn(f"cached result {path.name} is unreadable ({e}); recomputing it")
+        return None
+    try:
+        return unpack_entry(raw, path.stem)
+    except DataFileError as e:
         warnings.warn(f"cached result {path.name} is unusable ({e}); recomputing it")
         return None
 
 
 def write_cached(path: Path, body: bytes) -> None:
-    atomic_write(path, body + hashlib.sha256(body).digest())
+    atomic_write(path, pack_entry(path.stem, body))
 
 
 def _variants(p: Prompt) -> tuple[dict, dict]:
@@ -110,99 +80,131 @@ def _variants(p: Prompt) -> tuple[dict, dict]:
     return variants, labels
 
 
-def compute(p: Prompt, lm, opts: BuildOptions) -> bytes:
+def compute(p: Prompt, lm, cfg: SiteConfig) -> bytes:
+    from .decompose import InputError, decompose_variants, tokenize
+    from .tokens import display_tokens
+
     variants, labels = _variants(p)
     if p.groups:
-        from .decompose import tokenize
-        from .tokens import display_tokens
-        ids = tokenize(lm, p.text, chat=p.chat, max_tokens=opts.max_tokens)
-        tokens = display_tokens(lm.tokenizer, ids)
-        groups = span_groups(tokens, p.text, p.groups)
+        ids = tokenize(lm, p.text, chat=p.chat, max_tokens=cfg.max_tokens)
+        groups = span_groups(display_tokens(lm.tokenizer, ids), p.text, p.groups)
         if groups is None:
             raise InputError(f"could not line up the declared groups {p.groups!r} with the tokens")
         variants["prompt"], labels["prompt"] = groups, "declared groups"
-    results = decompose_variants(p.text, lm, variants, top_k=opts.top_k, chat=p.chat,
-                                 max_tokens=opts.max_tokens)
+    results = decompose_variants(p.text, lm, variants, top_k=cfg.top_k, chat=p.chat,
+                                 max_tokens=cfg.max_tokens)
     return encode(results, p.meta(), labels=labels)
+
+
+def select(prompts: list[Prompt], only: tuple[str, ...], shard: tuple[int, int] | None,
+           where: Path) -> list[Prompt]:
+    """The prompts this run computes: --only narrows them, then --shard takes its share."""
+    unknown = sorted(set(only) - {p.id for p in prompts})
+    if unknown:
+        raise PromptError(f"--only: no prompt with id {unknown} in {where}.")
+    selected = [p for p in prompts if not only or p.id in only]
+    if shard:
+        i, n = shard
+        selected = [p for k, p in enumerate(selected) if k % n == i]
+    return selected
 
 
 # ----------------------------------------------------------------------------- build
 
 
-def build(opts: BuildOptions, log=print) -> BuildSummary:
+def build(cfg: SiteConfig, *, only: tuple[str, ...] = (), keep_going: bool = False,
+          shard: tuple[int, int] | None = None, cached_only: bool = False, progress: bool = True,
+          log=print) -> BuildSummary:
+    """Compute what the cache lacks, then replace cfg.out with the new site.
+
+    shard=(i, n): compute share i of n into the cache and write no site.
+    cached_only: assemble from the cache alone (merge), computing nothing.
+    Every failure is a PromptError, BuildError, ModelError or SiteDirError whose message says
+    what to do; the previous site is untouched by all of them.
+    """
     t0 = time.perf_counter()
-    summary = BuildSummary()
-    prompts = load_prompts(opts.prompts)            # PromptError: nothing touched yet
-    if opts.only:
-        unknown = set(opts.only) - {p.id for p in prompts}
-        if unknown:
-            raise PromptError(f"--only: no prompt with id {sorted(unknown)} in {opts.prompts}.")
-    selected = [p for p in prompts if not opts.only or p.id in opts.only]
-    if opts.shard:
-        i, n = opts.shard
-        selected = [p for k, p in enumerate(prompts) if k % n == i]
-
-    cache = cache_dir(opts.cache) / "results"
-    fingerprint = model_fingerprint(opts)
-    docs: dict[str, dict] = {}
-    lm = None
-
-    bar = _progress(selected, opts.progress)
-    for p in bar:
-        path = cache / f"{result_key(fingerprint, p, opts)}.msgpack"
-        doc = read_cached(path)
-        if doc is None and opts.cached_only:
-            summary.failed.append((p.id, f"{p.id}: no cached result (was its shard built and merged?)"))
-            continue
-        if doc is None:
-            try:
-                if lm is None:
-                    bar.set_description("loading model")
-                    lm = get_model(opts.model, dtype=opts.dtype, device=opts.device, cache=opts.cache)
-                    summary.model_loaded = True
-                bar.set_description(p.id)
-                body = compute(p, lm, opts)
-            except (InputError, ValueError, RuntimeError) as e:
-                where = f"{opts.prompts}, prompt {p.id!r}" + (f" (line {p.line})" if p.line else "")
-                summary.failed.append((p.id, f"{where}: {e}"))
-                if not opts.keep_going:
-                    raise BuildError(f"{where}: {e}\nFix or remove that prompt, or pass --keep-going "
-                                     "to build the others. The previous site is untouched.") from e
-                continue
-            write_cached(path, body)
-            doc = msgpack.unpackb(body, raw=False, strict_map_key=False)
-            summary.computed.append(p.id)
+    prompts = load_prompts(cfg.prompts)            # PromptError: nothing touched yet
+    selected = select(prompts, only, shard, cfg.prompts)
+    try:
+        if shard:
+            summary = _compute_all(cfg, selected, keep_going, cached_only, progress)[1]
         else:
-            summary.reused.append(p.id)
-        docs[p.id] = doc
-
-    # With --only, the other prompts come from the cache when they are there.
-    for p in prompts:
-        if p.id not in docs and opts.only:
-            doc = read_cached(cache / f"{result_key(fingerprint, p, opts)}.msgpack")
-            if doc is not None:
-                docs[p.id] = doc
-
-    if opts.cached_only and summary.failed:
-        raise BuildError("cannot assemble the site; missing results: "
-                         + ", ".join(pid for pid, _ in summary.failed))
-    if not opts.shard:
-        assemble(opts.out, [p for p in prompts if p.id in docs], docs, summary)
+            out = resolve_out(cfg.out)
+            check_replaceable(out)                 # refuse before computing anything
+            with locked(out, log):
+                docs, summary = _compute_all(cfg, selected, keep_going, cached_only, progress)
+                model_fp = fingerprint(cfg.model, cfg.cache)
+                if only and model_fp:              # the other prompts come from the cache
+                    for p in prompts:
+                        if p.id not in docs and (doc := read_cached(_entry_path(cfg, p, model_fp))):
+                            docs[p.id] = doc
+                recover(out)
+                check_replaceable(out)
+                _write_site(cfg, out, [p for p in prompts if p.id in docs], docs, summary)
+    except OSError as e:
+        where = e.filename or cfg.out
+        raise BuildError(f"could not write {where}: {e.strerror or e}. The previous site is untouched; "
+                         "free some space or fix the folder's permissions, then build again.") from e
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def merge_shards(shard_caches: list[Path], opts: BuildOptions) -> BuildSummary:
+def _entry_path(cfg: SiteConfig, p: Prompt, model_fingerprint: str) -> Path:
+    return cache_dir(cfg.cache) / "results" / f"{result_key(model_fingerprint, p, cfg)}.msgpack"
+
+
+def _compute_all(cfg: SiteConfig, selected: list[Prompt], keep_going: bool, cached_only: bool,
+                 progress: bool) -> tuple[dict[str, dict], BuildSummary]:
+    """{prompt id: document} for `selected`, from the cache or computed into it."""
+    from .decompose import InputError, get_model
+
+    summary, docs, lm = BuildSummary(), {}, None
+    # A hub model that is not downloaded has no fingerprint until it is loaded.
+    model_fp = fingerprint(cfg.model, cfg.cache)
+    bar = _progress(selected, progress)
+    for p in bar:
+        doc = read_cached(_entry_path(cfg, p, model_fp)) if model_fp else None
+        if doc is None and cached_only:
+            summary.failed.append((p.id, f"{p.id}: no cached result (was its shard built and merged?)"))
+            continue
+        if doc is not None:
+            summary.reused.append(p.id)
+            docs[p.id] = doc
+            continue
+        try:
+            if lm is None:
+                bar.set_description("loading model")
+                lm = get_model(cfg.model, dtype=cfg.dtype, device=cfg.device, cache=cfg.cache)
+                summary.model_loaded, model_fp = True, lm.info["fingerprint"]
+            bar.set_description(p.id)
+            body = compute(p, lm, cfg)
+        except (InputError, ValueError, RuntimeError) as e:
+            where = f"{cfg.prompts}, prompt {p.id!r}" + (f" (line {p.line})" if p.line else "")
+            summary.failed.append((p.id, f"{where}: {e}"))
+            if not keep_going:
+                raise BuildError(f"{where}: {e}\nFix or remove that prompt, or pass --keep-going "
+                                 "to build the others. The previous site is untouched.") from e
+            continue
+        path = _entry_path(cfg, p, model_fp)
+        write_cached(path, body)
+        docs[p.id] = unpack_entry(path.read_bytes(), path.stem)
+        summary.computed.append(p.id)
+    if cached_only and summary.failed:
+        raise BuildError("cannot assemble the site; missing results: "
+                         + ", ".join(pid for pid, _ in summary.failed))
+    return docs, summary
+
+
+def merge_shards(shard_caches: list[Path], cfg: SiteConfig, **kwargs) -> BuildSummary:
     """Copy the results of shard builds into this cache, then assemble the site from it alone."""
-    results = cache_dir(opts.cache) / "results"
+    results = cache_dir(cfg.cache) / "results"
     results.mkdir(parents=True, exist_ok=True)
     for shard in shard_caches:
         folder = Path(shard) / "results" if (Path(shard) / "results").is_dir() else Path(shard)
         for f in folder.glob("*.msgpack"):
             if read_cached(f) is not None:
                 atomic_write(results / f.name, f.read_bytes())
-    opts.cached_only = True
-    return build(opts)
+    return build(cfg, cached_only=True, **kwargs)
 
 
 def _progress(items, enabled: bool):
@@ -210,42 +212,27 @@ def _progress(items, enabled: bool):
     return tqdm(items, unit="prompt", disable=not enabled, dynamic_ncols=True)
 
 
-def assemble(out: Path, prompts: list[Prompt], docs: dict[str, dict], summary: BuildSummary) -> None:
+def _write_site(cfg: SiteConfig, out: Path, prompts: list[Prompt], docs: dict[str, dict],
+                summary: BuildSummary) -> None:
     """Write the site into a staging folder, then swap it in place of `out`."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _recover(out)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+    staging = new_staging(out)
     try:
         (staging / "data").mkdir()
         (staging / "thumbs").mkdir()
         colours = palette()
         entries, models, built = [], {}, []
         for p in prompts:
-            doc = dict(docs[p.id])
-            doc["prompt"] = p.meta()      # titles, tags and notes change without recomputing
-            # The compute time stays in the cache: data files depend only on their inputs, so
-            # sharded and single builds, and repeated publishes, give identical bytes.
-            built.append(doc.pop("built", ""))
-            body = msgpack.packb(doc, use_bin_type=True)
+            body, when = page_bytes(docs[p.id], p.meta())
+            built.append(when)
             name = f"{p.id}.{content_hash(body)}.msgpack"
             (staging / "data" / name).write_bytes(body)
             summary.sizes[p.id] = len(body)
-            words = next(v for v in doc["variants"] if v["name"] == "words")
-            if "same_as" in words:
-                words = next(v for v in doc["variants"] if v["name"] == words["same_as"])
-            png = thumbnail_png(decode_array(words["norm"]), colours)
+            png = thumbnail_png(thumbnail_norms(docs[p.id]), colours)
             thumb = f"{p.id}.{content_hash(png)}.png"
             (staging / "thumbs" / thumb).write_bytes(png)
-            pred = decode_array(doc["predictions"]["ids"])
-            probs = decode_array(doc["predictions"]["probs"])
-            entries.append({
-                **p.meta(), "n_tokens": doc["positions"],
-                "top_prediction": doc["strings"][int(pred[-1, 0])], "top_prob": float(probs[-1, 0]),
-                "worst_recon_error": doc["worst_recon_error"],
-                "page": f"p/{p.id}.html", "data": f"data/{name}", "thumb": f"thumbs/{thumb}",
-                "model": doc["model"]["id"]})
-            models[doc["model"]["fingerprint"]] = doc["model"]
+            entries.append({**p.meta(), **summarize(docs[p.id]),
+                            "page": f"p/{p.id}.html", "data": f"data/{name}", "thumb": f"thumbs/{thumb}"})
+            models[docs[p.id]["model"]["fingerprint"]] = docs[p.id]["model"]
         site = {"title": "infoflow gallery", "version": __version__,
                 "built": max(built) if built else "", "models": list(models.values()),
                 "model": next(iter(models.values()), {})}
@@ -253,31 +240,50 @@ def assemble(out: Path, prompts: list[Prompt], docs: dict[str, dict], summary: B
         (staging / "data" / "manifest.json").write_text(
             json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
         render_site(staging, entries, site)
-        _swap(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        write_marker(staging, site_identity(cfg))
+    except BaseException:
+        import shutil
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    swap(staging, out)
 
 
-def _old(out: Path) -> Path:
-    return out.parent / f".{out.name}.old"
+# ----------------------------------------------------------------------------- staleness
 
 
-def _recover(out: Path) -> None:
-    """Finish a swap that a crash interrupted between its two renames."""
-    old = _old(out)
-    if old.exists():
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(old, out)
-    for stale in out.parent.glob(f".{out.name}.staging-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+def site_identity(cfg: SiteConfig) -> dict:
+    """The config a site was built with, and a digest of everything its bytes depend on."""
+    return {**cfg.identity(), "inputs": inputs_digest(cfg)}
 
 
-def _swap(staging: Path, out: Path) -> None:
-    old = _old(out)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
+def inputs_digest(cfg: SiteConfig) -> str | None:
+    """sha256 over the prompts file, the model, the engine and the site sources: equal digests
+    make equal sites. None when the model's fingerprint is not known without loading it."""
+    fp = fingerprint(cfg.model, cfg.cache, convert=False)
+    if fp is None:
+        return None
+    h = hashlib.sha256(json.dumps([fp, cfg.identity(), ENGINE_VERSION, SCHEMA, __version__]).encode())
+    try:
+        h.update(Path(cfg.prompts).read_bytes())
+    except OSError:
+        return None
+    for path in sorted(SITE_SRC.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(SITE_SRC).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def stale_reason(cfg: SiteConfig) -> str | None:
+    """Why cfg.out would be rebuilt (None: it is the site these inputs make). Reads only."""
+    marker = read_marker(resolve_out(cfg.out))
+    if marker is None:
+        return f"{cfg.out} holds no site built by infoflow"
+    built_with = marker.get("config", {})
+    digest = inputs_digest(cfg)
+    if digest is None:
+        return "the model is not converted or downloaded yet"
+    if built_with.get("inputs") != digest:
+        changed = [k for k, v in cfg.identity().items() if built_with.get(k) != v]
+        return ("it was built with other options: " + ", ".join(f"{k}={built_with.get(k)!r}" for k in changed)
+                if changed else "the prompts file, the model or the site sources changed since it was built")
+    return None

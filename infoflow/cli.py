@@ -8,18 +8,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .decompose import DEFAULT_MAX_TOKENS, InputError, decompose, get_model
-from .model import DTYPES, ModelError
-
-
-def model_options(f):
-    f = click.option("--model", default=None, help="Hugging Face id or local folder (default: SmolLM2-135M-Instruct, offline).")(f)
-    f = click.option("--dtype", default="float32", type=click.Choice(list(DTYPES)), show_default=True,
-                     help="Float type of the model's forward pass.")(f)
-    f = click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")(f)
-    f = click.option("--cache-dir", default=None, envvar="INFOFLOW_CACHE",
-                     help="Converted models and cached results [env INFOFLOW_CACHE; default ~/.cache/infoflow].")(f)
-    return f
+from .config import DEFAULT_MAX_TOKENS, DEFAULT_PROMPTS, ConfigError, SiteConfig, config_from_options, model_options, site_options
 
 
 def parse_size(text: str) -> int:
@@ -48,14 +37,17 @@ def main():
 @click.option("--max-memory", default="4G", show_default=True, help="Working-memory budget, e.g. 512M, 4G.")
 @click.option("--no-lens", is_flag=True, help="Skip the logit lens (the most expensive extra).")
 @click.option("--remote", is_flag=True, help="Run on NDIF through nnsight (needs NDIF_API_KEY and a hub id).")
-def decompose_cmd(prompt, model, dtype, device, cache_dir, groups, precision, max_tokens, chat, max_memory,
+def decompose_cmd(prompt, model, dtype, device, cache, groups, precision, max_tokens, chat, max_memory,
                   no_lens, remote):
     """Decompose PROMPT and print its tokens, predictions and reconstruction error."""
     if remote:
         return _decompose_remote(prompt, model)
+    from .decompose import InputError, decompose, get_model
+    from .model import ModelError
+
     t0 = time.perf_counter()
     try:
-        lm = get_model(model, dtype=dtype, device=device, cache=cache_dir)
+        lm = get_model(model, dtype=dtype, device=device, cache=cache)
         t1 = time.perf_counter()
         d = decompose(prompt, lm, groups=groups, dtype=precision, logit_lens=not no_lens,
                       chat=chat, max_tokens=max_tokens, max_memory=parse_size(max_memory))
@@ -109,59 +101,104 @@ def _decompose_remote(prompt, model):
     del torch
 
 
+# ----------------------------------------------------------------------------- site commands
+
+
+def _errors():
+    """Every failure a site command expects, each already worded for the user."""
+    from .build import BuildError
+    from .model import ModelError
+    from .prompts import PromptError
+    from .publish import PublishError
+    from .serve import ServeError
+    from .sitedir import SiteDirError
+    return (ConfigError, PromptError, BuildError, ModelError, SiteDirError, PublishError, ServeError)
+
+
+def _site_config(kwargs: dict) -> SiteConfig:
+    try:
+        return config_from_options(kwargs)
+    except ConfigError as e:
+        raise click.ClickException(str(e))
+
+
+def _rebuild(cfg: SiteConfig) -> None:
+    """serve and publish: rebuild cfg.out incrementally, but never into a site built with other
+    options (that would silently swap the model under the user's site)."""
+    from .build import build
+    from .sitedir import read_marker, resolve_out
+
+    marker = read_marker(resolve_out(cfg.out))
+    if marker:
+        built_with = marker.get("config", {})
+        differ = [k for k in ("model", "dtype", "max_tokens") if built_with.get(k) != cfg.identity()[k]]
+        if differ:
+            raise click.ClickException(
+                f"{cfg.out} was built with " + ", ".join(f"--{k.replace('_', '-')} {built_with.get(k)}" for k in differ)
+                + "; this command would rebuild it with " + ", ".join(f"{cfg.identity()[k]}" for k in differ)
+                + ". Pass the same options as the build (or --no-build).")
+    click.echo(build(cfg).line())
+
+
 @main.command("build")
-@click.option("--prompts", "prompts_path", default="prompts/gallery.toml", show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="The prompts file (TOML).")
-@click.option("--out", default="build", show_default=True, type=click.Path(file_okay=False, path_type=Path))
-@model_options
+@site_options
 @click.option("--only", multiple=True, metavar="ID", help="Compute only these prompts (repeatable).")
 @click.option("--keep-going", is_flag=True, help="Build the other prompts when one fails; exit non-zero.")
-@click.option("--max-tokens", default=DEFAULT_MAX_TOKENS, show_default=True, type=int)
 @click.option("--shard", default=None, metavar="I/N",
-              help="Compute only shard I of N (prompts I, I+N, ...) into the cache; write no site.")
+              help="Compute only shard I of N (of the prompts --only selects) into the cache; write no site.")
 @click.option("--merge", "merge_from", multiple=True, type=click.Path(exists=True, file_okay=False),
               metavar="CACHE", help="Assemble the site from these shard caches; compute nothing (repeatable).")
-def build_cmd(prompts_path, out, model, dtype, device, cache_dir, only, keep_going, max_tokens, shard,
-              merge_from):
+def build_cmd(only, keep_going, shard, merge_from, **kwargs):
     """Decompose every prompt (reusing cached results) and write the static site to OUT."""
-    from .build import BuildError, BuildOptions, build, merge_shards
-    from .prompts import PromptError
+    from .build import build, merge_shards
 
-    opts = BuildOptions(prompts=prompts_path, out=out, model=model, dtype=dtype, device=device,
-                        cache=cache_dir, only=only, keep_going=keep_going, max_tokens=max_tokens)
+    cfg = _site_config(kwargs)
+    shard_pair = None
     if shard:
         try:
             i, n = (int(x) for x in shard.split("/"))
             assert 0 <= i < n
         except (ValueError, AssertionError):
             raise click.BadParameter(f"{shard!r}: write I/N with 0 <= I < N, e.g. 0/4", param_hint="--shard")
-        opts.shard = (i, n)
+        shard_pair = (i, n)
     try:
-        summary = merge_shards(list(merge_from), opts) if merge_from else build(opts)
-    except (PromptError, BuildError, ModelError) as e:
+        if merge_from:
+            summary = merge_shards(list(merge_from), cfg, only=only, keep_going=keep_going)
+        else:
+            summary = build(cfg, only=only, keep_going=keep_going, shard=shard_pair)
+    except _errors() as e:
         raise click.ClickException(f"{e}")
     for pid, msg in summary.failed:
         click.echo(f"FAILED {msg}", err=True)
-    click.echo(f"{'shard ' + shard + ' cached' if shard else f'built {out}/'}: {summary.line()}")
+    click.echo(f"{'shard ' + shard + ' cached' if shard else f'built {cfg.out}/'}: {summary.line()}")
     if summary.failed:
         sys.exit(1)
 
 
+def _short_title(text: str, width: int = 60) -> str:
+    """A title made from the prompt text: one line, cut at a word near `width` characters."""
+    one_line = " ".join(text.split())
+    if len(one_line) <= width:
+        return one_line
+    cut = one_line[:width].rsplit(" ", 1)[0] or one_line[:width]
+    return cut.rstrip(",.;:") + "…"
+
+
 @main.command("add")
 @click.argument("text")
-@click.option("--title", required=True)
+@click.option("--title", default=None, help="Default: the text, shortened.")
 @click.option("--tags", default="", help="Comma-separated tags.")
 @click.option("--note", default=None, help="What to look at, in plain text.")
 @click.option("--id", "pid", default=None, help="URL slug (default: made from the title).")
 @click.option("--chat", is_flag=True, help="Wrap the text in the model's chat template.")
-@click.option("--prompts", "prompts_path", default="prompts/gallery.toml", show_default=True,
+@click.option("--prompts", "prompts_path", default=str(DEFAULT_PROMPTS), show_default=True,
               type=click.Path(dir_okay=False, path_type=Path))
 def add_cmd(text, title, tags, note, pid, chat, prompts_path):
     """Append a prompt to the prompts file (created if missing), keeping its comments."""
     from .prompts import PromptError, add_prompt
 
     try:
-        entry = add_prompt(prompts_path, text=text, title=title,
+        entry = add_prompt(prompts_path, text=text, title=title or _short_title(text),
                            tags=[t.strip() for t in tags.split(",") if t.strip()],
                            note=note, pid=pid, chat=chat)
     except PromptError as e:
@@ -170,26 +207,22 @@ def add_cmd(text, title, tags, note, pid, chat, prompts_path):
 
 
 @main.command("serve")
-@click.option("--out", default="build", show_default=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--prompts", "prompts_path", default="prompts/gallery.toml", show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path))
+@site_options
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--no-build", is_flag=True, help="Serve OUT as it is.")
-def serve_cmd(out, prompts_path, port, no_build):
-    """Build if needed, then serve the site on localhost (browsers refuse data over file://)."""
-    import functools
-    import http.server
+def serve_cmd(port, no_build, **kwargs):
+    """Build if needed, then serve the site on 127.0.0.1 (browsers refuse data over file://)."""
+    from .serve import make_server
 
-    if not no_build:
-        from .build import BuildError, BuildOptions, build
-        from .prompts import PromptError
-        try:
-            click.echo(build(BuildOptions(prompts=prompts_path, out=out)).line())
-        except (PromptError, BuildError, ModelError) as e:
-            raise click.ClickException(str(e))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
-        click.echo(f"serving {out}/ at http://127.0.0.1:{port}/  (Ctrl-C to stop)")
+    cfg = _site_config(kwargs)
+    try:
+        if not no_build:
+            _rebuild(cfg)
+        server = make_server(cfg.out, port)
+    except _errors() as e:
+        raise click.ClickException(str(e))
+    with server:
+        click.echo(f"serving {cfg.out}/ at http://127.0.0.1:{port}/  (Ctrl-C to stop)")
         try:
             server.serve_forever()
         except KeyboardInterrupt:
@@ -197,32 +230,37 @@ def serve_cmd(out, prompts_path, port, no_build):
 
 
 @main.command("publish")
-@click.option("--out", default="build", show_default=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--prompts", "prompts_path", default="prompts/gallery.toml", show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path))
+@site_options
 @click.option("--remote", default="origin", show_default=True)
 @click.option("--branch", default="gh-pages", show_default=True)
 @click.option("--message", default=None, help="Commit message on the pages branch.")
 @click.option("--cname", default=None, help="Custom domain (else site_src/CNAME, else the site's own CNAME).")
-@click.option("--dry-run", is_flag=True, help="Say what would be pushed; touch nothing.")
+@click.option("--dry-run", is_flag=True, help="Say what would be rebuilt and pushed; change nothing.")
 @click.option("--no-build", is_flag=True, help="Publish OUT as it is, without the incremental rebuild.")
-@click.option("--cache-dir", default=None, envvar="INFOFLOW_CACHE")
-def publish_cmd(out, prompts_path, remote, branch, message, cname, dry_run, no_build, cache_dir):
-    """Rebuild if stale, then push OUT to a GitHub Pages branch with ghp-import."""
-    from .publish import PublishError, publish
+def publish_cmd(remote, branch, message, cname, dry_run, no_build, **kwargs):
+    """Rebuild if stale, then push exactly the files the build wrote to a GitHub Pages branch."""
+    from .build import stale_reason
+    from .publish import publish
 
-    if not no_build:
-        from .build import BuildError, BuildOptions, build
-        from .prompts import PromptError
-        try:
-            click.echo(build(BuildOptions(prompts=prompts_path, out=out, cache=cache_dir)).line())
-        except (PromptError, BuildError, ModelError) as e:
-            raise click.ClickException(str(e))
+    cfg = _site_config(kwargs)
     try:
-        result = publish(out, remote=remote, branch=branch, message=message, cname=cname, dry_run=dry_run)
-    except PublishError as e:
+        if dry_run:
+            from .sitedir import read_marker, resolve_out
+            reason = None if no_build else stale_reason(cfg)
+            click.echo(f"would rebuild first: {reason}" if reason else "would not rebuild: the site is up to date")
+            if read_marker(resolve_out(cfg.out)) is None:
+                return
+            if reason:
+                click.echo("the site as it is now:")
+        elif not no_build:
+            _rebuild(cfg)
+        result = publish(cfg.out, remote=remote, branch=branch, message=message, cname=cname, dry_run=dry_run)
+    except _errors() as e:
         raise click.ClickException(str(e))
     click.echo(result.message)
+    if dry_run:
+        for path in result.paths:
+            click.echo(f"  {path}")
 
 
 if __name__ == "__main__":

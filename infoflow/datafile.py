@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 
 from . import ENGINE_VERSION, __version__
-from .decompose import Decomposition
+from .result import Decomposition
 
 SCHEMA = 1
 DTYPES = {"u8": "<u1", "i8": "<i1", "u16": "<u2", "u32": "<u4", "f16": "<f2", "f32": "<f4"}
@@ -151,6 +151,103 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
+def page_bytes(doc: dict, prompt: dict) -> tuple[bytes, str]:
+    """The bytes of a site's data file: `doc` with the prompt's current metadata (titles, tags and
+    notes change without recomputing) and without its compute time, so sharded and single builds
+    and repeated publishes give identical files.   -> (bytes, the time `doc` was computed)"""
+    page = {k: v for k, v in doc.items() if k != "built"}
+    page["prompt"] = prompt
+    return msgpack.packb(page, use_bin_type=True), doc.get("built", "")
+
+
+def summarize(doc: dict) -> dict:
+    """What the gallery index shows of a document: size, top prediction, error, model."""
+    pred = decode_array(doc["predictions"]["ids"])
+    probs = decode_array(doc["predictions"]["probs"])
+    return {"n_tokens": doc["positions"], "top_prediction": doc["strings"][int(pred[-1, 0])],
+            "top_prob": float(probs[-1, 0]), "worst_recon_error": doc["worst_recon_error"],
+            "model": doc["model"]["id"]}
+
+
+def thumbnail_norms(doc: dict) -> np.ndarray:
+    """The words variant's cumulative norms, (L, 2, P, G), as the thumbnails draw them."""
+    return decode_array(variant(doc, "words")["norm"])
+
+
+# ----------------------------------------------------------------------------- cache entries
+# A cache entry is msgpack [key, document] followed by the sha256 of those bytes. The key inside
+# the checksummed bytes binds the entry to its name: bytes copied over another entry are refused.
+
+
+def pack_entry(key: str, body: bytes) -> bytes:
+    """A cache entry for the data-file bytes `body` (as encode() returns them) under `key`."""
+    doc = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    blob = msgpack.packb([key, doc], use_bin_type=True)
+    return blob + hashlib.sha256(blob).digest()
+
+
+def unpack_entry(raw: bytes, key: str) -> dict:
+    """The document in a cache entry; DataFileError when it is truncated, corrupt, stored under
+    another key, of another schema or malformed."""
+    blob, digest = raw[:-32], raw[-32:]
+    if len(raw) < 33 or hashlib.sha256(blob).digest() != digest:
+        raise DataFileError("checksum mismatch (truncated or corrupt)")
+    try:
+        entry = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException, msgpack.ExtraData) as e:
+        raise DataFileError(f"not msgpack ({e})") from e
+    if not (isinstance(entry, list) and len(entry) == 2):
+        raise DataFileError("not a [key, document] pair")
+    if entry[0] != key:
+        raise DataFileError(f"it belongs to key {entry[0]!r}, not {key!r} (copied over another entry?)")
+    check_document(entry[1])
+    return entry[1]
+
+
+def check_document(doc) -> None:
+    """Raise DataFileError unless `doc` has the fields and types every reader relies on."""
+    def need(ok: bool, what: str):
+        if not ok:
+            raise DataFileError(f"malformed document: {what}")
+    need(isinstance(doc, dict), "not a map")
+    need(doc.get("schema") == SCHEMA, f"schema {doc.get('schema')!r}, expected {SCHEMA}")
+    for key in ("layers", "positions", "top_k"):
+        need(isinstance(doc.get(key), int) and doc[key] > 0, f"`{key}` is not a positive integer")
+    need(isinstance(doc.get("tokens"), list) and len(doc["tokens"]) == doc["positions"],
+         "`tokens` is not a list of `positions` strings")
+    need(isinstance(doc.get("strings"), list), "`strings` is not a list")
+    need(isinstance(doc.get("model"), dict) and "id" in doc["model"] and "fingerprint" in doc["model"],
+         "`model` lacks id or fingerprint")
+    need(isinstance(doc.get("predictions"), dict)
+         and all(isinstance(doc["predictions"].get(k), dict) for k in ("ids", "probs", "logits")),
+         "`predictions` lacks ids, probs or logits")
+    for key in ("token_ids", "embed_norm", "recon_error"):
+        need(isinstance(doc.get(key), dict), f"`{key}` is not an array")
+    need(isinstance(doc.get("worst_recon_error"), float), "`worst_recon_error` is not a number")
+    variants = doc.get("variants")
+    need(isinstance(variants, list) and variants and all(isinstance(v, dict) and "name" in v for v in variants),
+         "`variants` is not a list of named maps")
+    names = {v["name"] for v in variants}
+    need({"tokens", "words"} <= names, "the tokens or words variant is missing")
+    for v in variants:
+        if "same_as" in v:
+            need(v["same_as"] in names and v["same_as"] != v["name"], f"variant {v['name']!r}: bad same_as")
+        else:
+            need(all(isinstance(v.get(k), dict) for k in ("norm", "delta", "proj", "logit_attr", "groups")),
+                 f"variant {v['name']!r} lacks arrays")
+            need(isinstance(v.get("sources"), list), f"variant {v['name']!r} has no sources")
+
+
+def variant(doc: dict, name: str) -> dict:
+    """Variant `name` of a document, following `same_as` to the variant that holds the arrays
+    (keeping the requested variant's own grouping)."""
+    by_name = {v["name"]: v for v in doc["variants"]}
+    if name not in by_name:
+        raise DataFileError(f"no variant {name!r}; this file has {sorted(by_name)}")
+    v = by_name[name]
+    return by_name[v["same_as"]] | {"grouping": v["grouping"]} if "same_as" in v else v
+
+
 # ----------------------------------------------------------------------------- read
 
 
@@ -180,12 +277,8 @@ def load(path: str | Path, variant: str = "tokens") -> Decomposition:
         raise DataFileError(f"{path}: missing or malformed field {e}") from e
 
 
-def _to_decomposition(doc: dict, variant: str) -> Decomposition:
-    by_name = {v["name"]: v for v in doc["variants"]}
-    if variant not in by_name:
-        raise DataFileError(f"no variant {variant!r}; this file has {sorted(by_name)}")
-    v = by_name[variant]
-    v = by_name[v["same_as"]] | {"grouping": v["grouping"]} if "same_as" in v else v
+def _to_decomposition(doc: dict, name: str) -> Decomposition:
+    v = variant(doc, name)
     # Token ids of predictions come back as indices into the file's string table, and
     # token_text maps those indices to text, so d.token_text[d.pred_ids[p, j]] still works.
     strings = doc["strings"]

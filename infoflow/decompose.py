@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from . import __version__
+from .config import DEFAULT_MAX_TOKENS
 from .engine import (LENS_VOCAB_BLOCK, decompose_stack, extract_weights, final_scale, has_bias_source,
                      logit_attribution, logit_lens, reconstructed_logits, triangle)
 from .model import LoadedModel, load_model
+from .result import Decomposition
 from .tokens import display_tokens, word_groups
 from .trace import capture, wrap
 
-DEFAULT_MAX_TOKENS = 256
 DEFAULT_MAX_MEMORY = 4 << 30     # working memory beyond the model's weights
 CHUNK_BYTES = 64 << 20           # one MLP row chunk
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
@@ -23,58 +22,6 @@ PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 
 class InputError(ValueError):
     """The prompt or its options cannot be decomposed; the message says what to change."""
-
-
-@dataclass
-class Decomposition:
-    """Everything infoflow keeps from one prompt. (L,P,G) arrays are [layer, position, source].
-
-    Sources are tokens, or groups of tokens, plus a final "bias" source for models with
-    biases. Entries with source > position are zero.
-    """
-    prompt: str
-    tokens: list[str]                  # (P,) display strings
-    token_ids: np.ndarray              # (P,)
-    sources: list[str]                 # (G,) labels of the source axis
-    groups: np.ndarray                 # (P,) group index of each token (identity for "tokens")
-    grouping: str                      # "tokens", "words" or "custom"
-    attn_norm: np.ndarray              # (L,P,G) ‖part of the residual from s‖ after attention
-    mlp_norm: np.ndarray               # (L,P,G) ... after the MLP
-    attn_delta_norm: np.ndarray        # (L,P,G) ‖what the attention block wrote for s‖
-    mlp_delta_norm: np.ndarray         # (L,P,G)
-    attn_proj: np.ndarray              # (L,P,G) ⟨c_s, r⟩/‖r‖², sums to 1 over s
-    mlp_proj: np.ndarray               # (L,P,G)
-    embed_norm: np.ndarray             # (P,)
-    pred_ids: np.ndarray               # (P,k) top next tokens
-    pred_probs: np.ndarray             # (P,k)
-    pred_logits: np.ndarray            # (P,k)
-    logit_attr: np.ndarray             # (P,k,G) per-source logit, sums to pred_logits
-    recon_error: np.ndarray            # (L,2) max_p ‖Σ_s c − r‖/‖r‖, [attn, mlp]
-    logit_error: float                 # max |logits(Σ_s c) − logits|
-    lens_ids: np.ndarray | None        # (L,2,P,k) logit lens at every cell
-    lens_probs: np.ndarray | None      # (L,2,P,k)
-    token_text: dict[int, str]         # display string of every id in pred_ids / lens_ids
-    model: dict                        # id, fingerprint, layers, d_model, heads, dtype
-    precision: str                     # the decomposition's float type
-    version: str = __version__
-    has_bias: bool = False
-    timings: dict = field(default_factory=dict)
-
-    @property
-    def n_layers(self) -> int:
-        return self.attn_norm.shape[0]
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def worst_recon_error(self) -> float:
-        return float(self.recon_error.max())
-
-    def top_prediction(self, position: int = -1) -> tuple[str, float]:
-        i = int(self.pred_ids[position, 0])
-        return self.token_text[i], float(self.pred_probs[position, 0])
 
 
 # ----------------------------------------------------------------------------- models
@@ -175,8 +122,9 @@ def gemm_rate() -> float:
     return _gemm_rate_cache[0]
 
 
-def check_budget(P: int, lm: LoadedModel, max_memory: int | None, logit_lens: bool) -> dict:
-    est = estimate(P, lm.info, logit_lens=logit_lens)
+def check_budget(P: int, lm: LoadedModel, max_memory: int | None, logit_lens: bool,
+                 itemsize: int = 4) -> dict:
+    est = estimate(P, lm.info, logit_lens=logit_lens, itemsize=itemsize)
     est["seconds"] = est["macs"] / gemm_rate() if lm.device.type == "cpu" else None
     if max_memory is not None and est["bytes"] > max_memory:
         raise InputError(
@@ -225,7 +173,8 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
     special_ids = set(getattr(lm.tokenizer, "all_special_ids", []) or [])
     special = [i in special_ids for i in ids]
     resolved = {name: resolve_groups(g, tokens, special) for name, g in variants.items()}
-    timings["estimate"] = check_budget(len(ids), lm, max_memory, logit_lens)
+    timings["estimate"] = check_budget(len(ids), lm, max_memory, logit_lens,
+                                       itemsize=torch.finfo(fdtype).bits // 8)
 
     input_ids = torch.tensor([ids], device=lm.device)
     captured = capture(_nnsight(lm), input_ids)

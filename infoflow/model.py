@@ -97,14 +97,55 @@ def _folder_fingerprint(folder: Path) -> str:
     return digest
 
 
+def _hub_revision(model_id: str) -> str | None:
+    """The commit of `model_id` in the local Hugging Face cache, read without any network."""
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:
+        return None
+    refs = Path(HF_HUB_CACHE) / f"models--{model_id.replace('/', '--')}" / "refs" / "main"
+    try:
+        return refs.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def fingerprint(model: str | None, cache: str | os.PathLike | None = None, *,
+                convert: bool = True) -> str | None:
+    """What identifies a model's weights; the one place that says so, for cache keys and files.
+
+    The default model and local folders: the sha256 of their weight files. Hub ids: the id and
+    the commit in the local Hugging Face cache. None when that is not known without loading or
+    converting (a hub model not downloaded yet; the default model not converted and convert=False).
+    """
+    if model in (None, DEFAULT_MODEL):
+        target = _default_target(cache)
+        if not convert and not _is_converted(target):
+            return None
+        return _folder_fingerprint(converted_default_model(cache))
+    local = Path(model).expanduser()
+    if local.is_dir():
+        return _folder_fingerprint(local)
+    revision = _hub_revision(model)
+    return f"hub:{model}@{revision}" if revision else None
+
+
+def _default_target(cache) -> Path:
+    return cache_dir(cache) / "models" / "SmolLM2-135M-Instruct-f32"
+
+
+def _is_converted(target: Path) -> bool:
+    return (target / "config.json").exists() and bool(list(target.glob("*.safetensors")))
+
+
 def converted_default_model(cache: str | os.PathLike | None = None) -> Path:
     """The default model as a float32 safetensors folder, converting the GGUF once.
 
     The conversion writes into a temporary folder beside the target and renames it,
     so an interrupted conversion leaves nothing half-written behind.
     """
-    target = cache_dir(cache) / "models" / "SmolLM2-135M-Instruct-f32"
-    if (target / "config.json").exists() and list(target.glob("*.safetensors")):
+    target = _default_target(cache)
+    if _is_converted(target):
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -209,6 +250,12 @@ def load_model(model: str | None = None, *, dtype: str = "float32", device: str 
     else:
         path, model_id = model, model
     local = Path(path).expanduser()
+    if not local.exists() and _hub_revision(model_id) is None and not _hub_reachable():
+        raise ModelError(
+            f"Could not load the model {model!r}: there is no such local folder, it is not in the "
+            "Hugging Face cache, and the hub cannot be reached from here.\n"
+            "Without network access, use the default model (leave out --model) or pass a local "
+            "folder holding config.json, the tokenizer and *.safetensors weights.")
     kwargs = dict(dtype=DTYPES[dtype], attn_implementation="eager")
     if device == "auto":
         kwargs["device_map"] = "auto"
@@ -225,9 +272,19 @@ def load_model(model: str | None = None, *, dtype: str = "float32", device: str 
         hf = hf.to(device)
     hf.eval()
     check_architecture(hf)
-    if local.is_dir():
-        fingerprint = _folder_fingerprint(local)
-    else:
-        revision = getattr(hf.config, "_commit_hash", None)
-        fingerprint = f"hub:{revision}" if revision else "hub:unknown-revision"
-    return LoadedModel(hf=hf, tokenizer=tok, info=model_info(hf, model_id, fingerprint))
+    fp = fingerprint(model, cache) or f"hub:{model_id}@{getattr(hf.config, '_commit_hash', None) or 'unknown'}"
+    return LoadedModel(hf=hf, tokenizer=tok, info=model_info(hf, model_id, fp))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all: offline, we say so at once instead of letting
+    the download retry for most of a minute."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from .files import atomic_write
 
-DEFAULT_PROMPTS = Path("prompts/gallery.toml")
 RESERVED_IDS = {"index", "static", "data", "thumbs", "p"}
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
@@ -38,21 +37,38 @@ FIELDS = {"id": str, "title": str, "text": str, "tags": list, "note": str, "grou
 REQUIRED = ("id", "title", "text")
 
 
+# A [[prompt]] header as TOML allows it: spaces inside the brackets, a comment after it.
+_HEADER = re.compile(r"^\s*\[\[\s*(prompt|\"prompt\"|'prompt')\s*\]\]\s*(#.*)?$")
+
+
 def _entry_lines(source: str) -> list[int]:
-    """1-based line of each [[prompt]] header, in order."""
-    return [i + 1 for i, line in enumerate(source.split("\n")) if line.strip().startswith("[[prompt]]")]
+    """1-based line of each [[prompt]] header, in order (TOML counts only \\n as a line end)."""
+    return [i + 1 for i, line in enumerate(source.split("\n")) if _HEADER.match(line)]
 
 
 def load_prompts(path: str | Path) -> list[Prompt]:
     path = Path(path)
     try:
-        source = path.read_text(encoding="utf-8")
+        source = path.read_text(encoding="utf-8-sig")          # a UTF-8 BOM is fine
     except FileNotFoundError:
         raise PromptError(f"{path}: no such prompts file. Create it, or add a prompt with "
                           f"`infoflow add \"text\" --title ... --prompts {path}`.")
     except UnicodeDecodeError as e:
-        raise PromptError(f"{path}: not UTF-8 text ({e}). Save the file as UTF-8.")
-    return parse_prompts(source, str(path))
+        line = source_line_of(path.read_bytes(), e.start)
+        raise PromptError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line} cannot be "
+                          "decoded). Save the file as UTF-8.")
+    except IsADirectoryError:
+        raise PromptError(f"{path}: is a folder; --prompts takes a TOML file.")
+    prompts = parse_prompts(source, str(path))
+    if not prompts:
+        raise PromptError(f"{path}: has no prompts (no [[prompt]] table). Add one with "
+                          f"`infoflow add \"text\" --prompts {path}`, or write a [[prompt]] table with "
+                          "id, title and text (see README.md).")
+    return prompts
+
+
+def source_line_of(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
 
 
 def parse_prompts(source: str, name: str = "<prompts>") -> list[Prompt]:
@@ -165,8 +181,14 @@ def add_prompt(path: str | Path, *, text: str, title: str, tags: list[str], note
     import tomlkit
 
     path = Path(path)
-    source = path.read_text(encoding="utf-8") if path.exists() else (
-        "# infoflow prompts: one [[prompt]] table each (see README.md).\n")
+    raw = path.read_bytes() if path.exists() else (
+        b"# infoflow prompts: one [[prompt]] table each (see README.md).\n")
+    bom = b"\xef\xbb\xbf" if raw.startswith(b"\xef\xbb\xbf") else b""
+    try:
+        source = raw[len(bom):].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PromptError(f"{path}: not UTF-8 text (line {source_line_of(raw, e.start + len(bom))}); "
+                          "save it as UTF-8 before adding to it.")
     existing = parse_prompts(source, str(path)) if source.strip() else []
     ids = {p.id for p in existing}
     if pid is not None and pid in ids:
@@ -192,5 +214,5 @@ def add_prompt(path: str | Path, *, text: str, title: str, tags: list[str], note
     addition.append("prompt", aot)
     text_out = (source.rstrip("\n") + "\n\n" if source.strip() else source) + tomlkit.dumps(addition)
     parse_prompts(text_out, str(path))          # never write a file we could not read back
-    atomic_write(path, text_out)
+    atomic_write(path, bom + text_out.encode("utf-8"))     # keeps the file's mode and BOM
     return new

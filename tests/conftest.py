@@ -106,14 +106,15 @@ def test_cache(tmp_path_factory, default_model):
 @pytest.fixture(scope="session")
 def gallery(tmp_path_factory, test_cache):
     """A 3-prompt gallery (one hostile) built once with the real default model."""
-    from infoflow.build import BuildOptions, build
+    from infoflow.build import build
+    from infoflow.config import SiteConfig
 
     root = tmp_path_factory.mktemp("gallery")
     prompts = root / "prompts.toml"
     prompts.write_text(TEST_PROMPTS, encoding="utf-8")
-    opts = BuildOptions(prompts=prompts, out=root / "site", cache=str(test_cache), progress=False)
-    summary = build(opts)
-    return {"opts": opts, "summary": summary, "site": root / "site", "prompts": prompts}
+    cfg = SiteConfig(prompts=prompts, out=root / "site", cache=str(test_cache))
+    summary = build(cfg, progress=False)
+    return {"cfg": cfg, "summary": summary, "site": root / "site", "prompts": prompts}
 
 
 @pytest.fixture(scope="session")

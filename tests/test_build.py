@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import infoflow
-from infoflow.build import BuildOptions, build
+from infoflow.build import build
+from infoflow.config import SiteConfig
 from infoflow.datafile import DataFileError
 from infoflow.prompts import add_prompt
 
@@ -57,8 +58,8 @@ def test_load_matches_engine(gallery, default_model):
 
 
 def test_second_build_computes_nothing(gallery, tmp_path):
-    opts = gallery["opts"]
-    again = build(BuildOptions(prompts=opts.prompts, out=tmp_path / "site", cache=opts.cache, progress=False))
+    cfg = gallery["cfg"]
+    again = build(SiteConfig(prompts=cfg.prompts, out=tmp_path / "site", cache=cfg.cache), progress=False)
     assert again.computed == [] and sorted(again.reused) == ["capital", "hostile", "ioi"]
     assert not again.model_loaded
     first = sorted(p.name for p in (gallery["site"] / "data").iterdir())
@@ -66,13 +67,13 @@ def test_second_build_computes_nothing(gallery, tmp_path):
 
 
 def test_adding_a_prompt_recomputes_only_it(gallery, tmp_path):
-    opts = gallery["opts"]
+    cfg = gallery["cfg"]
     prompts = tmp_path / "prompts.toml"
-    shutil.copy(opts.prompts, prompts)
+    shutil.copy(cfg.prompts, prompts)
     before = prompts.read_text()
     add_prompt(prompts, text="One, two, three,", title="Counting", tags=["lists"])
     assert prompts.read_text().startswith(before.rstrip("\n"))                 # comments, layout kept
-    summary = build(BuildOptions(prompts=prompts, out=tmp_path / "site", cache=opts.cache, progress=False))
+    summary = build(SiteConfig(prompts=prompts, out=tmp_path / "site", cache=cfg.cache), progress=False)
     assert summary.computed == ["counting"] and len(summary.reused) == 3
 
 
@@ -106,22 +107,22 @@ def test_corrupt_data_file_is_reported(tmp_path, gallery_site):
 
 def test_two_shards_and_merge_equal_single_build(gallery, tmp_path):
     from infoflow.build import merge_shards
-    opts = gallery["opts"]
+    cfg = gallery["cfg"]
     caches = []
     for i in range(2):
         cache = tmp_path / f"shard{i}"
         cache.mkdir()
-        (cache / "models").symlink_to(Path(opts.cache) / "models", target_is_directory=True)
-        summary = build(BuildOptions(prompts=opts.prompts, out=tmp_path / "unused", cache=str(cache),
-                                     shard=(i, 2), progress=False))
+        (cache / "models").symlink_to(Path(cfg.cache) / "models", target_is_directory=True)
+        summary = build(SiteConfig(prompts=cfg.prompts, out=tmp_path / "unused", cache=str(cache)),
+                        shard=(i, 2), progress=False)
         assert len(summary.computed) == (2 if i == 0 else 1)
         caches.append(cache)
     assert not (tmp_path / "unused").exists()                    # shards write no site
     merged = tmp_path / "merged"
     merged.mkdir()
-    (merged / "models").symlink_to(Path(opts.cache) / "models", target_is_directory=True)
-    summary = merge_shards(caches, BuildOptions(prompts=opts.prompts, out=tmp_path / "site",
-                                                cache=str(merged), progress=False))
+    (merged / "models").symlink_to(Path(cfg.cache) / "models", target_is_directory=True)
+    summary = merge_shards(caches, SiteConfig(prompts=cfg.prompts, out=tmp_path / "site", cache=str(merged)),
+                           progress=False)
     assert summary.computed == [] and not summary.model_loaded
     single = {p.name: p.read_bytes() for p in (gallery["site"] / "data").glob("*.msgpack")}
     sharded = {p.name: p.read_bytes() for p in (tmp_path / "site" / "data").glob("*.msgpack")}

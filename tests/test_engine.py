@@ -137,9 +137,13 @@ def test_memory_budget_refuses_with_estimate():
     lm = tiny_model("gqa")
     with pytest.raises(InputError, match=r"needs about .* GiB.*budget of .*--max-memory"):
         decompose(PROMPT, lm, max_memory=1000)
-    d = decompose(PROMPT, lm)
-    est = d.timings["estimate"]
-    assert est["bytes"] > 0 and est["macs"] > 0
+    est32 = decompose(PROMPT, lm).timings["estimate"]
+    est64 = decompose(PROMPT, lm, dtype="float64").timings["estimate"]
+    assert est64["macs"] == est32["macs"] and est64["bytes"] > est32["bytes"]   # float64 needs more
+    between = (est32["bytes"] + est64["bytes"]) // 2
+    decompose(PROMPT, lm, max_memory=between)
+    with pytest.raises(InputError, match="--max-memory"):
+        decompose(PROMPT, lm, dtype="float64", max_memory=between)
 
 
 @pytest.mark.parametrize("kind", ["gqa", "llama-bias", "qwen2"])

@@ -1,0 +1,63 @@
+"""The result of one decomposition, as plain numpy arrays: no torch, no model.
+
+`infoflow.load` builds these from data files, so reading a file never imports torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import __version__
+
+
+@dataclass
+class Decomposition:
+    """Everything infoflow keeps from one prompt. (L,P,G) arrays are [layer, position, source].
+
+    Sources are tokens, or groups of tokens, plus a final "bias" source for models with
+    biases. Entries with source > position are zero.
+    """
+    prompt: str
+    tokens: list[str]                  # (P,) display strings
+    token_ids: np.ndarray              # (P,)
+    sources: list[str]                 # (G,) labels of the source axis
+    groups: np.ndarray                 # (P,) group index of each token (identity for "tokens")
+    grouping: str                      # "tokens", "words" or "custom"
+    attn_norm: np.ndarray              # (L,P,G) ‖part of the residual from s‖ after attention
+    mlp_norm: np.ndarray               # (L,P,G) ... after the MLP
+    attn_delta_norm: np.ndarray        # (L,P,G) ‖what the attention block wrote for s‖
+    mlp_delta_norm: np.ndarray         # (L,P,G)
+    attn_proj: np.ndarray              # (L,P,G) ⟨c_s, r⟩/‖r‖², sums to 1 over s
+    mlp_proj: np.ndarray               # (L,P,G)
+    embed_norm: np.ndarray             # (P,)
+    pred_ids: np.ndarray               # (P,k) top next tokens
+    pred_probs: np.ndarray             # (P,k)
+    pred_logits: np.ndarray            # (P,k)
+    logit_attr: np.ndarray             # (P,k,G) per-source logit, sums to pred_logits
+    recon_error: np.ndarray            # (L,2) max_p ‖Σ_s c − r‖/‖r‖, [attn, mlp]
+    logit_error: float                 # max |logits(Σ_s c) − logits|
+    lens_ids: np.ndarray | None        # (L,2,P,k) logit lens at every cell
+    lens_probs: np.ndarray | None      # (L,2,P,k)
+    token_text: dict[int, str]         # display string of every id in pred_ids / lens_ids
+    model: dict                        # id, fingerprint, layers, d_model, heads, dtype
+    precision: str                     # the decomposition's float type
+    version: str = __version__
+    has_bias: bool = False
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return self.attn_norm.shape[0]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def worst_recon_error(self) -> float:
+        return float(self.recon_error.max())
+
+    def top_prediction(self, position: int = -1) -> tuple[str, float]:
+        i = int(self.pred_ids[position, 0])
+        return self.token_text[i], float(self.pred_probs[position, 0])
