@@ -135,3 +135,58 @@ def test_heads_off_by_default_and_do_not_change_the_rest():
     for name in ("norm", "delta_norm", "proj"):
         assert torch.equal(getattr(plain.stats[0], name), getattr(with_heads.stats[0], name))
     assert torch.equal(plain.final, with_heads.final)
+
+
+# --------------------------------------------------------------------- decompose() and the data files
+
+
+def test_decompose_heads_and_patterns_match_naive():
+    from infoflow import decompose
+    lm = tiny_model("llama-bias")
+    d = decompose(PROMPT, lm, dtype="float64")
+    ref = naive_decompose(lm.hf, torch.tensor([d.token_ids.tolist()]))
+    want = naive_head_stats(ref)
+    assert d.heads.labels == ["0", "1", "2", "3", "o_proj bias"]
+    assert rel(d.heads.norm, want["norm"].numpy()) <= 1e-5
+    assert rel(d.heads.write_proj, want["write_proj"].numpy()) <= 1e-5
+    pat = torch.stack(ref["rec"]["pat"]).numpy()                   # (L, H, P, P) from plain hooks
+    assert d.heads.pattern.shape == pat.shape and np.abs(d.heads.pattern - pat).max() <= 1e-6
+    assert decompose(PROMPT, lm, heads=False).heads is None
+
+
+def test_heads_file_round_trip_and_main_file_unchanged(tmp_path):
+    """Per-head data goes to its own file; the main file's bytes are those of a build without it."""
+    import msgpack
+
+    from infoflow import load
+    from infoflow.datafile import content_hash, encode, heads_page_bytes, heads_path, page_bytes
+    from infoflow.decompose import decompose_variants
+    lm = tiny_model("qwen2")
+    groups = [0, 0, 1, 1, 1, 2, 3, 3, 3, 3, 3]
+    res = decompose_variants(PROMPT, lm, {"tokens": None, "words": "words", "prompt": groups})
+    meta = {"id": "t", "title": "t", "text": PROMPT, "tags": [], "note": None, "chat": False}
+    with_heads = msgpack.unpackb(encode(res, meta, heads=True, built="x"), raw=False, strict_map_key=False)
+    without = msgpack.unpackb(encode(res, meta, heads=False, built="x"), raw=False, strict_map_key=False)
+    body, _ = page_bytes(with_heads, meta)
+    assert body == page_bytes(without, meta)[0]
+    main = tmp_path / f"t.{content_hash(body)}.msgpack"
+    main.write_bytes(body)
+    heads_path(main).write_bytes(heads_page_bytes(with_heads, main.name))
+    for name in ("tokens", "words", "prompt"):
+        d, want = load(main, name), res[name].heads
+        assert d.head_data is not None and callable(d.head_data)       # nothing read yet
+        h = d.heads
+        assert h.labels == want.labels
+        for key, signed in (("norm", False), ("proj", True)):
+            got, exact = getattr(h, key), getattr(want, key)
+            step = np.abs(exact).max(-1, keepdims=True) / (254 if signed else 510)
+            assert np.all(np.abs(got - exact) <= step * 1.0001 + 1e-12), key   # the stated bound
+        assert np.array_equal(h.write_norm, want.write_norm) and np.array_equal(h.write_proj, want.write_proj)
+        assert np.all(np.abs(h.pattern - want.pattern) <= want.pattern.max(-1, keepdims=True) / 510 + 1e-7)
+    # a companion that belongs to another main file is refused
+    other = tmp_path / "u.000000000000.msgpack"
+    other.write_bytes(body)
+    heads_path(other).write_bytes(heads_path(main).read_bytes())
+    from infoflow.datafile import DataFileError
+    with pytest.raises(DataFileError, match="belongs to"):
+        load(other).heads
