@@ -170,11 +170,11 @@ def heads_document(variants: dict[str, Decomposition]) -> dict:
         h, rows, tail = d.heads, row_lengths(d.groups), int(d.has_bias)
         out.append({"name": name,
                     "norm": encode_tril(h.norm, rows, tail, signed=False),
-                    "proj": encode_tril(h.proj, rows, tail, signed=True),
-                    "write_norm": encode_array(h.write_norm, "f32"),
-                    "write_proj": encode_array(h.write_proj, "f32")})
+                    "proj": encode_tril(h.proj, rows, tail, signed=True)})
     return {"schema": SCHEMA, "kind": "heads", "layers": L, "heads": H, "positions": P,
             "labels": list(hb.labels),
+            "write_norm": encode_array(hb.write_norm, "f32"),      # the same for every grouping
+            "write_proj": encode_array(hb.write_proj, "f32"),
             "pattern": encode_tril(hb.pattern, list(range(1, P + 1)), 0, signed=False),
             "variants": out}
 
@@ -210,7 +210,7 @@ def load_heads(main: str | Path, name: str = "tokens") -> Heads:
             raise DataFileError(f"{path}: no variant {name!r}; it has {sorted(by_name)}")
         v = by_name[by_name[name]["same_as"]] if "same_as" in by_name[name] else by_name[name]
         return Heads(labels=list(doc["labels"]), norm=decode_array(v["norm"]), proj=decode_array(v["proj"]),
-                     write_norm=decode_array(v["write_norm"]), write_proj=decode_array(v["write_proj"]),
+                     write_norm=decode_array(doc["write_norm"]), write_proj=decode_array(doc["write_proj"]),
                      pattern=decode_array(doc["pattern"]))
     except (KeyError, TypeError, IndexError) as e:
         raise DataFileError(f"{path}: missing or malformed field {e}") from e
