@@ -262,6 +262,7 @@ function heatMap(v, HD, H, pin) {
   const ramp = signed ? v.divRamp : v.seqRamp;
   const readout = el("p", { class: "heads-readout mono", "aria-live": "polite", text: "Hover a cell for its value." });
   const table = el("table", { class: "heads-map", "aria-label": `Heads by sources at layer ${l} attention, position ${p}` });
+  table.style.borderCollapse = "collapse";
   table.append(el("tr", {}, el("th", { text: "head" }), ...shown.map((src) => el("th", { class: "mono", text: labels[src], title: labels[src] })),
     el("th", { text: signed ? "share of r" : "‖write‖", title: "the head's whole write at this position, all sources (f32)" })));
   const pick = v.headPick && v.headPick.l === l && v.headPick.p === p ? v.headPick.h : -1;
@@ -269,10 +270,12 @@ function heatMap(v, HD, H, pin) {
     const row = (l * Hx + h) * P + p, step = qz.scale[row] / qz.q;
     const name = headName(HD, l, h);
     const tr = el("tr", { class: h === pick ? "is-picked" : "", "data-head": h, title: h < HD.H ? `Show head ${name}'s attention pattern` : "" },
-      el("th", { class: "mono", text: name }));
+      el("th", { class: "mono", text: (h === pick ? "\u25b8 " : "") + name }));
+    if (h < HD.H) tr.style.cursor = "pointer";
     for (const src of shown) {
       const x = arr[row * G + src];
       const td = el("td", { "data-src": src });
+      Object.assign(td.style, { minWidth: "2.2em", height: "1.3em", border: "1px solid var(--canvas-bg, #fff)", cursor: "crosshair" });
       td.style.background = ramp[rampIndex(max > 0 ? x / max : 0, signed ? -1 : 0, 1, ramp.length)];
       const what = signed ? "⟨part, r⟩/‖r‖²" : "‖part‖";
       const text = `head ${name} × ${labels[src]}: ${what} = ${fmtStored(x, step)} (stored in 8 bits: within ±${fmtStored(step / 2, step / 10)})`;
@@ -308,6 +311,7 @@ function patternBox(v, HD, l, h, p) {
     const items = [...bySource.entries()].sort((a, b) => b[1] - a[1]);
     const top = items.slice(0, TOP_KEYS), rest = items.slice(TOP_KEYS).reduce((x, [, w]) => x + w, 0);
     const list = el("div", { class: "attr-chart", role: "table", "aria-label": `Head ${l}.${h}'s attention from position ${p}` });
+    list.style.gridTemplateColumns = "minmax(80px, 1.2fr) 2fr 56px";
     const add = (label, w, src) => {
       const bar = el("span", { class: "attr-bar" });
       bar.style.width = fmtPct(Math.max(0, Math.min(1, w)));
