@@ -33,7 +33,7 @@ def _ioi_heads(gallery_site):
 def test_trace_head_colours_each_position_by_the_heads_share(site_server, page, pages, gallery_site):  # noqa: F811
     entry, heads = _ioi_heads(gallery_site)
     L, Hx, P = heads.write_norm.shape
-    share = heads.write_norm / heads.write_norm.sum(1, keepdims=True)         # (L, H', P)
+XX
     l, h = np.unravel_index(np.argmax(share[:, :, -1]), share[:, :, -1].shape)  # the head that writes most at the end
     l, h = int(l), int(h)
     requested = []
@@ -44,9 +44,11 @@ def test_trace_head_colours_each_position_by_the_heads_share(site_server, page, 
     assert any(u.endswith(".heads.msgpack") for u in requested)
     assert f"th={l}.{h}" in page.evaluate("() => window.infoflowViewer.hash")
     ramp = page.evaluate("() => window.infoflowViewer.viewer.seqRamp")
+    top = float(share[l, h].max())                     # the ramp ends at the head's largest share
     for p in sorted({1, P // 3, P // 2, P - 2, P - 1}):
-        want = ramp[round(float(share[l, h, p]) * (len(ramp) - 1))]
+        want = ramp[round(float(share[l, h, p]) / top * (len(ramp) - 1))]
         assert page.evaluate(PIXEL, [l, 0, p]) == want.lower(), (l, h, p, share[l, h, p])
+    assert f"{100 * top:.1f}%" in page.text_content("#grid-caption")
     # the head writes only in its own layer's attention row: the next row holds no colour of the ramp
     other = (l + 1) % L
     assert page.evaluate(PIXEL, [other, 0, P - 1]) not in {c.lower() for c in ramp}
@@ -55,10 +57,12 @@ def test_trace_head_colours_each_position_by_the_heads_share(site_server, page, 
     page.wait_for_function("() => window.infoflowViewer.idle")
     page.evaluate("() => window.infoflowViewer.grid.flush()")
     div = page.evaluate("() => window.infoflowViewer.viewer.divRamp")
-    signed = heads.write_proj / np.abs(heads.write_proj).sum(1, keepdims=True)
-    p = P - 1
-    want = div[round((float(signed[l, h, p]) + 1) / 2 * (len(div) - 1))]
-    assert page.evaluate(PIXEL, [l, 0, p]) == want.lower()
+    wp = heads.write_proj.astype(np.float64)
+    signed = wp / np.abs(wp).sum(1, keepdims=True)
+    top = float(np.abs(signed[l, h]).max())
+    for p in (P // 2, P - 1):
+        want = div[round((float(signed[l, h, p]) / top + 1) / 2 * (len(div) - 1))]
+        assert page.evaluate(PIXEL, [l, 0, p]) == want.lower(), (p, signed[l, h, p], top)
 
 
 def test_first_draw_does_not_fetch_heads_and_the_pinned_cell_map_shows_stored_values(site_server, page, pages, gallery_site):  # noqa: F811

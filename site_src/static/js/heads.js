@@ -156,7 +156,22 @@ export function headShare(HD, signed, l, h, p, P) {
   return sum > 0 ? a[(l * HD.Hx + h) * P + p] / sum : 0;
 }
 
-/** The trace-head grid (batches as compute.js makes them), [] while loading, null when off. */
+/** The traced head's shares at every position, and the largest |share|: the ramp's end. */
+export function traceHeadShares(HD, signed, l, h, P) {
+  const shares = new Float32Array(P);
+  let top = 0;
+  for (let p = 0; p < P; p++) {
+    shares[p] = headShare(HD, signed, l, h, p, P);
+    top = Math.max(top, Math.abs(shares[p]));
+  }
+  return { shares, top };
+}
+
+/**
+ * The trace-head grid (batches as compute.js makes them), [] while loading, null when off.
+ * The ramp runs from 0 (or −top) to `top`, the head's largest |share| at any position, so a
+ * head that never takes more than 1/H of the write is still readable; the legend says `top`.
+ */
 export function headBatches(v) {
   const s = v.state;
   if (!s.head) return null;
@@ -166,10 +181,11 @@ export function headBatches(v) {
   if (l >= L || h >= HD.Hx) return [];
   const signed = s.metric === "proj";
   const ramp = signed ? v.divRamp : v.seqRamp;
+  const { shares, top } = traceHeadShares(HD, signed, l, h, P);
   const batches = ramp.map((color) => ({ color, source: -1, items: new Float32Array(5 * P), n: 0 }));
   for (let p = 0; p < P; p++) {
-    const share = headShare(HD, signed, l, h, p, P);
-    const b = batches[rampIndex(share, signed ? -1 : 0, 1, ramp.length)];
+    const x = top > 0 ? shares[p] / top : 0;
+    const b = batches[rampIndex(x, signed ? -1 : 0, 1, ramp.length)];
     b.items.set([(2 * l) * P + p, 0, 1, 0, 1], 5 * b.n++);
   }
   return batches.filter((b) => b.n);
@@ -196,16 +212,29 @@ function swatchRamp(ramp, lo, hi) {
   return el("span", {}, el("span", { text: `${lo} ` }), bar, el("span", { text: ` ${hi}` }));
 }
 
-function renderTraceHead(v, HD, frag) {
+/** The trace-head legend: what a cell's colour is, and the ramp's ends. */
+function traceHeadLegend(v, HD, tag = "p") {
   const { l, h } = v.state.head, signed = v.state.metric === "proj";
-  frag.append(el("p", { class: "heads-trace" },
+  const { top } = traceHeadShares(HD, signed, l, h, v.D.P);
+  return el(tag, { class: "heads-trace" },
     el("strong", { text: `Trace head ${headName(HD, l, h)}: ` }),
     el("span", { text: signed
-      ? "each cell of layer " + l + "'s attention row is the head's signed share of that block's write, ⟨write_h, r⟩ / Σ_h |⟨write_h, r⟩|; "
-      : "each cell of layer " + l + "'s attention row is the head's share of that block's write, ‖write_h‖ / Σ_h ‖write_h‖; " }),
-    el("span", { text: "the head writes nowhere else, so the other rows are empty. " }),
-    swatchRamp(signed ? v.divRamp : v.seqRamp, signed ? "\u22121" : "0%", signed ? "+1" : "100%"), " ",
-    el("button", { type: "button", class: "heads-untrace", text: "End trace head", onclick: () => v.set({ head: null }) })));
+      ? `each cell of layer ${l}'s attention row is this head's signed share of the block's write, ⟨write_h, r⟩ / Σ_h |⟨write_h, r⟩| (r: the residual after the block); `
+      : `each cell of layer ${l}'s attention row is this head's share of the block's write, ‖write_h‖ / Σ_h ‖write_h‖ (${HD.Hx} heads); ` }),
+    el("span", { text: "a head writes only in its own layer, so every other row is empty. " }),
+    swatchRamp(signed ? v.divRamp : v.seqRamp, signed ? `\u2212${fmtPct(top)}` : "0%", fmtPct(top)),
+    el("span", { class: "muted", text: " (the ramp ends at this head's largest share) " }),
+    el("button", { type: "button", class: "heads-untrace", text: "End trace head", onclick: () => v.set({ head: null }) }));
+}
+
+function renderTraceHead(v, HD, frag) { frag.append(traceHeadLegend(v, HD)); }
+
+/** In trace-head mode the caption under the grid explains the heat map (runs after the caption panel). */
+function renderCaption(v, box) {
+  if (!v.state.head || !box) return;
+  const got = heads(v);
+  box.replaceChildren(got ? traceHeadLegend(v, got.HD, "span")
+    : el("span", { text: v.headState && v.headState.error ? v.headState.error : "Trace head: loading the per-head data…" }));
 }
 
 function render(v, box) {
@@ -264,13 +293,15 @@ function heatMap(v, HD, H, pin) {
   const table = el("table", { class: "heads-map", "aria-label": `Heads by sources at layer ${l} attention, position ${p}` });
   table.style.borderCollapse = "collapse";
   table.append(el("tr", {}, el("th", { text: "head" }), ...shown.map((src) => el("th", { class: "mono", text: labels[src], title: labels[src] })),
-    el("th", { text: signed ? "share of r" : "‖write‖", title: "the head's whole write at this position, all sources (f32)" })));
+    el("th", { text: "all", title: signed ? "the head's whole write at this position, all sources: ⟨write_h, r⟩/‖r‖² (float32)"
+      : "the head's whole write at this position, all sources: ‖write_h‖ (float32)" })));
   const pick = v.headPick && v.headPick.l === l && v.headPick.p === p ? v.headPick.h : -1;
   for (let h = 0; h < Hx; h++) {
     const row = (l * Hx + h) * P + p, step = qz.scale[row] / qz.q;
     const name = headName(HD, l, h);
     const tr = el("tr", { class: h === pick ? "is-picked" : "", "data-head": h, title: h < HD.H ? `Show head ${name}'s attention pattern` : "" },
-      el("th", { class: "mono", text: (h === pick ? "\u25b8 " : "") + name }));
+      el("th", { class: "mono", text: (h === pick ? "\u25b8\u00a0" : "") + name }));
+    tr.firstChild.style.whiteSpace = "nowrap";
     if (h < HD.H) tr.style.cursor = "pointer";
     for (const src of shown) {
       const x = arr[row * G + src];
@@ -284,7 +315,7 @@ function heatMap(v, HD, H, pin) {
       tr.append(td);
     }
     const whole = (signed ? HD.writeProj : HD.writeNorm)[row];
-    tr.append(el("td", { class: "num", text: signed ? whole.toFixed(4) : whole.toPrecision(4) }));
+    tr.append(el("td", { class: "num", text: signed ? whole.toFixed(3) : whole.toPrecision(3) }));
     if (h < HD.H) tr.addEventListener("click", () => { v.headPick = { l, p, h }; v.set({}, { push: false, changed: ["heads"] }); });
     table.append(tr);
   }
@@ -333,3 +364,5 @@ function patternBox(v, HD, l, h, p) {
 }
 
 registerPanel({ id: "heads", title: "Heads", deps: ["pin", "variant", "custom", "metric", "head", "heads", "theme"], render });
+registerPanel({ id: "heads-caption", deps: ["colors", "head", "heads", "metric"], render: renderCaption,
+  box: () => document.getElementById("grid-caption") });
