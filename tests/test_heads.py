@@ -190,3 +190,25 @@ def test_heads_file_round_trip_and_main_file_unchanged(tmp_path):
     from infoflow.datafile import DataFileError
     with pytest.raises(DataFileError, match="belongs to"):
         load(other).heads
+
+
+# --------------------------------------------------------------------- the real model: the gallery notes
+
+
+def test_default_model_name_movers_and_induction_heads(default_model):
+    """What prompts/gallery.toml's notes say about heads, measured again on the real model."""
+    from infoflow import decompose
+    d = decompose("When Mary and John went to the store, John gave a drink to", default_model, logit_lens=False)
+    P, mary = d.n_tokens, d.tokens.index(" Mary")
+    assert d.worst_recon_error <= 1e-4
+    share = d.heads.proj[:, :, P - 1, mary]                         # (L, H) signed share of ' Mary'
+    best = sorted(((share[l, h], l, h) for l in range(d.n_layers) for h in range(9)), reverse=True)[:3]
+    assert {(l, h) for _, l, h in best} == {(23, 0), (23, 1), (23, 7)}
+    assert abs(share[23].sum() - 0.096) < 0.005 and share[24, 4] < -0.005
+    assert d.heads.pattern[23, 0, P - 1, mary] > 0.6 and d.heads.pattern[24, 4, P - 1, mary] > 0.75
+    d = decompose("zq blorf vint kex muda. zq blorf vint kex", default_model, logit_lens=False)
+    P = d.n_tokens
+    target = max(i for i in range(P - 1) if d.tokens[i] == d.tokens[-1]) + 1     # after the earlier 'x'
+    att = d.heads.pattern[:, :, P - 1, target]
+    assert att[17, 4] > 0.9 and att[18, 6] > 0.9
+    assert np.unravel_index(np.argmax(d.heads.proj[:, :, P - 1, target]), att.shape) == (18, 6)

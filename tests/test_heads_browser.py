@@ -33,7 +33,8 @@ def _ioi_heads(gallery_site):
 def test_trace_head_colours_each_position_by_the_heads_share(site_server, page, pages, gallery_site):  # noqa: F811
     entry, heads = _ioi_heads(gallery_site)
     L, Hx, P = heads.write_norm.shape
-XX
+    wn = heads.write_norm.astype(np.float64)
+    share = wn / wn.sum(1, keepdims=True)                                    # (L, H', P)
     l, h = np.unravel_index(np.argmax(share[:, :, -1]), share[:, :, -1].shape)  # the head that writes most at the end
     l, h = int(l), int(h)
     requested = []
