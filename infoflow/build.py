@@ -47,9 +47,12 @@ class BuildError(Exception):
 # ----------------------------------------------------------------------------- cache
 
 
+CACHE_FORMAT = 2     # 2: entries are [key, document] (datafile.pack_entry); 1-entries are never read
+
+
 def result_key(model_fingerprint: str, p: Prompt, cfg: SiteConfig) -> str:
     blob = json.dumps([f"{model_fingerprint}:{cfg.dtype}", p.text, p.chat, p.groups, ENGINE_VERSION, SCHEMA,
-                       cfg.top_k], ensure_ascii=False)
+                       cfg.top_k, CACHE_FORMAT], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

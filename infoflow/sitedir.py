@@ -63,12 +63,22 @@ def check_replaceable(out: Path) -> None:
     with os.scandir(out) as it:
         if next(it, None) is None:
             return                                        # empty
-    if read_marker(out) is not None:
+    if read_marker(out) is not None or _legacy_site(out):
         return
     raise SiteDirError(
         f"--out {out}: this folder is not empty and was not written by `infoflow build` (it has no "
         f"{MARKER}); building there would delete its files. Choose another --out, or empty or "
         "remove the folder yourself.")
+
+
+def _legacy_site(out: Path) -> bool:
+    """A site written by infoflow 0.1 before the marker existed: its manifest has our three keys."""
+    try:
+        manifest = json.loads((out / "data" / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and set(manifest) == {"schema", "site", "prompts"}
+            and (out / "index.html").is_file())
 
 
 def resolve_out(out: Path) -> Path:

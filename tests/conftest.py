@@ -57,6 +57,16 @@ def tiny_model(kind: str = "gqa", layers: int = 2, seed: int = 0) -> LoadedModel
                        info=model_info(hf, f"tiny-{kind}", f"random-seed-{seed}"))
 
 
+SLOW_FIXTURES = {"default_model", "gallery", "gallery_site", "test_cache"}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that load the real model or build a real gallery are `slow` (deselect: -m "not slow")."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def default_model():
     """The real SmolLM2-135M-Instruct, converted once and shared by the whole session."""

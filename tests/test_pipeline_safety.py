@@ -480,3 +480,14 @@ def test_reading_a_data_file_imports_no_torch(gallery_site):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "heavy: []" in out
+
+
+def test_sites_from_before_the_marker_are_still_replaceable(tmp_path):
+    old = tmp_path / "old-site"
+    (old / "data").mkdir(parents=True)
+    (old / "index.html").write_text("<p>gallery</p>")
+    (old / "data" / "manifest.json").write_text('{"schema": 1, "site": {}, "prompts": []}')
+    sitedir.check_replaceable(old)
+    (old / "data" / "manifest.json").write_text('{"schema": 1, "pages": []}')    # someone else's manifest
+    with pytest.raises(sitedir.SiteDirError, match="not written by `infoflow build`"):
+        sitedir.check_replaceable(old)
