@@ -13,17 +13,22 @@ export function drawRowLabels(grid, ctx, g) {
   ctx.clip();
   ctx.textAlign = "right";
   ctx.textBaseline = "middle";
+  // which rows get a label (at least 10 px apart), then one font at a time
+  const rows = [];
   let lastY = Infinity;
   for (let r = 0; r < R; r++) {
     if (Number.isNaN(g.ry[r])) continue;
     const y = g.ry[r] + g.rh[r] / 2;
-    const l = r >> 1, k = r & 1;
     if (lastY - y < 10) continue;
-    const emph = (k === 0) === (grid.emph === "attn");
+    rows.push([r, y]);
+    lastY = y;
+  }
+  for (const emph of [true, false]) {
     ctx.font = `${emph ? "bold 10.5" : "9.5"}px system-ui, sans-serif`;
     ctx.fillStyle = emph ? C.fg : C.muted;
-    ctx.fillText(rowLabel(l, k), MARGIN.left - 6, y);
-    lastY = y;
+    for (const [r, y] of rows) {
+      if (((r & 1) === 0) === (grid.emph === "attn") === emph) ctx.fillText(rowLabel(r >> 1, r & 1), MARGIN.left - 6, y);
+    }
   }
   ctx.restore();
 }
@@ -57,6 +62,13 @@ export function drawTokenLabels(grid, ctx, g) {
   ctx.rect(MARGIN.left - 2, top - 3, grid.plotW + 4, MARGIN.bottom - 14);
   ctx.clip();
   const step = colW >= 9 ? 1 : Math.ceil(9 / colW);
+  // one font per style, set only when it changes (parsing a font string per label is slow)
+  const normal = `${Math.min(12, Math.max(9, colW * 0.9))}px system-ui, sans-serif`, bold = `bold ${normal}`;
+  let font = normal;
+  ctx.font = font;
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  const base = ctx.getTransform();
   for (let p = p0; p <= p1; p++) {
     const x = MARGIN.left + p * colW - grid.view.x;
     ctx.globalAlpha = d.tokenDim[p] ? 0.35 : 1;
@@ -68,17 +80,14 @@ export function drawTokenLabels(grid, ctx, g) {
     }
     const mark = p === d.tokenMark;
     if (p % step && !mark && p !== d.predPos) continue;
-    ctx.save();
+    if ((mark ? bold : normal) !== font) ctx.font = font = mark ? bold : normal;
     ctx.translate(x + cw / 2, top + 11);
     ctx.rotate(-Math.PI / 2.6);
-    ctx.textAlign = "right";
-    ctx.textBaseline = "middle";
-    ctx.font = `${mark ? "bold " : ""}${Math.min(12, Math.max(9, colW * 0.9))}px system-ui, sans-serif`;
     ctx.fillStyle = C.fg;
     const t = truncate(d.tokenLabels ? d.tokenLabels[p] : displayToken(d.tokens[p]));
     ctx.fillText(t, 0, 0);
     if (p === d.predPos) ctx.fillRect(-ctx.measureText(t).width, 6, ctx.measureText(t).width, 1.5);
-    ctx.restore();
+    ctx.setTransform(base);
   }
   ctx.globalAlpha = 1;
   ctx.restore();
