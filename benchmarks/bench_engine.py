@@ -13,7 +13,9 @@ measures, side by side in one process:
 * the naive per-query baseline below against the engine's `decompose_stack`, both on the
   same captured forward pass, decomposition only, with a check that they agree;
 * peak extra memory of `decompose_stack`, from torch's own allocator events
-  (torch.profiler with profile_memory=True: every CPU allocation and free, summed in order).
+  (torch.profiler with profile_memory=True: every CPU allocation and free, summed in order);
+* the cost of per-head attribution (issue 13): `decompose_stack` with and without
+  `heads=True` on the same captured pass, interleaved run by run (--heads-sizes, P = 64).
 
 Times are the best of --repeats runs after one warm-up; the machine may be shared, so the
 ratios (measured in the same run) are the figures to read.
@@ -182,9 +184,40 @@ def naive_decompose(captured: E.Captured, layers: list[E.LayerWeights]):
     return C, norms
 
 
-def engine_stack(captured, layers, P):
+def engine_stack(captured, layers, P, heads=False):
     tri = E.triangle(P, False)
-    return E.decompose_stack(captured, layers, tri, [None]), tri
+    return E.decompose_stack(captured, layers, tri, [None], heads=heads), tri
+
+
+def heads_cost(captured, layers, P, repeats: int) -> tuple[list[float], list[float]]:
+    """Engine time without and with heads=True, interleaved (A B B A ...) after one warm-up
+    each, so that both see the same load on the shared cores: (times without, times with)."""
+    run = {False: lambda: engine_stack(captured, layers, P), True: lambda: engine_stack(captured, layers, P, heads=True)}
+    run[False]()
+    run[True]()
+    times = {False: [], True: []}
+    cpu = {False: [], True: []}
+    inside = []                      # CPU time spent inside HeadStats.record, per run with heads
+    record, spent = E.HeadStats.record, [0.0]
+
+    def timed_record(self, *a, **k):
+        c = time.process_time()
+        record(self, *a, **k)
+        spent[0] += time.process_time() - c
+    E.HeadStats.record = timed_record
+    try:
+        for i in range(repeats):
+            for h in ((False, True) if i % 2 == 0 else (True, False)):
+                spent[0] = 0.0
+                t, c = time.perf_counter(), time.process_time()
+                run[h]()
+                times[h].append(time.perf_counter() - t)
+                cpu[h].append(time.process_time() - c)
+                if h:
+                    inside.append(spent[0] / cpu[h][-1])
+    finally:
+        E.HeadStats.record = record
+    return times[False], times[True], cpu[False], cpu[True], inside
 
 
 def agreement(captured, layers, P) -> str:
@@ -223,10 +256,12 @@ def peak_extra_bytes(fn) -> int:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 40, 64, 128])
-    ap.add_argument("--naive-sizes", type=int, nargs="+", default=[32, 40, 64])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[32, 40, 64, 128])
+    ap.add_argument("--naive-sizes", type=int, nargs="*", default=[32, 40, 64])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--naive-repeats", type=int, default=1)
+    ap.add_argument("--heads-sizes", type=int, nargs="*", default=[64])
+    ap.add_argument("--heads-repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="write the tables into docs/performance.md")
     args = ap.parse_args(argv)
@@ -243,7 +278,13 @@ def main(argv=None):
         print(s, flush=True)
         lines.append(s)
 
-    eng_rows, naive_rows, mem_rows, checks = [], [], [], []
+    eng_rows, naive_rows, mem_rows, checks, head_rows = [], [], [], [], []
+    for P in args.heads_sizes:
+        ids = lm.tokenizer(prompt_of(lm, P))["input_ids"]
+        captured = capture(_nnsight(lm), torch.tensor([ids]))
+        t_off, t_on, c_off, c_on, inside = heads_cost(captured, layers, P, args.heads_repeats)
+        head_rows.append((P, t_off, t_on, c_off, c_on, inside))
+        print(f"P={P} heads: {min(t_off):.3f} s without, {min(t_on):.3f} s with", flush=True)
     for P in args.sizes:
         prompt = prompt_of(lm, P)
         assert decompose(prompt, lm, logit_lens=False).n_tokens == P
@@ -296,37 +337,38 @@ def main(argv=None):
         f"V={m['V']}). Times: best of {args.repeats} after one warm-up (median in brackets).")
     out()
     gm = statistics.median(rate.samples)
-    sus = [r for row in eng_rows for r in row[8]]
-    out(f"Sustained sgemm (1 s windows of back-to-back 2048² matmuls before and after each timed "
-        f"run): {min(sus) / 1e9:.0f}–{max(sus) / 1e9:.0f} G multiply-adds/s, median "
-        f"{statistics.median(sus) / 1e9:.0f} G.")
-    out()
-    out("| P | T | `decompose(logit_lens=False)` | floor (a) | ratio: best burst / median burst / "
-        "paired sustained (best, median run) | default `decompose()` | floor (b) | ratio: best "
-        "burst / median burst / paired sustained (best, median run) | engine / logits / lens / "
-        "trace in the default call |")
-    out("|---|---|---|---|---|---|---|---|---|")
-    for P, t_dec, t_all, f_dec, f_all, tim, pr_dec, pr_all, _ in eng_rows:
-        T = P * (P + 1) // 2
-        out(f"| {P} | {T} | {min(t_dec):.3f} s ({statistics.median(t_dec):.3f}) | {f_dec / g:.3f} s | "
-            f"**{min(t_dec) / (f_dec / g):.2f}** / {min(t_dec) / (f_dec / gm):.2f} / "
-            f"{pr_dec[0]:.2f}, {statistics.median(pr_dec):.2f} | "
-            f"{min(t_all):.3f} s ({statistics.median(t_all):.3f}) | {f_all / g:.3f} s | "
-            f"**{min(t_all) / (f_all / g):.2f}** / {min(t_all) / (f_all / gm):.2f} / "
-            f"{pr_all[0]:.2f}, {statistics.median(pr_all):.2f} | "
-            f"{tim['decompose']:.2f} / {tim['logits']:.2f} / {tim.get('logit_lens', 0):.2f} / "
-            f"{tim['trace']:.2f} s |")
-    out()
-    out("Ratios: wall ÷ floor. *Best burst* divides by the single fastest 2048² sample of the "
-        "whole run (the strictest reading); *median burst* by the median sample; *paired "
-        "sustained* gives each timed run its own reference, the sustained rate measured just "
-        "before and after it, and lists the best and the median run.")
-    out()
-    out("Floor (a): Σ_layers [T·d·d_kv (values) + d·P(P+1)(P+2)/6 (causal head mixing) + T·d² "
-        "(o_proj) + 2·T·d·d_ff (MLP)] + P·d·V (reconstructed logits) + T·d·5P (logit attribution), "
-        "T = P(P+1)/2, in multiply-adds ÷ the best sgemm rate. Floor (b): (a) + 2·L·P·d·V (logit "
-        "lens at every cell). The wall time is the whole call, so it also holds the traced forward "
-        "pass, which neither floor counts.")
+    if eng_rows:
+        sus = [r for row in eng_rows for r in row[8]]
+        out(f"Sustained sgemm (1 s windows of back-to-back 2048² matmuls before and after each timed "
+            f"run): {min(sus) / 1e9:.0f}–{max(sus) / 1e9:.0f} G multiply-adds/s, median "
+            f"{statistics.median(sus) / 1e9:.0f} G.")
+        out()
+        out("| P | T | `decompose(logit_lens=False)` | floor (a) | ratio: best burst / median burst / "
+            "paired sustained (best, median run) | default `decompose()` | floor (b) | ratio: best "
+            "burst / median burst / paired sustained (best, median run) | engine / logits / lens / "
+            "trace in the default call |")
+        out("|---|---|---|---|---|---|---|---|---|")
+        for P, t_dec, t_all, f_dec, f_all, tim, pr_dec, pr_all, _ in eng_rows:
+            T = P * (P + 1) // 2
+            out(f"| {P} | {T} | {min(t_dec):.3f} s ({statistics.median(t_dec):.3f}) | {f_dec / g:.3f} s | "
+                f"**{min(t_dec) / (f_dec / g):.2f}** / {min(t_dec) / (f_dec / gm):.2f} / "
+                f"{pr_dec[0]:.2f}, {statistics.median(pr_dec):.2f} | "
+                f"{min(t_all):.3f} s ({statistics.median(t_all):.3f}) | {f_all / g:.3f} s | "
+                f"**{min(t_all) / (f_all / g):.2f}** / {min(t_all) / (f_all / gm):.2f} / "
+                f"{pr_all[0]:.2f}, {statistics.median(pr_all):.2f} | "
+                f"{tim['decompose']:.2f} / {tim['logits']:.2f} / {tim.get('logit_lens', 0):.2f} / "
+                f"{tim['trace']:.2f} s |")
+        out()
+        out("Ratios: wall ÷ floor. *Best burst* divides by the single fastest 2048² sample of the "
+            "whole run (the strictest reading); *median burst* by the median sample; *paired "
+            "sustained* gives each timed run its own reference, the sustained rate measured just "
+            "before and after it, and lists the best and the median run.")
+        out()
+        out("Floor (a): Σ_layers [T·d·d_kv (values) + d·P(P+1)(P+2)/6 (causal head mixing) + T·d² "
+            "(o_proj) + 2·T·d·d_ff (MLP)] + P·d·V (reconstructed logits) + T·d·5P (logit attribution), "
+            "T = P(P+1)/2, in multiply-adds ÷ the best sgemm rate. Floor (b): (a) + 2·L·P·d·V (logit "
+            "lens at every cell). The wall time is the whole call, so it also holds the traced forward "
+            "pass, which neither floor counts.")
     if naive_rows:
         out()
         out("| P | naive per-query (dense P×P) | engine `decompose_stack` | speed-up |")
@@ -338,6 +380,24 @@ def main(argv=None):
             "per-sublayer source norms. Agreement (max relative difference, float32):")
         for P, c in checks:
             out(f"- P={P}: {c}")
+    if head_rows:
+        out()
+        out("| P | `decompose_stack` without heads | with `heads=True` | extra wall time: best / "
+            "median / median of run pairs | extra CPU time (process): median of run pairs | "
+            "share of the CPU time inside HeadStats.record (median) |")
+        out("|---|---|---|---|---|---|")
+        for P, t_off, t_on, c_off, c_on, inside in head_rows:
+            pairs = [b / a - 1 for a, b in zip(t_off, t_on)]
+            cpairs = [b / a - 1 for a, b in zip(c_off, c_on)]
+            out(f"| {P} | {min(t_off):.3f} s ({statistics.median(t_off):.3f}) | {min(t_on):.3f} s "
+                f"({statistics.median(t_on):.3f}) | **{min(t_on) / min(t_off) - 1:+.1%}** / "
+                f"{statistics.median(t_on) / statistics.median(t_off) - 1:+.1%} / "
+                f"{statistics.median(pairs):+.1%} | {statistics.median(cpairs):+.1%} | "
+                f"{statistics.median(inside):.1%} |")
+        out()
+        out(f"Per-head attribution: engine only, same captured pass, identity grouping; "
+            f"{args.heads_repeats} runs of each after one warm-up, interleaved (without, with, "
+            "with, without, ...), best (median in brackets). Target (issue 13): at most +15 % at P = 64.")
     out()
     out("| P | peak extra memory of `decompose_stack` | one layer's C (T·d·4) | one MLP chunk "
         "(rows·(d_ff+2d)·4) | bound 3·C + chunk | peak / bound |")

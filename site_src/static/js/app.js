@@ -8,13 +8,14 @@ import { isDark } from "./theme.js";
 import { buildSkeleton, panelBox, el } from "./dom.js";
 import { PANELS, cellContent } from "./panels.js";
 import { bindEvents } from "./events.js";
+import { headBatches } from "./heads.js";
 import { encodeHash, parseHash, renumber, keySource, sourceKey, hiddenMask } from "./state.js";
 import { displayToken, sourceLabels, subscript } from "./format.js";
 
 const $ = (id) => document.getElementById(id);
 
 /** State keys that change what the cells show (so batches, colours and most panels). */
-const DATA_KEYS = ["metric", "variant", "hidden", "trace", "heat", "order", "custom", "theme"];
+const DATA_KEYS = ["metric", "variant", "hidden", "trace", "heat", "order", "custom", "theme", "head"];
 const ALL_KEYS = [...DATA_KEYS, "emph", "view", "pin", "pred", "predChoice", "selection"];
 
 const sameValue = (a, b) => a === b || JSON.stringify(a instanceof Set ? [...a] : a) === JSON.stringify(b instanceof Set ? [...b] : b);
@@ -208,7 +209,7 @@ export class Viewer {
     const palette = this.dark ? PALETTE_DARK : PALETTE;
     this.colors = Array.from(this.slots, (slot) => (slot >= 0 ? palette[slot] : null));
     this.labels = sourceLabels(V);
-    const batches = buildBatches(V, D.L, D.P, {
+    const batches = headBatches(this) || buildBatches(V, D.L, D.P, {
       metric: s.metric, hidden: this.hidden, trace: this.traceSrc, heat: s.heat, order: s.order,
       colors: this.colors, neutral: theme.neutral, neg: this.dark ? NEG_COLOR.dark : NEG_COLOR.light,
       pos: this.dark ? POS_COLOR.dark : POS_COLOR.light, seqRamp: this.seqRamp, divRamp: this.divRamp,

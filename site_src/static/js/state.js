@@ -26,6 +26,7 @@ export const DEFAULT_ORDER = "position";
 export const DEFAULT_STATE = () => ({
   metric: "norm", variant: null, trace: null, hidden: new Set([0]), heat: false, emph: "attn",
   order: DEFAULT_ORDER, view: { z: 1, x: 0, y: 0 }, pin: null, pred: null, custom: null,
+  head: null,   // trace head {l, h} (heads.js)
 });
 
 const byKey = (a, b) => String(a).localeCompare(String(b), undefined, { numeric: true });
@@ -42,6 +43,7 @@ export function encodeHash(s, defaultVariant) {
   if (s.pin) q.push(`pin=${s.pin.l}.${s.pin.k}.${s.pin.p}`);
   if (s.pred !== null) q.push(`pp=${s.pred}`);
   if (s.custom) q.push(`cg=${s.custom.join(".")}`);
+  if (s.head) q.push(`th=${s.head.l}.${s.head.h}`);
   return "#" + q.join("&");
 }
 
@@ -75,6 +77,8 @@ export function parseHash(hash, D, defaultVariant) {
   }
   if (s.variant === "custom" && !s.custom) s.custom = [...Array(P).keys()];
   if (!s.variant) s.variant = defaultVariant;
+  const th = /^(\d+)\.(\d+)$/.exec(q.get("th") || "");           // trace head l.h (+1: an o_proj bias)
+  if (th && +th[1] < L && +th[2] <= ((D.model && D.model.heads) || 4096)) s.head = { l: +th[1], h: +th[2] };
   return s;
 }
 
