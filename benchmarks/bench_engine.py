@@ -13,7 +13,9 @@ measures, side by side in one process:
 * the naive per-query baseline below against the engine's `decompose_stack`, both on the
   same captured forward pass, decomposition only, with a check that they agree;
 * peak extra memory of `decompose_stack`, from torch's own allocator events
-  (torch.profiler with profile_memory=True: every CPU allocation and free, summed in order).
+  (torch.profiler with profile_memory=True: every CPU allocation and free, summed in order);
+* the cost of per-head attribution (issue 13): `decompose_stack` with and without
+  `heads=True` on the same captured pass, interleaved run by run (--heads-sizes, P = 64).
 
 Times are the best of --repeats runs after one warm-up; the machine may be shared, so the
 ratios (measured in the same run) are the figures to read.
@@ -182,9 +184,26 @@ def naive_decompose(captured: E.Captured, layers: list[E.LayerWeights]):
     return C, norms
 
 
-def engine_stack(captured, layers, P):
+def engine_stack(captured, layers, P, heads=False):
     tri = E.triangle(P, False)
-    return E.decompose_stack(captured, layers, tri, [None]), tri
+    return E.decompose_stack(captured, layers, tri, [None], heads=heads), tri
+
+
+def heads_cost(captured, layers, P, repeats: int) -> tuple[list[float], list[float]]:
+    """Engine time without and with heads=True, interleaved (A B B A ...) after one warm-up
+    each, so that both see the same load on the shared cores: (times without, times with)."""
+    run = {False: lambda: engine_stack(captured, layers, P), True: lambda: engine_stack(captured, layers, P, heads=True)}
+    run[False]()
+    run[True]()
+    times = {False: [], True: []}
+    cpu = {False: [], True: []}
+    for i in range(repeats):
+        for h in ((False, True) if i % 2 == 0 else (True, False)):
+            t, c = time.perf_counter(), time.process_time()
+            run[h]()
+            times[h].append(time.perf_counter() - t)
+            cpu[h].append(time.process_time() - c)
+    return times[False], times[True], cpu[False], cpu[True]
 
 
 def agreement(captured, layers, P) -> str:
@@ -223,10 +242,12 @@ def peak_extra_bytes(fn) -> int:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 40, 64, 128])
-    ap.add_argument("--naive-sizes", type=int, nargs="+", default=[32, 40, 64])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[32, 40, 64, 128])
+    ap.add_argument("--naive-sizes", type=int, nargs="*", default=[32, 40, 64])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--naive-repeats", type=int, default=1)
+    ap.add_argument("--heads-sizes", type=int, nargs="*", default=[64])
+    ap.add_argument("--heads-repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="write the tables into docs/performance.md")
     args = ap.parse_args(argv)
@@ -243,7 +264,13 @@ def main(argv=None):
         print(s, flush=True)
         lines.append(s)
 
-    eng_rows, naive_rows, mem_rows, checks = [], [], [], []
+    eng_rows, naive_rows, mem_rows, checks, head_rows = [], [], [], [], []
+    for P in args.heads_sizes:
+        ids = lm.tokenizer(prompt_of(lm, P))["input_ids"]
+        captured = capture(_nnsight(lm), torch.tensor([ids]))
+        t_off, t_on, c_off, c_on = heads_cost(captured, layers, P, args.heads_repeats)
+        head_rows.append((P, t_off, t_on, c_off, c_on))
+        print(f"P={P} heads: {min(t_off):.3f} s without, {min(t_on):.3f} s with", flush=True)
     for P in args.sizes:
         prompt = prompt_of(lm, P)
         assert decompose(prompt, lm, logit_lens=False).n_tokens == P
@@ -338,6 +365,22 @@ def main(argv=None):
             "per-sublayer source norms. Agreement (max relative difference, float32):")
         for P, c in checks:
             out(f"- P={P}: {c}")
+    if head_rows:
+        out()
+        out("| P | `decompose_stack` without heads | with `heads=True` | extra wall time: best / "
+            "median / median of run pairs | extra CPU time (process): median of run pairs |")
+        out("|---|---|---|---|---|")
+        for P, t_off, t_on, c_off, c_on in head_rows:
+            pairs = [b / a - 1 for a, b in zip(t_off, t_on)]
+            cpairs = [b / a - 1 for a, b in zip(c_off, c_on)]
+            out(f"| {P} | {min(t_off):.3f} s ({statistics.median(t_off):.3f}) | {min(t_on):.3f} s "
+                f"({statistics.median(t_on):.3f}) | **{min(t_on) / min(t_off) - 1:+.1%}** / "
+                f"{statistics.median(t_on) / statistics.median(t_off) - 1:+.1%} / "
+                f"{statistics.median(pairs):+.1%} | {statistics.median(cpairs):+.1%} |")
+        out()
+        out(f"Per-head attribution: engine only, same captured pass, identity grouping; "
+            f"{args.heads_repeats} runs of each after one warm-up, interleaved (without, with, "
+            "with, without, ...), best (median in brackets). Target (issue 13): at most +15 % at P = 64.")
     out()
     out("| P | peak extra memory of `decompose_stack` | one layer's C (T·d·4) | one MLP chunk "
         "(rows·(d_ff+2d)·4) | bound 3·C + chunk | peak / bound |")

@@ -360,6 +360,99 @@ def _relative_error(C: Tensor, r: Tensor, tri: Triangle) -> float:
     return float((torch.linalg.vector_norm(total - r, dim=1) / torch.linalg.vector_norm(r, dim=1)).max())
 
 
+# ----------------------------------------------------------------------------- per-head parts
+
+
+class HeadStats:
+    """The attention block's write, split by query head, for one grouping of the sources.
+
+    o_proj's input is the H heads side by side, so its weight splits into column blocks,
+    W_o = [W_o,0 | … | W_o,H-1] with W_o,h (d, hd), and for every row (p, s):
+
+        write[p, s] = W_o · O[p, s] (+ b_o)  =  Σ_h W_o,h · O_h[p, s] (+ b_o)
+        part_h[p, s] = W_o,h · O_h[p, s]                 (d,)   O_h = O[:, h·hd:(h+1)·hd]
+
+    exactly. b_o comes from no head: it goes to a pseudo-head H ("o_proj bias"), present
+    only when o_proj has a bias, and non-zero only for the bias source. Only the norm and
+    the signed share of each part are kept, so the (T, H, d) parts never exist:
+
+        ‖part_h‖          = ‖R_h O_h‖,  W_o,h = Q_h R_h      R_h (hd, hd): T·H·hd² MACs in all
+        ⟨part_h, r⟩/‖r‖²  = O_h · (W_o,hᵀ r/‖r‖²)[p]      (P, H, hd): one gather per row
+
+    r is the real residual after the attention block (resid_mid), as for attn_proj, so
+    Σ_h share_h is the share of what the block wrote for s. Grouped sources sum O first
+    (part_h is linear in O). `write_*` is the same for the head's whole write at p, all
+    sources together: O summed over sources is exactly the head's real output there.
+    Tables: norm, proj (L, H', P, G); write_norm, write_proj (L, H', P); H' = H (+ 1).
+    """
+
+    def __init__(self, L: int, n_heads: int, o_bias: bool, tri: Triangle,
+                 grouping: Tensor | None, r_dtype):
+        self.tri, self.grouping, self.H = tri, grouping, n_heads
+        self.G = tri.S if grouping is None else int(grouping.max()) + 1
+        Hx = n_heads + int(o_bias)
+        self.norm = torch.zeros(L, Hx, tri.P, self.G, dtype=r_dtype)
+        self.proj = torch.zeros(L, Hx, tri.P, self.G, dtype=r_dtype)
+        self.write_norm = torch.zeros(L, Hx, tri.P, dtype=r_dtype)
+        self.write_proj = torch.zeros(L, Hx, tri.P, dtype=r_dtype)
+        self._pos = torch.arange(tri.P, device=tri.pos.device)
+        if grouping is not None:
+            self._group = grouping.tolist()
+            self._pos_g = self._pos.repeat_interleave(self.G)
+
+    @staticmethod
+    def layer_maps(lw: LayerWeights, r_unit: Tensor) -> tuple[Tensor, Tensor]:
+        """Per layer: Rt (H, hd, hd) with ‖W_o,h x‖ = ‖x Rt_h‖, and R (P, H·hd) = r/‖r‖² · W_o.
+
+        Rt_h = R_hᵀ from W_o,h = Q_h R_h (QR, Q_h orthonormal columns): the norm of a
+        (hd,) vector instead of a d-vector, with no cancellation (x Gram xᵀ would have some),
+        and exact zeros for a head whose columns are zero."""
+        d, H = lw.Wo.shape[0], lw.n_heads
+        Rt = getattr(lw, "_head_rt", None)                              # weights only: once per layer
+        if Rt is None:
+            Wh = lw.Wo.view(d, H, -1).permute(1, 0, 2)                 # (H, d, hd)
+            Rt = lw._head_rt = torch.linalg.qr(Wh, mode="r").R.transpose(1, 2)
+        return Rt, r_unit @ lw.Wo
+
+    @staticmethod
+    def metrics(X: Tensor, pos: Tensor, Rt: Tensor, R: Tensor) -> tuple[Tensor, Tensor]:
+        """‖W_o,h x_h‖ and ⟨W_o,h x_h, r[pos]⟩/‖r‖² per row and head.   (N, H·hd) -> (H, N) ×2"""
+        H, hd = Rt.shape[0], Rt.shape[1]
+        Xh = X.view(-1, H, hd).transpose(0, 1)                         # (H, N, hd), a view
+        norm = torch.linalg.vector_norm(torch.bmm(Xh, Rt), dim=-1)      # (H, N)
+        proj = torch.index_select(R, 0, pos).mul_(X).view(-1, H, hd).sum(-1).T   # (H, N)
+        return norm, proj
+
+    def record(self, l: int, O: Tensor, lw: LayerWeights, r_unit: Tensor, rows_of=chunks) -> None:
+        """All statistics of layer l from the mixed heads O (T, H·hd)."""
+        tri, G, H, P = self.tri, self.G, self.H, self.tri.P
+        Rt, R = self.layer_maps(lw, r_unit)
+        dt = self.norm.dtype
+        if self.grouping is None:
+            for rows in rows_of(tri.T):
+                norm, proj = self.metrics(O[rows], tri.pos[rows], Rt, R)
+                pos, src = tri.pos[rows].cpu(), tri.src[rows].cpu()
+                self.norm[l, :H][:, pos, src] = norm.cpu().to(dt)
+                self.proj[l, :H][:, pos, src] = proj.cpu().to(dt)
+        else:
+            Og = O.new_zeros(P, G, O.shape[1])                          # (P, G, H·hd)
+            for s in range(tri.S):          # a source's rows are consecutive positions: no scatter
+                Og[tri.start[s]:, self._group[s]] += O[tri.offset[s]:tri.offset[s + 1]]
+            norm, proj = self.metrics(Og.view(P * G, -1), self._pos_g, Rt, R)
+            self.norm[l, :H] = norm.view(H, P, G).cpu().to(dt)
+            self.proj[l, :H] = proj.view(H, P, G).cpu().to(dt)
+        whole = O.new_zeros(P, O.shape[1])                              # (P, H·hd)
+        for s in range(tri.S):
+            whole[tri.start[s]:] += O[tri.offset[s]:tri.offset[s + 1]]
+        norm, proj = self.metrics(whole, self._pos, Rt, R)
+        self.write_norm[l, :H], self.write_proj[l, :H] = norm.cpu().to(dt), proj.cpu().to(dt)
+        if lw.bo is not None:                                           # the o_proj bias pseudo-head
+            b_norm = torch.linalg.vector_norm(lw.bo).cpu().to(dt)
+            b_proj = (r_unit @ lw.bo).cpu().to(dt)                      # (P,)
+            self.norm[l, H, :, G - 1], self.proj[l, H, :, G - 1] = b_norm, b_proj
+            self.write_norm[l, H], self.write_proj[l, H] = b_norm, b_proj
+
+
 # ----------------------------------------------------------------------------- the whole stack
 
 
@@ -370,16 +463,18 @@ class EngineResult:
     recon_error: Tensor            # (L, 2)
     final: Tensor                  # (T, d) the packed contributions after the last layer
     late_from: int = 0             # first position whose MLP used the precomputed map (P: none)
+    heads: list[HeadStats] | None = None   # one per grouping, when asked for
 
 
 def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangle,
                     groupings: list[Tensor | None], dtype=torch.float32,
                     chunk_bytes: int = 64 << 20, progress=None,
-                    late_from: int | None = None) -> EngineResult:
+                    late_from: int | None = None, heads: bool = False) -> EngineResult:
     """Run the decomposition layer by layer; keep only small per-sublayer statistics.
 
     late_from: first position whose MLP uses the precomputed per-position map (see
     `mlp_break_even`); None picks it from the break-even, P (or more) never uses it.
+    heads: also split every attention write by query head (HeadStats).
     """
     L, P = len(layers), tri.P
     device = layers[0].Wv.device
@@ -400,6 +495,8 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
     diagonal = torch.tensor([tri.offset[s] for s in range(P)], device=device)
     C[diagonal] = emb
     stats = [SublayerStats(L, tri, g, torch.float32) for g in groupings]
+    head_stats = [HeadStats(L, layers[0].n_heads, layers[0].bo is not None, tri, g, torch.float32)
+                  for g in groupings] if heads else []
     for st in stats:
         st.start(C)
     errors = torch.zeros(L, 2)
@@ -425,6 +522,8 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
             delta = attention_out(O, lw, tri, rows, delta_buf[:rows.stop - rows.start])
             C[rows] += delta
             _record_rows(stats, l, 0, C[rows], delta, r_unit, rows)
+        for hs in head_stats:                   # the same write, split by head (O is still here)
+            hs.record(l, O, lw, r_unit, rows_of=lambda T: chunks(T, chunk))
         del O, O_buf
         _record_grouped(stats, l, 0, C, r_unit)
         errors[l, 0] = _relative_error(C, r, tri)
@@ -450,7 +549,8 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
             progress(l)
 
     return EngineResult(stats=stats, embed_norm=torch.linalg.vector_norm(emb, dim=1).float().cpu(),
-                        recon_error=errors, final=C, late_from=late_from)
+                        recon_error=errors, final=C, late_from=late_from,
+                        heads=head_stats if heads else None)
 
 
 # ----------------------------------------------------------------------------- long prompts

@@ -11,9 +11,11 @@ import torch
 
 def capture_with_hooks(hf, input_ids):
     """Forward once with plain PyTorch hooks; return per-layer frozen quantities."""
-    rec = {"pre": [], "mid": [], "pat": [], "gate": []}
+    rec = {"pre": [], "mid": [], "pat": [], "gate": [], "o_in": []}
     hooks = []
     for layer in hf.model.layers:
+        hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(     # the heads, side by side
+            lambda m, a: rec["o_in"].append(a[0][0].detach())))
         hooks.append(layer.input_layernorm.register_forward_pre_hook(
             lambda m, a: rec["pre"].append(a[0][0].detach())))
         hooks.append(layer.post_attention_layernorm.register_forward_pre_hook(
@@ -59,6 +61,10 @@ def naive_decompose(hf, input_ids, k=5):
 
     stats = {name: [] for name in ("attn_norm", "attn_delta", "attn_proj",
                                    "mlp_norm", "mlp_delta", "mlp_proj", "states")}
+    # Per query head h: part[p, s, h] = o_proj's columns of head h times that head's mixed
+    # values; o_proj's bias, when there is one, is one more "head" (index H), bias source only.
+    n_parts = H + (1 if att0_bias(hf) else 0)
+    head_parts = []                                    # L × (P, S, H', d)
     for l, layer in enumerate(hf.model.layers):
         att, mlp = layer.self_attn, layer.mlp
         hd = att.v_proj.out_features // KV
@@ -70,6 +76,7 @@ def naive_decompose(hf, input_ids, k=5):
         A = rec["pat"][l].double()                     # (H, P, P)
 
         delta = torch.zeros_like(c)
+        parts = torch.zeros(P, S, n_parts, d, dtype=f64)
         for p in range(P):                             # every query position...
             for s in range(S):
                 heads = []
@@ -85,7 +92,11 @@ def naive_decompose(hf, input_ids, k=5):
                 out = Wo @ torch.cat(heads)
                 if bo is not None and s == P:
                     out = out + bo
+                    parts[p, s, H] = bo
                 delta[p, s] = out
+                for h in range(H):
+                    parts[p, s, h] = Wo[:, h * hd:(h + 1) * hd] @ heads[h]
+        head_parts.append(parts)
         c = c + delta
         r = rec["mid"][l].double()
         _stats(stats, "attn", c, delta, r)
@@ -122,8 +133,29 @@ def naive_decompose(hf, input_ids, k=5):
             for s in range(S):
                 attr[p, j, s] = WU[top_ids[p, j]] @ (wf * c[p, s] / rmsf[p])
     out = {key: torch.stack(v) for key, v in stats.items()}
-    out.update(final=c, logit_attr=attr, top_ids=top_ids, logits=logits, rec=rec, S=S)
+    out.update(final=c, logit_attr=attr, top_ids=top_ids, logits=logits, rec=rec, S=S,
+               head_parts=torch.stack(head_parts))      # (L, P, S, H', d)
     return out
+
+
+def att0_bias(hf):
+    return hf.model.layers[0].self_attn.o_proj.bias is not None
+
+
+def naive_head_stats(ref, member=None):
+    """Per-head norms and shares from the dense parts, optionally summed within groups
+    (member (S, G) 0/1) first. r is the real residual after attention.
+    -> norm, proj (L, H', P, G); write_norm, write_proj (L, H', P): all sources together."""
+    parts = ref["head_parts"]                              # (L, P, S, H', d)
+    if member is not None:
+        parts = torch.einsum("lpshd,sg->lpghd", parts, member)
+    r = torch.stack([m.double() for m in ref["rec"]["mid"]])   # (L, P, d)
+    unit = r / r.pow(2).sum(-1, keepdim=True)
+    norm = parts.norm(dim=-1).permute(0, 3, 1, 2)
+    proj = torch.einsum("lpghd,lpd->lhpg", parts, unit)
+    whole = parts.sum(2)                                   # (L, P, H', d)
+    return dict(norm=norm, proj=proj, write_norm=whole.norm(dim=-1).transpose(1, 2),
+                write_proj=torch.einsum("lphd,lpd->lhp", whole, unit), whole=whole)
 
 
 def _stats(stats, kind, c, delta, r):

@@ -1,0 +1,137 @@
+"""Per-head attribution (issue 13): the engine's split of every attention write by query head,
+against the naive float64 reference, the real model's own head outputs, and a known answer."""
+import numpy as np
+import pytest
+import torch
+
+from infoflow import engine as E
+from infoflow.decompose import _nnsight, _weights, tokenize
+from infoflow.trace import capture
+
+from .conftest import tiny_model
+from .naive import naive_decompose, naive_head_stats
+
+PROMPT = "tiny test!"   # 11 tokens with BOS
+
+
+def rel(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def engine_heads(lm, groupings=(None,), dtype=torch.float64, prompt=PROMPT):
+    """decompose_stack(heads=True) on one prompt: (HeadStats per grouping, token ids, captured)."""
+    ids = tokenize(lm, prompt)
+    captured = capture(_nnsight(lm), torch.tensor([ids]))
+    layers, unembed = _weights(lm, dtype)
+    tri = E.triangle(len(ids), E.has_bias_source(layers, unembed))
+    res = E.decompose_stack(captured, layers, tri, list(groupings), dtype=dtype, heads=True)
+    return res.heads, ids, captured
+
+
+@pytest.fixture(scope="module", params=["gqa", "mha", "llama-bias", "qwen2"])
+def case(request):
+    lm = tiny_model(request.param, layers=3 if request.param == "gqa" else 2)
+    (hs,), ids, _ = engine_heads(lm)
+    ref = naive_decompose(lm.hf, torch.tensor([ids]))
+    return request.param, lm, hs, ref
+
+
+def test_heads_match_naive_reference(case):
+    kind, lm, hs, ref = case
+    want = naive_head_stats(ref)
+    H = lm.info["heads"]
+    o_bias = kind == "llama-bias"              # qwen2 has biases on q/k/v only, not o_proj
+    assert hs.norm.shape == (lm.info["layers"], H + int(o_bias), len(ref["rec"]["pre"][0]), ref["S"])
+    for name in ("norm", "proj", "write_norm", "write_proj"):
+        assert rel(getattr(hs, name).numpy(), want[name].numpy()) <= 1e-5, name
+    # every head does something in a random model, and nothing flows from the future
+    assert (hs.write_norm[:, :H] > 0).all()
+    P = hs.norm.shape[2]
+    upper = np.triu(np.ones((P, P), dtype=bool), k=1)
+    assert np.all(hs.norm.numpy()[:, :, :, :P][:, :, upper] == 0)
+
+
+def test_head_parts_sum_to_the_block_write(case):
+    """Σ_h part_h = the attention block's write, in the reference and in the engine's shares."""
+    _, _, hs, ref = case
+    parts = ref["head_parts"]                                      # (L, P, S, H', d)
+    states = ref["states"]                                         # (2L, P, S, d)
+    L = parts.shape[0]
+    before = torch.stack([states[2 * l - 1] if l else _initial(ref) for l in range(L)])
+    delta = states[0::2] - before                                  # what each attention block wrote
+    assert float((parts.sum(3) - delta).abs().max() / delta.abs().max()) <= 1e-12
+    r = torch.stack([m.double() for m in ref["rec"]["mid"]])
+    delta_share = torch.einsum("lpsd,lpd->lps", delta, r / r.pow(2).sum(-1, keepdim=True))
+    assert rel(hs.proj.sum(1).numpy(), delta_share.numpy()) <= 1e-5
+
+
+def _initial(ref):
+    P, S, d = ref["states"].shape[1:]
+    c = torch.zeros(P, S, d, dtype=torch.float64)
+    for p in range(P):
+        c[p, p] = ref["rec"]["pre"][0][p].double()
+    return c
+
+
+def test_head_writes_are_the_models_own_head_outputs(case):
+    """Summed over sources, head h's part at p is W_o,h times the real o_proj input's head h."""
+    kind, lm, hs, ref = case
+    H = lm.info["heads"]
+    for l, layer in enumerate(lm.hf.model.layers):
+        Wo = layer.self_attn.o_proj.weight.detach().double()
+        x = ref["rec"]["o_in"][l].double()                         # (P, H·hd) from the forward pass
+        hd = x.shape[1] // H
+        real = torch.stack([x[:, h * hd:(h + 1) * hd] @ Wo[:, h * hd:(h + 1) * hd].T for h in range(H)])
+        assert rel(hs.write_norm[l, :H].numpy(), real.norm(dim=-1).numpy()) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["gqa", "qwen2", "llama-bias"])
+def test_grouped_heads_sum_vectors_first(kind):
+    lm = tiny_model(kind)
+    groups = [0, 0, 1, 1, 1, 2, 3, 3, 3, 3, 3]
+    ids = tokenize(lm, PROMPT)
+    bias = kind != "gqa"
+    G = max(groups) + 1
+    grouping = torch.tensor(groups + ([G] if bias else []))
+    tokens_hs, grouped_hs = engine_heads(lm, groupings=(None, grouping))[0]
+    ref = naive_decompose(lm.hf, torch.tensor([ids]))
+    member = torch.zeros(ref["S"], G + int(bias), dtype=torch.float64)
+    for s, g in enumerate(grouping.tolist()):
+        member[s, g] = 1
+    want = naive_head_stats(ref, member)
+    for name in ("norm", "proj", "write_norm", "write_proj"):
+        assert rel(getattr(grouped_hs, name).numpy(), want[name].numpy()) <= 1e-5, name
+    # norms of summed vectors, not sums of norms; shares are linear, so they do sum
+    assert rel(grouped_hs.norm.numpy(), (tokens_hs.norm.double() @ member).numpy()) > 1e-3
+    assert rel(grouped_hs.proj.numpy(), (tokens_hs.proj.double() @ member).numpy()) <= 1e-5
+
+
+def test_zeroed_head_has_zero_parts():
+    """Known answer: with o_proj's columns of head 2 in layer 1 zeroed, its parts are exactly 0."""
+    lm = tiny_model("gqa", layers=2, seed=3)
+    o = lm.hf.model.layers[1].self_attn.o_proj
+    hd = o.in_features // lm.info["heads"]
+    with torch.no_grad():
+        o.weight[:, 2 * hd:3 * hd] = 0
+    (hs,), ids, _ = engine_heads(lm, dtype=torch.float32)
+    assert float(hs.norm[1, 2].abs().max()) == 0 and float(hs.proj[1, 2].abs().max()) == 0
+    assert float(hs.write_norm[1, 2].abs().max()) == 0
+    # ...and only that head: the others in layer 1, and head 2 in layer 0, still write
+    assert (hs.write_norm[1, [0, 1, 3]] > 0).all() and (hs.write_norm[0, 2] > 0).all()
+    ref = naive_decompose(lm.hf, torch.tensor([ids]))
+    assert rel(hs.norm.numpy(), naive_head_stats(ref)["norm"].numpy()) <= 1e-5
+
+
+def test_heads_off_by_default_and_do_not_change_the_rest():
+    lm = tiny_model("qwen2")
+    ids = tokenize(lm, PROMPT)
+    captured = capture(_nnsight(lm), torch.tensor([ids]))
+    layers, unembed = _weights(lm, torch.float64)
+    tri = E.triangle(len(ids), True)
+    plain = E.decompose_stack(captured, layers, tri, [None], dtype=torch.float64)
+    with_heads = E.decompose_stack(captured, layers, tri, [None], dtype=torch.float64, heads=True)
+    assert plain.heads is None and len(with_heads.heads) == 1
+    for name in ("norm", "delta_norm", "proj"):
+        assert torch.equal(getattr(plain.stats[0], name), getattr(with_heads.stats[0], name))
+    assert torch.equal(plain.final, with_heads.final)
