@@ -173,57 +173,27 @@ def converted_default_model(cache: str | os.PathLike | None = None) -> Path:
     return target
 
 
-REQUIRED_MODULES = {
-    "model.embed_tokens": "token embedding",
-    "model.layers": "decoder layers",
-    "model.norm": "final RMSNorm",
-    "lm_head": "unembedding",
-}
-REQUIRED_LAYER_MODULES = {
-    "input_layernorm": "RMSNorm before attention",
-    "post_attention_layernorm": "RMSNorm before the MLP",
-    "self_attn.q_proj": "attention q_proj", "self_attn.k_proj": "attention k_proj",
-    "self_attn.v_proj": "attention v_proj", "self_attn.o_proj": "attention o_proj",
-    "mlp.gate_proj": "SwiGLU gate_proj", "mlp.up_proj": "SwiGLU up_proj",
-    "mlp.down_proj": "SwiGLU down_proj", "mlp.act_fn": "SwiGLU activation",
-}
-
-
-def _get(module, dotted: str):
-    for part in dotted.split("."):
-        module = getattr(module, part, None)
-        if module is None:
-            return None
-    return module
-
-
 def check_architecture(hf) -> None:
-    """Raise ModelError naming every piece a Llama-style decoder needs but this model lacks."""
-    missing = [f"{name} ({what})" for name, what in REQUIRED_MODULES.items() if _get(hf, name) is None]
-    layers = _get(hf, "model.layers")
-    if layers is not None and len(layers) > 0:
-        layer = layers[0]
-        missing += [f"layers[0].{n} ({w})" for n, w in REQUIRED_LAYER_MODULES.items() if _get(layer, n) is None]
-        for norm in ("input_layernorm", "post_attention_layernorm"):
-            mod = _get(layer, norm)
-            if mod is not None and not (hasattr(mod, "weight") and hasattr(mod, "variance_epsilon")
-                                        and getattr(mod, "bias", None) is None):
-                missing.append(f"layers[0].{norm} is {type(mod).__name__}, not an RMSNorm (weight, eps, no bias)")
-    norm = _get(hf, "model.norm")
-    if norm is not None and not hasattr(norm, "variance_epsilon"):
-        missing.append(f"model.norm is {type(norm).__name__}, not an RMSNorm")
-    model_type = getattr(hf.config, "model_type", "?")
-    if model_type.startswith("gemma"):
-        missing.append("Gemma's (1 + weight) RMSNorm and embedding scaling")
+    """Raise ModelError in one line unless the model is of a family with a recipe (arch.py)
+    and has every module that recipe reads."""
+    from . import arch
+
+    name = type(hf).__name__
+    try:
+        recipe = arch.recipe_for(hf.config)
+    except arch.ArchitectureError as e:
+        raise ModelError(f"infoflow cannot decompose {name}: {e}") from None
+    missing = arch.missing_modules(hf, recipe)
     if missing:
-        raise ModelError(
-            f"{type(hf).__name__} (model_type={model_type!r}) is not a Llama-style decoder that infoflow "
-            "can decompose. Missing: " + "; ".join(missing) +
-            ". Supported: Llama, Mistral, Qwen2 and other models with RMSNorm, rotary attention and a SwiGLU MLP.")
+        raise ModelError(f"infoflow cannot decompose {name}: it lacks what the {recipe.family} recipe "
+                         f"reads ({'; '.join(missing)}). Supported: {arch.SUPPORTED}.")
 
 
 def model_info(hf, model_id: str, fingerprint: str) -> dict:
+    from . import arch
+
     c = hf.config
+    recipe = arch.recipe_for(c)
     return {
         "id": model_id,
         "fingerprint": fingerprint,
@@ -235,6 +205,8 @@ def model_info(hf, model_id: str, fingerprint: str) -> dict:
         "d_mlp": int(c.intermediate_size),
         "vocab": int(c.vocab_size),
         "dtype": str(next(hf.parameters()).dtype).removeprefix("torch."),
+        "family": recipe.family,
+        "recipe": arch.describe(hf, recipe),
     }
 
 
