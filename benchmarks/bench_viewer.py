@@ -1,8 +1,14 @@
-"""Benchmark of the prompt viewer in headless Chromium (issue 4). Not a test: run by hand.
+"""Benchmark of the prompt viewer in headless Chromium (issues 4, 12). Not a test: run by hand.
 
-    .venv/bin/python benchmarks/bench_viewer.py [--positions 128] [--repeats 40] [--data FILE]
+    .venv/bin/python benchmarks/bench_viewer.py [--site build] [--positions 128] [--repeats 40] [--data FILE]
 
-It decomposes a prose prompt of exactly --positions tokens on the default model (30 layers),
+Part 1, every gallery page: each page of a built site (--site, default build/; the site's own
+static/ is replaced by site_src/static so the current viewer is measured) is opened in a fresh
+browser context, and the page's own timings are read: the cold decode of its data file and the
+first full draw. Targets: first draw <= 150 ms on every page.
+
+Part 2, P = 128:
+it decomposes a prose prompt of exactly --positions tokens on the default model (30 layers),
 writes its data file into a temporary one-page site rendered from site_src/templates, serves it
 on 127.0.0.1 and opens the prompt page in Debian's chromium (Python Playwright). --data reuses
 a data file written earlier (the script prints where it saved one).
@@ -84,6 +90,7 @@ def render_site(out: Path, data: bytes, prompt: dict, model: dict) -> None:
 
 MEASURE = """async ([repeats]) => {
   const V = window.infoflowViewer, viewer = V.viewer, grid = V.grid;
+  viewer.src = document.getElementById('viewer').dataset.src;
   while (viewer.loading) await new Promise((r) => setTimeout(r, 20));   // background decode done
   const out = {P: viewer.D.P, L: viewer.D.L, G: viewer.V.G, cssW: grid.cssW, cssH: grid.cssH, dpr: grid.dpr,
                bytes: viewer.D.bytes, firstDraw: V.timings.firstDraw, coldDecode: V.timings.decode, parts: V.timings.parts, decodeRest: V.timings.decodeRest};
@@ -98,28 +105,58 @@ MEASURE = """async ([repeats]) => {
   out.decode = med(dec);
   // full redraw (recompute every cell's segments, then draw)
   const full = [];
-  for (let i = 0; i < repeats; i++) { const t = performance.now(); viewer.recompute(); grid.draw(); flush(); full.push(performance.now() - t); }
+  for (let i = 0; i < repeats; i++) { const t = performance.now(); viewer.recompute(); grid.flush(); flush(); full.push(performance.now() - t); }
   out.fullMed = med(full);
   // pan / zoom frames
   const frames = (label, step) => {
     const ts = [];
-    for (let i = 0; i < repeats; i++) { step(i); const t = performance.now(); grid.draw(); flush(); ts.push(performance.now() - t); }
+    for (let i = 0; i < repeats; i++) { step(i); const t = performance.now(); grid.flush(); flush(); ts.push(performance.now() - t); }
     out[label + 'Med'] = med(ts); out[label + 'P95'] = p95(ts);
   };
-  const cx = 66 + grid.plotW / 2, cy = 92 + grid.plotH / 2;
+  const cx = grid.colX(0) + grid.plotW / 2, cy = grid.rowY(2 * grid.L - 1) + grid.plotH / 2;
   grid.fit();
   frames('zoomFit', (i) => { grid.fit(); grid.zoomAt(cx, cy, 1 + (i % 5) * 0.002); });
   frames('panFit', (i) => { grid.fit(); grid.zoomAt(cx, cy, 1.05); grid.panBy(i % 2 ? 3 : -3, 0); });
   grid.fit(); grid.zoomAt(cx, cy, 4);
   frames('zoom4', (i) => grid.zoomAt(cx + (i % 7) * 10, cy, i % 2 ? 1.1 : 1 / 1.1));
   frames('pan4', (i) => grid.panBy(i % 2 ? 25 : -20, i % 3 ? 5 : -5));
-  grid.fit(); grid.draw();
+  grid.fit(); grid.flush();
   return out;
 }"""
 
 
+def gallery_pages(site: Path, browser, width: int) -> list[dict]:
+    """Open every prompt page of a built site in a fresh context; the page's own timings."""
+    work = Path(tempfile.mkdtemp(prefix="viewer-bench-"))
+    shutil.copytree(site, work / "site", ignore=shutil.ignore_patterns("static"))
+    shutil.copytree(SRC / "static", work / "site" / "static")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(work / "site"))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    rows = []
+    try:
+        for page_path in sorted((work / "site" / "p").glob("*.html")):
+            ctx = browser.new_context(viewport={"width": width, "height": 1000})
+            page = ctx.new_page()
+            page.goto(base + "p/" + page_path.name)
+            page.wait_for_function("() => document.documentElement.dataset.viewerReady")
+            if page.evaluate("document.documentElement.dataset.viewerReady") != "1":
+                raise SystemExit(f"viewer failed on {page_path.name}: " + page.inner_text("#error"))
+            t = page.evaluate("""() => { const v = window.infoflowViewer.viewer;
+                return {P: v.D.P, G: v.V.G, kb: v.D.bytes / 1024, decode: v.timings.decode, firstDraw: v.timings.firstDraw}; }""")
+            rows.append({"page": page_path.stem, **t})
+            ctx.close()
+    finally:
+        server.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--site", type=Path, default=ROOT / "build", help="a built gallery (infoflow build --out DIR)")
     ap.add_argument("--positions", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--data", type=Path, help="reuse a data file instead of decomposing")
@@ -154,6 +191,7 @@ def main() -> None:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
                 ctx = browser.new_context(viewport={"width": args.width, "height": 1000},
                                           device_scale_factor=args.dpr, bypass_csp=True)
+                per_page = gallery_pages(args.site, browser, args.width) if (args.site / "p").is_dir() else []
                 page = ctx.new_page()
                 page.goto(url)
                 page.wait_for_function("() => document.documentElement.dataset.viewerReady")
@@ -165,6 +203,16 @@ def main() -> None:
         finally:
             server.shutdown()
 
+    if per_page:
+        print(f"\nevery gallery page of {args.site} (fresh context each; the page's own timings, ms)")
+        print(f"{'page':24s} {'P':>4s} {'G':>4s} {'KB':>5s} {'decode':>7s} {'first draw':>10s}  ok (<= 150)")
+        for row in per_page:
+            print(f"{row['page']:24s} {row['P']:4d} {row['G']:4d} {row['kb']:5.0f} {row['decode']:7.1f} "
+                  f"{row['firstDraw']:10.1f}  {'yes' if row['firstDraw'] <= 150 else 'NO'}")
+        worst = max(per_page, key=lambda x: x["firstDraw"])
+        print(f"worst first draw: {worst['firstDraw']:.1f} ms ({worst['page']})")
+    else:
+        print(f"(no gallery at {args.site}: build one, or pass --site)")
     print(f"\nviewer benchmark: P={r['P']} L={r['L']} G={r['G']}, data file {r['bytes'] / 1024:.0f} KB, "
           f"canvas {r['cssW']}x{r['cssH']} CSS px at dpr {r['dpr']}")
     print(f"chromium {version} headless (--disable-gpu), {platform.machine()}, repeats={args.repeats}\n")

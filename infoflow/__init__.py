@@ -7,7 +7,7 @@ import sys
 import types
 
 __version__ = "0.1.0"
-ENGINE_VERSION = "1"  # bump when the numbers a decomposition produces change
+ENGINE_VERSION = "2"  # bump when the numbers a decomposition produces change
 
 from .result import Decomposition  # noqa: E402
 

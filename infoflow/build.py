@@ -16,8 +16,8 @@ from pathlib import Path
 
 from . import ENGINE_VERSION, __version__
 from .config import SiteConfig
-from .datafile import (SCHEMA, DataFileError, content_hash, encode, pack_entry, page_bytes, summarize,
-                       thumbnail_norms, unpack_entry)
+from .datafile import (SCHEMA, DataFileError, content_hash, encode, heads_page_bytes, heads_path, pack_entry,
+                       page_bytes, summarize, thumbnail_norms, unpack_entry)
 from .files import atomic_write
 from .model import ModelError, cache_dir, fingerprint
 from .prompts import Prompt, PromptError, load_prompts, span_groups
@@ -96,7 +96,7 @@ def compute(p: Prompt, lm, cfg: SiteConfig) -> bytes:
         variants["prompt"], labels["prompt"] = groups, "declared groups"
     results = decompose_variants(p.text, lm, variants, top_k=cfg.top_k, chat=p.chat,
                                  max_tokens=cfg.max_tokens)
-    return encode(results, p.meta(), labels=labels)
+    return encode(results, p.meta(), labels=labels, heads=True)
 
 
 def select(prompts: list[Prompt], only: tuple[str, ...], shard: tuple[int, int] | None,
@@ -230,11 +230,15 @@ def _write_site(cfg: SiteConfig, out: Path, prompts: list[Prompt], docs: dict[st
             name = f"{p.id}.{content_hash(body)}.msgpack"
             (staging / "data" / name).write_bytes(body)
             summary.sizes[p.id] = len(body)
+            heads = heads_page_bytes(docs[p.id], name)         # fetched only when a head view opens
+            if heads is not None:
+                heads_path(staging / "data" / name).write_bytes(heads)
             png = thumbnail_png(thumbnail_norms(docs[p.id]), colours)
             thumb = f"{p.id}.{content_hash(png)}.png"
             (staging / "thumbs" / thumb).write_bytes(png)
             entries.append({**p.meta(), **summarize(docs[p.id]),
-                            "page": f"p/{p.id}.html", "data": f"data/{name}", "thumb": f"thumbs/{thumb}"})
+                            "page": f"p/{p.id}.html", "data": f"data/{name}", "thumb": f"thumbs/{thumb}",
+                            "heads": heads_path(f"data/{name}").as_posix() if heads is not None else ""})
             models[docs[p.id]["model"]["fingerprint"]] = docs[p.id]["model"]
         site = {"title": "infoflow gallery", "version": __version__,
                 "built": max(built) if built else "", "models": list(models.values()),

@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 
 from . import ENGINE_VERSION, __version__
-from .result import Decomposition
+from .result import Decomposition, Heads
 
 SCHEMA = 1
 DTYPES = {"u8": "<u1", "i8": "<i1", "u16": "<u2", "u32": "<u4", "f16": "<f2", "f32": "<f4"}
@@ -87,7 +87,7 @@ def row_lengths(groups: np.ndarray) -> list[int]:
 
 
 def encode(variants: dict[str, Decomposition], prompt: dict, *, labels: dict[str, str] | None = None,
-           built: str | None = None) -> bytes:
+           built: str | None = None, heads: bool = False) -> bytes:
     """Serialize the variants of one prompt (the first must be the plain `tokens` one)."""
     labels = labels or {}
     base = next(iter(variants.values()))
@@ -144,7 +144,76 @@ def encode(variants: dict[str, Decomposition], prompt: dict, *, labels: dict[str
             "probs": encode_array(base.lens_probs, "f16")},
         "variants": out_variants,
     }
+    if heads and base.heads is not None:
+        doc["heads"] = heads_document(variants)     # cached with the rest; published apart
     return msgpack.packb(doc, use_bin_type=True)
+
+
+# ----------------------------------------------------------------------------- per-head data
+# A companion document per prompt (docs/data-format.md, "Per-head data"), kept in the cache
+# entry under "heads" and published as its own file, so the main file neither grows nor waits.
+
+
+def heads_document(variants: dict[str, Decomposition]) -> dict:
+    """Per-head arrays of every distinct grouping, quantized as the main file's metrics."""
+    base = next(iter(variants.values()))
+    hb = base.heads
+    L, H = hb.pattern.shape[:2]
+    P = base.n_tokens
+    out, seen = [], {}
+    for name, d in variants.items():
+        key = tuple(d.groups.tolist())
+        if key in seen:
+            out.append({"name": name, "same_as": seen[key]})
+            continue
+        seen[key] = name
+        h, rows, tail = d.heads, row_lengths(d.groups), int(d.has_bias)
+        out.append({"name": name,
+                    "norm": encode_tril(h.norm, rows, tail, signed=False),
+                    "proj": encode_tril(h.proj, rows, tail, signed=True)})
+    return {"schema": SCHEMA, "kind": "heads", "layers": L, "heads": H, "positions": P,
+            "labels": list(hb.labels),
+            "write_norm": encode_array(hb.write_norm, "f32"),      # the same for every grouping
+            "write_proj": encode_array(hb.write_proj, "f32"),
+            "pattern": encode_tril(hb.pattern, list(range(1, P + 1)), 0, signed=False),
+            "variants": out}
+
+
+def heads_page_bytes(doc: dict, main_name: str) -> bytes | None:
+    """The bytes of a prompt's per-head file (None when its document has none), naming the
+    main file it belongs to, so a reader can refuse a mismatched pair."""
+    if not isinstance(doc.get("heads"), dict):
+        return None
+    return msgpack.packb({**doc["heads"], "main": main_name}, use_bin_type=True)
+
+
+def heads_path(main: str | Path) -> Path:
+    """data/<id>.<hash>.msgpack -> data/<id>.<hash>.heads.msgpack"""
+    main = Path(main)
+    return main.with_name(main.name.removesuffix(".msgpack") + ".heads.msgpack")
+
+
+def load_heads(main: str | Path, name: str = "tokens") -> Heads:
+    """The per-head data of grouping `name`, from the companion file of the data file `main`."""
+    path = heads_path(main)
+    if not path.exists():
+        raise DataFileError(f"{path}: no per-head file next to {Path(main).name}; rebuild the site "
+                            "with this version of infoflow to get one")
+    doc = read(path)
+    try:
+        if doc.get("kind") != "heads":
+            raise DataFileError(f"{path}: not a per-head file (kind {doc.get('kind')!r})")
+        if doc.get("main") not in (None, Path(main).name):
+            raise DataFileError(f"{path}: belongs to {doc['main']}, not {Path(main).name}")
+        by_name = {v["name"]: v for v in doc["variants"]}
+        if name not in by_name:
+            raise DataFileError(f"{path}: no variant {name!r}; it has {sorted(by_name)}")
+        v = by_name[by_name[name]["same_as"]] if "same_as" in by_name[name] else by_name[name]
+        return Heads(labels=list(doc["labels"]), norm=decode_array(v["norm"]), proj=decode_array(v["proj"]),
+                     write_norm=decode_array(doc["write_norm"]), write_proj=decode_array(doc["write_proj"]),
+                     pattern=decode_array(doc["pattern"]))
+    except (KeyError, TypeError, IndexError) as e:
+        raise DataFileError(f"{path}: missing or malformed field {e}") from e
 
 
 def content_hash(data: bytes) -> str:
@@ -155,7 +224,7 @@ def page_bytes(doc: dict, prompt: dict) -> tuple[bytes, str]:
     """The bytes of a site's data file: `doc` with the prompt's current metadata (titles, tags and
     notes change without recomputing) and without its compute time, so sharded and single builds
     and repeated publishes give identical files.   -> (bytes, the time `doc` was computed)"""
-    page = {k: v for k, v in doc.items() if k != "built"}
+    page = {k: v for k, v in doc.items() if k not in ("built", "heads")}
     page["prompt"] = prompt
     return msgpack.packb(page, use_bin_type=True), doc.get("built", "")
 
@@ -272,9 +341,11 @@ def load(path: str | Path, variant: str = "tokens") -> Decomposition:
     """Read a data file back into a Decomposition (one grouping variant; 'tokens' by default)."""
     doc = read(path)
     try:
-        return _to_decomposition(doc, variant)
+        d = _to_decomposition(doc, variant)
     except (KeyError, TypeError, IndexError) as e:
         raise DataFileError(f"{path}: missing or malformed field {e}") from e
+    d.head_data = lambda: load_heads(path, variant)     # read when d.heads is first used
+    return d
 
 
 def _to_decomposition(doc: dict, name: str) -> Decomposition:

@@ -11,7 +11,7 @@ from .config import DEFAULT_MAX_TOKENS
 from .engine import (LENS_VOCAB_BLOCK, decompose_stack, extract_weights, final_scale, has_bias_source,
                      logit_attribution, logit_lens, reconstructed_logits, triangle)
 from .model import LoadedModel, load_model
-from .result import Decomposition
+from .result import Decomposition, Heads
 from .tokens import display_tokens, word_groups
 from .trace import capture, wrap
 
@@ -91,7 +91,7 @@ def _source_labels(tokens: list[str], groups: list[int]) -> list[str]:
 
 
 def estimate(P: int, info: dict, *, logit_lens: bool = True, bias: bool = False,
-             itemsize: int = 4) -> dict:
+             itemsize: int = 4, heads: bool = True) -> dict:
     """Working memory (bytes, beyond the weights) and multiply-adds of one decomposition."""
     d, dff, L, V = info["d_model"], info["d_mlp"], info["layers"], info["vocab"]
     hd = info.get("recipe", {}).get("head_dim") or d // info["heads"]   # Gemma: H·hd ≠ d
@@ -101,6 +101,8 @@ def estimate(P: int, info: dict, *, logit_lens: bool = True, bias: bool = False,
     engine = itemsize * T * (d + d_o + d_kv) + CHUNK_BYTES          # C, O, V and one chunk
     captured = 4 * L * (info["heads"] * P * P + P * dff + 2 * P * d) + 4 * P * V
     stats = 4 * 3 * L * 2 * P * S
+    if heads:                                   # norm and share per head, + per-head totals
+        stats += 4 * 2 * L * (info["heads"] + int(bias)) * P * (S + 1)
     lens = 4 * min(2 * L * P, LENS_ROWS) * min(V, LENS_VOCAB_BLOCK) if logit_lens else 0   # one slab
     macs = L * (T * (d * d_kv + d * d_o + 2 * d * dff) + d_o * P * (P + 1) * (P + 2) // 6)
     if logit_lens:
@@ -124,15 +126,15 @@ def gemm_rate() -> float:
 
 
 def check_budget(P: int, lm: LoadedModel, max_memory: int | None, logit_lens: bool,
-                 itemsize: int = 4) -> dict:
-    est = estimate(P, lm.info, logit_lens=logit_lens, itemsize=itemsize)
+                 itemsize: int = 4, heads: bool = True) -> dict:
+    est = estimate(P, lm.info, logit_lens=logit_lens, itemsize=itemsize, heads=heads)
     est["seconds"] = est["macs"] / gemm_rate() if lm.device.type == "cpu" else None
     if max_memory is not None and est["bytes"] > max_memory:
         raise InputError(
             f"Decomposing {P} tokens needs about {est['bytes'] / 2**30:.2f} GiB of working memory "
             f"(and ~{est['macs'] / 1e9:.0f} G multiply-adds), over the budget of "
             f"{max_memory / 2**30:.2f} GiB. Raise it with --max-memory (max_memory= in Python), "
-            "skip the logit lens, or shorten the prompt.")
+            "skip the logit lens or the per-head data (heads=False), or shorten the prompt.")
     return est
 
 
@@ -142,22 +144,23 @@ def check_budget(P: int, lm: LoadedModel, max_memory: int | None, logit_lens: bo
 def decompose(prompt: str, model: str | LoadedModel | None = None, *, groups=None,
               dtype: str = "float32", logit_lens: bool = True, top_k: int = 5,
               chat: bool = False, max_tokens: int = DEFAULT_MAX_TOKENS,
-              max_memory: int | None = DEFAULT_MAX_MEMORY) -> Decomposition:
+              max_memory: int | None = DEFAULT_MAX_MEMORY, heads: bool = True) -> Decomposition:
     """Split the residual stream of `prompt` into one vector per source token, exactly.
 
     groups: None (each token), "words", or one group id per token.
     dtype: the decomposition's float type, "float32" or "float64".
+    heads: also split every attention write by query head (`d.heads`).
     """
     return decompose_variants(prompt, model, {"main": groups}, dtype=dtype, logit_lens=logit_lens,
                               top_k=top_k, chat=chat, max_tokens=max_tokens,
-                              max_memory=max_memory)["main"]
+                              max_memory=max_memory, heads=heads)["main"]
 
 
 def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype: str = "float32",
                        logit_lens: bool = True, top_k: int = 5, chat: bool = False,
                        max_tokens: int = DEFAULT_MAX_TOKENS,
                        max_memory: int | None = DEFAULT_MAX_MEMORY,
-                       late_from: int | None = None) -> dict[str, Decomposition]:
+                       late_from: int | None = None, heads: bool = True) -> dict[str, Decomposition]:
     """One forward pass, several groupings of the sources: {name: groups} -> {name: Decomposition}.
 
     late_from: first position whose MLP goes through the precomputed per-position map
@@ -175,7 +178,7 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
     special = [i in special_ids for i in ids]
     resolved = {name: resolve_groups(g, tokens, special) for name, g in variants.items()}
     timings["estimate"] = check_budget(len(ids), lm, max_memory, logit_lens,
-                                       itemsize=torch.finfo(fdtype).bits // 8)
+                                       itemsize=torch.finfo(fdtype).bits // 8, heads=heads)
 
     input_ids = torch.tensor([ids], device=lm.device)
     captured = capture(_nnsight(lm), input_ids)
@@ -195,7 +198,7 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
             groupings.append(torch.tensor(index, device=tri.pos.device))
     result = decompose_stack(captured, layers, tri, groupings, dtype=fdtype,
                              chunk_bytes=min(CHUNK_BYTES, (max_memory or CHUNK_BYTES) // 8),
-                             late_from=late_from)
+                             late_from=late_from, heads=heads)
     timings["decompose"] = time.perf_counter() - t1
     timings["ordering"] = ("direct" if result.late_from >= P else
                            f"precomputed W_down·diag(g)·W_up for positions {result.late_from}..{P - 1}")
@@ -223,8 +226,9 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
     used = sorted(used)
     token_text = dict(zip(used, display_tokens(lm.tokenizer, used)))
 
+    head_data = _heads(result, captured, layers) if heads else [None] * len(groupings)
     out = {}
-    for (name, (kind, g)), st, attr in zip(resolved.items(), result.stats, attributions):
+    for (name, (kind, g)), st, attr, hd in zip(resolved.items(), result.stats, attributions, head_data):
         sources = _source_labels(tokens, g) + (["bias"] if bias else [])
         arr = {k: getattr(st, k).numpy() for k in ("norm", "delta_norm", "proj")}
         out[name] = Decomposition(
@@ -238,8 +242,18 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
             pred_logits=top_logits.float().cpu().numpy(), logit_attr=attr.float().cpu().numpy(),
             recon_error=result.recon_error.numpy(), logit_error=logit_error,
             lens_ids=lens_ids, lens_probs=lens_probs, token_text=token_text,
-            model=dict(lm.info), precision=dtype, has_bias=bias, timings=dict(timings))
+            model=dict(lm.info), precision=dtype, has_bias=bias, timings=dict(timings), head_data=hd)
     return out
+
+
+def _heads(result, captured, layers) -> list[Heads]:
+    """engine.HeadStats (one per grouping) -> result.Heads, with the frozen patterns."""
+    H = layers[0].n_heads
+    labels = [str(h) for h in range(H)] + (["o_proj bias"] if layers[0].bo is not None else [])
+    pattern = torch.stack([a.float().cpu() for a in captured.patterns]).numpy()   # (L, H, P, P)
+    return [Heads(labels=labels, norm=hs.norm.numpy(), proj=hs.proj.numpy(),
+                  write_norm=hs.write_norm.numpy(), write_proj=hs.write_proj.numpy(), pattern=pattern)
+            for hs in result.heads]
 
 
 # Rows per unembedding matmul: W_U (V·d) is read once per batch, not per layer, and at 1024

@@ -12,6 +12,24 @@ from . import __version__
 
 
 @dataclass
+class Heads:
+    """The attention writes split by query head (issue 13), for one grouping of the sources.
+
+    (L,H',P,G) arrays are [layer, head, position, source]. Head h's part of what layer l's
+    attention block wrote at p for source s is W_o,h · O_h[p, s] (o_proj's columns of head h
+    times that head's values mixed by the frozen pattern); Σ_h part_h = the block's write,
+    exactly. H' = H, plus one pseudo-head "o_proj bias" for models whose o_proj has a bias.
+    """
+    labels: list[str]                  # (H',) "0" .. "H-1" (+ "o_proj bias")
+    norm: np.ndarray                   # (L,H',P,G) ‖head h's part of the write for s‖
+    proj: np.ndarray                   # (L,H',P,G) ⟨part, r⟩/‖r‖², r = residual after attention;
+                                       #   Σ_h = the share of what the block wrote for s
+    write_norm: np.ndarray             # (L,H',P)   ‖head h's whole write at p‖, all sources
+    write_proj: np.ndarray             # (L,H',P)   its share ⟨write_h, r⟩/‖r‖²
+    pattern: np.ndarray                # (L,H,P,P)  frozen attention, [layer, head, query, key]
+
+
+@dataclass
 class Decomposition:
     """Everything infoflow keeps from one prompt. (L,P,G) arrays are [layer, position, source].
 
@@ -45,6 +63,16 @@ class Decomposition:
     version: str = __version__
     has_bias: bool = False
     timings: dict = field(default_factory=dict)
+    # Heads, None (not computed) or, from a data file, a function that reads them: see `heads`.
+    head_data: object = field(default=None, repr=False)
+
+    @property
+    def heads(self) -> Heads | None:
+        """Per-head data (issue 13). From a data file it is read on first access, from the
+        file's `.heads.msgpack` companion; None where it was not computed."""
+        if callable(self.head_data):
+            self.head_data = self.head_data()
+        return self.head_data
 
     @property
     def n_layers(self) -> int:

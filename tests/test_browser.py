@@ -46,18 +46,28 @@ def site_server(gallery_site):
     server.server_close()
 
 
+_SHARED: dict = {"users": 0}
+
+
 @pytest.fixture(scope="session")
 def browser():
+    """One Chromium for the session. tests/test_viewer_*.py import this fixture, which makes
+    one fixture per module: they share the same browser (a second sync_playwright would fail)."""
     from playwright import sync_api
     if not Path(CHROMIUM).exists():
         message = "Debian chromium is not installed (/usr/bin/chromium): run setup.sh as root, or apt-get install chromium"
         if os.environ.get("CI"):
             pytest.fail(message)   # in CI a missing browser is a broken setup, never a skip
         pytest.skip(message)
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
+    if not _SHARED["users"]:
+        _SHARED["pw"] = sync_api.sync_playwright().start()
+        _SHARED["browser"] = _SHARED["pw"].chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    _SHARED["users"] += 1
+    yield _SHARED["browser"]
+    _SHARED["users"] -= 1
+    if not _SHARED["users"]:
+        _SHARED["browser"].close()
+        _SHARED["pw"].stop()
 
 
 class Page:
@@ -275,9 +285,9 @@ def test_hostile_prompt_renders_as_text(site_server, page, pages):
 
 
 @pytest.mark.parametrize("kind,message", [
-    ("garbage", r"corrupt"),
+    ("garbage", r"damaged.*[Rr]eload"),
     ("schema", r"schema 99.*schema 1"),
-    ("missing", r"missing"),
+    ("missing", r"missing.*[Rr]ebuild"),
 ])
 def test_bad_data_file_shows_a_message(site_server, page, pages, kind, message):
     import msgpack
@@ -312,7 +322,7 @@ def test_corrupt_file_on_disk(gallery_site, browser, tmp_path, pages):
     try:
         pg.goto(url + pages[pid])
         pg.wait_for_function("() => document.documentElement.dataset.viewerReady === 'error'")
-        assert "corrupt" in pg.inner_text("#error")
+        assert "damaged" in pg.inner_text("#error")
     finally:
         ctx.close()
         server.shutdown()

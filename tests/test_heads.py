@@ -135,3 +135,80 @@ def test_heads_off_by_default_and_do_not_change_the_rest():
     for name in ("norm", "delta_norm", "proj"):
         assert torch.equal(getattr(plain.stats[0], name), getattr(with_heads.stats[0], name))
     assert torch.equal(plain.final, with_heads.final)
+
+
+# --------------------------------------------------------------------- decompose() and the data files
+
+
+def test_decompose_heads_and_patterns_match_naive():
+    from infoflow import decompose
+    lm = tiny_model("llama-bias")
+    d = decompose(PROMPT, lm, dtype="float64")
+    ref = naive_decompose(lm.hf, torch.tensor([d.token_ids.tolist()]))
+    want = naive_head_stats(ref)
+    assert d.heads.labels == ["0", "1", "2", "3", "o_proj bias"]
+    assert rel(d.heads.norm, want["norm"].numpy()) <= 1e-5
+    assert rel(d.heads.write_proj, want["write_proj"].numpy()) <= 1e-5
+    pat = torch.stack(ref["rec"]["pat"]).numpy()                   # (L, H, P, P) from plain hooks
+    assert d.heads.pattern.shape == pat.shape and np.abs(d.heads.pattern - pat).max() <= 1e-6
+    assert decompose(PROMPT, lm, heads=False).heads is None
+
+
+def test_heads_file_round_trip_and_main_file_unchanged(tmp_path):
+    """Per-head data goes to its own file; the main file's bytes are those of a build without it."""
+    import msgpack
+
+    from infoflow import load
+    from infoflow.datafile import content_hash, encode, heads_page_bytes, heads_path, page_bytes
+    from infoflow.decompose import decompose_variants
+    lm = tiny_model("qwen2")
+    groups = [0, 0, 1, 1, 1, 2, 3, 3, 3, 3, 3]
+    res = decompose_variants(PROMPT, lm, {"tokens": None, "words": "words", "prompt": groups})
+    meta = {"id": "t", "title": "t", "text": PROMPT, "tags": [], "note": None, "chat": False}
+    with_heads = msgpack.unpackb(encode(res, meta, heads=True, built="x"), raw=False, strict_map_key=False)
+    without = msgpack.unpackb(encode(res, meta, heads=False, built="x"), raw=False, strict_map_key=False)
+    body, _ = page_bytes(with_heads, meta)
+    assert body == page_bytes(without, meta)[0]
+    main = tmp_path / f"t.{content_hash(body)}.msgpack"
+    main.write_bytes(body)
+    heads_path(main).write_bytes(heads_page_bytes(with_heads, main.name))
+    for name in ("tokens", "words", "prompt"):
+        d, want = load(main, name), res[name].heads
+        assert d.head_data is not None and callable(d.head_data)       # nothing read yet
+        h = d.heads
+        assert h.labels == want.labels
+        for key, signed in (("norm", False), ("proj", True)):
+            got, exact = getattr(h, key), getattr(want, key)
+            step = np.abs(exact).max(-1, keepdims=True) / (254 if signed else 510)
+            assert np.all(np.abs(got - exact) <= step * 1.0001 + 1e-12), key   # the stated bound
+        assert np.array_equal(h.write_norm, want.write_norm) and np.array_equal(h.write_proj, want.write_proj)
+        assert np.all(np.abs(h.pattern - want.pattern) <= want.pattern.max(-1, keepdims=True) / 510 + 1e-7)
+    # a companion that belongs to another main file is refused
+    other = tmp_path / "u.000000000000.msgpack"
+    other.write_bytes(body)
+    heads_path(other).write_bytes(heads_path(main).read_bytes())
+    from infoflow.datafile import DataFileError
+    with pytest.raises(DataFileError, match="belongs to"):
+        load(other).heads
+
+
+# --------------------------------------------------------------------- the real model: the gallery notes
+
+
+def test_default_model_name_movers_and_induction_heads(default_model):
+    """What prompts/gallery.toml's notes say about heads, measured again on the real model."""
+    from infoflow import decompose
+    d = decompose("When Mary and John went to the store, John gave a drink to", default_model, logit_lens=False)
+    P, mary = d.n_tokens, d.tokens.index(" Mary")
+    assert d.worst_recon_error <= 1e-4
+    share = d.heads.proj[:, :, P - 1, mary]                         # (L, H) signed share of ' Mary'
+    best = sorted(((share[l, h], l, h) for l in range(d.n_layers) for h in range(9)), reverse=True)[:3]
+    assert {(l, h) for _, l, h in best} == {(23, 0), (23, 1), (23, 7)}
+    assert abs(share[23].sum() - 0.096) < 0.005 and share[24, 4] < -0.005
+    assert d.heads.pattern[23, 0, P - 1, mary] > 0.6 and d.heads.pattern[24, 4, P - 1, mary] > 0.75
+    d = decompose("zq blorf vint kex muda. zq blorf vint kex", default_model, logit_lens=False)
+    P = d.n_tokens
+    target = max(i for i in range(P - 1) if d.tokens[i] == d.tokens[-1]) + 1     # after the earlier 'x'
+    att = d.heads.pattern[:, :, P - 1, target]
+    assert att[17, 4] > 0.9 and att[18, 6] > 0.9
+    assert np.unravel_index(np.argmax(d.heads.proj[:, :, P - 1, target]), att.shape) == (18, 6)

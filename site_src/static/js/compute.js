@@ -5,9 +5,11 @@ export const THRESHOLD = 0.02;   // segments narrower than this share merge into
 /** Index of (layer l, sublayer k, position p, source s) in a dense (L, 2, P, G) array. */
 export const at = (P, G, l, k, p, s) => ((l * 2 + k) * P + p) * G + s;
 
+/** Rectangles of one colour: items are (cell, x0, x1, y0, y1), x and y fractions of the cell. */
 class Batch {
-  constructor(color) {
+  constructor(color, source = -1) {
     this.color = color;
+    this.source = source;     // the source it draws, or -1 (others, heat ramp, sign strips)
     this.items = new Float32Array(256);
     this.n = 0;
   }
@@ -25,19 +27,45 @@ class Batch {
 }
 
 /**
+ * Which sources get a colour of their own: the `max` visible sources with the largest mean
+ * norm share over all cells (ranked on `norm` whatever the metric, so that switching metric
+ * keeps the colours), plus the traced source. -> Int16Array(G): palette slot, or -1 (others).
+ */
+export function colorSlots(V, L, P, hidden, traced, max) {
+  const G = V.G, arr = V.norm, total = new Float64Array(G);
+  for (let c = 0; c < L * 2 * P; c++) {
+    const base = c * G;
+    let sum = 0;
+    for (let s = 0; s < G; s++) if (!hidden[s]) sum += arr[base + s];
+    if (sum <= 0) continue;
+    for (let s = 0; s < G; s++) if (!hidden[s]) total[s] += arr[base + s] / sum;
+  }
+  const ranked = [...Array(G).keys()].filter((s) => !hidden[s] && total[s] > 0)
+    .sort((a, b) => total[b] - total[a] || a - b);
+  const slot = new Int16Array(G).fill(-1);
+  ranked.slice(0, max).forEach((s, i) => { slot[s] = i; });
+  if (traced >= 0 && slot[traced] < 0) slot[traced] = ranked.length ? Math.min(max, ranked.length) - 1 : 0;
+  return slot;
+}
+
+/**
  * Batches for the whole grid.
- * opts: {metric: "norm"|"delta"|"proj", hidden: Uint8Array(G), trace: source or -1, heat: bool,
- *        colors: [G hex], neutral, neg, pos, seqRamp: [hex], divRamp: [hex]}
+ * opts: {metric: "norm"|"delta"|"proj", hidden: Uint8Array(G) (the traced source is not hidden),
+ *        trace: source or -1, heat: bool, order: "position"|"size", colors: [G css colours, null
+ *        for a source drawn as "others"], neutral, neg, pos, seqRamp: [hex], divRamp: [hex]}
+ * A bar holds the coloured sources in `order`, then one grey "others" segment: the uncoloured
+ * sources and those under THRESHOLD of the cell.
  * Hot path (P = 128: 7680 cells x 127 sources): typed arrays, no string keys, insertion sort.
  */
 export function buildBatches(V, L, P, opts) {
   const G = V.G;
   const arr = V[opts.metric];
-  const hidden = opts.hidden, first = V.first;
+  const hidden = opts.hidden, first = V.first, colors = opts.colors;
+  const bySize = opts.order === "size";
   const srcB = new Array(G).fill(null);
   const rampB = [];
   let restB = null, posB = null, negB = null;
-  const src = (s) => srcB[s] || (srcB[s] = new Batch(opts.colors[s]));
+  const src = (s) => srcB[s] || (srcB[s] = new Batch(colors[s], s));
   const rest = () => restB || (restB = new Batch(opts.neutral));
   const pos = () => posB || (posB = new Batch(opts.pos));
   const neg = () => negB || (negB = new Batch(opts.neg));
@@ -45,21 +73,17 @@ export function buildBatches(V, L, P, opts) {
   const t = opts.trace;
   const signed = opts.metric === "proj";
   const idx = new Int32Array(G), val = new Float32Array(G), big = new Int32Array(G);
-  // the sources visible at all, in order: skip hidden ones once, not per cell
   // Sources are numbered by first use, so those present at p are a prefix (plus the bias
-  // source): visible sources in order, and for each p how many of them have started.
-  const vis = [];
-  for (let s = 0; s < G; s++) if (!hidden[s] || s === t) vis.push(s);
+  // source): visible sources in position order, and for each p how many of them have started.
   const bias = V.hasBias ? G - 1 : -1;
-  const ordered = vis.filter((s) => s !== bias).sort((a, b) => first[a] - first[b]);
-  if (bias >= 0 && vis.includes(bias)) ordered.push(bias);
-  const order = Int32Array.from(ordered);
+  const order = Int32Array.from([...Array(G).keys()].filter((s) => !hidden[s] && s !== bias)
+    .sort((a, b) => first[a] - first[b]));
+  const hasBias = bias >= 0 && !hidden[bias];
   const started = new Int32Array(P);      // visible non-bias sources with first <= p
   for (let p = 0, j = 0; p < P; p++) {
-    while (j < order.length && order[j] !== bias && first[order[j]] <= p) j++;
+    while (j < order.length && first[order[j]] <= p) j++;
     started[p] = j;
   }
-  const hasBias = bias >= 0 && vis.includes(bias);
 
   const sortDesc = (a, n, key) => {     // insertion sort of a[0..n) by key[a[i]] descending
     for (let i = 1; i < n; i++) {
@@ -78,7 +102,7 @@ export function buildBatches(V, L, P, opts) {
         const base = ((l * 2 + k) * P + p) * G;
         let n = 0, sum = 0, abs = 0;
         const m = started[p] + (hasBias ? 1 : 0);
-        for (let i = 0; i < m; i++) {
+        for (let i = 0; i < m; i++) {       // visible sources present here, in position order
           const s = i < started[p] ? order[i] : bias;
           const x = arr[base + s];
           if (x === 0) continue;
@@ -91,16 +115,13 @@ export function buildBatches(V, L, P, opts) {
           if (signed) {
             const v = Math.max(-1, Math.min(1, x));
             if (opts.heat) {
-              const i = Math.round((v + 1) / 2 * (opts.divRamp.length - 1));
-              ramp(opts.divRamp, i).push(cell, 0, 1, 0, 1);
+              ramp(opts.divRamp, rampIndex(v, -1, 1, opts.divRamp.length)).push(cell, 0, 1, 0, 1);
             } else if (v >= 0) pos().push(cell, 0.5, 0.5 + v / 2, 0, 1);
             else neg().push(cell, 0.5 + v / 2, 0.5, 0, 1);
           } else {
             const share = sum > 0 ? x / sum : 0;
-            if (opts.heat) {
-              const i = Math.round(share * (opts.seqRamp.length - 1));
-              ramp(opts.seqRamp, i).push(cell, 0, 1, 0, 1);
-            } else src(t).push(cell, 0, share, 0, 1);
+            if (opts.heat) ramp(opts.seqRamp, rampIndex(share, 0, 1, opts.seqRamp.length)).push(cell, 0, 1, 0, 1);
+            else src(t).push(cell, 0, share, 0, 1);
           }
           continue;
         }
@@ -109,8 +130,8 @@ export function buildBatches(V, L, P, opts) {
           if (sum <= 0) continue;
           const cut = THRESHOLD * sum;
           let nb = 0;
-          for (let i = 0; i < n; i++) if (val[i] >= cut) big[nb++] = i;
-          sortDesc(big, nb, val);
+          for (let i = 0; i < n; i++) if (val[i] >= cut && colors[idx[i]]) big[nb++] = i;
+          if (bySize) sortDesc(big, nb, val);
           let x = 0;
           for (let j = 0; j < nb; j++) {
             const i = big[j], w = val[i] / sum;
@@ -120,21 +141,22 @@ export function buildBatches(V, L, P, opts) {
           if (x < 0.9999) rest().push(cell, x, 1, 0, 1);
         } else {
           if (abs <= 0) continue;
-          // negative parts left of zero, positive parts right of it; both largest next to zero
+          // negative parts left of zero, positive parts right of it; in position order from
+          // zero outwards, or largest next to zero
           let negSum = 0;
           for (let i = 0; i < n; i++) if (val[i] < 0) negSum -= val[i];
           const zero = negSum / abs;
           const cut = THRESHOLD * abs;
           let np = 0, nn = 0, restPos = 0, restNeg = 0;
           const posI = big;
-          // positives first into big[0..np), negatives into big[G-1] downwards
+          // positives into big[0..np), negatives into big[G-1] downwards
           for (let i = 0; i < n; i++) {
             const w = val[i];
-            if (w >= cut) posI[np++] = i;
-            else if (w <= -cut) posI[G - 1 - nn++] = i;
+            if (w >= cut && colors[idx[i]]) posI[np++] = i;
+            else if (w <= -cut && colors[idx[i]]) posI[G - 1 - nn++] = i;
             else if (w > 0) restPos += w; else restNeg -= w;
           }
-          sortDesc(posI, np, val);
+          if (bySize) sortDesc(posI, np, val);
           let x = zero;
           for (let j = 0; j < np; j++) {
             const i = posI[j], w = val[i] / abs;
@@ -142,13 +164,15 @@ export function buildBatches(V, L, P, opts) {
             x += w;
           }
           if (restPos > 0) rest().push(cell, x, 1, 0, 1);
-          // negatives: most negative next to zero
           const negs = posI.subarray(G - nn, G);
-          for (let a = 1; a < nn; a++) {       // ascending by value (most negative first)
-            const xi = negs[a], kx = val[xi];
-            let b = a - 1;
-            while (b >= 0 && val[negs[b]] > kx) { negs[b + 1] = negs[b]; b--; }
-            negs[b + 1] = xi;
+          negs.reverse();                      // back into position order
+          if (bySize) {
+            for (let a = 1; a < nn; a++) {     // ascending by value (most negative first)
+              const xi = negs[a], kx = val[xi];
+              let b = a - 1;
+              while (b >= 0 && val[negs[b]] > kx) { negs[b + 1] = negs[b]; b--; }
+              negs[b + 1] = xi;
+            }
           }
           x = zero;
           for (let j = 0; j < nn; j++) {
@@ -166,6 +190,35 @@ export function buildBatches(V, L, P, opts) {
   }
   // draw order: remainder, sources, heat, then sign strips on top
   return [restB, ...srcB, ...rampB, negB, posB].filter(Boolean);
+}
+
+/** The ramp colour index of value v in [lo, hi] (what the heat map and its legend use). */
+export function rampIndex(v, lo, hi, n) {
+  const f = Math.max(0, Math.min(1, (v - lo) / (hi - lo)));
+  return Math.round(f * (n - 1));
+}
+
+/**
+ * Source s's share of each cell at position p, per layer: {attn: Float32Array(L), mlp: ...},
+ * NaN where s has not started yet. Shares as the grid draws them (proj: the signed share).
+ */
+export function traceSeries(V, L, P, metric, hidden, s, p) {
+  const out = { attn: new Float32Array(L).fill(NaN), mlp: new Float32Array(L).fill(NaN) };
+  if (s < 0 || V.first[s] > p) return out;
+  const arr = V[metric], G = V.G;
+  for (let l = 0; l < L; l++) {
+    for (let k = 0; k < 2; k++) {
+      const base = at(P, G, l, k, p, 0);
+      let share = arr[base + s];
+      if (metric !== "proj") {
+        let sum = 0;
+        for (let j = 0; j < G; j++) if (!hidden[j] && V.first[j] <= p) sum += arr[base + j];
+        share = sum > 0 ? share / sum : 0;
+      }
+      (k ? out.mlp : out.attn)[l] = share;
+    }
+  }
+  return out;
 }
 
 /** Per-source values of one cell: [{s, value, share}] sorted by |share|, largest first. */

@@ -1,7 +1,27 @@
 // Fetch and decode an infoflow data file (docs/data-format.md, schema 1) into dense typed arrays.
+//
+// Data files are untrusted: every declared size is checked against LIMITS and against the
+// others before anything is allocated, and compressed arrays are inflated chunk by chunk into a
+// buffer of exactly their declared size, stopping at the first byte past it (a deflate bomb
+// stops there). Every problem becomes a DataError whose message says, in words, what is wrong
+// and what to do.
 import { decode as msgpackDecode } from "../vendor/msgpack/dist.esm/index.mjs";
 
 export const SCHEMA = 1;
+
+/**
+ * What a file may declare. Far above any real result (the default model has 30 layers; a long
+ * prompt 512 positions), far below what would freeze a tab.
+ */
+export const LIMITS = {
+  layers: 1024,
+  positions: 16384,
+  topK: 1024,
+  strings: 1 << 21,              // entries of the string table
+  elements: 1 << 27,             // one dense array: 128 Mi values (512 MB as float32)
+  total: 1 << 28,                // all dense arrays together: 1 GiB as float32
+  variants: 64,
+};
 
 /** Every problem with a data file; `message` is shown on the page as is. */
 export class DataError extends Error {
@@ -9,6 +29,19 @@ export class DataError extends Error {
     super(message);
     this.name = "DataError";
   }
+}
+
+const DAMAGED_ADVICE = "Reload the page; if this message comes back, the copy on the server is damaged: "
+  + "rebuild the site (infoflow build) or tell whoever published it.";
+
+/** The file is damaged (a flipped bit, a truncated download): say so, and what to do. */
+export function damaged(detail) {
+  return new DataError(`The data file is damaged (${detail}). ${DAMAGED_ADVICE}`);
+}
+
+function tooBig(what, value, limit) {
+  return new DataError(`The data file declares ${what} = ${value}, more than this viewer reads (at most ${limit}). `
+    + "It is damaged or was not written by infoflow; nothing was loaded.");
 }
 
 // ----------------------------------------------------------------------------- f16
@@ -34,23 +67,40 @@ function f16Table() {
 
 const SIZES = { u8: 1, i8: 1, u16: 2, u32: 4, f16: 2, f32: 4 };
 
-async function inflate(bytes) {
+/**
+ * Inflate a zlib stream into exactly `size` bytes, reading the DecompressionStream chunk by
+ * chunk: past `size` it stops reading and throws (so a deflate bomb costs `size` bytes, not
+ * gigabytes), and it throws when the stream ends short.
+ */
+export async function inflateCapped(bytes, size, what = "an array") {
   if (typeof DecompressionStream === "undefined") {
-    throw new DataError("This browser cannot decompress the data file (no DecompressionStream).");
+    throw new DataError("This browser cannot decompress the data file (no DecompressionStream): use a current Chrome, Firefox or Safari.");
   }
-  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+  const out = new Uint8Array(size);
+  const reader = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate")).getReader();
+  let n = 0;
   try {
-    return new Uint8Array(await new Response(stream).arrayBuffer());
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (n + value.byteLength > size) {
+        reader.cancel().catch(() => {});
+        throw damaged(`${what} inflates to more than its declared ${size} bytes`);
+      }
+      out.set(value, n);
+      n += value.byteLength;
+    }
   } catch (e) {
-    throw new DataError(`The data file is corrupt: a compressed array does not inflate (${e.message}).`);
+    if (e instanceof DataError) throw e;
+    throw damaged(`${what} does not inflate: ${e.message}`);
   }
+  if (n !== size) throw damaged(`${what} inflates to ${n} bytes, its shape needs ${size}`);
+  return out;
 }
 
 /** Little-endian typed view of raw bytes (copies when unaligned). */
 function typedView(dtype, bytes) {
   const size = SIZES[dtype];
-  if (!size) throw new DataError(`The data file is corrupt: unknown array dtype ${JSON.stringify(dtype)}.`);
-  if (bytes.byteLength % size) throw new DataError(`The data file is corrupt: ${dtype} array of ${bytes.byteLength} bytes.`);
   let buf = bytes.buffer, off = bytes.byteOffset;
   if (off % size) {
     const copy = new Uint8Array(bytes.byteLength);
@@ -71,39 +121,73 @@ function typedView(dtype, bytes) {
       return out;
     }
   }
+  throw damaged(`unknown array type ${JSON.stringify(dtype)}`);
 }
 
-const prod = (a) => a.reduce((x, y) => x * y, 1);
+const isCount = (x) => Number.isSafeInteger(x) && x >= 0;
 
 /**
- * One array map -> {shape, data}. `data` is the dense C-order array: a Float32Array for
- * quantized / tril / float arrays, else the integer typed array.
+ * Check an array map's declared shape, type and layout against LIMITS, before any allocation.
+ * -> {total: dense elements, stored: stored elements, size: stored bytes}
+ */
+export function checkArray(obj, what) {
+  if (!obj || typeof obj !== "object" || !(obj.data instanceof Uint8Array) || !Array.isArray(obj.shape)) {
+    throw damaged(`${what} is not an array`);
+  }
+  const shape = obj.shape;
+  if (shape.length > 6 || !shape.every(isCount)) throw damaged(`${what} has a malformed shape`);
+  let total = 1;
+  for (const d of shape) {
+    total *= d;
+    if (total > LIMITS.elements) {
+      throw new DataError(`The data file declares ${what} of shape ${shape.join(" \u00d7 ")}, more than this viewer reads `
+        + `(${LIMITS.elements} values at most). It is damaged or was not written by infoflow; nothing was loaded.`);
+    }
+  }
+  if (!SIZES[obj.dtype]) throw damaged(`${what} has unknown type ${JSON.stringify(obj.dtype)}`);
+  if (obj.codec !== undefined && obj.codec !== null && obj.codec !== "deflate") throw damaged(`${what} has unknown codec ${JSON.stringify(obj.codec)}`);
+  let stored = total;
+  if (obj.layout === "tril") {
+    if (shape.length < 2) throw damaged(`${what} is tril with fewer than two axes`);
+    const P = shape[shape.length - 2], G = shape[shape.length - 1];
+    const rowLen = obj.row_len, tail = obj.tail === undefined ? 0 : obj.tail;
+    if (!Array.isArray(rowLen) || rowLen.length !== P || !rowLen.every(isCount) || !(tail === 0 || tail === 1) || tail > G) {
+      throw damaged(`${what} has a bad row_len`);
+    }
+    let per = 0;
+    for (let p = 0; p < P; p++) per += Math.min(rowLen[p], G - tail) + tail;
+    stored = P * G ? per * (total / (P * G)) : 0;
+  } else if (obj.layout !== undefined && obj.layout !== null) {
+    throw damaged(`${what} has unknown layout ${JSON.stringify(obj.layout)}`);
+  }
+  if (obj.q !== undefined && !(Number.isFinite(obj.q) && obj.q > 0)) throw damaged(`${what} has a bad quantization`);
+  return { total, stored, size: stored * SIZES[obj.dtype] };
+}
+
+/**
+ * One array map -> {shape, data, scale?, q?}. `data` is the dense C-order array: a
+ * Float32Array for quantized / tril / float arrays, else the integer typed array. Quantized
+ * arrays keep their per-row `scale` (the row's largest |value|) and `q`: a value is within
+ * scale / (2q) of the engine's number.
  */
 export async function decodeArray(obj, what = "array") {
-  if (!obj || typeof obj !== "object" || !(obj.data instanceof Uint8Array) || !Array.isArray(obj.shape)) {
-    throw new DataError(`The data file is corrupt: ${what} is not an array map.`);
-  }
+  const { total, size } = checkArray(obj, what);
   let bytes = obj.data;
-  if (obj.codec === "deflate") bytes = await inflate(bytes);
-  else if (obj.codec !== undefined && obj.codec !== null) throw new DataError(`The data file is corrupt: ${what} has unknown codec ${JSON.stringify(obj.codec)}.`);
+  if (obj.codec === "deflate") bytes = await inflateCapped(bytes, size, what);
+  else if (bytes.byteLength !== size) throw damaged(`${what} holds ${bytes.byteLength} bytes, its shape needs ${size}`);
   const flat = typedView(obj.dtype, bytes);
   const shape = obj.shape;
-  const total = prod(shape);
-  let out;
   const quant = obj.q !== undefined;
   let scale = null;
   if (quant) {
     scale = (await decodeArray(obj.scale, what + ".scale")).data;
-    if (scale.length * shape[shape.length - 1] !== total) throw new DataError(`The data file is corrupt: ${what} has a bad scale.`);
+    if (scale.length * (shape[shape.length - 1] || 1) !== total && total !== 0) throw damaged(`${what} has a bad scale`);
   }
+  let out;
   if (obj.layout === "tril") {
     const P = shape[shape.length - 2], G = shape[shape.length - 1];
-    const lead = total / (P * G);
+    const lead = P * G ? total / (P * G) : 0;
     const rowLen = obj.row_len, tail = obj.tail | 0;
-    if (!Array.isArray(rowLen) || rowLen.length !== P) throw new DataError(`The data file is corrupt: ${what} has a bad row_len.`);
-    let per = 0;
-    for (let p = 0; p < P; p++) per += Math.min(rowLen[p], G - tail) + tail;
-    if (flat.length !== per * lead) throw new DataError(`The data file is corrupt: ${what} holds ${flat.length} values, expected ${per * lead}.`);
     out = new Float32Array(total);
     const q = quant ? obj.q : 1;
     let src = 0;
@@ -117,7 +201,6 @@ export async function decodeArray(obj, what = "array") {
       }
     }
   } else {
-    if (flat.length !== total) throw new DataError(`The data file is corrupt: ${what} holds ${flat.length} values, its shape needs ${total}.`);
     out = flat;
     if (quant) {
       const G = shape[shape.length - 1], q = obj.q;
@@ -129,16 +212,30 @@ export async function decodeArray(obj, what = "array") {
       out = f;
     }
   }
-  return { shape, data: out };
+  return quant ? { shape, data: out, scale, q: obj.q } : { shape, data: out };
 }
 
 // ----------------------------------------------------------------------------- document
 
 function need(obj, key, where) {
   if (obj === null || typeof obj !== "object" || !(key in obj)) {
-    throw new DataError(`The data file is missing the field "${where ? where + "." : ""}${key}".`);
+    throw damaged(`the field "${where ? where + "." : ""}${key}" is missing`);
   }
   return obj[key];
+}
+
+function count(obj, key, limit, what = key) {
+  const x = need(obj, key);
+  if (!isCount(x)) throw damaged(`"${key}" is not a count`);
+  if (x > limit) throw tooBig(what, x, limit);
+  return x;
+}
+
+function expectShape(a, shape, what) {
+  const s = a && a.shape;
+  if (!Array.isArray(s) || s.length !== shape.length || s.some((d, i) => d !== shape[i])) {
+    throw damaged(`${what} has shape [${Array.isArray(s) ? s.join(",") : s}], expected [${shape.join(",")}]`);
+  }
 }
 
 export const METRIC_KEYS = ["norm", "delta", "proj"];
@@ -148,28 +245,33 @@ export const METRIC_KEYS = ["norm", "delta", "proj"];
  * `norm`, `delta`, `proj` are decoded on first use (`await ensureMetric(V, "delta")`), so the
  * first view waits only for what it shows. Until then `V.norm` etc. are null.
  */
-async function decodeVariant(v, L, P) {
+async function decodeVariant(v, L, P, k) {
   const name = need(v, "name", "variant");
   const sources = need(v, "sources", name);
-  if (!Array.isArray(sources)) throw new DataError(`The data file is corrupt: ${name}.sources is not a list.`);
+  if (!Array.isArray(sources) || !sources.every((x) => typeof x === "string")) throw damaged(`${name}.sources is not a list of strings`);
   const G = sources.length;
-  const store = { L, P, G, name, raw: {}, norm: null, delta: null, proj: null, pending: {} };
-  for (const k of METRIC_KEYS) {
-    const a = need(v, k, name);
-    const s = a && a.shape;
-    if (!Array.isArray(s) || s.length !== 4 || s[0] !== L || s[1] !== 2 || s[2] !== P || s[3] !== G) {
-      throw new DataError(`The data file is corrupt: ${name}.${k} has shape [${s}], expected [${L},2,${P},${G}].`);
-    }
-    store.raw[k] = a;
+  if (G > P + 1) throw damaged(`${name} has ${G} sources for ${P} positions`);
+  const store = { L, P, G, name, raw: {}, norm: null, delta: null, proj: null, quant: {}, pending: {} };
+  for (const m of METRIC_KEYS) {
+    const a = need(v, m, name);
+    expectShape(a, [L, 2, P, G], `${name}.${m}`);
+    checkArray(a, `${name}.${m}`);
+    store.raw[m] = a;
   }
-  const [groups, first, attr] = await Promise.all(
-    ["groups", "first", "logit_attr"].map((k) => decodeArray(need(v, k, name), `${name}.${k}`)));
-  if (groups.data.length !== P || first.data.length !== G) throw new DataError(`The data file is corrupt: ${name} groups / first have the wrong length.`);
+  const rawAttr = need(v, "logit_attr", name);
+  expectShape(rawAttr, [P, k, G], `${name}.logit_attr`);
+  const [groups, first, attr] = await Promise.all([
+    decodeArray(need(v, "groups", name), `${name}.groups`),
+    decodeArray(need(v, "first", name), `${name}.first`),
+    decodeArray(rawAttr, `${name}.logit_attr`)]);
+  if (groups.data.length !== P || first.data.length !== G) throw damaged(`${name}'s groups / first have the wrong length`);
+  for (const g of groups.data) if (g >= G) throw damaged(`${name}'s groups name a source it does not have`);
   const out = {
-    name, label: v.label || name, grouping: v.grouping || "custom", sources, hasBias: !!v.has_bias,
-    exact: true, G, groups: groups.data, first: first.data, logitAttr: attr.data, store,
+    name, label: typeof v.label === "string" ? v.label : name, grouping: v.grouping || "custom", sources,
+    hasBias: !!v.has_bias, exact: true, G, groups: groups.data, first: first.data, logitAttr: attr.data, store,
   };
-  for (const k of METRIC_KEYS) Object.defineProperty(out, k, { get: () => store[k], enumerable: true });
+  for (const m of METRIC_KEYS) Object.defineProperty(out, m, { get: () => store[m], enumerable: true });
+  Object.defineProperty(out, "quant", { get: () => store.quant, enumerable: true });
   return out;
 }
 
@@ -180,6 +282,7 @@ export function ensureMetric(V, metric) {
   if (!st.pending[metric]) {
     st.pending[metric] = decodeArray(st.raw[metric], `${st.name}.${metric}`).then((a) => {
       st[metric] = a.data;
+      if (a.scale) st.quant[metric] = { scale: a.scale, q: a.q };
       st.raw[metric] = null;
     });
   }
@@ -191,27 +294,82 @@ export function ensureAll(D) {
   return Promise.all(D.variants.flatMap((V) => METRIC_KEYS.map((m) => ensureMetric(V, m))));
 }
 
-/** Decode the bytes of a data file. Throws DataError with a message fit for the page. */
+/** Check the sizes a document declares, all together, before decoding any array. */
+function checkDocument(doc) {
+  const L = count(doc, "layers", LIMITS.layers);
+  const P = count(doc, "positions", LIMITS.positions);
+  const k = count(doc, "top_k", LIMITS.topK);
+  if (!L || !P || !k) throw damaged("it declares no layers, positions or predictions");
+  const tokens = need(doc, "tokens");
+  if (!Array.isArray(tokens) || tokens.length !== P || !tokens.every((t) => typeof t === "string")) {
+    throw damaged(`it has ${Array.isArray(tokens) ? tokens.length : "no"} tokens for ${P} positions`);
+  }
+  const strings = need(doc, "strings");
+  if (!Array.isArray(strings) || !strings.every((t) => typeof t === "string")) throw damaged("its string table is not a list of strings");
+  if (strings.length > LIMITS.strings) throw tooBig("the string table's length", strings.length, LIMITS.strings);
+  const variants = need(doc, "variants");
+  if (!Array.isArray(variants) || !variants.length) throw damaged("it has no variants");
+  if (variants.length > LIMITS.variants) throw tooBig("the number of variants", variants.length, LIMITS.variants);
+  let total = 0;
+  for (const v of variants) {
+    if (!v || typeof v !== "object") throw damaged("a variant is not a map");
+    if (v.same_as !== undefined) continue;
+    const G = Array.isArray(v.sources) ? v.sources.length : 0;
+    total += METRIC_KEYS.length * L * 2 * P * G + P * k * G;
+  }
+  total += (doc.lens ? 2 * L * 2 * P * k : 0) + 3 * P * k;
+  if (total > LIMITS.total) throw tooBig("the total size of its arrays", total, LIMITS.total);
+  return { L, P, k, tokens, strings };
+}
+
+/**
+ * The decoded result the viewer shows (mountViewer(root, D) in viewer.js), whether it was
+ * fetched (loadData) or computed in the browser and encoded to the same msgpack document:
+ *
+ *   D = {
+ *     schema: 1, generator: {infoflow, engine}, built: string, prompt: {id, title, text, tags, note, chat},
+ *     model: {id, fingerprint, architecture, layers, d_model, heads, kv_heads, d_mlp, vocab, dtype},
+ *     precision: "float32" | "float64",
+ *     L, P, k,                          // layers, positions, top-k
+ *     tokens: string[P],                // display strings (untrusted: textContent only)
+ *     tokenIds: Uint32Array(P), strings: string[] (string table for predictions and lens),
+ *     embedNorm: Float32Array(P), reconError: Float32Array(L*2), worstReconError: number, logitError: number,
+ *     pred: {ids: (P, k) indices into strings, probs: Float32Array(P*k), logits: Float32Array(P*k)},
+ *     lens: {ids: (L, 2, P, k), probs: Float32Array(L*2*P*k)} | null,
+ *     variants: [V],                    // the first is "tokens"
+ *     // loadData adds: url, bytes (file size), timings: {download, decode} (ms)
+ *   }
+ *   V = {
+ *     name, label, grouping: "tokens" | "words" | "custom", sources: string[G], hasBias, exact: true, G,
+ *     groups: Uint16Array(P) (source of each position), first: Uint16Array(G) (first position of each source),
+ *     logitAttr: Float32Array(P*k*G),
+ *     norm, delta, proj: Float32Array(L*2*P*G) [layer, attn=0 / mlp=1, position, source],
+ *                       null until `await ensureMetric(V, name)` (decodeData decodes `eager` ones),
+ *     quant: {norm|delta|proj: {scale: Float32Array(L*2*P), q}}: a value is within scale/(2q) of the engine's,
+ *   }
+ * Arrays are dense and C-ordered; index (l, k, p, s) is ((l * 2 + k) * P + p) * G + s.
+ */
 export async function decodeData(buffer, { eager = [["words", "norm"]] } = {}) {
   let doc;
   try {
-    doc = msgpackDecode(new Uint8Array(buffer));
+    doc = msgpackDecode(new Uint8Array(buffer), {
+      maxStrLength: 1 << 24, maxBinLength: 1 << 30, maxArrayLength: LIMITS.strings, maxMapLength: 4096, maxExtLength: 0,
+    });
   } catch (e) {
-    throw new DataError(`The data file is corrupt: it is not valid msgpack (${e.message}).`);
+    throw damaged(`it is not valid msgpack: ${e.message}`);
   }
   if (doc === null || typeof doc !== "object" || Array.isArray(doc) || !("schema" in doc)) {
-    throw new DataError("This is not an infoflow data file: it has no schema number.");
+    throw new DataError("This is not an infoflow data file: it has no schema number. Check the link, or rebuild the site.");
   }
   if (doc.schema !== SCHEMA) {
     throw new DataError(`The data file has schema ${JSON.stringify(doc.schema)}, but this viewer reads schema ${SCHEMA} only. Rebuild the site with a matching infoflow.`);
   }
-  const L = need(doc, "layers"), P = need(doc, "positions"), k = need(doc, "top_k");
-  const tokens = need(doc, "tokens");
-  if (!Array.isArray(tokens) || tokens.length !== P) throw new DataError(`The data file is corrupt: ${tokens.length} tokens for ${P} positions.`);
+  const { L, P, k, tokens, strings } = checkDocument(doc);
   const pred = need(doc, "predictions");
   const lens = doc.lens;
-  const rawVariants = need(doc, "variants");
-  if (!Array.isArray(rawVariants) || !rawVariants.length) throw new DataError("The data file is corrupt: it has no variants.");
+  const rawVariants = doc.variants;
+  expectShape(need(pred, "ids", "predictions"), [P, k], "predictions.ids");
+  if (lens) expectShape(need(lens, "ids", "lens"), [L, 2, P, k], "lens.ids");
 
   const [tokenIds, embedNorm, recon, pIds, pProbs, pLogits, lIds, lProbs, ...decoded] = await Promise.all([
     decodeArray(need(doc, "token_ids"), "token_ids"),
@@ -222,8 +380,14 @@ export async function decodeData(buffer, { eager = [["words", "norm"]] } = {}) {
     decodeArray(need(pred, "logits", "predictions"), "predictions.logits"),
     lens ? decodeArray(need(lens, "ids", "lens"), "lens.ids") : null,
     lens ? decodeArray(need(lens, "probs", "lens"), "lens.probs") : null,
-    ...rawVariants.map((v) => (v && v.same_as !== undefined ? null : decodeVariant(v, L, P))),
+    ...rawVariants.map((v) => (v.same_as !== undefined ? null : decodeVariant(v, L, P, k))),
   ]);
+  for (const ids of [pIds.data, lIds ? lIds.data : []]) {
+    for (const i of ids) if (i >= strings.length) throw damaged("a prediction names a string the file does not have");
+  }
+  if (pProbs.data.length !== P * k || pLogits.data.length !== P * k || (lProbs && lProbs.data.length !== L * 2 * P * k)) {
+    throw damaged("the predictions or the logit lens have the wrong size");
+  }
 
   const byName = new Map();
   const variants = [];
@@ -231,7 +395,7 @@ export async function decodeData(buffer, { eager = [["words", "norm"]] } = {}) {
     let out = decoded[i];
     if (!out) {
       const base = byName.get(v.same_as);
-      if (!base) throw new DataError(`The data file is corrupt: variant ${JSON.stringify(v.name)} is the same as unknown ${JSON.stringify(v.same_as)}.`);
+      if (!base) throw damaged(`variant ${JSON.stringify(v.name)} is the same as unknown ${JSON.stringify(v.same_as)}`);
       // shares the base's lazily decoded arrays through the prototype
       out = Object.assign(Object.create(base), { name: v.name, label: v.label || v.name, grouping: v.grouping || base.grouping });
     }
@@ -246,7 +410,7 @@ export async function decodeData(buffer, { eager = [["words", "norm"]] } = {}) {
   return {
     schema: doc.schema, generator: doc.generator || {}, built: doc.built || "", prompt: doc.prompt || {},
     model: doc.model || {}, precision: doc.precision || "", L, P, k, tokens,
-    tokenIds: tokenIds.data, strings: need(doc, "strings"), embedNorm: embedNorm.data,
+    tokenIds: tokenIds.data, strings, embedNorm: embedNorm.data,
     reconError: recon.data, worstReconError: doc.worst_recon_error, logitError: doc.logit_error,
     pred: { ids: pIds.data, probs: pProbs.data, logits: pLogits.data },
     lens: lens ? { ids: lIds.data, probs: lProbs.data } : null,
@@ -254,28 +418,38 @@ export async function decodeData(buffer, { eager = [["words", "norm"]] } = {}) {
   };
 }
 
+/** The largest data file fetched: a result at the limits above is far smaller. */
+export const MAX_FILE_BYTES = 1 << 30;
+
 /** Fetch a data file and decode it; every failure becomes a DataError naming the file. */
 export async function loadData(url, options = {}) {
   let resp;
   try {
     resp = await fetch(url);
   } catch (e) {
-    throw new DataError(`Could not fetch the data file ${url} (${e.message}).`);
+    throw new DataError(`Could not fetch the data file ${url} (${e.message}). Check your connection and reload the page.`);
   }
   if (!resp.ok) {
     throw new DataError(resp.status === 404
-      ? `The data file ${url} is missing (HTTP 404).`
-      : `Could not fetch the data file ${url} (HTTP ${resp.status}).`);
+      ? `The data file ${url} is missing (HTTP 404): the site is incomplete. Rebuild it (infoflow build) or tell whoever published it.`
+      : `Could not fetch the data file ${url} (HTTP ${resp.status}). Reload the page later.`);
   }
+  const declared = Number(resp.headers.get("content-length"));
+  if (declared > MAX_FILE_BYTES) throw tooBig("its file size", declared, MAX_FILE_BYTES);
   const t0 = performance.now();
-  const buf = await resp.arrayBuffer();
+  let buf;
+  try {
+    buf = await resp.arrayBuffer();
+  } catch (e) {
+    throw new DataError(`The data file ${url} did not download completely (${e.message}). Reload the page.`);
+  }
   const t1 = performance.now();
   let data;
   try {
     data = await decodeData(buf, options);
   } catch (e) {
     if (e instanceof DataError) throw e;
-    throw new DataError(`The data file ${url} is corrupt or malformed (${e.message}).`);
+    throw damaged(`${e.name}: ${e.message}`);
   }
   const t2 = performance.now();
   data.timings = { download: t1 - t0, decode: t2 - t1 };

@@ -1,11 +1,21 @@
-// The grid: one <canvas>, no DOM node per cell. Cells are drawn in batches (one path per colour).
+// The grid: one data <canvas> (no DOM node per cell) and an overlay canvas above it.
+//
+// API, after uPlot: set what changed, then commit() once; the grid redraws at most once per
+// animation frame, and only the layers whose inputs changed:
+//   setData({L, P, batches, tokens, ...})  the cells and labels        -> data canvas
+//   setLayout({emph, height})             row heights, canvas size     -> data canvas
+//   setView({z, x, y})                    zoom and pan                 -> data canvas
+//   setOverlay({hover, focus, pin, source}) hover, focus, pin, highlighted source -> overlay only
+//   commit()                              schedule one redraw; flush() draws now
+// Hover never repaints the data.
 //
 // World coordinates: at zoom 1 the grid fits the plot area; columns are positions, rows are
 // sublayers (row 0 = L0 attn at the bottom, row 2L-1 = the last MLP at the top).
-// Batches come from compute.js: {color, items: Float32Array of (cell, x0, x1, y0, y1)}, with x/y
-// fractions of the cell and cell = row * P + position.
+// Batches come from compute.js: {color, source, items: Float32Array of (cell, x0, x1, y0, y1)},
+// x/y fractions of the cell and cell = row * P + position.
+import { displayToken } from "./format.js";
 
-const MARGIN = { left: 66, right: 12, top: 92, bottom: 86 };
+export const MARGIN = { left: 80, right: 12, top: 92, bottom: 96 };
 const MAX_ZOOM = 64;
 
 const COLOR32 = new Map();
@@ -35,76 +45,105 @@ export function parseColor(css) {
   return [d[0], d[1], d[2]];
 }
 
-const MIXED = new Map();
-/** `a` drawn with opacity `alpha` over `b`, as "#rrggbb". */
-function mix(a, b, alpha) {
-  const key = a + b + alpha;
-  let v = MIXED.get(key);
-  if (v) return v;
-  const x = parseColor(a), y = parseColor(b);
-  v = "#" + x.map((c, i) => Math.round(c * alpha + y[i] * (1 - alpha)).toString(16).padStart(2, "0")).join("");
-  MIXED.set(key, v);
-  return v;
-}
-
-export function displayToken(t) {
-  return String(t).replace(/ /g, "\u00b7").replace(/\n/g, "\u23ce").replace(/\t/g, "\u21e5");
-}
+const truncate = (t, n = 14) => (t.length > n ? t.slice(0, n - 1) + "\u2026" : t);
 
 export class Grid {
   constructor(canvas) {
     this.canvas = canvas;
     this.ctx = canvas.getContext("2d");
+    this.over = document.createElement("canvas");
+    this.over.className = "grid-overlay";
+    this.over.setAttribute("aria-hidden", "true");
+    canvas.after(this.over);
+    this.octx = this.over.getContext("2d");
     this.L = 0;
     this.P = 0;
     this.view = { z: 1, x: 0, y: 0 };   // zoom; pan in screen px of the zoomed world
     this.emph = "attn";
-    this.batches = [];
-    this.tokens = [];
-    this.tokenColor = [];
-    this.tokenDim = [];               // per position: 0 normal, 1 dimmed (hidden / not traced)
-    this.tokenHidden = [];
-    this.tokenMark = -1;              // a token to highlight (traced)
-    this.predPos = -1;                // column whose label is underlined (predictions shown)
-    this.predictions = [];            // [{text, prob}] for the last position
-    this.hover = null;                // {l, k, p}
-    this.focus = null;
-    this.pin = null;
+    this.height = 0;                    // CSS px the canvas may take (0: as tall as L asks)
+    this.data = { batches: [], tokens: [], tokenColor: [], tokenDim: [], tokenHidden: [],
+      tokenMark: -1, predPos: -1, predictions: [] };
+    this.overlay = { hover: null, focus: null, pin: null, source: -1 };
     this.colors = {};
     this.cssW = 300;
     this.cssH = 150;
     this.dpr = 1;
+    this.dirty = { base: true, overlay: true };
+    this.frame = 0;
     this.lastDraw = 0;
   }
 
-  imageData(ctx, w, h) {
-    this.images = this.images || new WeakMap();
-    let img = this.images.get(ctx);
-    if (!img || img.width !== w || img.height !== h) {
-      img = ctx.createImageData(Math.max(1, w), Math.max(1, h));
-      this.images.set(ctx, img);
+  // ------------------------------------------------------------------ the API
+
+  setData(d) {
+    Object.assign(this.data, d);
+    if (d.L !== undefined && (d.L !== this.L || d.P !== this.P)) {
+      this.L = d.L;
+      this.P = d.P;
+      this.layout();
     }
-    return img;
+    this.dirty.base = this.dirty.overlay = true;
   }
 
-  setShape(L, P) {
-    this.L = L;
-    this.P = P;
-    this.layout();
+  setTheme(colors) {
+    this.colors = colors;
+    this.dirty.base = this.dirty.overlay = true;
   }
 
-  setTheme(colors) { this.colors = colors; }
-
-  /** Size the canvas to its container; row heights from L. Call on resize. */
-  resize(cssWidth, dpr = window.devicePixelRatio || 1) {
-    this.cssW = Math.max(320, Math.floor(cssWidth));
+  setLayout({ emph = this.emph, height = this.height, width = this.cssW, dpr = this.dpr } = {}) {
+    if (emph === this.emph && height === this.height && Math.floor(width) === this.cssW && dpr === this.dpr) return;
+    this.emph = emph;
+    this.height = height;
+    this.cssW = Math.max(320, Math.floor(width));
     this.dpr = dpr;
     this.layout();
+    this.dirty.base = this.dirty.overlay = true;
   }
+
+  setView(v) {
+    this.view = { z: v.z, x: v.x, y: v.y };
+    this.clampView();
+    this.dirty.base = this.dirty.overlay = true;
+  }
+
+  setOverlay(o) {
+    for (const [k, v] of Object.entries(o)) {
+      const cur = this.overlay[k];
+      const same = k === "source" ? cur === v
+        : (cur === v || (cur && v && cur.l === v.l && cur.k === v.k && cur.p === v.p));
+      if (!same) {
+        this.overlay[k] = v;
+        this.dirty.overlay = true;
+      }
+    }
+  }
+
+  /** One redraw at the next animation frame, whatever was set before it. */
+  commit() {
+    if (this.frame || !(this.dirty.base || this.dirty.overlay)) return;
+    this.frame = requestAnimationFrame(() => {
+      this.frame = 0;
+      this.flush();
+    });
+  }
+
+  /** Draw what is dirty now (first draw, tests, benchmarks). */
+  flush() {
+    if (this.frame) { cancelAnimationFrame(this.frame); this.frame = 0; }
+    if (this.dirty.base) this.drawBase();
+    if (this.dirty.overlay) this.drawOverlay();
+    this.dirty.base = this.dirty.overlay = false;
+    return this.lastDraw;
+  }
+
+  // ------------------------------------------------------------------ layout and view
 
   layout() {
     const L = Math.max(1, this.L);
-    const target = Math.max(180, Math.min(660, L * 21));
+    // as tall as 21 px per layer asks, but no taller than the room we were given (item: fit
+    // the viewport), and never below 5 px per layer
+    let target = Math.max(180, Math.min(660, L * 21));
+    if (this.height > 0) target = Math.max(Math.max(120, L * 5), Math.min(target, this.height - MARGIN.top - MARGIN.bottom));
     const unit = target / L;
     const big = unit * 0.64, small = unit - big;
     this.rowH = new Float32Array(2 * L);
@@ -113,28 +152,21 @@ export class Grid {
       const isAttn = r % 2 === 0;
       this.rowH[r] = (isAttn === (this.emph === "attn")) ? big : small;
     }
-    // row 2L-1 at the top
-    let y = 0;
+    let y = 0;                         // row 2L-1 at the top
     for (let r = 2 * L - 1; r >= 0; r--) { this.rowTop[r] = y; y += this.rowH[r]; }
     this.worldH = y;
     this.plotW = this.cssW - MARGIN.left - MARGIN.right;
     this.plotH = this.worldH;
     this.colW0 = this.plotW / Math.max(1, this.P);
     this.cssH = Math.ceil(MARGIN.top + this.plotH + MARGIN.bottom);
-    const c = this.canvas;
     const w = Math.round(this.cssW * this.dpr), h = Math.round(this.cssH * this.dpr);
-    if (c.width !== w || c.height !== h) { c.width = w; c.height = h; }
-    c.style.width = this.cssW + "px";
-    c.style.height = this.cssH + "px";
+    for (const c of [this.canvas, this.over]) {
+      if (c.width !== w || c.height !== h) { c.width = w; c.height = h; }
+      c.style.width = this.cssW + "px";
+      c.style.height = this.cssH + "px";
+    }
     this.clampView();
   }
-
-  setEmphasis(emph) {
-    this.emph = emph;
-    this.layout();
-  }
-
-  // ------------------------------------------------------------------ view
 
   clampView() {
     const v = this.view;
@@ -154,19 +186,19 @@ export class Grid {
     v.x = wx * z2 - px;
     v.y = wy * z2 - py;
     this.clampView();
+    this.dirty.base = this.dirty.overlay = true;
   }
 
-  zoomCenter(factor) {
-    this.zoomAt(MARGIN.left + this.plotW / 2, MARGIN.top + this.plotH / 2, factor);
-  }
+  zoomCenter(factor) { this.zoomAt(MARGIN.left + this.plotW / 2, MARGIN.top + this.plotH / 2, factor); }
 
   panBy(dx, dy) {
     this.view.x -= dx;
     this.view.y -= dy;
     this.clampView();
+    this.dirty.base = this.dirty.overlay = true;
   }
 
-  fit() { this.view = { z: 1, x: 0, y: 0 }; }
+  fit() { this.setView({ z: 1, x: 0, y: 0 }); }
 
   /** Scroll so that a cell is visible. */
   reveal(cell) {
@@ -180,25 +212,41 @@ export class Grid {
     if (y0 < v.y) v.y = y0;
     if (y1 > v.y + this.plotH) v.y = y1 - this.plotH;
     this.clampView();
+    this.dirty.base = this.dirty.overlay = true;
   }
 
   colX(p) { return MARGIN.left + p * this.colW0 * this.view.z - this.view.x; }
   rowY(r) { return MARGIN.top + this.rowTop[r] * this.view.z - this.view.y; }
 
+  /** A cell's rectangle in CSS px of the canvas: {x, y, w, h}. */
+  cellRect(l, k, p) {
+    const r = 2 * l + k, colW = this.colW0 * this.view.z;
+    return { x: this.colX(p), y: this.rowY(r), w: colW - (colW > 5 ? 1 : 0), h: this.rowH[r] * this.view.z };
+  }
+
+  /** First and last column in view. */
+  visibleColumns() {
+    const colW = this.colW0 * this.view.z;
+    return [Math.max(0, Math.floor(this.view.x / colW)), Math.min(this.P - 1, Math.ceil((this.view.x + this.plotW) / colW) - 1)];
+  }
+
   // ------------------------------------------------------------------ hit testing
 
-  /** {type: "cell", l, k, p} | {type: "token", p} | {type: "row", l, k} | null */
+  /** {type: "cell", l, k, p, fx} (fx: fraction across the cell) | {type: "token", p} | null */
   hit(sx, sy) {
     const { L, P } = this;
     const v = this.view;
     const inX = sx >= MARGIN.left && sx < MARGIN.left + this.plotW;
-    const p = Math.floor((sx - MARGIN.left + v.x) / (this.colW0 * v.z));
+    const colW = this.colW0 * v.z;
+    const p = Math.floor((sx - MARGIN.left + v.x) / colW);
     const inY = sy >= MARGIN.top && sy < MARGIN.top + this.plotH;
     if (inX && p >= 0 && p < P) {
       if (inY) {
         const wy = (sy - MARGIN.top + v.y) / v.z;
         for (let r = 0; r < 2 * L; r++) {
-          if (wy >= this.rowTop[r] && wy < this.rowTop[r] + this.rowH[r]) return { type: "cell", l: r >> 1, k: r & 1, p };
+          if (wy >= this.rowTop[r] && wy < this.rowTop[r] + this.rowH[r]) {
+            return { type: "cell", l: r >> 1, k: r & 1, p, fx: (sx - MARGIN.left + v.x) / colW - p };
+          }
         }
         return null;
       }
@@ -207,43 +255,29 @@ export class Grid {
     return null;
   }
 
-  // ------------------------------------------------------------------ drawing
+  /** The source whose segment covers fraction fx of a cell, or -1. */
+  segmentAt(h) {
+    const cell = (2 * h.l + h.k) * this.P + h.p;
+    for (const b of this.data.batches) {
+      if (b.source < 0) continue;
+      const it = b.items;
+      for (let o = 0; o < b.n * 5; o += 5) {
+        if (it[o] === cell && h.fx >= it[o + 1] && h.fx < it[o + 2]) return b.source;
+      }
+    }
+    return -1;
+  }
 
-  draw(opts = {}) {
-    const t0 = performance.now();
-    const ctx = opts.ctx || this.ctx;
-    const dpr = opts.dpr || this.dpr;
-    const exporting = !!opts.ctx;
-    const C = this.colors;
-    const { L, P } = this;
-    const v = this.view;
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.fillStyle = C.bg;
-    ctx.fillRect(0, 0, this.cssW, this.cssH);
-    if (!L || !P) return;
+  // ------------------------------------------------------------------ drawing: data
 
+  /** Device-px geometry of the plot for the current view. */
+  geometry(dpr) {
+    const { L, P } = this, v = this.view, R = 2 * L;
     const colW = this.colW0 * v.z;
     const gapX = colW > 5 ? 1 : 0;
-    const px0 = MARGIN.left, py0 = MARGIN.top;
     const p0 = Math.max(0, Math.floor(v.x / colW)), p1 = Math.min(P - 1, Math.ceil((v.x + this.plotW) / colW));
-    const R = 2 * L;
-    // css-px geometry (for overlays) ...
-    const ry = new Float32Array(R), rh = new Float32Array(R);
-    for (let r = 0; r < R; r++) {
-      const y = py0 + this.rowTop[r] * v.z - v.y, h = this.rowH[r] * v.z;
-      if (y + h < py0 || y > py0 + this.plotH) { ry[r] = NaN; continue; }
-      ry[r] = y;
-      rh[r] = h - (h > 4 ? 1 : 0);
-    }
     const cw = colW - gapX;
-
-    // ... and device-px geometry of the plot, drawn straight into an ImageData: every cell's
-    // segments are filled on the first scanline of its row, which is then copied down the row.
     const W = Math.round(this.plotW * dpr), H = Math.round(this.plotH * dpr);
-    const X0 = Math.round(px0 * dpr), Y0 = Math.round(py0 * dpr);
-    const img = this.imageData(ctx, W, H);
-    const buf = new Uint32Array(img.data.buffer);
-    buf.fill(rgba32(C.bg));
     const cxa = new Float64Array(P), cwd = cw * dpr;          // unclamped device x of each column
     const xa = new Int32Array(P), xb = new Int32Array(P);     // clamped
     for (let p = p0; p <= p1; p++) {
@@ -252,37 +286,60 @@ export class Grid {
       xa[p] = Math.max(0, Math.min(W, Math.round(x)));
       xb[p] = Math.max(0, Math.min(W, Math.round(x + cwd)));
     }
+    const ry = new Float32Array(R), rh = new Float32Array(R);   // CSS px, NaN: out of view
     const ya = new Int32Array(R), yb = new Int32Array(R), yu = new Float64Array(R), yh = new Float64Array(R);
     for (let r = 0; r < R; r++) {
-      if (ry[r] !== ry[r]) { ya[r] = yb[r] = 0; continue; }
-      yu[r] = (ry[r] - py0) * dpr;
+      const y = MARGIN.top + this.rowTop[r] * v.z - v.y, h = this.rowH[r] * v.z;
+      if (y + h < MARGIN.top || y > MARGIN.top + this.plotH) { ry[r] = NaN; continue; }
+      ry[r] = y;
+      rh[r] = h - (h > 4 ? 1 : 0);
+      yu[r] = (y - MARGIN.top) * dpr;
       yh[r] = rh[r] * dpr;
       ya[r] = Math.max(0, Math.min(H, Math.round(yu[r])));
       yb[r] = Math.max(0, Math.min(H, Math.round(yu[r] + yh[r])));
     }
+    return { colW, cw, cwd, p0, p1, W, H, cxa, xa, xb, ry, rh, ya, yb, yu, yh };
+  }
+
+  drawBase(opts = {}) {
+    const t0 = performance.now();
+    const ctx = opts.ctx || this.ctx;
+    const dpr = opts.dpr || this.dpr;
+    const C = this.colors;
+    const { L, P } = this;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.fillStyle = C.bg;
+    ctx.fillRect(0, 0, this.cssW, this.cssH);
+    if (!L || !P) return 0;
+    const g = this.geometry(dpr);
+    const { p0, p1, W, H, cxa, cwd, xa, xb, ya, yb, yu, yh } = g;
+    const R = 2 * L;
+    // Drawn straight into an ImageData: every cell's segments are filled on the first
+    // scanline of its row, which is then copied down the row.
+    const img = this.imageData(ctx, W, H);
+    const buf = new Uint32Array(img.data.buffer);
+    buf.fill(rgba32(C.bg));
     const track = rgba32(C.track);
     for (let r = 0; r < R; r++) {
       if (yb[r] <= ya[r]) continue;
       const line = ya[r] * W;
       for (let p = p0; p <= p1; p++) if (xb[p] > xa[p]) buf.fill(track, line + xa[p], line + xb[p]);
     }
-    const emphK = this.emph === "attn" ? 0 : 1;
-    const weak = C.weakAlpha;
     const partial = [];
-    for (const b of this.batches) {
-      const strong = rgba32(b.color), faint = rgba32(mix(b.color, C.track, weak));
+    for (const b of this.data.batches) {
+      const color = rgba32(b.color);
       const it = b.items, n = b.n;
       for (let i = 0; i < n; i++) {
         const o = i * 5, cell = it[o];
         const r = (cell / P) | 0, p = cell - r * P;
         if (p < p0 || p > p1 || yb[r] <= ya[r]) continue;
-        if (it[o + 3] !== 0 || it[o + 4] !== 1) { partial.push(b, i); continue; }
+        if (it[o + 3] !== 0 || it[o + 4] !== 1) { partial.push(color, o, it); continue; }
         let a = Math.round(cxa[p] + it[o + 1] * cwd), z = Math.round(cxa[p] + it[o + 2] * cwd);
         if (a < xa[p]) a = xa[p];
         if (z > xb[p]) z = xb[p];
         if (z <= a) continue;
         const line = ya[r] * W;
-        buf.fill((r & 1) === emphK ? strong : faint, line + a, line + z);
+        buf.fill(color, line + a, line + z);
       }
     }
     for (let r = 0; r < R; r++) {
@@ -291,10 +348,9 @@ export class Grid {
       const src = a * W, x0 = xa[p0], x1 = xb[p1];
       for (let y = a + 1; y < z; y++) buf.copyWithin(y * W + x0, src + x0, src + x1);
     }
-    for (let j = 0; j < partial.length; j += 2) {     // sign strips (proj): part of the height
-      const b = partial[j], it = b.items, o = partial[j + 1] * 5, cell = it[o];
+    for (let j = 0; j < partial.length; j += 3) {     // sign strips (proj): part of the height
+      const color = partial[j], o = partial[j + 1], it = partial[j + 2], cell = it[o];
       const r = (cell / P) | 0, p = cell - r * P;
-      const color = (r & 1) === emphK ? rgba32(b.color) : rgba32(mix(b.color, C.track, weak));
       let a = Math.round(cxa[p] + it[o + 1] * cwd), z = Math.round(cxa[p] + it[o + 2] * cwd);
       a = Math.max(a, xa[p]); z = Math.min(z, xb[p]);
       const y0 = Math.max(ya[r], Math.round(yu[r] + it[o + 3] * yh[r]));
@@ -302,46 +358,27 @@ export class Grid {
       if (z <= a) continue;
       for (let y = y0; y < y1; y++) buf.fill(color, y * W + a, y * W + z);
     }
-    const tPix = performance.now();
-    ctx.putImageData(img, X0, Y0);
-    this.putTime = performance.now() - tPix;
-    this.pixTime = tPix - t0;
-
-    ctx.save();
-    ctx.beginPath();
-    ctx.rect(px0, py0, this.plotW, this.plotH);
-    ctx.clip();
-
-    if (!exporting) {
-      // hovered row and column
-      const hv = this.hover;
-      if (hv) {
-        const r = 2 * hv.l + hv.k;
-        ctx.fillStyle = C.highlight;
-        if (hv.l >= 0 && !Number.isNaN(ry[r])) ctx.fillRect(px0, ry[r], this.plotW, rh[r]);
-        ctx.fillRect(px0 + hv.p * colW - v.x, py0, cw, this.plotH);
-      }
-      for (const [cell, color, width] of [[this.focus, C.focus, 1.5], [this.pin, C.pin, 2.5]]) {
-        if (!cell) continue;
-        const r = 2 * cell.l + cell.k;
-        if (Number.isNaN(ry[r])) continue;
-        ctx.strokeStyle = color;
-        ctx.lineWidth = width;
-        ctx.strokeRect(px0 + cell.p * colW - v.x - 0.5, ry[r] - 0.5, cw + 1, rh[r] + 1);
-      }
-    }
-    ctx.restore();
-
-    this.drawRowLabels(ctx, ry, rh);
-    this.drawTokenLabels(ctx, p0, p1, colW, cw);
-    this.drawPredictions(ctx, colW);
+    ctx.putImageData(img, Math.round(MARGIN.left * dpr), Math.round(MARGIN.top * dpr));
+    this.drawRowLabels(ctx, g);
+    this.drawTokenLabels(ctx, g);
+    this.drawAxisTitles(ctx);
+    this.drawPredictions(ctx, g.colW);
     this.lastDraw = performance.now() - t0;
     return this.lastDraw;
   }
 
-  drawRowLabels(ctx, ry, rh) {
-    const C = this.colors;
-    const R = 2 * this.L;
+  imageData(ctx, w, h) {
+    this.images = this.images || new WeakMap();
+    let img = this.images.get(ctx);
+    if (!img || img.width !== w || img.height !== h) {
+      img = ctx.createImageData(Math.max(1, w), Math.max(1, h));
+      this.images.set(ctx, img);
+    }
+    return img;
+  }
+
+  drawRowLabels(ctx, g) {
+    const C = this.colors, R = 2 * this.L;
     ctx.save();
     ctx.beginPath();
     ctx.rect(0, MARGIN.top - 1, MARGIN.left, this.plotH + 2);
@@ -349,57 +386,70 @@ export class Grid {
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
     let lastY = Infinity;
-    const hv = this.hover;
     for (let r = 0; r < R; r++) {
-      if (Number.isNaN(ry[r])) continue;
-      const y = ry[r] + rh[r] / 2;
+      if (Number.isNaN(g.ry[r])) continue;
+      const y = g.ry[r] + g.rh[r] / 2;
       const l = r >> 1, k = r & 1;
-      const isHover = hv && hv.l === l && hv.k === k;
-      if (!isHover && lastY - y < 10) continue;
+      if (lastY - y < 10) continue;
       const emph = (k === 0) === (this.emph === "attn");
-      ctx.font = `${isHover ? "bold " : ""}${emph ? 10.5 : 9.5}px system-ui, sans-serif`;
-      ctx.fillStyle = isHover ? C.fg : (emph ? C.fg : C.muted);
-      ctx.fillText(k === 0 ? `L${l} attn` : `mlp${l}`, MARGIN.left - 6, y);
+      ctx.font = `${emph ? "bold 10.5" : "9.5"}px system-ui, sans-serif`;
+      ctx.fillStyle = emph ? C.fg : C.muted;
+      ctx.fillText(rowLabel(l, k), MARGIN.left - 6, y);
       lastY = y;
     }
     ctx.restore();
   }
 
-  drawTokenLabels(ctx, p0, p1, colW, cw) {
+  drawAxisTitles(ctx) {
     const C = this.colors;
+    ctx.save();
+    ctx.fillStyle = C.muted;
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.textBaseline = "middle";
+    ctx.translate(10, MARGIN.top + this.plotH / 2);
+    ctx.rotate(-Math.PI / 2);
+    ctx.textAlign = "center";
+    ctx.fillText("layer \u2191 (sublayers: attention, then MLP)", 0, 0);
+    ctx.restore();
+    ctx.save();
+    ctx.fillStyle = C.muted;
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.textAlign = "right";
+    ctx.textBaseline = "bottom";
+    ctx.fillText("token position \u2192", MARGIN.left + this.plotW, this.cssH - 3);
+    ctx.restore();
+  }
+
+  drawTokenLabels(ctx, g) {
+    const C = this.colors, d = this.data;
+    const { p0, p1, colW, cw } = g;
     const top = MARGIN.top + this.plotH + 3;
     ctx.save();
     ctx.beginPath();
-    ctx.rect(MARGIN.left - 2, top - 3, this.plotW + 4, MARGIN.bottom + 3);
+    ctx.rect(MARGIN.left - 2, top - 3, this.plotW + 4, MARGIN.bottom - 14);
     ctx.clip();
     const step = colW >= 9 ? 1 : Math.ceil(9 / colW);
-    const hv = this.hover;
     for (let p = p0; p <= p1; p++) {
       const x = MARGIN.left + p * colW - this.view.x;
-      const dim = this.tokenDim[p];
-      ctx.globalAlpha = dim ? 0.35 : 1;
-      ctx.fillStyle = this.tokenColor[p] || C.muted;
+      ctx.globalAlpha = d.tokenDim[p] ? 0.35 : 1;
+      ctx.fillStyle = d.tokenColor[p] || C.neutral;
       ctx.fillRect(x, top, cw, 7);
-      if (this.tokenHidden[p]) {
+      if (d.tokenHidden[p]) {
         ctx.fillStyle = C.bg;
         ctx.fillRect(x + 1, top + 2, Math.max(0, cw - 2), 3);
       }
-      const mark = p === this.tokenMark, isHover = hv && hv.p === p;
-      if (p % step && !mark && !isHover && p !== this.predPos) continue;
+      const mark = p === d.tokenMark;
+      if (p % step && !mark && p !== d.predPos) continue;
       ctx.save();
       ctx.translate(x + cw / 2, top + 11);
       ctx.rotate(-Math.PI / 2.6);
       ctx.textAlign = "right";
       ctx.textBaseline = "middle";
-      ctx.font = `${mark || isHover ? "bold " : ""}${Math.min(12, Math.max(9, colW * 0.9))}px system-ui, sans-serif`;
-      ctx.fillStyle = mark ? (this.tokenColor[p] || C.fg) : C.fg;
-      let t = displayToken(this.tokens[p]);
-      if (t.length > 14) t = t.slice(0, 13) + "\u2026";
+      ctx.font = `${mark ? "bold " : ""}${Math.min(12, Math.max(9, colW * 0.9))}px system-ui, sans-serif`;
+      ctx.fillStyle = C.fg;
+      const t = truncate(d.tokenLabels ? d.tokenLabels[p] : displayToken(d.tokens[p]));
       ctx.fillText(t, 0, 0);
-      if (p === this.predPos) {
-        const w = ctx.measureText(t).width;
-        ctx.fillRect(-w, 6, w, 1.5);
-      }
+      if (p === d.predPos) ctx.fillRect(-ctx.measureText(t).width, 6, ctx.measureText(t).width, 1.5);
       ctx.restore();
     }
     ctx.globalAlpha = 1;
@@ -407,20 +457,20 @@ export class Grid {
   }
 
   drawPredictions(ctx, colW) {
-    const C = this.colors;
-    const preds = this.predictions;
+    const C = this.colors, preds = this.data.predictions;
     if (!preds.length) return;
-    const lineH = 14, n = Math.min(preds.length, 5);
-    const boxW = 150;
-    let right = MARGIN.left + this.P * colW - this.view.x;
-    right = Math.max(MARGIN.left + boxW, Math.min(this.cssW - 2, right));
+    // the box points at the last column; when that column is out of view, it says so
+    const lastX = MARGIN.left + this.P * colW - this.view.x;
+    const inView = lastX <= MARGIN.left + this.plotW + 1;
+    const lineH = 14, n = Math.min(preds.length, 5), boxW = 150;
+    const right = Math.max(MARGIN.left + boxW, Math.min(this.cssW - 2, lastX));
     const y0 = MARGIN.top - 8 - n * lineH;
     ctx.save();
     ctx.font = "bold 10.5px system-ui, sans-serif";
     ctx.fillStyle = C.muted;
     ctx.textAlign = "right";
     ctx.textBaseline = "alphabetic";
-    ctx.fillText("next token \u2193 last position", right, y0 - 4);
+    ctx.fillText(inView ? "next token \u2193 last position" : "next token after the last position \u2192", right, y0 - 4);
     ctx.font = "11px system-ui, sans-serif";
     ctx.textBaseline = "middle";
     for (let i = 0; i < n; i++) {
@@ -431,27 +481,82 @@ export class Grid {
       ctx.fillStyle = C.accent;
       ctx.fillRect(right - 60, y - 4, 60 * Math.max(0, Math.min(1, prob)), 8);
       ctx.fillStyle = C.fg;
-      let t = displayToken(text);
-      if (t.length > 14) t = t.slice(0, 13) + "\u2026";
-      ctx.fillText(`${t}  ${(prob * 100).toFixed(1)}%`, right - 66, y);
+      ctx.fillText(`${truncate(displayToken(text))}  ${(prob * 100).toFixed(1)}%`, right - 66, y);
     }
-    // a tick linking the list to the last column
-    ctx.strokeStyle = C.muted;
-    ctx.beginPath();
-    ctx.moveTo(right - 0.5, MARGIN.top - 6);
-    ctx.lineTo(right - 0.5, MARGIN.top);
-    ctx.stroke();
+    if (inView) {                    // a tick linking the list to the last column
+      ctx.strokeStyle = C.muted;
+      ctx.beginPath();
+      ctx.moveTo(right - 0.5, MARGIN.top - 6);
+      ctx.lineTo(right - 0.5, MARGIN.top);
+      ctx.stroke();
+    }
     ctx.restore();
   }
 
-  /** Render the grid alone at `scale`× into a new canvas (for PNG export). */
-  exportCanvas(scale = 2) {
-    const c = document.createElement("canvas");
-    c.width = Math.round(this.cssW * scale);
-    c.height = Math.round(this.cssH * scale);
-    this.draw({ ctx: c.getContext("2d"), dpr: scale });
-    return c;
+  // ------------------------------------------------------------------ drawing: overlay
+
+  drawOverlay() {
+    const ctx = this.octx, C = this.colors, dpr = this.dpr;
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, this.over.width, this.over.height);
+    if (!this.L || !this.P) return;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    const g = this.geometry(dpr), v = this.view, o = this.overlay;
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(MARGIN.left, MARGIN.top, this.plotW, this.plotH);
+    ctx.clip();
+    if (o.source >= 0) this.drawSourceHighlight(ctx, g, o.source);
+    const hv = o.hover;
+    if (hv) {
+      const r = 2 * hv.l + hv.k;
+      ctx.fillStyle = C.highlight;
+      if (hv.l >= 0 && !Number.isNaN(g.ry[r])) ctx.fillRect(MARGIN.left, g.ry[r], this.plotW, g.rh[r]);
+      ctx.fillRect(MARGIN.left + hv.p * g.colW - v.x, MARGIN.top, g.cw, this.plotH);
+    }
+    for (const [cell, color, width] of [[o.focus, C.focus, 1.5], [o.pin, C.pin, 2.5]]) {
+      if (!cell) continue;
+      const r = 2 * cell.l + cell.k;
+      if (Number.isNaN(g.ry[r])) continue;
+      ctx.strokeStyle = color;
+      ctx.lineWidth = width;
+      ctx.strokeRect(MARGIN.left + cell.p * g.colW - v.x - 0.5, g.ry[r] - 0.5, g.cw + 1, g.rh[r] + 1);
+    }
+    ctx.restore();
+    if (hv && hv.l >= 0 && !Number.isNaN(g.ry[2 * hv.l + hv.k])) {   // the hovered row's label
+      const r = 2 * hv.l + hv.k, y = g.ry[r] + g.rh[r] / 2;
+      ctx.font = "bold 10.5px system-ui, sans-serif";
+      ctx.textAlign = "right";
+      ctx.textBaseline = "middle";
+      const label = rowLabel(hv.l, hv.k), w = ctx.measureText(label).width;
+      ctx.fillStyle = C.bg;
+      ctx.fillRect(MARGIN.left - 9 - w, y - 7, w + 6, 14);
+      ctx.fillStyle = C.fg;
+      ctx.fillText(label, MARGIN.left - 6, y);
+    }
+  }
+
+  /** A veil over the plot with the source's segments cut out, so they stand out. */
+  drawSourceHighlight(ctx, g, source) {
+    const P = this.P;
+    ctx.fillStyle = this.colors.veil;
+    ctx.fillRect(MARGIN.left, MARGIN.top, this.plotW, this.plotH);
+    const b = this.data.batches.find((x) => x.source === source);
+    if (!b) return;
+    const it = b.items, v = this.view;
+    ctx.save();
+    ctx.globalCompositeOperation = "destination-out";
+    ctx.fillStyle = "#000";
+    ctx.beginPath();
+    for (let o = 0; o < b.n * 5; o += 5) {
+      const cell = it[o], r = (cell / P) | 0, p = cell - r * P;
+      if (p < g.p0 || p > g.p1 || Number.isNaN(g.ry[r])) continue;
+      const x = MARGIN.left + p * g.colW - v.x;
+      ctx.rect(x + it[o + 1] * g.cw, g.ry[r] + it[o + 3] * g.rh[r], (it[o + 2] - it[o + 1]) * g.cw, (it[o + 4] - it[o + 3]) * g.rh[r]);
+    }
+    ctx.fill();
+    ctx.restore();
   }
 }
 
-export { MARGIN };
+export const rowLabel = (l, k) => (k === 0 ? `L${l} attn` : `L${l} mlp`);

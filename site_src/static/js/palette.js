@@ -1,27 +1,12 @@
-// Source colours. Colour-blind-safe: Okabe-Ito and Paul Tol's bright / muted sets.
+// Source colours: at most ten, all colour-blind safe (Okabe-Ito's seven hues without black,
+// plus Paul Tol's indigo, wine and olive). More than about ten colours cannot be told apart, so
+// the viewer colours the ten largest visible sources and draws the rest as grey "others".
 // infoflow/site.py reads the hex strings of PALETTE below (one line) to draw thumbnails.
-export const PALETTE = [ "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#332288", "#44AA99", "#882255", "#999933", "#AA4499", "#117733", "#EE8866", "#88CCEE", "#CC6677", "#BBCC33", "#6699CC", "#FFAABB", "#7A5195" ];
-
-function hexToRgb(hex) {
-  const n = parseInt(hex.slice(1), 16);
-  return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
-}
+export const PALETTE = [ "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#332288", "#882255", "#999933" ];
+export const MAX_COLORS = PALETTE.length;
 
 function rgbToHex([r, g, b]) {
   return "#" + [r, g, b].map((v) => Math.max(0, Math.min(255, Math.round(v))).toString(16).padStart(2, "0")).join("");
-}
-
-// Beyond the first 20 sources: the same hues, alternately lighter and darker.
-const SHIFTS = [0, 0.45, -0.4, 0.7, -0.6];
-
-/** Colour of source index `i` (a hex string). */
-export function sourceColor(i) {
-  const base = hexToRgb(PALETTE[i % PALETTE.length]);
-  const t = SHIFTS[Math.floor(i / PALETTE.length) % SHIFTS.length];
-  if (t === 0) return PALETTE[i % PALETTE.length];
-  const target = t > 0 ? 255 : 0;
-  const a = Math.abs(t);
-  return rgbToHex(base.map((v) => v + (target - v) * a));
 }
 
 /** `n` colours of a sequential ramp from `bg` (share 0) to a saturated blue-violet (share 1). */

@@ -1,0 +1,249 @@
+// Figures and numbers: the current view as PNG (2x) or SVG with its title, prompt, metric,
+// legend, axis labels and colour scale; and the numbers behind it as CSV.
+//
+// A figure is first a scene, a flat list of rectangles and texts in CSS px; toSvg and
+// toCanvas render the same scene, so the PNG and the SVG show the same thing.
+import { MARGIN, rowLabel } from "./grid.js";
+import { cellSources, traceSeries, THRESHOLD } from "./compute.js";
+import { METRICS } from "./state.js";
+import { displayToken } from "./format.js";
+import { NEG_COLOR, POS_COLOR } from "./palette.js";
+
+const FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
+
+function wrapText(text, maxChars, maxLines) {
+  const words = String(text).replace(/\s+/g, " ").split(" ");
+  const lines = [""];
+  for (const w of words) {
+    const cur = lines[lines.length - 1];
+    if ((cur + " " + w).trim().length > maxChars && cur) lines.push(w);
+    else lines[lines.length - 1] = (cur + " " + w).trim();
+  }
+  if (lines.length > maxLines) {
+    lines.length = maxLines;
+    lines[maxLines - 1] = lines[maxLines - 1].slice(0, maxChars - 1) + "\u2026";
+  }
+  return lines;
+}
+
+/** The current view as a scene: {w, h, bg, items: [{t: "rect"|"text", ...}]}. */
+export function figureScene(v) {
+  const { D, grid, state: s, labels } = v, C = v.theme;
+  const items = [];
+  const text = (x, y, str, o = {}) => items.push({ t: "text", x, y, text: str, size: 12, fill: C.fg, anchor: "start", weight: "normal", rot: 0, ...o });
+  const rect = (x, y, w, h, fill) => items.push({ t: "rect", x, y, w, h, fill });
+  const W = grid.cssW, pad = 16;
+  // header
+  let y = pad + 16;
+  text(pad, y, D.prompt.title || "infoflow", { size: 16, weight: "bold" });
+  for (const line of wrapText(D.prompt.text || D.tokens.join(""), Math.floor((W - 2 * pad) / 7), 2)) {
+    y += 17;
+    text(pad, y, line, { size: 12, fill: C.muted });
+  }
+  y += 18;
+  let what = `${METRICS[s.metric]} · grouping: ${v.V.label} · ${D.model.id || "model"}`;
+  if (v.traceSrc >= 0) what += ` · ${s.heat ? "heat map of" : "tracing"} ${labels[v.traceSrc]}`;
+  text(pad, y, what, { size: 12 });
+  const top = y + 8;
+  // the grid as drawn: visible cells only, clipped to the plot
+  const g = grid.geometry(1), P = grid.P;
+  const ox = MARGIN.left, oy = top + MARGIN.top;
+  rect(0, 0, 0, 0, C.bg);
+  for (let r = 0; r < 2 * grid.L; r++) {
+    if (g.yb[r] <= g.ya[r]) continue;
+    for (let p = g.p0; p <= g.p1; p++) if (g.xb[p] > g.xa[p]) rect(ox + g.xa[p], oy + g.ya[r], g.xb[p] - g.xa[p], g.yb[r] - g.ya[r], C.track);
+  }
+  for (const b of grid.data.batches) {
+    const it = b.items;
+    for (let o = 0; o < b.n * 5; o += 5) {
+      const cell = it[o], r = (cell / P) | 0, p = cell - r * P;
+      if (p < g.p0 || p > g.p1 || g.yb[r] <= g.ya[r]) continue;
+      const a = Math.max(g.xa[p], g.cxa[p] + it[o + 1] * g.cwd), z = Math.min(g.xb[p], g.cxa[p] + it[o + 2] * g.cwd);
+      const y0 = Math.max(g.ya[r], g.yu[r] + it[o + 3] * g.yh[r]), y1 = Math.min(g.yb[r], g.yu[r] + it[o + 4] * g.yh[r]);
+      if (z > a && y1 > y0) rect(ox + a, oy + y0, z - a, y1 - y0, b.color);
+    }
+  }
+  // row labels, token labels, axis titles
+  let lastY = Infinity;
+  for (let r = 0; r < 2 * grid.L; r++) {
+    if (Number.isNaN(g.ry[r])) continue;
+    const cy = top + g.ry[r] + g.rh[r] / 2;
+    if (lastY - cy < 10) continue;
+    text(ox - 6, cy + 3.5, rowLabel(r >> 1, r & 1), { size: 9.5, anchor: "end", fill: (r & 1) === (s.emph === "attn" ? 0 : 1) ? C.fg : C.muted });
+    lastY = cy;
+  }
+  const step = g.colW >= 9 ? 1 : Math.ceil(9 / g.colW);
+  const ly = oy + grid.plotH + 8;
+  for (let p = g.p0; p <= g.p1; p++) {
+    if (p % step) continue;
+    const x = ox + p * g.colW - grid.view.x + g.cw / 2;
+    if (x < ox || x > ox + grid.plotW) continue;
+    let t = v.tokenLabels[p];
+    if (t.length > 14) t = t.slice(0, 13) + "\u2026";
+    text(x + 3, ly, t, { size: Math.min(11, Math.max(8, g.colW * 0.9)), anchor: "end", rot: -69 });
+  }
+  text(10, oy + grid.plotH / 2, "layer \u2191 (attention, then MLP)", { size: 11, fill: C.muted, anchor: "middle", rot: -90 });
+  text(ox + grid.plotW, oy + grid.plotH + MARGIN.bottom - 4, "token position \u2192", { size: 11, fill: C.muted, anchor: "end" });
+  // next-token predictions above the plot (only when the last column is in view)
+  if (g.p1 === P - 1) {
+    text(ox + grid.plotW, top + 14, `next token after ${v.tokenLabels[P - 1]}: ` + grid.data.predictions.slice(0, 3)
+      .map((x) => `${displayToken(x.text)} ${(x.prob * 100).toFixed(1)}%`).join(", "), { size: 11, anchor: "end", fill: C.muted });
+  }
+  // legend or colour scale
+  y = oy + grid.plotH + MARGIN.bottom + 10;
+  let x = pad;
+  const key = (color, label) => {
+    const w = 18 + label.length * 6.6;
+    if (x + w > W - pad) { x = pad; y += 18; }
+    rect(x, y - 9, 11, 11, color);
+    text(x + 15, y, label, { size: 11 });
+    x += w + 10;
+  };
+  if (v.traceSrc >= 0 && s.heat) {
+    const ramp = s.metric === "proj" ? v.divRamp : v.seqRamp;
+    text(pad, y, `${labels[v.traceSrc]}'s ${s.metric === "proj" ? "signed share" : "share"}:`, { size: 11 });
+    const x0 = pad + 190;
+    text(x0 - 4, y, s.metric === "proj" ? "\u22121" : "0%", { size: 11, anchor: "end" });
+    ramp.forEach((c, i) => rect(x0 + i * 6, y - 9, 6, 11, c));
+    text(x0 + ramp.length * 6 + 4, y, s.metric === "proj" ? "+1" : "100%", { size: 11 });
+  } else {
+    const coloured = [...Array(v.V.G).keys()].filter((i) => v.slots[i] >= 0).sort((a, b) => v.slots[a] - v.slots[b]);
+    for (const src of coloured) key(v.colorOf(src), labels[src]);
+    if (v.traceSrc < 0) key(C.neutral, `others (and < ${THRESHOLD * 100}%)`);
+    if (s.metric === "proj") {
+      key(v.dark ? NEG_COLOR.dark : NEG_COLOR.light, "negative");
+      key(v.dark ? POS_COLOR.dark : POS_COLOR.light, "positive");
+    }
+  }
+  y += 22;
+  text(pad, y, `infoflow · ${D.model.id || ""} · worst reconstruction error ${typeof D.worstReconError === "number" ? D.worstReconError.toExponential(1) : "?"} · values stored in 8 bits per cell`,
+    { size: 10, fill: C.muted });
+  const h = Math.ceil(y + pad);
+  items[items.findIndex((i) => i.t === "rect" && i.w === 0)] = { t: "rect", x: 0, y: 0, w: W, h, fill: C.bg };
+  return { w: W, h, items, clip: { x: ox, y: oy, w: grid.plotW, h: grid.plotH } };
+}
+
+/** One <path> per colour for the rectangles, one <text> per label. Text is escaped by the DOM. */
+export function toSvg(scene) {
+  const NS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("xmlns", NS);
+  svg.setAttribute("width", scene.w);
+  svg.setAttribute("height", scene.h);
+  svg.setAttribute("viewBox", `0 0 ${scene.w} ${scene.h}`);
+  const paths = new Map();
+  const f = (x) => +x.toFixed(2);
+  for (const it of scene.items) {
+    if (it.t === "rect") {
+      if (!paths.has(it.fill)) paths.set(it.fill, []);
+      paths.get(it.fill).push(`M${f(it.x)} ${f(it.y)}h${f(it.w)}v${f(it.h)}h${f(-it.w)}z`);
+    }
+  }
+  for (const [fill, d] of paths) {
+    const p = document.createElementNS(NS, "path");
+    p.setAttribute("fill", fill);
+    p.setAttribute("d", d.join(""));
+    svg.append(p);
+  }
+  for (const it of scene.items) {
+    if (it.t !== "text") continue;
+    const t = document.createElementNS(NS, "text");
+    t.setAttribute("x", f(it.x));
+    t.setAttribute("y", f(it.y));
+    t.setAttribute("font-family", FONT);
+    t.setAttribute("font-size", it.size);
+    t.setAttribute("fill", it.fill);
+    if (it.anchor !== "start") t.setAttribute("text-anchor", it.anchor);
+    if (it.weight !== "normal") t.setAttribute("font-weight", it.weight);
+    if (it.rot) t.setAttribute("transform", `rotate(${it.rot} ${f(it.x)} ${f(it.y)})`);
+    t.setAttribute("xml:space", "preserve");
+    t.textContent = it.text;
+    svg.append(t);
+  }
+  return new XMLSerializer().serializeToString(svg);
+}
+
+export function toCanvas(scene, scale = 2) {
+  const c = document.createElement("canvas");
+  c.width = Math.round(scene.w * scale);
+  c.height = Math.round(scene.h * scale);
+  const ctx = c.getContext("2d");
+  ctx.scale(scale, scale);
+  for (const it of scene.items) {
+    if (it.t === "rect") {
+      ctx.fillStyle = it.fill;
+      ctx.fillRect(it.x, it.y, it.w, it.h);
+    } else {
+      ctx.save();
+      ctx.translate(it.x, it.y);
+      if (it.rot) ctx.rotate((it.rot * Math.PI) / 180);
+      ctx.font = `${it.weight === "bold" ? "bold " : ""}${it.size}px ${FONT}`;
+      ctx.fillStyle = it.fill;
+      ctx.textAlign = it.anchor === "middle" ? "center" : it.anchor === "end" ? "right" : "left";
+      ctx.fillText(it.text, 0, 0);
+      ctx.restore();
+    }
+  }
+  return c;
+}
+
+function download(v, blob, ext) {
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = `${v.options.id || "infoflow"}.${ext}`;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 5000);
+  v.lastExport = { ext, blob };
+}
+
+export function exportFigure(v, kind) {
+  const scene = figureScene(v);
+  if (kind === "svg") {
+    download(v, new Blob([toSvg(scene)], { type: "image/svg+xml" }), "svg");
+    return;
+  }
+  toCanvas(scene, 2).toBlob((blob) => {
+    if (blob) download(v, blob, "png");
+    else v.status("PNG export failed.");
+  }, "image/png");
+}
+
+/** A CSV field: quoted when needed, and never read as a formula by a spreadsheet. */
+export function csvField(x) {
+  let s = String(x);
+  if (/^[=+\-@\t\r]/.test(s) && typeof x === "string") s = "'" + s;
+  return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}
+
+/** The numbers behind the view: the traced source's share per layer and position, or the
+ * pinned cell's sources. */
+export function csvText(v) {
+  const { D, V, state: s, labels } = v;
+  const rows = [];
+  if (v.traceSrc >= 0) {
+    rows.push(["source", "layer", "sublayer", "position", "token", s.metric === "proj" ? "signed_share" : "share"]);
+    for (let p = V.first[v.traceSrc]; p < D.P; p++) {
+      const series = traceSeries(V, D.L, D.P, s.metric, v.hidden, v.traceSrc, p);
+      for (let l = 0; l < D.L; l++) {
+        rows.push([labels[v.traceSrc], l, "attn", p, D.tokens[p], series.attn[l].toPrecision(4)]);
+        rows.push([labels[v.traceSrc], l, "mlp", p, D.tokens[p], series.mlp[l].toPrecision(4)]);
+      }
+    }
+  } else if (s.pin) {
+    const { l, k, p } = s.pin;
+    rows.push(["layer", "sublayer", "position", "source", "first_position", s.metric === "proj" ? "signed_share" : "share", s.metric]);
+    for (const r of cellSources(V, D.P, s.metric, v.hidden, l, k, p)) {
+      rows.push([l, k ? "mlp" : "attn", p, labels[r.s], V.first[r.s], r.share.toPrecision(4), r.value.toPrecision(4)]);
+    }
+  } else return null;
+  return rows.map((r) => r.map(csvField).join(",")).join("\n") + "\n";
+}
+
+export function exportCsv(v) {
+  const text = csvText(v);
+  if (!text) { v.status("Trace a source (click a token) or pin a cell first: the CSV holds its numbers."); return; }
+  download(v, new Blob([text], { type: "text/csv" }), "csv");
+}
