@@ -125,38 +125,69 @@ MEASURE = """async ([repeats]) => {
 }"""
 
 
-def gallery_pages(site: Path, browser, width: int) -> list[dict]:
-    """Open every prompt page of a built site in a fresh context; the page's own timings."""
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def _serve_copy(site: Path, static: Path | None):
+    """Serve a copy of a site, its static/ replaced by `static` (None: kept)."""
     work = Path(tempfile.mkdtemp(prefix="viewer-bench-"))
-    shutil.copytree(site, work / "site", ignore=shutil.ignore_patterns("static"))
-    shutil.copytree(SRC / "static", work / "site" / "static")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(work / "site"))
-    handler.log_message = lambda *a: None
+    shutil.copytree(site, work / "site", ignore=shutil.ignore_patterns("static") if static else None)
+    if static:
+        shutil.copytree(static, work / "site" / "static")
+    handler = functools.partial(_Quiet, directory=str(work / "site"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    return work, server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+def _page_timings(browser, url: str, width: int) -> dict:
+    ctx = browser.new_context(viewport={"width": width, "height": 1000})
+    page = ctx.new_page()
+    page.goto(url)
+    page.wait_for_function("() => document.documentElement.dataset.viewerReady")
+    if page.evaluate("document.documentElement.dataset.viewerReady") != "1":
+        raise SystemExit(f"viewer failed on {url}: " + page.inner_text("#error"))
+    t = page.evaluate("""() => { const v = window.infoflowViewer.viewer;
+        return {P: v.D.P, G: v.V.G, kb: v.D.bytes / 1024, decode: v.timings.decode, firstDraw: v.timings.firstDraw}; }""")
+    ctx.close()
+    return t
+
+
+def gallery_pages(site: Path, browser, width: int, baseline: Path | None = None, repeats: int = 1) -> list[dict]:
+    """Open every prompt page of a built site in a fresh context; the page's own timings.
+    With `baseline` (the same gallery built by another version, its own static/ kept), each
+    page is also opened there, alternately, so both are measured under the same machine load."""
+    servers = {"new": _serve_copy(site, SRC / "static")}
+    if baseline:
+        servers["base"] = _serve_copy(baseline, None)
     rows = []
     try:
-        for page_path in sorted((work / "site" / "p").glob("*.html")):
-            ctx = browser.new_context(viewport={"width": width, "height": 1000})
-            page = ctx.new_page()
-            page.goto(base + "p/" + page_path.name)
-            page.wait_for_function("() => document.documentElement.dataset.viewerReady")
-            if page.evaluate("document.documentElement.dataset.viewerReady") != "1":
-                raise SystemExit(f"viewer failed on {page_path.name}: " + page.inner_text("#error"))
-            t = page.evaluate("""() => { const v = window.infoflowViewer.viewer;
-                return {P: v.D.P, G: v.V.G, kb: v.D.bytes / 1024, decode: v.timings.decode, firstDraw: v.timings.firstDraw}; }""")
-            rows.append({"page": page_path.stem, **t})
-            ctx.close()
+        for page_path in sorted((site / "p").glob("*.html")):
+            row = {"page": page_path.stem}
+            for name, (_, _, base) in servers.items():
+                runs = [_page_timings(browser, base + "p/" + page_path.name, width) for _ in range(repeats)]
+                t = dict(runs[0], decode=statistics.median(x["decode"] for x in runs),
+                         firstDraw=statistics.median(x["firstDraw"] for x in runs))
+                if name == "new":
+                    row.update(t)
+                else:
+                    row.update(baseDecode=t["decode"], baseFirstDraw=t["firstDraw"])
+            rows.append(row)
     finally:
-        server.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
+        for work, server, _ in servers.values():
+            server.shutdown()
+            shutil.rmtree(work, ignore_errors=True)
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--site", type=Path, default=ROOT / "build", help="a built gallery (infoflow build --out DIR)")
+    ap.add_argument("--baseline", type=Path, help="the same gallery built by another version (its own pages and "
+                    "static/), measured on every page alongside")
+    ap.add_argument("--page-repeats", type=int, default=1, help="loads per page (median reported)")
     ap.add_argument("--positions", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--data", type=Path, help="reuse a data file instead of decomposing")
@@ -181,8 +212,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         site = Path(tmp) / "site"
         render_site(site, data, prompt, doc["model"])
-        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-        handler.log_message = lambda *a: None
+        handler = functools.partial(_Quiet, directory=str(site))
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{server.server_address[1]}/p/bench.html"
@@ -191,7 +221,8 @@ def main() -> None:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
                 ctx = browser.new_context(viewport={"width": args.width, "height": 1000},
                                           device_scale_factor=args.dpr, bypass_csp=True)
-                per_page = gallery_pages(args.site, browser, args.width) if (args.site / "p").is_dir() else []
+                per_page = gallery_pages(args.site, browser, args.width, args.baseline, args.page_repeats) if (args.site / "p").is_dir() else []
+                per_page += gallery_pages(site, browser, args.width, None, args.page_repeats)   # the P = 128 page
                 page = ctx.new_page()
                 page.goto(url)
                 page.wait_for_function("() => document.documentElement.dataset.viewerReady")
@@ -204,11 +235,18 @@ def main() -> None:
             server.shutdown()
 
     if per_page:
-        print(f"\nevery gallery page of {args.site} (fresh context each; the page's own timings, ms)")
-        print(f"{'page':24s} {'P':>4s} {'G':>4s} {'KB':>5s} {'decode':>7s} {'first draw':>10s}  ok (<= 150)")
+        print(f"\nevery gallery page of {args.site}, and the P = {args.positions} page (fresh context each; "
+              f"the page's own timings on page load, ms; median of {args.page_repeats})")
+        base = "baseDecode" in per_page[0]
+        print(f"{'page':24s} {'P':>4s} {'G':>4s} {'KB':>5s} {'decode':>7s} {'first draw':>10s}  ok (<= 150)"
+              + ("   baseline: decode  first draw" if base else ""))
         for row in per_page:
             print(f"{row['page']:24s} {row['P']:4d} {row['G']:4d} {row['kb']:5.0f} {row['decode']:7.1f} "
-                  f"{row['firstDraw']:10.1f}  {'yes' if row['firstDraw'] <= 150 else 'NO'}")
+                  f"{row['firstDraw']:10.1f}  {'yes' if row['firstDraw'] <= 150 else 'NO ':3s}"
+                  + (f"  {row['baseDecode']:16.1f} {row['baseFirstDraw']:11.1f}" if "baseDecode" in row else ""))
+        if base:
+            ratio = statistics.median(r["firstDraw"] / r["baseFirstDraw"] for r in per_page if "baseFirstDraw" in r)
+            print(f"median first-draw ratio new/baseline: {ratio:.2f}")
         worst = max(per_page, key=lambda x: x["firstDraw"])
         print(f"worst first draw: {worst['firstDraw']:.1f} ms ({worst['page']})")
     else:

@@ -233,6 +233,7 @@ def _write_site(cfg: SiteConfig, out: Path, prompts: list[Prompt], docs: dict[st
             summary.sizes[p.id] = len(body)
             heads = heads_page_bytes(docs[p.id], name)         # fetched only when a head view opens
             if heads is not None:
+                heads_path(staging / "data" / name).parent.mkdir(exist_ok=True)
                 heads_path(staging / "data" / name).write_bytes(heads)
             png = thumbnail_png(thumbnail_norms(docs[p.id]), colours)
             thumb = f"{p.id}.{content_hash(png)}.png"

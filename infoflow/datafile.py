@@ -188,16 +188,17 @@ def heads_page_bytes(doc: dict, main_name: str) -> bytes | None:
 
 
 def heads_path(main: str | Path) -> Path:
-    """data/<id>.<hash>.msgpack -> data/<id>.<hash>.heads.msgpack"""
+    """data/<id>.<hash>.msgpack -> data/heads/<id>.<hash>.msgpack (a folder of its own, so that
+    globs over data/*.msgpack and data/<id>.*.msgpack still find the main files only)"""
     main = Path(main)
-    return main.with_name(main.name.removesuffix(".msgpack") + ".heads.msgpack")
+    return main.parent / "heads" / main.name
 
 
 def load_heads(main: str | Path, name: str = "tokens") -> Heads:
     """The per-head data of grouping `name`, from the companion file of the data file `main`."""
     path = heads_path(main)
     if not path.exists():
-        raise DataFileError(f"{path}: no per-head file next to {Path(main).name}; rebuild the site "
+        raise DataFileError(f"{path}: no per-head file for {Path(main).name}; rebuild the site "
                             "with this version of infoflow to get one")
     doc = read(path)
     try:

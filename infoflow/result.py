@@ -69,7 +69,7 @@ class Decomposition:
     @property
     def heads(self) -> Heads | None:
         """Per-head data (issue 13). From a data file it is read on first access, from the
-        file's `.heads.msgpack` companion; None where it was not computed."""
+        companion in `data/heads/`; None where it was not computed."""
         if callable(self.head_data):
             self.head_data = self.head_data()
         return self.head_data

@@ -171,6 +171,7 @@ def test_heads_file_round_trip_and_main_file_unchanged(tmp_path):
     assert body == page_bytes(without, meta)[0]
     main = tmp_path / f"t.{content_hash(body)}.msgpack"
     main.write_bytes(body)
+    heads_path(main).parent.mkdir()
     heads_path(main).write_bytes(heads_page_bytes(with_heads, main.name))
     for name in ("tokens", "words", "prompt"):
         d, want = load(main, name), res[name].heads

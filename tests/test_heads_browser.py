@@ -25,7 +25,7 @@ def _ioi_heads(gallery_site):
     from infoflow import load
     manifest = json.loads((gallery_site / "data" / "manifest.json").read_text())
     entry = next(e for e in manifest["prompts"] if e["id"] == "ioi")
-    assert entry["heads"].endswith(".heads.msgpack")
+    assert entry["heads"] == "data/heads/" + entry["data"].removeprefix("data/")
     d = load(gallery_site / entry["data"], "words")
     return entry, d.heads
 
@@ -42,7 +42,7 @@ def test_trace_head_colours_each_position_by_the_heads_share(site_server, page, 
     _open_viewer(page, site_server + pages["ioi"] + f"#th={l}.{h}")
     page.wait_for_function(HEADS_READY)
     page.evaluate("() => window.infoflowViewer.grid.flush()")
-    assert any(u.endswith(".heads.msgpack") for u in requested)
+    assert any("/data/heads/" in u for u in requested)
     assert f"th={l}.{h}" in page.evaluate("() => window.infoflowViewer.hash")
     ramp = page.evaluate("() => window.infoflowViewer.viewer.seqRamp")
     top = float(share[l, h].max())                     # the ramp ends at the head's largest share
@@ -73,12 +73,12 @@ def test_first_draw_does_not_fetch_heads_and_the_pinned_cell_map_shows_stored_va
     page.on("request", lambda r: requested.append(r.url))
     _open_viewer(page, site_server + pages["ioi"] + "#g=words")
     page.wait_for_function("() => window.infoflowViewer.idle")
-    assert not any(u.endswith(".heads.msgpack") for u in requested)
+    assert not any("/data/heads/" in u for u in requested)
     l, p = L - 8, P - 1
     page.evaluate(f"() => window.infoflowViewer.viewer.set({{pin: {{l: {l}, k: 0, p: {p}}}}})")
     page.wait_for_function(HEADS_READY)
     page.wait_for_selector("#heads table.heads-map td")
-    assert any(u.endswith(".heads.msgpack") for u in requested)
+    assert any("/data/heads/" in u for u in requested)
     rows = page.eval_on_selector_all("#heads table.heads-map tr[data-head]", "rs => rs.length")
     assert rows == Hx
     # hover the first head's first source column: the readout is the stored value of that part

@@ -33,12 +33,21 @@ class Batch {
  */
 export function colorSlots(V, L, P, hidden, traced, max) {
   const G = V.G, arr = V.norm, total = new Float64Array(G);
+  // visible sources present at each position: sources are numbered by first use, so those
+  // of position p are the ones with first <= p (plus the bias source, first = 0)
+  const vis = Int32Array.from([...Array(G).keys()].filter((s) => !hidden[s]).sort((a, b) => V.first[a] - V.first[b]));
+  const present = new Int32Array(P);
+  for (let p = 0, j = 0; p < P; p++) {
+    while (j < vis.length && V.first[vis[j]] <= p) j++;
+    present[p] = j;
+  }
   for (let c = 0; c < L * 2 * P; c++) {
-    const base = c * G;
+    const base = c * G, m = present[c % P];
     let sum = 0;
-    for (let s = 0; s < G; s++) if (!hidden[s]) sum += arr[base + s];
+    for (let i = 0; i < m; i++) sum += arr[base + vis[i]];
     if (sum <= 0) continue;
-    for (let s = 0; s < G; s++) if (!hidden[s]) total[s] += arr[base + s] / sum;
+    const inv = 1 / sum;
+    for (let i = 0; i < m; i++) total[vis[i]] += arr[base + vis[i]] * inv;
   }
   const ranked = [...Array(G).keys()].filter((s) => !hidden[s] && total[s] > 0)
     .sort((a, b) => total[b] - total[a] || a - b);

@@ -67,30 +67,48 @@ function f16Table() {
 
 const SIZES = { u8: 1, i8: 1, u16: 2, u32: 4, f16: 2, f32: 4 };
 
+/** Compressed bytes fed to the inflater at a time: deflate expands at most ~1032x, so one
+ * slice of a bomb costs at most ~16 MB of work before the cap below is checked again. */
+const INFLATE_SLICE = 16384;
+
 /**
- * Inflate a zlib stream into exactly `size` bytes, reading the DecompressionStream chunk by
- * chunk: past `size` it stops reading and throws (so a deflate bomb costs `size` bytes, not
- * gigabytes), and it throws when the stream ends short.
+ * Inflate a zlib stream into exactly `size` bytes. The input goes into DecompressionStream in
+ * small slices, and the output is read chunk by chunk: past `size` it stops feeding and reading
+ * and throws (so a deflate bomb costs `size` bytes and milliseconds, not gigabytes: Chrome
+ * inflates a whole input chunk at once, so a bomb fed in one piece would run to the end).
+ * Throws too when the stream is corrupt or ends short.
  */
 export async function inflateCapped(bytes, size, what = "an array") {
   if (typeof DecompressionStream === "undefined") {
     throw new DataError("This browser cannot decompress the data file (no DecompressionStream): use a current Chrome, Firefox or Safari.");
   }
+  const ds = new DecompressionStream("deflate");
+  const writer = ds.writable.getWriter(), reader = ds.readable.getReader();
+  let stop = false;
+  const slice = Math.max(256, Math.min(INFLATE_SLICE, size));   // never more input than output
+  const feed = (async () => {
+    for (let i = 0; i < bytes.byteLength && !stop; i += slice) {
+      await writer.ready;
+      if (stop) return;
+      await writer.write(bytes.subarray(i, Math.min(bytes.byteLength, i + slice)));
+    }
+    if (!stop) await writer.close();
+  })();
+  feed.catch(() => {});          // its error also reaches reader.read() below
   const out = new Uint8Array(size);
-  const reader = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate")).getReader();
   let n = 0;
   try {
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;
-      if (n + value.byteLength > size) {
-        reader.cancel().catch(() => {});
-        throw damaged(`${what} inflates to more than its declared ${size} bytes`);
-      }
+      if (n + value.byteLength > size) throw damaged(`${what} inflates to more than its declared ${size} bytes`);
       out.set(value, n);
       n += value.byteLength;
     }
   } catch (e) {
+    stop = true;
+    reader.cancel().catch(() => {});
+    writer.abort().catch(() => {});
     if (e instanceof DataError) throw e;
     throw damaged(`${what} does not inflate: ${e.message}`);
   }

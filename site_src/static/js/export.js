@@ -33,6 +33,7 @@ export function figureScene(v) {
   const text = (x, y, str, o = {}) => items.push({ t: "text", x, y, text: str, size: 12, fill: C.fg, anchor: "start", weight: "normal", rot: 0, ...o });
   const rect = (x, y, w, h, fill) => items.push({ t: "rect", x, y, w, h, fill });
   const W = grid.cssW, pad = 16;
+  rect(0, 0, 0, 0, C.bg);               // the background: sized once the height is known
   // header
   let y = pad + 16;
   text(pad, y, D.prompt.title || "infoflow", { size: 16, weight: "bold" });
@@ -47,8 +48,7 @@ export function figureScene(v) {
   const top = y + 8;
   // the grid as drawn: visible cells only, clipped to the plot
   const g = grid.geometry(1), P = grid.P;
-  const ox = MARGIN.left, oy = top + MARGIN.top;
-  rect(0, 0, 0, 0, C.bg);
+  const ox = MARGIN.left, oy = top + 28;
   for (let r = 0; r < 2 * grid.L; r++) {
     if (g.yb[r] <= g.ya[r]) continue;
     for (let p = g.p0; p <= g.p1; p++) if (g.xb[p] > g.xa[p]) rect(ox + g.xa[p], oy + g.ya[r], g.xb[p] - g.xa[p], g.yb[r] - g.ya[r], C.track);
@@ -67,7 +67,7 @@ export function figureScene(v) {
   let lastY = Infinity;
   for (let r = 0; r < 2 * grid.L; r++) {
     if (Number.isNaN(g.ry[r])) continue;
-    const cy = top + g.ry[r] + g.rh[r] / 2;
+    const cy = oy + g.ry[r] - MARGIN.top + g.rh[r] / 2;
     if (lastY - cy < 10) continue;
     text(ox - 6, cy + 3.5, rowLabel(r >> 1, r & 1), { size: 9.5, anchor: "end", fill: (r & 1) === (s.emph === "attn" ? 0 : 1) ? C.fg : C.muted });
     lastY = cy;
@@ -83,14 +83,14 @@ export function figureScene(v) {
     text(x + 3, ly, t, { size: Math.min(11, Math.max(8, g.colW * 0.9)), anchor: "end", rot: -69 });
   }
   text(10, oy + grid.plotH / 2, "layer \u2191 (attention, then MLP)", { size: 11, fill: C.muted, anchor: "middle", rot: -90 });
-  text(ox + grid.plotW, oy + grid.plotH + MARGIN.bottom - 4, "token position \u2192", { size: 11, fill: C.muted, anchor: "end" });
+  text(ox + grid.plotW, oy + grid.plotH + 78, "token position \u2192", { size: 11, fill: C.muted, anchor: "end" });
   // next-token predictions above the plot (only when the last column is in view)
   if (g.p1 === P - 1) {
-    text(ox + grid.plotW, top + 14, `next token after ${v.tokenLabels[P - 1]}: ` + grid.data.predictions.slice(0, 3)
+    text(ox + grid.plotW, top + 16, `next token after ${v.tokenLabels[P - 1]}: ` + grid.data.predictions.slice(0, 3)
       .map((x) => `${displayToken(x.text)} ${(x.prob * 100).toFixed(1)}%`).join(", "), { size: 11, anchor: "end", fill: C.muted });
   }
   // legend or colour scale
-  y = oy + grid.plotH + MARGIN.bottom + 10;
+  y = oy + grid.plotH + 100;
   let x = pad;
   const key = (color, label) => {
     const w = 18 + label.length * 6.6;
@@ -119,7 +119,7 @@ export function figureScene(v) {
   text(pad, y, `infoflow · ${D.model.id || ""} · worst reconstruction error ${typeof D.worstReconError === "number" ? D.worstReconError.toExponential(1) : "?"} · values stored in 8 bits per cell`,
     { size: 10, fill: C.muted });
   const h = Math.ceil(y + pad);
-  items[items.findIndex((i) => i.t === "rect" && i.w === 0)] = { t: "rect", x: 0, y: 0, w: W, h, fill: C.bg };
+  items[0] = { t: "rect", x: 0, y: 0, w: W, h, fill: C.bg };
   return { w: W, h, items, clip: { x: ox, y: oy, w: grid.plotW, h: grid.plotH } };
 }
 

@@ -4,6 +4,8 @@
 // infoflow/site.py reads the hex strings of PALETTE below (one line) to draw thumbnails.
 export const PALETTE = [ "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#332288", "#882255", "#999933" ];
 export const MAX_COLORS = PALETTE.length;
+/** On a dark background: the same hues, with indigo and wine lightened so they stay visible. */
+export const PALETTE_DARK = PALETTE.map((c) => ({ "#332288": "#7A6AD8", "#882255": "#C8578A" })[c] || c);
 
 function rgbToHex([r, g, b]) {
   return "#" + [r, g, b].map((v) => Math.max(0, Math.min(255, Math.round(v))).toString(16).padStart(2, "0")).join("");

@@ -289,7 +289,7 @@ export const PANELS = [
   { id: "legend", title: "Legend", deps: [...DRAWN], render: renderLegend },
   { id: "predictions", title: "Predictions", deps: [...DRAWN, "pred", "predChoice"], render: renderPredictions },
   { id: "cell-detail", title: "Pinned cell", deps: [...DRAWN, "pin"], render: renderCell },
-  { id: "summary", deps: ["variant", "custom", "hidden", "trace"], render: renderSummary, box: () => document.querySelector("#summary-table tbody") },
+  { id: "summary", deps: ["variant", "custom", "hidden", "trace"], render: renderSummary, idle: true, box: () => document.querySelector("#summary-table tbody") },
 ];
 
 /** Add a panel (see the top of this file). Call before mountViewer. */

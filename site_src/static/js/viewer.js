@@ -7,7 +7,7 @@
 import { loadData, DataError, ensureMetric, METRIC_KEYS } from "./data.js";
 import { Grid, MARGIN } from "./grid.js";
 import { buildBatches, colorSlots, customVariant } from "./compute.js";
-import { PALETTE, MAX_COLORS, sequentialRamp, divergingRamp, NEG_COLOR, POS_COLOR } from "./palette.js";
+import { PALETTE, PALETTE_DARK, MAX_COLORS, sequentialRamp, divergingRamp, NEG_COLOR, POS_COLOR } from "./palette.js";
 import { isDark } from "./theme.js";
 import { buildSkeleton, panelBox, el } from "./dom.js";
 import { PANELS, cellContent } from "./panels.js";
@@ -42,6 +42,7 @@ export class Viewer {
     this.seq = 0;
     this.pending = false;
     this.dirtyKeys = new Set();
+    this.idleJobs = new Map();
     const dup = new Map();
     for (const t of D.tokens) dup.set(t, (dup.get(t) || 0) + 1);
     this.tokenLabels = D.tokens.map((t, p) => displayToken(t) + (dup.get(t) > 1 ? subscript(p) : ""));
@@ -62,13 +63,15 @@ export class Viewer {
     const t0 = performance.now();
     await this.ensureArrays();
     this.update(new Set(ALL_KEYS), { push: false });
+    const t1 = performance.now();
     this.grid.flush();
+    this.timings.parts.draw = performance.now() - t1;
     this.timings.firstDraw = performance.now() - t0;
     // the rest of the file in the background, so later switches are instant
     this.loading = true;
-    const t1 = performance.now();
+    const t2 = performance.now();
     setTimeout(() => Promise.all(D.variants.flatMap((V) => METRIC_KEYS.map((m) => ensureMetric(V, m)))).then(() => {
-      this.timings.decodeRest = performance.now() - t1;
+      this.timings.decodeRest = performance.now() - t2;
       this.loading = false;
     }, (e) => this.fail(e)), 0);
     bindEvents(this);
@@ -183,8 +186,15 @@ export class Viewer {
   renderPanels(keys) {
     for (const p of PANELS) {
       if (!(p.deps.includes("*") || p.deps.some((k) => keys.has(k)))) continue;
-      const box = p.box ? p.box() : $(p.id);
-      if (box || p.id === "controls") p.render(this, box);
+      const render = () => {
+        this.idleJobs.delete(p.id);
+        const box = p.box ? p.box() : $(p.id);
+        if (box || p.id === "controls") p.render(this, box);
+      };
+      if (!p.idle) { render(); continue; }
+      // off-screen panels (the screen readers' summary table) wait for an idle moment
+      (window.cancelIdleCallback || clearTimeout)(this.idleJobs.get(p.id));
+      this.idleJobs.set(p.id, (window.requestIdleCallback || setTimeout)(render, { timeout: 500 }));
     }
   }
 
@@ -200,7 +210,8 @@ export class Viewer {
       this.slotCache = { V, key: slotKey, slots: colorSlots(V, D.L, D.P, this.hidden, this.traceSrc, MAX_COLORS) };
     }
     this.slots = this.slotCache.slots;
-    this.colors = Array.from(this.slots, (slot) => (slot >= 0 ? PALETTE[slot] : null));
+    const palette = this.dark ? PALETTE_DARK : PALETTE;
+    this.colors = Array.from(this.slots, (slot) => (slot >= 0 ? palette[slot] : null));
     this.labels = sourceLabels(V);
     const batches = headBatches(this) || buildBatches(V, D.L, D.P, {
       metric: s.metric, hidden: this.hidden, trace: this.traceSrc, heat: s.heat, order: s.order,
@@ -447,7 +458,7 @@ function api(viewer) {
     get timings() { return { ...viewer.timings, lastDraw: viewer.grid.lastDraw }; },
     get hash() { return viewer.state ? viewer.hash() : null; },
     /** true once nothing is being decoded or waiting to be drawn */
-    get idle() { return !viewer.pending && !viewer.grid.frame; },
+    get idle() { return !viewer.pending && !viewer.grid.frame && !viewer.idleJobs.size; },
     viewer,
     grid: viewer.grid,
   };
