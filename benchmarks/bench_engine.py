@@ -197,13 +197,27 @@ def heads_cost(captured, layers, P, repeats: int) -> tuple[list[float], list[flo
     run[True]()
     times = {False: [], True: []}
     cpu = {False: [], True: []}
-    for i in range(repeats):
-        for h in ((False, True) if i % 2 == 0 else (True, False)):
-            t, c = time.perf_counter(), time.process_time()
-            run[h]()
-            times[h].append(time.perf_counter() - t)
-            cpu[h].append(time.process_time() - c)
-    return times[False], times[True], cpu[False], cpu[True]
+    inside = []                      # CPU time spent inside HeadStats.record, per run with heads
+    record, spent = E.HeadStats.record, [0.0]
+
+    def timed_record(self, *a, **k):
+        c = time.process_time()
+        record(self, *a, **k)
+        spent[0] += time.process_time() - c
+    E.HeadStats.record = timed_record
+    try:
+        for i in range(repeats):
+            for h in ((False, True) if i % 2 == 0 else (True, False)):
+                spent[0] = 0.0
+                t, c = time.perf_counter(), time.process_time()
+                run[h]()
+                times[h].append(time.perf_counter() - t)
+                cpu[h].append(time.process_time() - c)
+                if h:
+                    inside.append(spent[0] / cpu[h][-1])
+    finally:
+        E.HeadStats.record = record
+    return times[False], times[True], cpu[False], cpu[True], inside
 
 
 def agreement(captured, layers, P) -> str:
@@ -268,8 +282,8 @@ def main(argv=None):
     for P in args.heads_sizes:
         ids = lm.tokenizer(prompt_of(lm, P))["input_ids"]
         captured = capture(_nnsight(lm), torch.tensor([ids]))
-        t_off, t_on, c_off, c_on = heads_cost(captured, layers, P, args.heads_repeats)
-        head_rows.append((P, t_off, t_on, c_off, c_on))
+        t_off, t_on, c_off, c_on, inside = heads_cost(captured, layers, P, args.heads_repeats)
+        head_rows.append((P, t_off, t_on, c_off, c_on, inside))
         print(f"P={P} heads: {min(t_off):.3f} s without, {min(t_on):.3f} s with", flush=True)
     for P in args.sizes:
         prompt = prompt_of(lm, P)
@@ -323,37 +337,38 @@ def main(argv=None):
         f"V={m['V']}). Times: best of {args.repeats} after one warm-up (median in brackets).")
     out()
     gm = statistics.median(rate.samples)
-    sus = [r for row in eng_rows for r in row[8]]
-    out(f"Sustained sgemm (1 s windows of back-to-back 2048² matmuls before and after each timed "
-        f"run): {min(sus) / 1e9:.0f}–{max(sus) / 1e9:.0f} G multiply-adds/s, median "
-        f"{statistics.median(sus) / 1e9:.0f} G.")
-    out()
-    out("| P | T | `decompose(logit_lens=False)` | floor (a) | ratio: best burst / median burst / "
-        "paired sustained (best, median run) | default `decompose()` | floor (b) | ratio: best "
-        "burst / median burst / paired sustained (best, median run) | engine / logits / lens / "
-        "trace in the default call |")
-    out("|---|---|---|---|---|---|---|---|---|")
-    for P, t_dec, t_all, f_dec, f_all, tim, pr_dec, pr_all, _ in eng_rows:
-        T = P * (P + 1) // 2
-        out(f"| {P} | {T} | {min(t_dec):.3f} s ({statistics.median(t_dec):.3f}) | {f_dec / g:.3f} s | "
-            f"**{min(t_dec) / (f_dec / g):.2f}** / {min(t_dec) / (f_dec / gm):.2f} / "
-            f"{pr_dec[0]:.2f}, {statistics.median(pr_dec):.2f} | "
-            f"{min(t_all):.3f} s ({statistics.median(t_all):.3f}) | {f_all / g:.3f} s | "
-            f"**{min(t_all) / (f_all / g):.2f}** / {min(t_all) / (f_all / gm):.2f} / "
-            f"{pr_all[0]:.2f}, {statistics.median(pr_all):.2f} | "
-            f"{tim['decompose']:.2f} / {tim['logits']:.2f} / {tim.get('logit_lens', 0):.2f} / "
-            f"{tim['trace']:.2f} s |")
-    out()
-    out("Ratios: wall ÷ floor. *Best burst* divides by the single fastest 2048² sample of the "
-        "whole run (the strictest reading); *median burst* by the median sample; *paired "
-        "sustained* gives each timed run its own reference, the sustained rate measured just "
-        "before and after it, and lists the best and the median run.")
-    out()
-    out("Floor (a): Σ_layers [T·d·d_kv (values) + d·P(P+1)(P+2)/6 (causal head mixing) + T·d² "
-        "(o_proj) + 2·T·d·d_ff (MLP)] + P·d·V (reconstructed logits) + T·d·5P (logit attribution), "
-        "T = P(P+1)/2, in multiply-adds ÷ the best sgemm rate. Floor (b): (a) + 2·L·P·d·V (logit "
-        "lens at every cell). The wall time is the whole call, so it also holds the traced forward "
-        "pass, which neither floor counts.")
+    if eng_rows:
+        sus = [r for row in eng_rows for r in row[8]]
+        out(f"Sustained sgemm (1 s windows of back-to-back 2048² matmuls before and after each timed "
+            f"run): {min(sus) / 1e9:.0f}–{max(sus) / 1e9:.0f} G multiply-adds/s, median "
+            f"{statistics.median(sus) / 1e9:.0f} G.")
+        out()
+        out("| P | T | `decompose(logit_lens=False)` | floor (a) | ratio: best burst / median burst / "
+            "paired sustained (best, median run) | default `decompose()` | floor (b) | ratio: best "
+            "burst / median burst / paired sustained (best, median run) | engine / logits / lens / "
+            "trace in the default call |")
+        out("|---|---|---|---|---|---|---|---|---|")
+        for P, t_dec, t_all, f_dec, f_all, tim, pr_dec, pr_all, _ in eng_rows:
+            T = P * (P + 1) // 2
+            out(f"| {P} | {T} | {min(t_dec):.3f} s ({statistics.median(t_dec):.3f}) | {f_dec / g:.3f} s | "
+                f"**{min(t_dec) / (f_dec / g):.2f}** / {min(t_dec) / (f_dec / gm):.2f} / "
+                f"{pr_dec[0]:.2f}, {statistics.median(pr_dec):.2f} | "
+                f"{min(t_all):.3f} s ({statistics.median(t_all):.3f}) | {f_all / g:.3f} s | "
+                f"**{min(t_all) / (f_all / g):.2f}** / {min(t_all) / (f_all / gm):.2f} / "
+                f"{pr_all[0]:.2f}, {statistics.median(pr_all):.2f} | "
+                f"{tim['decompose']:.2f} / {tim['logits']:.2f} / {tim.get('logit_lens', 0):.2f} / "
+                f"{tim['trace']:.2f} s |")
+        out()
+        out("Ratios: wall ÷ floor. *Best burst* divides by the single fastest 2048² sample of the "
+            "whole run (the strictest reading); *median burst* by the median sample; *paired "
+            "sustained* gives each timed run its own reference, the sustained rate measured just "
+            "before and after it, and lists the best and the median run.")
+        out()
+        out("Floor (a): Σ_layers [T·d·d_kv (values) + d·P(P+1)(P+2)/6 (causal head mixing) + T·d² "
+            "(o_proj) + 2·T·d·d_ff (MLP)] + P·d·V (reconstructed logits) + T·d·5P (logit attribution), "
+            "T = P(P+1)/2, in multiply-adds ÷ the best sgemm rate. Floor (b): (a) + 2·L·P·d·V (logit "
+            "lens at every cell). The wall time is the whole call, so it also holds the traced forward "
+            "pass, which neither floor counts.")
     if naive_rows:
         out()
         out("| P | naive per-query (dense P×P) | engine `decompose_stack` | speed-up |")
@@ -368,15 +383,17 @@ def main(argv=None):
     if head_rows:
         out()
         out("| P | `decompose_stack` without heads | with `heads=True` | extra wall time: best / "
-            "median / median of run pairs | extra CPU time (process): median of run pairs |")
-        out("|---|---|---|---|---|")
-        for P, t_off, t_on, c_off, c_on in head_rows:
+            "median / median of run pairs | extra CPU time (process): median of run pairs | "
+            "share of the CPU time inside HeadStats.record (median) |")
+        out("|---|---|---|---|---|---|")
+        for P, t_off, t_on, c_off, c_on, inside in head_rows:
             pairs = [b / a - 1 for a, b in zip(t_off, t_on)]
             cpairs = [b / a - 1 for a, b in zip(c_off, c_on)]
             out(f"| {P} | {min(t_off):.3f} s ({statistics.median(t_off):.3f}) | {min(t_on):.3f} s "
                 f"({statistics.median(t_on):.3f}) | **{min(t_on) / min(t_off) - 1:+.1%}** / "
                 f"{statistics.median(t_on) / statistics.median(t_off) - 1:+.1%} / "
-                f"{statistics.median(pairs):+.1%} | {statistics.median(cpairs):+.1%} |")
+                f"{statistics.median(pairs):+.1%} | {statistics.median(cpairs):+.1%} | "
+                f"{statistics.median(inside):.1%} |")
         out()
         out(f"Per-head attribution: engine only, same captured pass, identity grouping; "
             f"{args.heads_repeats} runs of each after one warm-up, interleaved (without, with, "

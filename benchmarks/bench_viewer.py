@@ -1,11 +1,15 @@
 """Benchmark of the prompt viewer in headless Chromium (issues 4, 12). Not a test: run by hand.
 
-    .venv/bin/python benchmarks/bench_viewer.py [--site build] [--positions 128] [--repeats 40] [--data FILE]
+    .venv/bin/python benchmarks/bench_viewer.py [--site build] [--baseline OLD_SITE] [--page-repeats 3]
+                                                [--positions 128] [--repeats 40] [--data FILE]
 
 Part 1, every gallery page: each page of a built site (--site, default build/; the site's own
 static/ is replaced by site_src/static so the current viewer is measured) is opened in a fresh
 browser context, and the page's own timings are read: the cold decode of its data file and the
-first full draw. Targets: first draw <= 150 ms on every page.
+first full draw (median of --page-repeats loads). --baseline names the same gallery built by
+another version (its own pages and static/): each page is then opened there too, alternately,
+so that both are measured under the same machine load. The P = 128 page of part 2 is measured
+the same way. Targets: first draw <= 150 ms on every page.
 
 Part 2, P = 128:
 it decomposes a prose prompt of exactly --positions tokens on the default model (30 layers),

@@ -439,7 +439,8 @@ class HeadStats:
     r is the real residual after the attention block (resid_mid), as for attn_proj, so
     Σ_h share_h is the share of what the block wrote for s. Grouped sources sum O first
     (part_h is linear in O). `write_*` is the same for the head's whole write at p, all
-    sources together: O summed over sources is exactly the head's real output there.
+    sources together: O summed over sources is exactly the head's real output there, which
+    is what `head_outputs` computes, from the real residual.
     Tables: norm, proj (L, H', P, G); write_norm, write_proj (L, H', P); H' = H (+ 1).
     """
 
@@ -480,9 +481,10 @@ class HeadStats:
         proj = torch.index_select(R, 0, pos).mul_(X).view(-1, H, hd).sum(-1).T   # (H, N)
         return norm, proj
 
-    def record(self, l: int, O: Tensor, lw: LayerWeights, r_unit: Tensor, rows_of=chunks,
-               bias_scale: Tensor | None = None) -> None:
-        """All statistics of layer l from the mixed heads O (T, H·hd). bias_scale (P,): the
+    def record(self, l: int, O: Tensor, whole: Tensor, lw: LayerWeights, r_unit: Tensor,
+               rows_of=chunks, bias_scale: Tensor | None = None) -> None:
+        """All statistics of layer l from the mixed heads O (T, H·hd) and the heads' real
+        outputs `whole` (P, H·hd) = Σ_s O[p, s] (see head_outputs). bias_scale (P,): the
         attention post-norm's 1/rms per position, which scales b_o too (O already has it)."""
         tri, G, H, P = self.tri, self.G, self.H, self.tri.P
         Rt, R = self.layer_maps(lw, r_unit)
@@ -500,9 +502,6 @@ class HeadStats:
             norm, proj = self.metrics(Og.view(P * G, -1), self._pos_g, Rt, R)
             self.norm[l, :H] = norm.view(H, P, G).cpu().to(dt)
             self.proj[l, :H] = proj.view(H, P, G).cpu().to(dt)
-        whole = O.new_zeros(P, O.shape[1])                              # (P, H·hd)
-        for s in range(tri.S):
-            whole[tri.start[s]:] += O[tri.offset[s]:tri.offset[s + 1]]
         norm, proj = self.metrics(whole, self._pos, Rt, R)
         self.write_norm[l, :H], self.write_proj[l, :H] = norm.cpu().to(dt), proj.cpu().to(dt)
         if lw.bo is not None:                                           # the o_proj bias pseudo-head
@@ -513,6 +512,21 @@ class HeadStats:
             b_norm, b_proj = b_norm.cpu().to(dt), b_proj.cpu().to(dt)
             self.norm[l, H, :, G - 1], self.proj[l, H, :, G - 1] = b_norm, b_proj
             self.write_norm[l, H], self.write_proj[l, H] = b_norm, b_proj
+
+
+def head_outputs(x: Tensor, scale1: Tensor | None, pattern: Tensor, lw: LayerWeights) -> Tensor:
+    """The heads' real outputs, o_proj's input: A_h · V_g(h) from the real residual x
+    (with a post-norm, `pattern` carries its 1/rms per query row, as in decompose_stack).
+    (P, d) -> (P, H·hd). By the sum identity this is Σ_s O[p, s], for P·d·d_kv + H·P²·hd
+    multiply-adds instead of a pass that sums the (T, H·hd) rows by position."""
+    P, H, n_kv = x.shape[0], lw.n_heads, lw.n_kv
+    V = (x if scale1 is None else x * scale1.unsqueeze(1)) @ lw.Wv.T   # (P, d_kv); None: no pre-norm
+    if lw.bv is not None:
+        V = V + lw.bv
+    hd = V.shape[1] // n_kv
+    Vg = V.view(P, n_kv, 1, hd).permute(1, 2, 0, 3)                    # (kv, 1, P, hd)
+    out = pattern.view(n_kv, H // n_kv, P, P) @ Vg                     # (kv, rep, P, hd)
+    return out.reshape(H, P, hd).transpose(0, 1).reshape(P, H * hd)
 
 
 # ----------------------------------------------------------------------------- the whole stack
@@ -588,8 +602,10 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
             delta = attention_out(O, lw, tri, rows, delta_buf[:rows.stop - rows.start], post1)
             C[rows] += delta
             _record_rows(stats, l, 0, C[rows], delta, r_unit, rows)
-        for hs in head_stats:                   # the same write, split by head (O is still here)
-            hs.record(l, O, lw, r_unit, rows_of=lambda T: chunks(T, chunk), bias_scale=post1)
+        if head_stats:                          # the same write, split by head (O is still here)
+            whole = head_outputs(frozen(captured.resid_pre[l]), scale1, pattern, lw)
+            for hs in head_stats:
+                hs.record(l, O, whole, lw, r_unit, rows_of=lambda T: chunks(T, chunk), bias_scale=post1)
         del O, O_buf
         _record_grouped(stats, l, 0, C, r_unit)
         errors[l, 0] = _relative_error(C, r, tri)

@@ -265,3 +265,18 @@ def test_mount_viewer_takes_a_decoded_object(site_server, page, pages):  # noqa:
         return new URL(t.match(/data-src="([^"]+)"/)[1], new URL(href, location.href)).href; }""", pages["ioi"]))
     assert ok == ["1", True, True]
     assert page.errors == []
+
+
+def test_values_are_shown_to_the_precision_stored(site_server, page, pages):  # noqa: F811
+    _open_viewer(page, site_server + pages["ioi"])
+    box = page.locator("#grid").bounding_box()
+    page.mouse.click(box["x"] + box["width"] - 40, box["y"] + box["height"] * 0.5)
+    pin = page.evaluate("window.infoflowViewer.state.pin")
+    step = page.evaluate("""([l, k, p]) => { const v = window.infoflowViewer.viewer;
+        return v.V.quant.norm.scale[(l * 2 + k) * v.D.P + p] / v.V.quant.norm.q; }""", [pin["l"], pin["k"], pin["p"]])
+    values = page.eval_on_selector_all("#cell-detail .tt-table tr td:nth-child(3)", "tds => tds.map(t => t.textContent)")
+    decimals = max(0, -int(__import__("math").floor(__import__("math").log10(step))))
+    assert values and all(len(v.split(".")[1]) == decimals if "." in v else decimals == 0 for v in values), (values, step)
+    foot = page.inner_text("#cell-detail .tt-foot")
+    assert "8 bits" in foot and "1/510" in foot
+    assert "8 bits" in page.inner_text("#help-precision")

@@ -150,8 +150,8 @@ export function buildBatches(V, L, P, opts) {
           if (x < 0.9999) rest().push(cell, x, 1, 0, 1);
         } else {
           if (abs <= 0) continue;
-          // negative parts left of zero, positive parts right of it; in position order from
-          // zero outwards, or largest next to zero
+          // negative parts left of zero, positive parts right of it; in position order going
+          // outwards, or largest next to zero
           let negSum = 0;
           for (let i = 0; i < n; i++) if (val[i] < 0) negSum -= val[i];
           const zero = negSum / abs;

@@ -13,7 +13,8 @@
 // sublayers (row 0 = L0 attn at the bottom, row 2L-1 = the last MLP at the top).
 // Batches come from compute.js: {color, source, items: Float32Array of (cell, x0, x1, y0, y1)},
 // x/y fractions of the cell and cell = row * P + position.
-import { displayToken } from "./format.js";
+import { drawRowLabels, drawTokenLabels, drawAxisTitles, drawPredictions } from "./grid-labels.js";
+import { drawOverlay } from "./grid-overlay.js";
 
 export const MARGIN = { left: 80, right: 12, top: 92, bottom: 96 };
 const MAX_ZOOM = 64;
@@ -44,8 +45,6 @@ export function parseColor(css) {
   const d = probe.getImageData(0, 0, 1, 1).data;
   return [d[0], d[1], d[2]];
 }
-
-const truncate = (t, n = 14) => (t.length > n ? t.slice(0, n - 1) + "\u2026" : t);
 
 export class Grid {
   constructor(canvas) {
@@ -131,7 +130,7 @@ export class Grid {
   flush() {
     if (this.frame) { cancelAnimationFrame(this.frame); this.frame = 0; }
     if (this.dirty.base) this.drawBase();
-    if (this.dirty.overlay) this.drawOverlay();
+    if (this.dirty.overlay) drawOverlay(this);
     this.dirty.base = this.dirty.overlay = false;
     return this.lastDraw;
   }
@@ -359,10 +358,10 @@ export class Grid {
       for (let y = y0; y < y1; y++) buf.fill(color, y * W + a, y * W + z);
     }
     ctx.putImageData(img, Math.round(MARGIN.left * dpr), Math.round(MARGIN.top * dpr));
-    this.drawRowLabels(ctx, g);
-    this.drawTokenLabels(ctx, g);
-    this.drawAxisTitles(ctx);
-    this.drawPredictions(ctx, g.colW);
+    drawRowLabels(this, ctx, g);
+    drawTokenLabels(this, ctx, g);
+    drawAxisTitles(this, ctx);
+    drawPredictions(this, ctx, g.colW);
     this.lastDraw = performance.now() - t0;
     return this.lastDraw;
   }
@@ -377,186 +376,6 @@ export class Grid {
     return img;
   }
 
-  drawRowLabels(ctx, g) {
-    const C = this.colors, R = 2 * this.L;
-    ctx.save();
-    ctx.beginPath();
-    ctx.rect(0, MARGIN.top - 1, MARGIN.left, this.plotH + 2);
-    ctx.clip();
-    ctx.textAlign = "right";
-    ctx.textBaseline = "middle";
-    let lastY = Infinity;
-    for (let r = 0; r < R; r++) {
-      if (Number.isNaN(g.ry[r])) continue;
-      const y = g.ry[r] + g.rh[r] / 2;
-      const l = r >> 1, k = r & 1;
-      if (lastY - y < 10) continue;
-      const emph = (k === 0) === (this.emph === "attn");
-      ctx.font = `${emph ? "bold 10.5" : "9.5"}px system-ui, sans-serif`;
-      ctx.fillStyle = emph ? C.fg : C.muted;
-      ctx.fillText(rowLabel(l, k), MARGIN.left - 6, y);
-      lastY = y;
-    }
-    ctx.restore();
-  }
-
-  drawAxisTitles(ctx) {
-    const C = this.colors;
-    ctx.save();
-    ctx.fillStyle = C.muted;
-    ctx.font = "11px system-ui, sans-serif";
-    ctx.textBaseline = "middle";
-    ctx.translate(10, MARGIN.top + this.plotH / 2);
-    ctx.rotate(-Math.PI / 2);
-    ctx.textAlign = "center";
-    ctx.fillText("layer \u2191 (sublayers: attention, then MLP)", 0, 0);
-    ctx.restore();
-    ctx.save();
-    ctx.fillStyle = C.muted;
-    ctx.font = "11px system-ui, sans-serif";
-    ctx.textAlign = "right";
-    ctx.textBaseline = "bottom";
-    ctx.fillText("token position \u2192", MARGIN.left + this.plotW, this.cssH - 3);
-    ctx.restore();
-  }
-
-  drawTokenLabels(ctx, g) {
-    const C = this.colors, d = this.data;
-    const { p0, p1, colW, cw } = g;
-    const top = MARGIN.top + this.plotH + 3;
-    ctx.save();
-    ctx.beginPath();
-    ctx.rect(MARGIN.left - 2, top - 3, this.plotW + 4, MARGIN.bottom - 14);
-    ctx.clip();
-    const step = colW >= 9 ? 1 : Math.ceil(9 / colW);
-    for (let p = p0; p <= p1; p++) {
-      const x = MARGIN.left + p * colW - this.view.x;
-      ctx.globalAlpha = d.tokenDim[p] ? 0.35 : 1;
-      ctx.fillStyle = d.tokenColor[p] || C.neutral;
-      ctx.fillRect(x, top, cw, 7);
-      if (d.tokenHidden[p]) {
-        ctx.fillStyle = C.bg;
-        ctx.fillRect(x + 1, top + 2, Math.max(0, cw - 2), 3);
-      }
-      const mark = p === d.tokenMark;
-      if (p % step && !mark && p !== d.predPos) continue;
-      ctx.save();
-      ctx.translate(x + cw / 2, top + 11);
-      ctx.rotate(-Math.PI / 2.6);
-      ctx.textAlign = "right";
-      ctx.textBaseline = "middle";
-      ctx.font = `${mark ? "bold " : ""}${Math.min(12, Math.max(9, colW * 0.9))}px system-ui, sans-serif`;
-      ctx.fillStyle = C.fg;
-      const t = truncate(d.tokenLabels ? d.tokenLabels[p] : displayToken(d.tokens[p]));
-      ctx.fillText(t, 0, 0);
-      if (p === d.predPos) ctx.fillRect(-ctx.measureText(t).width, 6, ctx.measureText(t).width, 1.5);
-      ctx.restore();
-    }
-    ctx.globalAlpha = 1;
-    ctx.restore();
-  }
-
-  drawPredictions(ctx, colW) {
-    const C = this.colors, preds = this.data.predictions;
-    if (!preds.length) return;
-    // the box points at the last column; when that column is out of view, it says so
-    const lastX = MARGIN.left + this.P * colW - this.view.x;
-    const inView = lastX <= MARGIN.left + this.plotW + 1;
-    const lineH = 14, n = Math.min(preds.length, 5), boxW = 150;
-    const right = Math.max(MARGIN.left + boxW, Math.min(this.cssW - 2, lastX));
-    const y0 = MARGIN.top - 8 - n * lineH;
-    ctx.save();
-    ctx.font = "bold 10.5px system-ui, sans-serif";
-    ctx.fillStyle = C.muted;
-    ctx.textAlign = "right";
-    ctx.textBaseline = "alphabetic";
-    ctx.fillText(inView ? "next token \u2193 last position" : "next token after the last position \u2192", right, y0 - 4);
-    ctx.font = "11px system-ui, sans-serif";
-    ctx.textBaseline = "middle";
-    for (let i = 0; i < n; i++) {
-      const y = y0 + i * lineH + lineH / 2;
-      const { text, prob } = preds[i];
-      ctx.fillStyle = C.barBg;
-      ctx.fillRect(right - 60, y - 4, 60, 8);
-      ctx.fillStyle = C.accent;
-      ctx.fillRect(right - 60, y - 4, 60 * Math.max(0, Math.min(1, prob)), 8);
-      ctx.fillStyle = C.fg;
-      ctx.fillText(`${truncate(displayToken(text))}  ${(prob * 100).toFixed(1)}%`, right - 66, y);
-    }
-    if (inView) {                    // a tick linking the list to the last column
-      ctx.strokeStyle = C.muted;
-      ctx.beginPath();
-      ctx.moveTo(right - 0.5, MARGIN.top - 6);
-      ctx.lineTo(right - 0.5, MARGIN.top);
-      ctx.stroke();
-    }
-    ctx.restore();
-  }
-
-  // ------------------------------------------------------------------ drawing: overlay
-
-  drawOverlay() {
-    const ctx = this.octx, C = this.colors, dpr = this.dpr;
-    ctx.setTransform(1, 0, 0, 1, 0, 0);
-    ctx.clearRect(0, 0, this.over.width, this.over.height);
-    if (!this.L || !this.P) return;
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    const g = this.geometry(dpr), v = this.view, o = this.overlay;
-    ctx.save();
-    ctx.beginPath();
-    ctx.rect(MARGIN.left, MARGIN.top, this.plotW, this.plotH);
-    ctx.clip();
-    if (o.source >= 0) this.drawSourceHighlight(ctx, g, o.source);
-    const hv = o.hover;
-    if (hv) {
-      const r = 2 * hv.l + hv.k;
-      ctx.fillStyle = C.highlight;
-      if (hv.l >= 0 && !Number.isNaN(g.ry[r])) ctx.fillRect(MARGIN.left, g.ry[r], this.plotW, g.rh[r]);
-      ctx.fillRect(MARGIN.left + hv.p * g.colW - v.x, MARGIN.top, g.cw, this.plotH);
-    }
-    for (const [cell, color, width] of [[o.focus, C.focus, 1.5], [o.pin, C.pin, 2.5]]) {
-      if (!cell) continue;
-      const r = 2 * cell.l + cell.k;
-      if (Number.isNaN(g.ry[r])) continue;
-      ctx.strokeStyle = color;
-      ctx.lineWidth = width;
-      ctx.strokeRect(MARGIN.left + cell.p * g.colW - v.x - 0.5, g.ry[r] - 0.5, g.cw + 1, g.rh[r] + 1);
-    }
-    ctx.restore();
-    if (hv && hv.l >= 0 && !Number.isNaN(g.ry[2 * hv.l + hv.k])) {   // the hovered row's label
-      const r = 2 * hv.l + hv.k, y = g.ry[r] + g.rh[r] / 2;
-      ctx.font = "bold 10.5px system-ui, sans-serif";
-      ctx.textAlign = "right";
-      ctx.textBaseline = "middle";
-      const label = rowLabel(hv.l, hv.k), w = ctx.measureText(label).width;
-      ctx.fillStyle = C.bg;
-      ctx.fillRect(MARGIN.left - 9 - w, y - 7, w + 6, 14);
-      ctx.fillStyle = C.fg;
-      ctx.fillText(label, MARGIN.left - 6, y);
-    }
-  }
-
-  /** A veil over the plot with the source's segments cut out, so they stand out. */
-  drawSourceHighlight(ctx, g, source) {
-    const P = this.P;
-    ctx.fillStyle = this.colors.veil;
-    ctx.fillRect(MARGIN.left, MARGIN.top, this.plotW, this.plotH);
-    const b = this.data.batches.find((x) => x.source === source);
-    if (!b) return;
-    const it = b.items, v = this.view;
-    ctx.save();
-    ctx.globalCompositeOperation = "destination-out";
-    ctx.fillStyle = "#000";
-    ctx.beginPath();
-    for (let o = 0; o < b.n * 5; o += 5) {
-      const cell = it[o], r = (cell / P) | 0, p = cell - r * P;
-      if (p < g.p0 || p > g.p1 || Number.isNaN(g.ry[r])) continue;
-      const x = MARGIN.left + p * g.colW - v.x;
-      ctx.rect(x + it[o + 1] * g.cw, g.ry[r] + it[o + 3] * g.rh[r], (it[o + 2] - it[o + 1]) * g.cw, (it[o + 4] - it[o + 3]) * g.rh[r]);
-    }
-    ctx.fill();
-    ctx.restore();
-  }
 }
 
 export const rowLabel = (l, k) => (k === 0 ? `L${l} attn` : `L${l} mlp`);
