@@ -19,6 +19,7 @@ from .config import SiteConfig
 from .datafile import (SCHEMA, DataFileError, content_hash, encode, heads_page_bytes, heads_path, pack_entry,
                        page_bytes, summarize, thumbnail_norms, unpack_entry)
 from .files import atomic_write
+from .licenses import write_licenses
 from .model import ModelError, cache_dir, fingerprint
 from .prompts import Prompt, PromptError, load_prompts, span_groups
 from .site import SITE_SRC, palette, render_site, thumbnail_png
@@ -241,6 +242,7 @@ def _write_site(cfg: SiteConfig, out: Path, prompts: list[Prompt], docs: dict[st
                             "page": f"p/{p.id}.html", "data": f"data/{name}", "thumb": f"thumbs/{thumb}",
                             "heads": heads_path(f"data/{name}").as_posix() if heads is not None else ""})
             models[docs[p.id]["model"]["fingerprint"]] = docs[p.id]["model"]
+        write_licenses(staging, list(models.values()))   # model["terms"]: the copy in the site
         site = {"title": "infoflow gallery", "version": __version__,
                 "built": max(built) if built else "", "models": list(models.values()),
                 "model": next(iter(models.values()), {})}

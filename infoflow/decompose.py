@@ -94,16 +94,17 @@ def estimate(P: int, info: dict, *, logit_lens: bool = True, bias: bool = False,
              itemsize: int = 4, heads: bool = True) -> dict:
     """Working memory (bytes, beyond the weights) and multiply-adds of one decomposition."""
     d, dff, L, V = info["d_model"], info["d_mlp"], info["layers"], info["vocab"]
-    d_kv = d * info["kv_heads"] // info["heads"]
+    hd = info.get("recipe", {}).get("head_dim") or d // info["heads"]   # Gemma: H·hd ≠ d
+    d_kv, d_o = info["kv_heads"] * hd, info["heads"] * hd
     S = P + int(bias)
     T = P * (P + 1) // 2 + (P if bias else 0)
-    engine = itemsize * T * (2 * d + d_kv) + CHUNK_BYTES            # C, O, V and one chunk
+    engine = itemsize * T * (d + d_o + d_kv) + CHUNK_BYTES          # C, O, V and one chunk
     captured = 4 * L * (info["heads"] * P * P + P * dff + 2 * P * d) + 4 * P * V
     stats = 4 * 3 * L * 2 * P * S
     if heads:                                   # norm and share per head, + per-head totals
         stats += 4 * 2 * L * (info["heads"] + int(bias)) * P * (S + 1)
     lens = 4 * min(2 * L * P, LENS_ROWS) * min(V, LENS_VOCAB_BLOCK) if logit_lens else 0   # one slab
-    macs = L * (T * (d * d_kv + d * d + 2 * d * dff) + d * P * (P + 1) * (P + 2) // 6)
+    macs = L * (T * (d * d_kv + d * d_o + 2 * d * dff) + d_o * P * (P + 1) * (P + 2) // 6)
     if logit_lens:
         macs += 2 * L * P * d * V
     return {"bytes": engine + captured + stats + lens, "macs": macs}

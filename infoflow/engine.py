@@ -6,6 +6,11 @@ frozen at their values from one real forward pass, a Llama layer is linear in it
     x_mid = x + W_o · (A ⊗ W_v · (w1 ⊙ x / rms1))         attention (values only)
     x_out = x_mid + W_down · (g ⊙ W_up · (w2 ⊙ x_mid / rms2))  MLP, gate frozen
 
+Other families (arch.py) differ only in where the frozen norms sit. A post-norm on a
+block's output, n ⊙ y[p] / rms(y)[p], is a frozen scalar per *query* position times a fixed
+vector: n is folded into W_o (W_down), and 1/rms_post[p] into the pattern's row p (the
+MLP's gate row p). A missing pre-norm (OLMo-2) is a scale of one.
+
 so the residual splits into one vector per source token, c[p, s], with Σ_s c[p, s] = x[p].
 At layer 0, c[p, s] = δ(p, s) · embedding[p].
 
@@ -38,28 +43,32 @@ from torch import Tensor
 @dataclass
 class Captured:
     """What one forward pass froze. Every tensor is for a single sequence."""
-    resid_pre: list[Tensor]    # L × (P, d)      input of input_layernorm
+    resid_pre: list[Tensor]    # L × (P, d)      the layer's input: the residual stream
     patterns: list[Tensor]     # L × (H, P, P)   post-softmax attention
-    resid_mid: list[Tensor]    # L × (P, d)      input of post_attention_layernorm
+    resid_mid: list[Tensor]    # L × (P, d)      the residual after the attention block
     gates: list[Tensor]        # L × (P, d_ff)   act_fn(gate_proj(x)), frozen
     resid_final: Tensor        # (P, d)          input of the final norm
     logits: Tensor             # (P, V)
+    attn_out: list[Tensor] | None = None   # L × (P, d) input of the attention post-norm, if any
+    mlp_out: list[Tensor] | None = None    # L × (P, d) input of the MLP post-norm, if any
 
 
 @dataclass
 class LayerWeights:
-    Wv: Tensor             # (d_kv, d)   v_proj with input_layernorm's weight folded in
+    Wv: Tensor             # (d_kv, d)   v_proj with the attention pre-norm's weight folded in
     bv: Tensor | None      # (d_kv,)
-    Wo: Tensor             # (d, H·hd)
-    bo: Tensor | None      # (d,)
-    Wup: Tensor            # (d_ff, d)   up_proj with post_attention_layernorm's weight folded in
+    Wo: Tensor             # (d, H·hd)   o_proj with the attention post-norm's weight folded in
+    bo: Tensor | None      # (d,)        (post-norm weight folded in too)
+    Wup: Tensor            # (d_ff, d)   up_proj with the MLP pre-norm's weight folded in
     bup: Tensor | None     # (d_ff,)
-    Wdown: Tensor          # (d, d_ff)
+    Wdown: Tensor          # (d, d_ff)   down_proj with the MLP post-norm's weight folded in
     bdown: Tensor | None   # (d,)
-    eps1: float
-    eps2: float
+    eps1: float | None     # attention pre-norm's epsilon; None: no pre-norm (OLMo-2)
+    eps2: float | None     # MLP pre-norm's epsilon
     n_heads: int
     n_kv: int
+    eps_post1: float | None = None   # attention post-norm (Gemma 3, OLMo-2); None: none
+    eps_post2: float | None = None   # MLP post-norm
 
 
 @dataclass
@@ -76,27 +85,56 @@ def _bias(linear, dtype, device):
 
 
 def extract_weights(hf, dtype=torch.float32, device="cpu") -> tuple[list[LayerWeights], Unembed]:
-    """Pull the value-path weights out of a Hugging Face Llama-style model."""
+    """Pull the value-path weights out of a Hugging Face decoder, following its family's
+    recipe (arch.py): norm weights (w or 1 + w) folded into the matrix next to them."""
+    from . import arch
+
+    recipe = arch.recipe_for(hf.config)
+
     def w(t):
         return t.detach().to(device=device, dtype=dtype)
 
+    def b(t):
+        return None if t is None else w(t)
+
+    def norm(layer, name):
+        """(weight (d,), eps) of a norm, or (None, None) where the family has none."""
+        mod = arch.get(layer, name)
+        return (None, None) if mod is None else (w(arch.norm_weight(mod, recipe)), arch.norm_eps(mod))
+
+    cfg = hf.config
+    n_heads = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
     layers = []
     for layer in hf.model.layers:
         att, mlp = layer.self_attn, layer.mlp
-        n_heads = hf.config.num_attention_heads
-        n_kv = getattr(hf.config, "num_key_value_heads", None) or n_heads
-        ln1, ln2 = w(layer.input_layernorm.weight), w(layer.post_attention_layernorm.weight)
+        (pre1, eps1), (post1, eps_post1) = norm(layer, recipe.attn_pre_norm), norm(layer, recipe.attn_post_norm)
+        (pre2, eps2), (post2, eps_post2) = norm(layer, recipe.mlp_pre_norm), norm(layer, recipe.mlp_post_norm)
+        Wv, bv = arch.value_proj(layer, cfg, recipe)
+        Wup, bup = arch.up_proj(layer, cfg, recipe)
+        Wo, bo = w(att.o_proj.weight), _bias(att.o_proj, dtype, device)
+        Wdown, bdown = w(mlp.down_proj.weight), _bias(mlp.down_proj, dtype, device)
         layers.append(LayerWeights(
-            Wv=w(att.v_proj.weight) * ln1, bv=_bias(att.v_proj, dtype, device),
-            Wo=w(att.o_proj.weight), bo=_bias(att.o_proj, dtype, device),
-            Wup=w(mlp.up_proj.weight) * ln2, bup=_bias(mlp.up_proj, dtype, device),
-            Wdown=w(mlp.down_proj.weight), bdown=_bias(mlp.down_proj, dtype, device),
-            eps1=float(layer.input_layernorm.variance_epsilon),
-            eps2=float(layer.post_attention_layernorm.variance_epsilon),
-            n_heads=n_heads, n_kv=n_kv))
-    unembed = Unembed(w_norm=w(hf.model.norm.weight), eps=float(hf.model.norm.variance_epsilon),
+            Wv=_fold_in(w(Wv), pre1), bv=b(bv), Wo=_fold_out(Wo, post1), bo=_fold_out(bo, post1),
+            Wup=_fold_in(w(Wup), pre2), bup=b(bup), Wdown=_fold_out(Wdown, post2),
+            bdown=_fold_out(bdown, post2), eps1=eps1, eps2=eps2, n_heads=n_heads, n_kv=n_kv,
+            eps_post1=eps_post1, eps_post2=eps_post2))
+    final = arch.get(hf, recipe.final_norm)
+    unembed = Unembed(w_norm=w(arch.norm_weight(final, recipe)), eps=arch.norm_eps(final),
                       W_U=w(hf.lm_head.weight), b_U=_bias(hf.lm_head, dtype, device))
     return layers, unembed
+
+
+def _fold_in(W: Tensor, n: Tensor | None) -> Tensor:
+    """W · diag(n): a pre-norm's weight on the input side.   (out, d)"""
+    return W if n is None else W * n
+
+
+def _fold_out(W: Tensor | None, n: Tensor | None) -> Tensor | None:
+    """diag(n) · W (or n ⊙ b): a post-norm's weight on the output side.   (d, ...) or (d,)"""
+    if W is None or n is None:
+        return W
+    return W * n.unsqueeze(1) if W.dim() == 2 else W * n
 
 
 def has_bias_source(layers: list[LayerWeights], unembed: Unembed) -> bool:
@@ -173,13 +211,20 @@ def inv_rms(x: Tensor, eps: float) -> Tensor:
     return torch.rsqrt(x.pow(2).mean(-1) + eps)
 
 
+def norm_scale(x: Tensor | None, eps: float | None) -> Tensor | None:
+    """inv_rms(x), or None where the recipe has no norm there (a scale of one)."""
+    return None if eps is None else inv_rms(x, eps)
+
+
 # ----------------------------------------------------------------------------- layer steps
 
 
-def attention_values(C: Tensor, lw: LayerWeights, scale: Tensor, tri: Triangle, out: Tensor | None = None) -> Tensor:
-    """V[row] = W_v · (w1 ⊙ c / rms1[pos]) for every packed row.   (T, d) -> (T, d_kv)"""
+def attention_values(C: Tensor, lw: LayerWeights, scale: Tensor | None, tri: Triangle, out: Tensor | None = None) -> Tensor:
+    """V[row] = W_v · (w1 ⊙ c / rms1[pos]) for every packed row.   (T, d) -> (T, d_kv)
+    scale None: no pre-norm (OLMo-2), V = W_v · c."""
     V = _mm(C, lw.Wv.T, out)
-    V.mul_(scale[tri.pos].unsqueeze(1))
+    if scale is not None:
+        V.mul_(scale[tri.pos].unsqueeze(1))
     if tri.bias_rows is not None and lw.bv is not None:
         V[tri.bias_rows] += lw.bv
     return V
@@ -243,18 +288,25 @@ def _mix_blocks(tri: Triangle) -> list:
     return blocks
 
 
-def attention_out(O: Tensor, lw: LayerWeights, tri: Triangle, rows: slice, out: Tensor | None = None) -> Tensor:
-    """The attention block's write for a chunk of rows.   (c, H·hd) -> (c, d)"""
+def attention_out(O: Tensor, lw: LayerWeights, tri: Triangle, rows: slice, out: Tensor | None = None,
+                  post_scale: Tensor | None = None) -> Tensor:
+    """The attention block's write for a chunk of rows.   (c, H·hd) -> (c, d)
+
+    With a post-norm, O already carries 1/rms_post[p] (through the pattern's rows) and W_o
+    its weight; post_scale (P,) applies the same scale to the o_proj bias."""
     delta = _mm(O[rows], lw.Wo.T, out)
-    _add_bias_rows(delta, lw.bo, tri, rows)
+    _add_bias_rows(delta, lw.bo, tri, rows, post_scale)
     return delta
 
 
 def mlp_out(C: Tensor, gate_scale: Tensor, lw: LayerWeights, gate: Tensor, tri: Triangle, rows: slice,
-            u_out: Tensor | None = None, delta_out: Tensor | None = None) -> Tensor:
+            u_out: Tensor | None = None, delta_out: Tensor | None = None,
+            post_scale: Tensor | None = None) -> Tensor:
     """The MLP's write for a chunk of rows, gate frozen.   (c, d) -> (c, d)
 
-    gate_scale = g / rms2 per position (P, d_ff): the frozen gate and norm scale in one.
+    gate_scale = g / rms2 per position (P, d_ff): the frozen gate and norm scale in one
+    (times 1/rms_post with a post-norm). `gate` multiplies b_up (bias source), so it carries
+    1/rms_post too; post_scale (P,) scales b_down.
     """
     u = _mm(C[rows], lw.Wup.T, u_out)                                  # (c, d_ff)
     for lo, hi, p in _segments(tri, rows):       # rows of one source: consecutive positions
@@ -264,7 +316,7 @@ def mlp_out(C: Tensor, gate_scale: Tensor, lw: LayerWeights, gate: Tensor, tri: 
         if lo < hi:
             u[lo - rows.start:hi - rows.start] += lw.bup * gate[tri.pos[lo:hi]]
     delta = _mm(u, lw.Wdown.T, delta_out)
-    _add_bias_rows(delta, lw.bdown, tri, rows)
+    _add_bias_rows(delta, lw.bdown, tri, rows, post_scale)
     return delta
 
 
@@ -289,12 +341,17 @@ def _overlap(a: slice, b: slice) -> tuple[int, int]:
     return max(a.start, b.start), min(a.stop, b.stop)
 
 
-def _add_bias_rows(delta: Tensor, bias: Tensor | None, tri: Triangle, rows: slice) -> None:
+def _add_bias_rows(delta: Tensor, bias: Tensor | None, tri: Triangle, rows: slice,
+                   scale: Tensor | None = None) -> None:
+    """The bias source's rows get `bias` (times scale[pos] (P,) after a post-norm)."""
     if bias is None or tri.bias_rows is None:
         return
     lo, hi = _overlap(rows, tri.bias_rows)
     if lo < hi:
-        delta[lo - rows.start:hi - rows.start] += bias
+        if scale is None:
+            delta[lo - rows.start:hi - rows.start] += bias
+        else:
+            delta[lo - rows.start:hi - rows.start] += scale[tri.pos[lo:hi]].unsqueeze(1) * bias
 
 
 def chunks(T: int, size: int):
@@ -425,9 +482,10 @@ class HeadStats:
         return norm, proj
 
     def record(self, l: int, O: Tensor, whole: Tensor, lw: LayerWeights, r_unit: Tensor,
-               rows_of=chunks) -> None:
+               rows_of=chunks, bias_scale: Tensor | None = None) -> None:
         """All statistics of layer l from the mixed heads O (T, H·hd) and the heads' real
-        outputs `whole` (P, H·hd) = Σ_s O[p, s] (see head_outputs)."""
+        outputs `whole` (P, H·hd) = Σ_s O[p, s] (see head_outputs). bias_scale (P,): the
+        attention post-norm's 1/rms per position, which scales b_o too (O already has it)."""
         tri, G, H, P = self.tri, self.G, self.H, self.tri.P
         Rt, R = self.layer_maps(lw, r_unit)
         dt = self.norm.dtype
@@ -447,18 +505,22 @@ class HeadStats:
         norm, proj = self.metrics(whole, self._pos, Rt, R)
         self.write_norm[l, :H], self.write_proj[l, :H] = norm.cpu().to(dt), proj.cpu().to(dt)
         if lw.bo is not None:                                           # the o_proj bias pseudo-head
-            b_norm = torch.linalg.vector_norm(lw.bo).cpu().to(dt)
-            b_proj = (r_unit @ lw.bo).cpu().to(dt)                      # (P,)
+            b_norm = torch.linalg.vector_norm(lw.bo)
+            b_proj = r_unit @ lw.bo                                     # (P,)
+            if bias_scale is not None:
+                b_norm, b_proj = b_norm * bias_scale, b_proj * bias_scale
+            b_norm, b_proj = b_norm.cpu().to(dt), b_proj.cpu().to(dt)
             self.norm[l, H, :, G - 1], self.proj[l, H, :, G - 1] = b_norm, b_proj
             self.write_norm[l, H], self.write_proj[l, H] = b_norm, b_proj
 
 
-def head_outputs(x: Tensor, scale1: Tensor, pattern: Tensor, lw: LayerWeights) -> Tensor:
-    """The heads' real outputs, o_proj's input: A_h · V_g(h) from the real residual x.
+def head_outputs(x: Tensor, scale1: Tensor | None, pattern: Tensor, lw: LayerWeights) -> Tensor:
+    """The heads' real outputs, o_proj's input: A_h · V_g(h) from the real residual x
+    (with a post-norm, `pattern` carries its 1/rms per query row, as in decompose_stack).
     (P, d) -> (P, H·hd). By the sum identity this is Σ_s O[p, s], for P·d·d_kv + H·P²·hd
     multiply-adds instead of a pass that sums the (T, H·hd) rows by position."""
     P, H, n_kv = x.shape[0], lw.n_heads, lw.n_kv
-    V = (x * scale1.unsqueeze(1)) @ lw.Wv.T                            # (P, d_kv)
+    V = (x if scale1 is None else x * scale1.unsqueeze(1)) @ lw.Wv.T   # (P, d_kv); None: no pre-norm
     if lw.bv is not None:
         V = V + lw.bv
     hd = V.shape[1] // n_kv
@@ -524,41 +586,49 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
 
     for l, lw in enumerate(layers):
         # --- attention: values of every (position, source) row, mixed by the frozen pattern
-        scale1 = inv_rms(frozen(captured.resid_pre[l]), lw.eps1)
+        scale1 = norm_scale(frozen(captured.resid_pre[l]), lw.eps1)
+        post1 = _post_scale(captured.attn_out, l, lw.eps_post1, frozen)
+        pattern = frozen(captured.patterns[l])
+        if post1 is not None:                   # 1/rms_post[p] on query row p: O comes out scaled
+            pattern = pattern * post1.unsqueeze(1)                     # (H, P, P)
         V_buf, O_buf, delta_buf = arena.views((tri.T, lw.Wv.shape[0]), (tri.T, lw.Wo.shape[1]),
                                               (chunk, d))
         V = attention_values(C, lw, scale1, tri, V_buf)
-        O = mix_heads(V, frozen(captured.patterns[l]), lw, tri, O_buf)
+        O = mix_heads(V, pattern, lw, tri, O_buf)
         del V, V_buf
         r = frozen(captured.resid_mid[l])
         r_unit = _unit_for_proj(r)
         for rows in chunks(tri.T, chunk):
-            delta = attention_out(O, lw, tri, rows, delta_buf[:rows.stop - rows.start])
+            delta = attention_out(O, lw, tri, rows, delta_buf[:rows.stop - rows.start], post1)
             C[rows] += delta
             _record_rows(stats, l, 0, C[rows], delta, r_unit, rows)
         if head_stats:                          # the same write, split by head (O is still here)
-            whole = head_outputs(frozen(captured.resid_pre[l]), scale1, frozen(captured.patterns[l]), lw)
+            whole = head_outputs(frozen(captured.resid_pre[l]), scale1, pattern, lw)
             for hs in head_stats:
-                hs.record(l, O, whole, lw, r_unit, rows_of=lambda T: chunks(T, chunk))
+                hs.record(l, O, whole, lw, r_unit, rows_of=lambda T: chunks(T, chunk), bias_scale=post1)
         del O, O_buf
         _record_grouped(stats, l, 0, C, r_unit)
         errors[l, 0] = _relative_error(C, r, tri)
 
         # --- MLP: W_down · (g ⊙ W_up · (w2 ⊙ c / rms2)), in row chunks
         gate = frozen(captured.gates[l])
-        r_norm_in = r
-        gate_scale = gate * inv_rms(r_norm_in, lw.eps2).unsqueeze(1)   # (P, d_ff)
+        post2 = _post_scale(captured.mlp_out, l, lw.eps_post2, frozen)
+        if post2 is not None:                   # 1/rms_post[p] on gate row p: the write comes out scaled
+            gate = gate * post2.unsqueeze(1)
+        scale2 = norm_scale(r, lw.eps2)
+        gate_scale = gate if scale2 is None else gate * scale2.unsqueeze(1)   # (P, d_ff)
         r = frozen(captured.resid_pre[l + 1]) if l + 1 < L else frozen(captured.resid_final)
         r_unit = _unit_for_proj(r)
         u_buf, delta_buf = arena.views((chunk, lw.Wup.shape[0]), (chunk, d))   # O is spent
         for rows in direct:
             n = rows.stop - rows.start
-            delta = mlp_out(C, gate_scale, lw, gate, tri, rows, u_buf[:n], delta_buf[:n])
+            delta = mlp_out(C, gate_scale, lw, gate, tri, rows, u_buf[:n], delta_buf[:n], post2)
             C[rows] += delta
             _record_rows(stats, l, 1, C[rows], delta, r_unit, rows)
         if late:
             _mlp_late_positions(C, gate_scale, gate, lw, tri, late, late_from,
-                                lambda rows, delta: _record_rows(stats, l, 1, C[rows], delta, r_unit, rows))
+                                lambda rows, delta: _record_rows(stats, l, 1, C[rows], delta, r_unit, rows),
+                                post_scale=post2)
         _record_grouped(stats, l, 1, C, r_unit)
         errors[l, 1] = _relative_error(C, r, tri)
         if progress is not None:
@@ -567,6 +637,15 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
     return EngineResult(stats=stats, embed_norm=torch.linalg.vector_norm(emb, dim=1).float().cpu(),
                         recon_error=errors, final=C, late_from=late_from,
                         heads=head_stats if heads else None)
+
+
+def _post_scale(outputs: list[Tensor] | None, l: int, eps: float | None, frozen) -> Tensor | None:
+    """1/rms of block l's real output at each position (P,), where a post-norm follows it."""
+    if eps is None:
+        return None
+    if outputs is None:
+        raise ValueError("this model has post-norms, but the capture holds no block outputs")
+    return inv_rms(frozen(outputs[l]), eps)
 
 
 # ----------------------------------------------------------------------------- long prompts
@@ -611,7 +690,8 @@ def _late_rows(tri: Triangle, late_from: int) -> list[Tensor]:
     return out
 
 
-def _mlp_late_positions(C, gate_scale, gate, lw, tri, late, late_from, record, batch: int = 8):
+def _mlp_late_positions(C, gate_scale, gate, lw, tri, late, late_from, record, batch: int = 8,
+                        post_scale=None):
     """The MLP of each position past break-even through its own d×d map M_p, built `batch`
     positions at a time (the earlier rows went the direct way)."""
     bias_src = tri.bias_rows is not None
@@ -624,20 +704,20 @@ def _mlp_late_positions(C, gate_scale, gate, lw, tri, late, late_from, record, b
             if bias_src:
                 is_bias = torch.zeros(idx.numel(), dtype=torch.bool, device=idx.device)
                 is_bias[-1] = True
-                _bias_terms(delta, is_bias, tri.pos[idx], gate, lw)
+                _bias_terms(delta, is_bias, tri.pos[idx], gate, lw, post_scale)
             C.index_add_(0, idx, delta)
             record(idx, delta)
 
 
-def _bias_terms(delta, is_bias, pos, gate, lw):
-    """The bias source's own MLP terms: W_down·(b_up ⊙ g) and b_down."""
+def _bias_terms(delta, is_bias, pos, gate, lw, post_scale=None):
+    """The bias source's own MLP terms: W_down·(b_up ⊙ g) and b_down (times 1/rms_post)."""
     if not bool(is_bias.any()):
         return
     extra = torch.zeros_like(delta[is_bias])
     if lw.bup is not None:
         extra += (lw.bup * gate[pos[is_bias]]) @ lw.Wdown.T
     if lw.bdown is not None:
-        extra += lw.bdown
+        extra += lw.bdown if post_scale is None else post_scale[pos[is_bias]].unsqueeze(1) * lw.bdown
     delta[is_bias] += extra
 
 

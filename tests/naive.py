@@ -9,21 +9,44 @@ from __future__ import annotations
 import torch
 
 
+# Where each family's RMSNorms sit, written out here independently of infoflow/arch.py:
+# (before attention, after attention, before the MLP, after the MLP, weight is 1 + w).
+LAYOUT = {
+    "llama": ("input_layernorm", None, "post_attention_layernorm", None, False),
+    "mistral": ("input_layernorm", None, "post_attention_layernorm", None, False),
+    "qwen2": ("input_layernorm", None, "post_attention_layernorm", None, False),
+    "qwen3": ("input_layernorm", None, "post_attention_layernorm", None, False),
+    "phi3": ("input_layernorm", None, "post_attention_layernorm", None, False),
+    "gemma3_text": ("input_layernorm", "post_attention_layernorm",
+                    "pre_feedforward_layernorm", "post_feedforward_layernorm", True),
+    "olmo2": (None, "post_attention_layernorm", None, "post_feedforward_layernorm", False),
+}
+
+
 def capture_with_hooks(hf, input_ids):
-    """Forward once with plain PyTorch hooks; return per-layer frozen quantities."""
-    rec = {"pre": [], "mid": [], "pat": [], "gate": [], "o_in": []}
+    """Forward once with plain PyTorch hooks; return per-layer frozen quantities:
+    pre (layer input), mid (residual after attention), attn_out / mlp_out (what a post-norm
+    normalizes), pat, gate, o_in (o_proj's input), final (final norm input), logits."""
+    rec = {"pre": [], "mid": [], "pat": [], "gate": [], "o_in": [], "attn_out": [], "mlp_out": []}
+    _, post1, pre2, post2, _ = LAYOUT[hf.config.model_type]
+
+    def keep(key):
+        return lambda m, a: rec[key].append(a[0][0].detach())
+
     hooks = []
     for layer in hf.model.layers:
-        hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(     # the heads, side by side
-            lambda m, a: rec["o_in"].append(a[0][0].detach())))
-        hooks.append(layer.input_layernorm.register_forward_pre_hook(
-            lambda m, a: rec["pre"].append(a[0][0].detach())))
-        hooks.append(layer.post_attention_layernorm.register_forward_pre_hook(
-            lambda m, a: rec["mid"].append(a[0][0].detach())))
+        hooks.append(layer.register_forward_pre_hook(keep("pre")))
+        hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(keep("o_in")))  # the heads, side by side
         hooks.append(layer.self_attn.register_forward_hook(
             lambda m, a, out: rec["pat"].append(out[1][0].detach())))
-        hooks.append(layer.mlp.act_fn.register_forward_hook(
-            lambda m, a, out: rec["gate"].append(out[0].detach())))
+        if post1:
+            hooks.append(getattr(layer, post1).register_forward_pre_hook(keep("attn_out")))
+        # the residual after attention: what the MLP's pre-norm reads, or the MLP itself
+        hooks.append((getattr(layer, pre2) if pre2 else layer.mlp).register_forward_pre_hook(keep("mid")))
+        act = layer.mlp.act_fn if hasattr(layer.mlp, "act_fn") else layer.mlp.activation_fn
+        hooks.append(act.register_forward_hook(lambda m, a, out: rec["gate"].append(out[0].detach())))
+        if post2:
+            hooks.append(getattr(layer, post2).register_forward_pre_hook(keep("mlp_out")))
     hooks.append(hf.model.norm.register_forward_pre_hook(
         lambda m, a: rec.__setitem__("final", a[0][0].detach())))
     try:
@@ -39,21 +62,58 @@ def _b(linear):
     return None if linear.bias is None else linear.bias.detach().double()
 
 
+def value_and_up(layer, cfg):
+    """(v_proj weight, bias), (up_proj weight, bias); Phi-3 fuses them with q, k and the gate."""
+    att, mlp = layer.self_attn, layer.mlp
+    if hasattr(att, "qkv_proj"):                # rows: [q | k | v]
+        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        v0 = (cfg.num_attention_heads + cfg.num_key_value_heads) * hd
+        W, b = att.qkv_proj.weight.double(), _b(att.qkv_proj)
+        v = (W[v0:], None if b is None else b[v0:])
+    else:
+        v = (att.v_proj.weight.double(), _b(att.v_proj))
+    if hasattr(mlp, "gate_up_proj"):            # rows: [gate | up]
+        W, b = mlp.gate_up_proj.weight.double(), _b(mlp.gate_up_proj)
+        n = W.shape[0] // 2
+        u = (W[n:], None if b is None else b[n:])
+    else:
+        u = (mlp.up_proj.weight.double(), _b(mlp.up_proj))
+    return v, u
+
+
+def rms_norm(norm, one_plus):
+    """x -> n ⊙ x / rms[p] with the rms taken from `frozen` (P, d): the norm, frozen."""
+    w = norm.weight.double() + (1.0 if one_plus else 0.0)
+    eps = norm.variance_epsilon if hasattr(norm, "variance_epsilon") else norm.eps
+
+    def apply(x, frozen, p):
+        return w * x / torch.sqrt(frozen[p].double().pow(2).mean() + eps)
+    return apply
+
+
+def identity(x, frozen, p):
+    return x
+
+
 @torch.no_grad()
 def naive_decompose(hf, input_ids, k=5):
     """Dense float64 contributions c[p, s] and per-sublayer stats, by loops over queries."""
     f64 = torch.float64
     rec = capture_with_hooks(hf, input_ids)
     cfg = hf.config
+    pre1_name, post1_name, pre2_name, post2_name, one_plus = LAYOUT[cfg.model_type]
     P = input_ids.shape[1]
     H = cfg.num_attention_heads
     KV = getattr(cfg, "num_key_value_heads", None) or H
     rep = H // KV
-    biased = any(m.bias is not None for layer in hf.model.layers
-                 for m in (layer.self_attn.v_proj, layer.self_attn.o_proj,
-                           layer.mlp.up_proj, layer.mlp.down_proj))
+    biased = any(b is not None for layer in hf.model.layers
+                 for b in (value_and_up(layer, cfg)[0][1], value_and_up(layer, cfg)[1][1],
+                           layer.self_attn.o_proj.bias, layer.mlp.down_proj.bias))
     S = P + 1 if biased else P
     d = cfg.hidden_size
+
+    def norm(layer, name):
+        return identity if name is None else rms_norm(getattr(layer, name), one_plus)
 
     c = torch.zeros(P, S, d, dtype=f64)
     for p in range(P):
@@ -62,17 +122,18 @@ def naive_decompose(hf, input_ids, k=5):
     stats = {name: [] for name in ("attn_norm", "attn_delta", "attn_proj",
                                    "mlp_norm", "mlp_delta", "mlp_proj", "states")}
     # Per query head h: part[p, s, h] = o_proj's columns of head h times that head's mixed
-    # values; o_proj's bias, when there is one, is one more "head" (index H), bias source only.
+    # values (then the post-norm, if any); o_proj's bias, when there is one, is one more
+    # "head" (index H), bias source only.
     n_parts = H + (1 if att0_bias(hf) else 0)
     head_parts = []                                    # L × (P, S, H', d)
     for l, layer in enumerate(hf.model.layers):
         att, mlp = layer.self_attn, layer.mlp
-        hd = att.v_proj.out_features // KV
-        Wv, bv = att.v_proj.weight.double(), _b(att.v_proj)
+        (Wv, bv), (Wup, bup) = value_and_up(layer, cfg)
+        hd = Wv.shape[0] // KV
         Wo, bo = att.o_proj.weight.double(), _b(att.o_proj)
-        ln1 = layer.input_layernorm.weight.double()
-        x = rec["pre"][l].double()
-        rms1 = torch.sqrt(x.pow(2).mean(-1) + layer.input_layernorm.variance_epsilon)
+        pre1, post1 = norm(layer, pre1_name), norm(layer, post1_name)
+        x = rec["pre"][l]
+        y = rec["attn_out"][l] if post1_name else None       # what the post-norm normalizes
         A = rec["pat"][l].double()                     # (H, P, P)
 
         delta = torch.zeros_like(c)
@@ -84,7 +145,7 @@ def naive_decompose(hf, input_ids, k=5):
                     g = h // rep
                     acc = torch.zeros(hd, dtype=f64)
                     for t in range(P):                 # ...recomputes every value it reads
-                        v = Wv[g * hd:(g + 1) * hd] @ (ln1 * c[t, s] / rms1[t])
+                        v = Wv[g * hd:(g + 1) * hd] @ pre1(c[t, s], x, t)
                         if bv is not None and s == P:
                             v = v + bv[g * hd:(g + 1) * hd]
                         acc += A[h, p, t] * v
@@ -92,38 +153,36 @@ def naive_decompose(hf, input_ids, k=5):
                 out = Wo @ torch.cat(heads)
                 if bo is not None and s == P:
                     out = out + bo
-                    parts[p, s, H] = bo
-                delta[p, s] = out
+                    parts[p, s, H] = post1(bo, y, p)
+                delta[p, s] = post1(out, y, p)
                 for h in range(H):
-                    parts[p, s, h] = Wo[:, h * hd:(h + 1) * hd] @ heads[h]
+                    parts[p, s, h] = post1(Wo[:, h * hd:(h + 1) * hd] @ heads[h], y, p)
         head_parts.append(parts)
         c = c + delta
         r = rec["mid"][l].double()
         _stats(stats, "attn", c, delta, r)
 
-        Wup, bup = mlp.up_proj.weight.double(), _b(mlp.up_proj)
         Wd, bd = mlp.down_proj.weight.double(), _b(mlp.down_proj)
-        ln2 = layer.post_attention_layernorm.weight.double()
-        rms2 = torch.sqrt(r.pow(2).mean(-1) + layer.post_attention_layernorm.variance_epsilon)
+        pre2, post2 = norm(layer, pre2_name), norm(layer, post2_name)
+        y = rec["mlp_out"][l] if post2_name else None
         gate = rec["gate"][l].double()
         delta = torch.zeros_like(c)
         for p in range(P):
             for s in range(S):
-                u = Wup @ (ln2 * c[p, s] / rms2[p])
+                u = Wup @ pre2(c[p, s], r, p)
                 if bup is not None and s == P:
                     u = u + bup
                 out = Wd @ (gate[p] * u)
                 if bd is not None and s == P:
                     out = out + bd
-                delta[p, s] = out
+                delta[p, s] = post2(out, y, p)
         c = c + delta
         r = rec["pre"][l + 1].double() if l + 1 < len(hf.model.layers) else rec["final"].double()
         _stats(stats, "mlp", c, delta, r)
 
     # Final norm frozen; per-source logits of the top-k tokens.
-    fin = rec["final"].double()
-    wf = hf.model.norm.weight.double()
-    rmsf = torch.sqrt(fin.pow(2).mean(-1) + hf.model.norm.variance_epsilon)
+    fin = rec["final"]
+    final_norm = rms_norm(hf.model.norm, one_plus)
     WU = hf.lm_head.weight.double()
     logits = rec["logits"].double()
     top_ids = logits.topk(k, dim=-1).indices
@@ -131,7 +190,7 @@ def naive_decompose(hf, input_ids, k=5):
     for p in range(P):
         for j in range(k):
             for s in range(S):
-                attr[p, j, s] = WU[top_ids[p, j]] @ (wf * c[p, s] / rmsf[p])
+                attr[p, j, s] = WU[top_ids[p, j]] @ final_norm(c[p, s], fin, p)
     out = {key: torch.stack(v) for key, v in stats.items()}
     out.update(final=c, logit_attr=attr, top_ids=top_ids, logits=logits, rec=rec, S=S,
                head_parts=torch.stack(head_parts))      # (L, P, S, H', d)

@@ -145,9 +145,15 @@ def test_unknown_model_message(tmp_path):
 def test_unsupported_architecture_names_what_is_missing():
     from transformers import GPT2Config, GPT2LMHeadModel
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=16))
-    with pytest.raises(ModelError, match=r"model\.layers.*lm_head|model\.embed_tokens") as err:
+    with pytest.raises(ModelError, match=r"model_type='gpt2' has no infoflow recipe\. Supported: Llama") as err:
         check_architecture(gpt2)
-    assert "GPT2LMHeadModel" in str(err.value) and "Missing" in str(err.value)
+    assert "GPT2LMHeadModel" in str(err.value) and "\n" not in str(err.value)   # one line (issue 14)
+    # a supported family that lacks a module the recipe reads: named
+    from .conftest import tiny_model
+    llama = tiny_model("gqa").hf
+    del llama.model.layers[0].mlp.up_proj
+    with pytest.raises(ModelError, match=r"Llama recipe reads \(layers\[0\]\.mlp\.up_proj\)"):
+        check_architecture(llama)
 
 
 # ----------------------------------------------------------------------------- hostile text
