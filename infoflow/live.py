@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ENGINE_VERSION, __version__
-from .model import (DEFAULT_MODEL, _GGUF_FILE, _folder_fingerprint, _gguf_folder, cache_dir,
+from .model import (DEFAULT_MODEL, OFFLINE_MODELS, _folder_fingerprint, _gguf_path as _model_gguf, cache_dir,
                     converted_default_model)
 
 FORMAT = "infoflow-live"
@@ -77,7 +77,8 @@ def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def _gguf_path() -> Path:
-    return _gguf_folder() / _GGUF_FILE
+    """The default model's GGUF inside its package (not assembled, so no scratch folder)."""
+    return _model_gguf(OFFLINE_MODELS[DEFAULT_MODEL], scratch=Path("."))
 
 
 def _export_key(gguf: Path) -> str:
