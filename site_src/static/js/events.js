@@ -181,12 +181,15 @@ function bindWindow(v) {
   window.addEventListener("popstate", () => v.restoreHash());
   window.addEventListener("infoflow-theme", () => v.themeChanged());
   let resizeTimer = 0;
-  const relayout = () => { v.fitLayout(); v.grid.commit(); };
-  new ResizeObserver(() => {
+  const relayout = () => { v.relayoutPending = false; v.fitLayout(); v.grid.commit(); };
+  // Debounced; `relayoutPending` keeps the viewer from calling itself idle until it has run.
+  const schedule = () => {
     clearTimeout(resizeTimer);
+    v.relayoutPending = true;
     resizeTimer = setTimeout(relayout, 60);
-  }).observe($("grid-wrap"));
-  window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(relayout, 60); });
+  };
+  new ResizeObserver(schedule).observe($("grid-wrap"));
+  window.addEventListener("resize", schedule);
   matchMedia(`(resolution: ${window.devicePixelRatio}dppx)`).addEventListener("change", relayout);
 }
 
