@@ -30,6 +30,7 @@ def test_files_and_manifest(gallery):
     capital = manifest["prompts"][0]
     assert capital["top_prediction"] == " Paris" and capital["n_tokens"] == 5
     assert (site / "index.html").is_file() and (site / "static").is_dir()
+    assert "␣Paris" in (site / "index.html").read_text()     # a space shown as ␣, as in the viewer
     hostile = manifest["prompts"][2]
     assert hostile["title"] == HOSTILE_TITLE and hostile["text"] == HOSTILE_TEXT
 
