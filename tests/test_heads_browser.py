@@ -64,6 +64,13 @@ def test_trace_head_colours_each_position_by_the_heads_share(site_server, page, 
     for p in (P // 2, P - 1):
         want = div[round((float(signed[l, h, p]) / top + 1) / 2 * (len(div) - 1))]
         assert page.evaluate(PIXEL, [l, 0, p]) == want.lower(), (p, signed[l, h, p], top)
+    # Esc ends the trace (as the help says): the URL drops th= and the cell leaves the ramp
+    page.keyboard.press("Escape")
+    page.wait_for_function("() => window.infoflowViewer.idle")
+    page.evaluate("() => window.infoflowViewer.grid.flush()")
+    assert "th=" not in page.evaluate("() => window.infoflowViewer.hash")
+    assert page.evaluate("() => window.infoflowViewer.viewer.state.head") is None
+    assert page.evaluate(PIXEL, [l, 0, P - 1]) not in {c.lower() for c in div}
 
 
 def test_first_draw_does_not_fetch_heads_and_the_pinned_cell_map_shows_stored_values(site_server, page, pages, gallery_site):  # noqa: F811

@@ -397,6 +397,7 @@ export class Viewer {
     const s = this.state;
     if (!$("help").hidden) { this.toggleHelp(false); return; }
     if (s.pin) { this.set({ pin: null }); return; }
+    if (s.head) { this.set({ head: null }); return; }
     if (s.trace !== null) { this.set({ trace: null, heat: false }); return; }
     if (this.selection) { this.selection = null; this.set({}, { changed: ["selection"] }); return; }
     this.grid.setOverlay({ focus: null });

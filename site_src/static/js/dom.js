@@ -60,7 +60,14 @@ function helpDialog() {
     ["Click a cell", "pin it: its sources, the logit lens, and the traced source's line chart"],
     ["Ctrl/\u2318 + wheel", "zoom at the cursor (plain wheel scrolls the page until you click the grid)"],
     ["Drag", "pan"], ["+ \u2212 0", "zoom in, out, fit"], ["Arrows", "move the focus cell"],
-    ["Enter", "pin the focus cell"], ["Esc", "close this, unpin, stop tracing, clear focus"], ["?", "this help"],
+    ["Enter", "pin the focus cell"], ["Esc", "close this, unpin, end trace head, stop tracing, clear focus"], ["?", "this help"],
+  ];
+  const heads = [
+    ["Pin an attention cell", "the Heads panel splits that block's write by query head: a table of head \u00d7 source "
+      + "(norm, or signed share with the signed metric) and each head's whole write; click a head for its attention "
+      + "pattern at that position"],
+    ["Trace head l.h", "the grid becomes that head's share of each attention cell's write (the URL keeps it as th=l.h); "
+      + "\u201cEnd trace head\u201d or Esc returns to the sources"],
   ];
   return el("div", { class: "help", id: "help", role: "dialog", "aria-modal": "false", "aria-labelledby": "help-h", hidden: true },
     el("h2", { id: "help-h", text: "How to read the grid" }),
@@ -73,6 +80,8 @@ function helpDialog() {
       + "cell's largest value, so a value is within 1/510 of that largest value of the engine's number (signed "
       + "projection: 1/254). The tooltips print them to that precision. The reconstruction error in the footer is the "
       + "engine's, before this rounding." }),
+    el("h3", { text: "Attention heads" }),
+    el("dl", {}, ...heads.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])),
     el("h3", { text: "Keys and mouse" }),
     el("dl", {}, ...keys.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])),
     button("help-close", "Close", "Close (Esc)"));

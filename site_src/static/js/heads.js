@@ -246,7 +246,6 @@ function render(v, box) {
       + "(The per-head file is fetched then, not before.)" }));
     return;
   }
-  const st = v.headState;
   const got = heads(v);
   if (v.headState && v.headState.error) {
     box.replaceChildren(el("p", { class: "error-box", text: v.headState.error }));
@@ -265,7 +264,6 @@ function render(v, box) {
     frag.append(el("p", { class: "muted", text: "The pinned cell is an MLP: heads live in attention cells." }));
   }
   box.replaceChildren(frag);
-  void st;
 }
 
 /** The pinned cell's heads × sources table, its hover readout, and the picked head's pattern. */
