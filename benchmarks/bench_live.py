@@ -9,7 +9,9 @@ after a first warm-up run:
    in memory (tokenizer, chunk reads, sha256 checks, the embedding dequantized);
 2. P = 16 and P = 32, with the logit lens: the page's decomposition time (engine) and Run to
    done (also encoding and decoding the data file, and drawing the viewer), alternating with
-   `infoflow.decompose` on the same prompts, best of --reps after a warm-up;
+   Python on the same prompts, best of --reps after a warm-up. Python computes what the page
+   does, the "tokens" and "words" groupings in one pass (`decompose_variants`, as `infoflow
+   build` calls it), heads included: a like-for-like comparison;
 3. the tab's peak memory at P = 64: the renderer process's RSS (page, worker and wasm
    memory together), sampled every 20 ms during the run, in a fresh tab.
 Screenshots of the page before, during (progress) and after a run go to --shots.
@@ -83,7 +85,9 @@ def run_once(page, text: str, timeout: float = 300_000) -> dict:
     if page.evaluate("() => document.documentElement.dataset.liveState") != "done":
         raise SystemExit("the live run failed: " + page.text_content("#live-error"))
     t = page.evaluate("() => window.infoflowLive.timings")
-    return {"wall": wall, "load": t["load"] / 1e3, "engine": t["engine"] / 1e3, "encode": t["encode"] / 1e3}
+    return {"wall": wall, "load": t["load"] / 1e3, "engine": t["engine"] / 1e3, "encode": t["encode"] / 1e3,
+            "layers": t["layers_ms"] / 1e3, "logits": t["logits_ms"] / 1e3,
+            "layers_kernel": t["layers_kernel_ms"] / 1e3, "logits_kernel": t["logits_kernel_ms"] / 1e3}
 
 
 def main() -> None:
@@ -101,8 +105,7 @@ def main() -> None:
     shots.mkdir(parents=True, exist_ok=True)
 
     import torch
-    import infoflow
-    from infoflow.decompose import get_model
+    from infoflow.decompose import decompose_variants, get_model
     from playwright.sync_api import sync_playwright
     lm = get_model(None)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -157,19 +160,21 @@ def main() -> None:
             page.goto(url)
             page.wait_for_function("() => document.documentElement.dataset.liveState === 'ready'")
             run_once(page, prompts[sizes[0]])                      # loads the weights into the worker
-            infoflow.decompose(prompts[sizes[0]], lm)               # Python warm-up
+            variants = {"tokens": None, "words": "words"}             # what the page computes
+            decompose_variants(prompts[sizes[0]], lm, variants)     # Python warm-up
             print(f"\n{'P':>4} {'python s':>9} {'browser engine s':>17} {'ratio':>6} {'Run->viewer s':>14} "
-                  f"{'encode s':>9}")
+                  f"{'encode s':>9}  layers (kernel) / unembedding (kernel) s")
             for n in sizes:
                 py, br = [], []
                 for _ in range(args.reps):
                     t = time.perf_counter()
-                    infoflow.decompose(prompts[n], lm)
+                    decompose_variants(prompts[n], lm, variants)
                     py.append(time.perf_counter() - t)
                     br.append(run_once(page, prompts[n]))
                 best = min(br, key=lambda r: r["engine"])
                 print(f"{n:>4} {min(py):>9.2f} {best['engine']:>17.2f} {best['engine'] / min(py):>6.2f} "
-                      f"{min(r['wall'] for r in br):>14.2f} {best['encode']:>9.2f}"
+                      f"{min(r['wall'] for r in br):>14.2f} {best['encode']:>9.2f}  "
+                      f"{best['layers']:.2f} ({best['layers_kernel']:.2f}) / {best['logits']:.2f} ({best['logits_kernel']:.2f})"
                       f"   (medians: python {statistics.median(py):.2f}, browser {statistics.median(r['engine'] for r in br):.2f})")
             page.close()
 

@@ -5,17 +5,19 @@
  * the slice of the layer's weights it is sent with the rows.
  */
 import {initKernel} from "./kernel.js";
-import {topLogits} from "./engine-logits.js";
+import {packBlocks, topLogits} from "./engine-logits.js";
 import {mlpRows, sliceWeights} from "./engine-mlp.js";
 
-let slice = null;   // {W (n·d), v0, n, d, bias}
+let slice = null;   // {blocks: its rows of W_U packed in the kernel (the raw copy is dropped), v0, n, d, bias}
 
 self.onmessage = async (e) => {
   const msg = e.data;
   try {
     if (msg.kind === "slice") {
       await initKernel();
-      slice = msg;
+      const {W, v0, n, d, bias} = msg;
+      if (slice) slice.blocks.forEach((w) => w.dispose());
+      slice = {blocks: packBlocks(W, n, d), v0, n, d, bias};
       self.postMessage({ok: true});
     } else if (msg.kind === "mlp") {
       await initKernel();
@@ -29,8 +31,8 @@ self.onmessage = async (e) => {
         w.dispose();
       }
     } else if (msg.kind === "rows") {
-      const {W, v0, n, d, bias} = slice;
-      const r = topLogits(msg.X, msg.N, W, n, d, msg.k, {absRows: msg.absRows, bias});
+      const {blocks, v0, n, d, bias} = slice;
+      const r = topLogits(msg.X, msg.N, blocks, n, d, msg.k, {absRows: msg.absRows, bias});
       for (let i = 0; i < r.ids.length; i++) r.ids[i] += v0;
       self.postMessage({ok: true, ...r}, [r.ids.buffer, r.logits.buffer, r.logZ.buffer]);
     }

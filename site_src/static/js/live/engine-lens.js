@@ -5,10 +5,13 @@
  * per-slice top-k lists are merged and the log-sum-exps combined, which gives the same ids
  * as one pass over the whole vocabulary.
  *
- * Costs: an extra (helpers / threads) of W_U in memory (75 MB for the default model with two
- * helpers), and the rows X copied to each helper per call (9 MB at P = 64 with the lens).
+ * Costs: every thread keeps its slice of W_U packed in its kernel's memory (packing it again
+ * for every call cost as much as a short prompt's products); a helper drops its raw copy once
+ * packed, the calling thread holds the packed slice beside W_U itself (+56 MB for the default
+ * model on two threads). The rows X are copied to each helper per call (9 MB at P = 64 with
+ * the lens).
  */
-import {abortError, topLogits} from "./engine-logits.js";
+import {abortError, packedBlocks, topLogits} from "./engine-logits.js";
 
 const pools = new WeakMap();   // W_U -> Promise<{helpers, bounds}>
 
@@ -73,14 +76,14 @@ export async function releaseLens(W_U) {
 /** topLogits() over the whole vocabulary on `threads` threads; same result object. */
 export async function topLogitsThreaded(X, N, W_U, V, d, k, {absRows = 0, signal = null, bias = null, threads = 1} = {}) {
   const pool = await helpersFor(W_U, V, d, bias, threads);
-  if (!pool) return {...topLogits(X, N, W_U, V, d, k, {absRows, signal, bias}), threads: 1};
+  if (!pool) return {...topLogits(X, N, packedBlocks(W_U, V, d), V, d, k, {absRows, signal, bias}), threads: 1};
   const {helpers, bounds} = pool;
   const pending = helpers.map((w) => call(w, {kind: "rows", X, N, k, absRows}));
   pending.forEach((p) => p.catch(() => {}));
   let parts;
   try {
     const [v0, v1] = bounds[0];
-    const own = topLogits(X, N, W_U.subarray(v0 * d, v1 * d), v1 - v0, d, k,
+    const own = topLogits(X, N, packedBlocks(W_U.subarray(v0 * d, v1 * d), v1 - v0, d), v1 - v0, d, k,
                           {absRows, signal, bias: bias && bias.subarray(v0, v1)});
     parts = [own, ...(await Promise.all(pending))];
   } catch (e) {

@@ -10,10 +10,43 @@ export const VOCAB_BLOCK = 256;    // vocabulary columns per product: a 576 KB b
 export const ROW_BATCH = 1024;     // rows per product: a (1024, 256) slab of logits, 1 MB
 
 /**
+ * W_U (V, d) packed into the kernel's memory as Weights of VOCAB_BLOCK vocabulary rows each.
+ * Packing costs as much as a short prompt's products, so callers keep the blocks between calls
+ * (packedBlocks below; a lens helper worker keeps its own).
+ */
+export function packBlocks(W_U, V, d) {
+  const blocks = [];
+  for (let v0 = 0; v0 < V; v0 += VOCAB_BLOCK) {
+    const B = Math.min(VOCAB_BLOCK, V - v0);
+    blocks.push(new Weight(W_U.subarray(v0 * d, (v0 + B) * d), B, d));
+  }
+  return blocks;
+}
+
+// The calling thread's blocks, kept for the next call on the same W_U (slice): the same
+// buffer, offset and length. One at a time: another one frees these first. Costs a packed copy
+// of the slice in the kernel's memory (56 MB for half the default model's vocabulary).
+let packed = {buffer: null, offset: 0, length: 0, d: 0, blocks: []};
+
+export function packedBlocks(W_U, V, d) {
+  const p = packed;
+  if (p.buffer === W_U.buffer && p.offset === W_U.byteOffset && p.length === V * d && p.d === d) return p.blocks;
+  releasePacked();
+  packed = {buffer: W_U.buffer, offset: W_U.byteOffset, length: V * d, d, blocks: packBlocks(W_U, V, d)};
+  return packed.blocks;
+}
+
+/** Free the calling thread's packed blocks. */
+export function releasePacked() {
+  for (const w of packed.blocks) w.dispose();
+  packed = {buffer: null, offset: 0, length: 0, d: 0, blocks: []};
+}
+
+/**
  * Top-k of X · W_Uᵀ per row and the log of its softmax denominator, without the (N, V) logits.
  *
  *   X      Float32Array (N, d): residuals already through the final norm (w_f ⊙ r / rms_f(r))
- *   W_U    Float32Array (V, d): the unembedding, row-major
+ *   blocks W_U (V, d), the unembedding, as packBlocks() / packedBlocks() give it
  *   absRows the last `absRows` rows are differences; for them only max_v |logit| is kept
  *   signal  AbortSignal, checked once per vocabulary block
  *   bias    optional lm_head bias (V,), added to every row but the differences
@@ -22,7 +55,7 @@ export const ROW_BATCH = 1024;     // rows per product: a (1024, 256) slab of lo
  * Per row, the vocabulary is walked in blocks with an online log-sum-exp (running max m,
  * running Σ exp(l − m)), like engine.logit_lens.
  */
-export function topLogits(X, N, W_U, V, d, k, {absRows = 0, signal = null, bias = null} = {}) {
+export function topLogits(X, N, blocks, V, d, k, {absRows = 0, signal = null, bias = null} = {}) {
   const ids = new Int32Array(N * k);
   const best = new Float32Array(N * k).fill(-Infinity);
   const m = new Float64Array(N).fill(-Infinity);
@@ -30,37 +63,37 @@ export function topLogits(X, N, W_U, V, d, k, {absRows = 0, signal = null, bias 
   const nTop = N - absRows;
   let absMax = 0;
   const slab = new Float32Array(Math.min(ROW_BATCH, N) * Math.min(VOCAB_BLOCK, V));   // reused
-  for (let v0 = 0; v0 < V; v0 += VOCAB_BLOCK) {
+  for (let v0 = 0, b = 0; v0 < V; v0 += VOCAB_BLOCK, b++) {
     if (signal && signal.aborted) throw abortError();
     const B = Math.min(VOCAB_BLOCK, V - v0);
-    const W = new Weight(W_U.subarray(v0 * d, (v0 + B) * d), B, d);
-    try {
-      for (let a = 0; a < N; a += ROW_BATCH) {
-        const n = Math.min(ROW_BATCH, N - a);
-        const logits = matmul(X.subarray(a * d, (a + n) * d), n, W, slab);    // (n, B)
-        for (let i = 0; i < n; i++) {
-          const row = a + i, o = i * B;
-          if (row >= nTop) {
-            for (let j = 0; j < B; j++) absMax = Math.max(absMax, Math.abs(logits[o + j]));
-            continue;
-          }
-          if (bias) for (let j = 0; j < B; j++) logits[o + j] += bias[v0 + j];
-          let blockMax = -Infinity;
-          const top = row * k;
-          for (let j = 0; j < B; j++) {
-            const x = logits[o + j];
-            if (x > blockMax) blockMax = x;
-            if (x > best[top + k - 1]) insertTop(best, ids, top, k, x, v0 + j);
-          }
-          const mNew = Math.max(m[row], blockMax);
-          let sum = 0;
-          for (let j = 0; j < B; j++) sum += Math.exp(logits[o + j] - mNew);
-          total[row] = total[row] * Math.exp(m[row] - mNew) + sum;
-          m[row] = mNew;
+    const W = blocks[b];
+    for (let a = 0; a < N; a += ROW_BATCH) {
+      const n = Math.min(ROW_BATCH, N - a);
+      const logits = matmul(X.subarray(a * d, (a + n) * d), n, W, slab);    // (n, B)
+      for (let i = 0; i < n; i++) {
+        const row = a + i, o = i * B;
+        if (row >= nTop) {
+          for (let j = 0; j < B; j++) absMax = Math.max(absMax, Math.abs(logits[o + j]));
+          continue;
         }
+        if (bias) for (let j = 0; j < B; j++) logits[o + j] += bias[v0 + j];
+        let blockMax = -Infinity;
+        const top = row * k;
+        let kth = best[top + k - 1];                 // the row's k-th best so far
+        for (let j = 0; j < B; j++) {
+          const x = logits[o + j];
+          if (x > blockMax) blockMax = x;
+          if (x > kth) {
+            insertTop(best, ids, top, k, x, v0 + j);
+            kth = best[top + k - 1];
+          }
+        }
+        const mNew = Math.max(m[row], blockMax);
+        let sum = 0;
+        for (let j = 0; j < B; j++) sum += Math.exp(logits[o + j] - mNew);
+        total[row] = total[row] * Math.exp(m[row] - mNew) + sum;
+        m[row] = mNew;
       }
-    } finally {
-      W.dispose();
     }
   }
   const logZ = new Float64Array(N);

@@ -72,7 +72,7 @@ function free(block) {
 
 /**
  * A linear layer's weight in the kernel's memory, as Wᵀ [in, out] (out padded to a multiple
- * of 8 with zero columns).
+ * of 8 with zero columns), packed in panels of 8 columns.
  *   w       Float32Array [out·in], row-major [out, in] (the nn.Linear layout); not kept
  *   inScale optional Float32Array [in]: folded in as W[o, i]·inScale[i] (an RMSNorm's weight)
  * dispose() frees it; a layer's weights live only while that layer is computed.
@@ -84,14 +84,16 @@ export class Weight {
     const t0 = performance.now();
     this.out = out;
     this.in = inDim;
-    this.ld = Math.ceil(out / 8) * 8;                         // row length of Wᵀ
+    this.ld = Math.ceil(out / 8) * 8;                         // columns of Wᵀ, padded
     this.block = alloc(inDim * this.ld);
     const F = new Float32Array(memory.buffer, this.block.start * FLOAT, inDim * this.ld);
     if (this.ld !== out) F.fill(0);
-    for (let o = 0; o < out; o++) {                           // Wᵀ[i, o] = W[o, i]·s[i]
-      const row = o * inDim;
-      if (inScale) for (let i = 0; i < inDim; i++) F[i * this.ld + o] = w[row + i] * inScale[i];
-      else for (let i = 0; i < inDim; i++) F[i * this.ld + o] = w[row + i];
+    // Wᵀ[i, o] = W[o, i]·s[i], packed in 8-column panels: panel o/8 is [in, 8] contiguous,
+    // at float (o/8)·in·8 + i·8 + o%8 (the layout kernel-sgemm.wat reads; see there why)
+    for (let o = 0; o < out; o++) {
+      const row = o * inDim, at = (o >> 3) * inDim * 8 + (o & 7);
+      if (inScale) for (let i = 0; i < inDim; i++) F[at + i * 8] = w[row + i] * inScale[i];
+      else for (let i = 0; i < inDim; i++) F[at + i * 8] = w[row + i];
     }
     spentMs += performance.now() - t0;
   }
