@@ -3,7 +3,7 @@
  * tokens with their probabilities (logit lens and predictions), the reconstructed logits' error,
  * and the exact per-source logit attribution.
  */
-import {Weight, matmul} from "./kernel.js";
+import {Weight, lensBlock, matmul} from "./kernel.js";
 
 export const VOCAB_BLOCK = 256;    // vocabulary columns per product: a 576 KB block of W_U stays in L2
                                    // (measured 8–10 GFLOP/s vs 5.6 at 4096 columns, docs/performance.md)
@@ -63,6 +63,8 @@ export function topLogits(X, N, blocks, V, d, k, {absRows = 0, signal = null, bi
   const nTop = N - absRows;
   let absMax = 0;
   const slab = new Float32Array(Math.min(ROW_BATCH, N) * Math.min(VOCAB_BLOCK, V));   // reused
+  const rowsMax = Math.min(ROW_BATCH, N);
+  const blockMax = new Float64Array(rowsMax), mNew = new Float64Array(rowsMax), sums = new Float64Array(rowsMax);
   for (let v0 = 0, b = 0; v0 < V; v0 += VOCAB_BLOCK, b++) {
     if (signal && signal.aborted) throw abortError();
     const B = Math.min(VOCAB_BLOCK, V - v0);
@@ -70,29 +72,29 @@ export function topLogits(X, N, blocks, V, d, k, {absRows = 0, signal = null, bi
     for (let a = 0; a < N; a += ROW_BATCH) {
       const n = Math.min(ROW_BATCH, N - a);
       const logits = matmul(X.subarray(a * d, (a + n) * d), n, W, slab);    // (n, B)
+      if (bias) {
+        for (let i = 0; i < n && a + i < nTop; i++) for (let j = 0; j < B; j++) logits[i * B + j] += bias[v0 + j];
+      }
+      lensBlock(logits, n, B, m.subarray(a, a + n), blockMax, mNew, sums);   // maxima, Σ exp(l − mNew)
       for (let i = 0; i < n; i++) {
         const row = a + i, o = i * B;
-        if (row >= nTop) {
+        if (row >= nTop) {                             // a difference row: only max |logit|
           for (let j = 0; j < B; j++) absMax = Math.max(absMax, Math.abs(logits[o + j]));
           continue;
         }
-        if (bias) for (let j = 0; j < B; j++) logits[o + j] += bias[v0 + j];
-        let blockMax = -Infinity;
         const top = row * k;
-        let kth = best[top + k - 1];                 // the row's k-th best so far
-        for (let j = 0; j < B; j++) {
-          const x = logits[o + j];
-          if (x > blockMax) blockMax = x;
-          if (x > kth) {
-            insertTop(best, ids, top, k, x, v0 + j);
-            kth = best[top + k - 1];
+        let kth = best[top + k - 1];                   // the row's k-th best so far
+        if (blockMax[i] > kth) {                       // else nothing in this block enters the top k
+          for (let j = 0; j < B; j++) {
+            const x = logits[o + j];
+            if (x > kth) {
+              insertTop(best, ids, top, k, x, v0 + j);
+              kth = best[top + k - 1];
+            }
           }
         }
-        const mNew = Math.max(m[row], blockMax);
-        let sum = 0;
-        for (let j = 0; j < B; j++) sum += Math.exp(logits[o + j] - mNew);
-        total[row] = total[row] * Math.exp(m[row] - mNew) + sum;
-        m[row] = mNew;
+        total[row] = total[row] * Math.exp(m[row] - mNew[i]) + sums[i];
+        m[row] = mNew[i];
       }
     }
   }

@@ -1,4 +1,5 @@
-;; kernel-sgemm.wat: the in-browser engine's matmul, float32, WebAssembly SIMD, one thread.
+;; kernel-sgemm.wat: the in-browser engine's matmul, float32, WebAssembly SIMD, one thread,
+;; and the logit lens's exp-sum (expsum, at the end).
 ;;
 ;;   C[m, n] = A[m, k] · B[k, n]    A and C row-major, at byte offsets a, c of the exported
 ;;   memory; B packed in 8-column panels at byte offset b: B[p, j] is at float
@@ -82,4 +83,83 @@
         (local.set $i (i32.add (local.get $i) (i32.const 4)))
         (br $iloop)))
       (local.set $j (i32.add (local.get $j) (i32.const 8)))
-      (br $jloop)))))
+      (br $jloop))))
+
+  ;; expsum: out[r] = Σ_{c < cols} exp(x[r, c] − m[r]) for each of `rows` rows, x row-major f32
+  ;; with rows `ld` floats apart, cols a multiple of 4 (kernel.js adds the rest), m and out f64.
+  ;; The log-sum-exp of the logit lens: one exp per logit, the lens's largest cost after the
+  ;; products when done with Math.exp. exp is Cephes' expf, as SIMD: x = n·ln2 + t with
+  ;; |t| ≤ ln2/2, exp(t) by its degree-7 polynomial (relative error ~1e-7, float32's own), times
+  ;; 2^n through the exponent bits. Arguments below −87.3 (float32's smallest normal) give 0. The
+  ;; four lanes are summed in float64 (two f64x2 accumulators), so the sum's rounding is
+  ;; float64's, as Math.exp summed in JS. The exp is written out in the loop (not a call).
+  (func (export "expsum") (param $x i32) (param $rows i32) (param $cols i32) (param $ld i32) (param $m i32) (param $out i32)
+    (local $r i32) (local $c i32) (local $px i32) (local $mv v128)
+    (local $ex v128) (local $n v128) (local $t v128) (local $y v128) (local $tiny v128) (local $e v128) (local $acc0 v128) (local $acc1 v128)
+    (local.set $r (i32.const 0))
+    (block $rdone (loop $rloop
+      (br_if $rdone (i32.ge_u (local.get $r) (local.get $rows)))
+      (local.set $mv (f32x4.splat (f32.demote_f64 (f64.load (i32.add (local.get $m) (i32.shl (local.get $r) (i32.const 3)))))))
+      (local.set $acc0 (v128.const i32x4 0 0 0 0))
+      (local.set $acc1 (v128.const i32x4 0 0 0 0))
+      (local.set $c (local.get $cols))
+      (local.set $px (i32.add (local.get $x) (i32.shl (i32.mul (local.get $r) (local.get $ld)) (i32.const 2))))
+      (block $cdone (loop $cloop
+        (br_if $cdone (i32.eqz (local.get $c)))
+        (local.set $ex (f32x4.sub (v128.load (local.get $px)) (local.get $mv)))
+        (local.set $tiny (f32x4.lt (local.get $ex) (v128.const f32x4 -87.3 -87.3 -87.3 -87.3)))
+        (local.set $ex (f32x4.max (local.get $ex) (v128.const f32x4 -87.3 -87.3 -87.3 -87.3)))
+        ;; n = floor(x·log2(e) + 1/2)
+        (local.set $n (f32x4.floor (f32x4.add (f32x4.mul (local.get $ex) (v128.const f32x4 1.44269504088896341 1.44269504088896341 1.44269504088896341 1.44269504088896341))
+                                              (v128.const f32x4 0.5 0.5 0.5 0.5))))
+        ;; t = x − n·ln2, ln2 in two parts (C1 + C2) so the product is exact
+        (local.set $t (f32x4.sub (local.get $ex) (f32x4.mul (local.get $n) (v128.const f32x4 0.693359375 0.693359375 0.693359375 0.693359375))))
+        (local.set $t (f32x4.sub (local.get $t) (f32x4.mul (local.get $n) (v128.const f32x4 -2.12194440e-4 -2.12194440e-4 -2.12194440e-4 -2.12194440e-4))))
+        ;; y = ((((p0·t + p1)·t + p2)·t + p3)·t + p4)·t + p5) · t² + t + 1
+        (local.set $y (v128.const f32x4 1.9875691500e-4 1.9875691500e-4 1.9875691500e-4 1.9875691500e-4))
+        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $t)) (v128.const f32x4 1.3981999507e-3 1.3981999507e-3 1.3981999507e-3 1.3981999507e-3)))
+        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $t)) (v128.const f32x4 8.3334519073e-3 8.3334519073e-3 8.3334519073e-3 8.3334519073e-3)))
+        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $t)) (v128.const f32x4 4.1665795894e-2 4.1665795894e-2 4.1665795894e-2 4.1665795894e-2)))
+        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $t)) (v128.const f32x4 1.6666665459e-1 1.6666665459e-1 1.6666665459e-1 1.6666665459e-1)))
+        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $t)) (v128.const f32x4 5.0000001201e-1 5.0000001201e-1 5.0000001201e-1 5.0000001201e-1)))
+        (local.set $y (f32x4.add (f32x4.add (f32x4.mul (local.get $y) (f32x4.mul (local.get $t) (local.get $t))) (local.get $t))
+                                 (v128.const f32x4 1 1 1 1)))
+        ;; · 2^n: n + 127 into the exponent field (n ≥ −126 here, so 2^n is a normal float)
+        (local.set $y (f32x4.mul (local.get $y)
+                                 (i32x4.shl (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $n)) (v128.const i32x4 127 127 127 127)) (i32.const 23))))
+        (local.set $e (v128.andnot (local.get $y) (local.get $tiny)))
+        (local.set $acc0 (f64x2.add (local.get $acc0) (f64x2.promote_low_f32x4 (local.get $e))))
+        (local.set $acc1 (f64x2.add (local.get $acc1) (f64x2.promote_low_f32x4
+          (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $e) (local.get $e)))))
+        (local.set $px (i32.add (local.get $px) (i32.const 16)))
+        (local.set $c (i32.sub (local.get $c) (i32.const 4)))
+        (br $cloop)))
+      (local.set $acc0 (f64x2.add (local.get $acc0) (local.get $acc1)))
+      (f64.store (i32.add (local.get $out) (i32.shl (local.get $r) (i32.const 3)))
+                 (f64.add (f64x2.extract_lane 0 (local.get $acc0)) (f64x2.extract_lane 1 (local.get $acc0))))
+      (local.set $r (i32.add (local.get $r) (i32.const 1)))
+      (br $rloop))))
+
+  ;; rowmax: out[r] = max_{c < cols} x[r, c] (f64), rows `ld` floats apart, cols a multiple of 4.
+  ;; Lets the lens skip its top-k scan of a block whose largest logit cannot enter the top k.
+  (func (export "rowmax") (param $x i32) (param $rows i32) (param $cols i32) (param $ld i32) (param $out i32)
+    (local $r i32) (local $c i32) (local $px i32) (local $mx v128)
+    (local.set $r (i32.const 0))
+    (block $rdone (loop $rloop
+      (br_if $rdone (i32.ge_u (local.get $r) (local.get $rows)))
+      (local.set $mx (v128.const f32x4 -inf -inf -inf -inf))
+      (local.set $c (local.get $cols))
+      (local.set $px (i32.add (local.get $x) (i32.shl (i32.mul (local.get $r) (local.get $ld)) (i32.const 2))))
+      (block $cdone (loop $cloop
+        (br_if $cdone (i32.eqz (local.get $c)))
+        (local.set $mx (f32x4.max (local.get $mx) (v128.load (local.get $px))))
+        (local.set $px (i32.add (local.get $px) (i32.const 16)))
+        (local.set $c (i32.sub (local.get $c) (i32.const 4)))
+        (br $cloop)))
+      (local.set $mx (f32x4.max (local.get $mx) (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $mx) (local.get $mx))))
+      (local.set $mx (f32x4.max (local.get $mx) (i8x16.shuffle 4 5 6 7 0 1 2 3 4 5 6 7 0 1 2 3 (local.get $mx) (local.get $mx))))
+      (f64.store (i32.add (local.get $out) (i32.shl (local.get $r) (i32.const 3)))
+                 (f64.promote_f32 (f32x4.extract_lane 0 (local.get $mx))))
+      (local.set $r (i32.add (local.get $r) (i32.const 1)))
+      (br $rloop))))
+)

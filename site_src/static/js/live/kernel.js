@@ -22,6 +22,8 @@ const FLOAT = 4;
 
 let ready = null;
 let sgemm = null;            // (a, b, c, m, k, n) byte offsets, m % 4 == 0, n % 8 == 0
+let expsum = null;           // (x, rows, cols, ld, m, out) byte offsets, cols % 4 == 0
+let rowmax = null;           // (x, rows, cols, ld, out) byte offsets, cols % 4 == 0
 let memory = null;
 const live = new Set();      // blocks [start, end) in floats, held by live Weights
 let top = 0;                 // first free float past every live block
@@ -43,6 +45,8 @@ export function initKernel() {
       }
       const {instance} = await WebAssembly.instantiate(bytes);
       sgemm = instance.exports.sgemm;
+      expsum = instance.exports.expsum;
+      rowmax = instance.exports.rowmax;
       memory = instance.exports.memory;
       return {kernel: "kernel-sgemm.wasm (WebAssembly SIMD, 4×8 blocks, one thread)", simd: true};
     })();
@@ -133,6 +137,38 @@ export function matmul(x, rows, weight, into = null) {
   }
   spentMs += performance.now() - t0;
   return y;
+}
+
+/**
+ * One vocabulary block of the logit lens, per row r of x (Float32Array (rows, cols), row-major):
+ *   blockMax[r] = max_c x[r, c];  mNew[r] = max(mPrev[r], blockMax[r]);
+ *   sums[r] = Σ_c exp(x[r, c] − mNew[r])
+ * (mPrev, blockMax, mNew, sums: Float64Array (rows)). kernel-sgemm.wat's rowmax and expsum
+ * (SIMD; exp float32-accurate, summed in float64) on one copy of x; the columns past the last
+ * multiple of 4 in JS, with Math.exp.
+ */
+export function lensBlock(x, rows, cols, mPrev, blockMax, mNew, sums) {
+  const t0 = performance.now();
+  const c4 = cols & ~3;
+  const a = top, mo = Math.ceil((a + rows * cols) / 2) * 2;      // two f64 arrays past x
+  ensure(mo + 4 * rows);
+  const F = new Float32Array(memory.buffer);
+  F.set(x.subarray(0, rows * cols), a);
+  const D = new Float64Array(memory.buffer, mo * FLOAT, 2 * rows);   // [maxima | m, then sums]
+  if (c4) rowmax(a * FLOAT, rows, c4, cols, mo * FLOAT);
+  for (let r = 0; r < rows; r++) {
+    let mx = c4 ? D[r] : -Infinity;
+    for (let c = c4; c < cols; c++) mx = Math.max(mx, x[r * cols + c]);
+    blockMax[r] = mx;
+    mNew[r] = D[rows + r] = Math.max(mPrev[r], mx);
+  }
+  if (c4) expsum(a * FLOAT, rows, c4, cols, (mo + 2 * rows) * FLOAT, mo * FLOAT);
+  for (let r = 0; r < rows; r++) {
+    let s = c4 ? D[r] : 0;
+    for (let c = c4; c < cols; c++) s += Math.exp(x[r * cols + c] - mNew[r]);
+    sums[r] = s;
+  }
+  spentMs += performance.now() - t0;
 }
 
 /** Bytes of the kernel's memory (it grows to the peak and stays). */
