@@ -45,7 +45,7 @@ HARNESS_HTML = "<!doctype html><meta charset=utf-8><title>engine harness</title>
 # engine's model object, runs decompose() and posts plain arrays back.
 HARNESS_WORKER = r"""
 import {decompose} from "/static/js/live/engine.js";
-import {initKernel, Weight, matmul, kernelMemory} from "/static/js/live/kernel.js";
+import {initKernel, Weight, matmul, kernelMemory, lensBlock} from "/static/js/live/kernel.js";
 
 async function range(url, a, b) {
   const r = await fetch(url, {headers: {Range: `bytes=${a}-${b - 1}`}});
@@ -116,6 +116,14 @@ async function kernelCheck({cases}) {             // y = x · (W ⊙ s)ᵀ for e
 
 self.onmessage = async (e) => {
   if (e.data.kind === "kernel") { self.postMessage(await kernelCheck(e.data)); return; }
+  if (e.data.kind === "lens") {
+    await initKernel();
+    const {x, rows, cols, mPrev} = e.data, f = (n) => new Float64Array(n);
+    const blockMax = f(rows), mNew = f(rows), sums = f(rows);
+    lensBlock(Float32Array.from(x), rows, cols, Float64Array.from(mPrev), blockMax, mNew, sums);
+    self.postMessage({ok: true, blockMax: [...blockMax], mNew: [...mNew], sums: [...sums]});
+    return;
+  }
   const {url, config, runs} = e.data;
   try {
     const model = await loadModel(url, config);
@@ -431,6 +439,25 @@ def test_kernel_matches_numpy_on_odd_shapes(harness):
         assert (np.abs(got - ref) <= 4 * tol * max(1, c["inDim"] ** 0.5)).all(), c["rows"]
         assert again == got.ravel().tolist()                           # deterministic, weights intact
 
+
+
+def test_lens_block_exp_sums_match_float64(harness):
+    """The lens's block statistics (kernel-sgemm.wat's rowmax and SIMD expsum, the tail columns
+    in JS): maxima exact, Σ exp(x − m) within 1e-6 of float64, arguments below float32's range
+    counted as 0, a running max from earlier blocks respected."""
+    _, run = harness
+    rng = np.random.default_rng(3)
+    for rows, cols in [(3, 4), (5, 7), (9, 256), (2, 3)]:
+        x = (rng.standard_normal((rows, cols)) * 20).astype(np.float32)
+        x[0, -1] = -500.0                                 # exp underflows: adds nothing
+        m_prev = np.where(np.arange(rows) % 2, x.max(1) + 3.0, -np.inf)  # odd rows: an earlier block was larger
+        reply = run("unused", {"kind": "lens", "x": x.ravel().tolist(), "rows": rows, "cols": cols,
+                               "mPrev": [float(v) if np.isfinite(v) else -1e308 for v in m_prev]})
+        assert reply["blockMax"] == x.max(1).astype(np.float64).tolist()
+        m_new = np.maximum(np.where(np.isfinite(m_prev), m_prev, -1e308), x.max(1))
+        np.testing.assert_array_equal(reply["mNew"], m_new)
+        ref = np.exp(x.astype(np.float64) - m_new[:, None]).sum(1)
+        np.testing.assert_allclose(reply["sums"], ref, rtol=1e-6, atol=0)
 
 
 TINY_KINDS = ["gqa", "mha", "llama-bias", "qwen2"]
