@@ -450,11 +450,11 @@ def test_lens_block_exp_sums_match_float64(harness):
     for rows, cols in [(3, 4), (5, 7), (9, 256), (2, 3)]:
         x = (rng.standard_normal((rows, cols)) * 20).astype(np.float32)
         x[0, -1] = -500.0                                 # exp underflows: adds nothing
-        m_prev = np.where(np.arange(rows) % 2, x.max(1) + 3.0, -np.inf)  # odd rows: an earlier block was larger
+        m_prev = np.where(np.arange(rows) % 2, x.max(1).astype(np.float64) + 3.0, -np.inf)  # odd rows: an earlier block was larger
         reply = run("unused", {"kind": "lens", "x": x.ravel().tolist(), "rows": rows, "cols": cols,
                                "mPrev": [float(v) if np.isfinite(v) else -1e308 for v in m_prev]})
         assert reply["blockMax"] == x.max(1).astype(np.float64).tolist()
-        m_new = np.maximum(np.where(np.isfinite(m_prev), m_prev, -1e308), x.max(1))
+        m_new = np.maximum(np.where(np.isfinite(m_prev), m_prev, -1e308), x.max(1).astype(np.float64))
         np.testing.assert_array_equal(reply["mNew"], m_new)
         ref = np.exp(x.astype(np.float64) - m_new[:, None]).sum(1)
         np.testing.assert_allclose(reply["sums"], ref, rtol=1e-6, atol=0)
