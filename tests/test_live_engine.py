@@ -45,7 +45,8 @@ HARNESS_HTML = "<!doctype html><meta charset=utf-8><title>engine harness</title>
 # engine's model object, runs decompose() and posts plain arrays back.
 HARNESS_WORKER = r"""
 import {decompose} from "/static/js/live/engine.js";
-import {initKernel, Weight, matmul, kernelMemory, lensBlock} from "/static/js/live/kernel.js";
+import {initKernel, Weight, matmul, kernelMemory, lensBlock, dequantizeFast} from "/static/js/live/kernel.js";
+import {dequantizeInto} from "/static/js/live/dequant.js";
 
 async function range(url, a, b) {
   const r = await fetch(url, {headers: {Range: `bytes=${a}-${b - 1}`}});
@@ -116,6 +117,17 @@ async function kernelCheck({cases}) {             // y = x · (W ⊙ s)ᵀ for e
 
 self.onmessage = async (e) => {
   if (e.data.kind === "kernel") { self.postMessage(await kernelCheck(e.data)); return; }
+  if (e.data.kind === "q4_1") {
+    await initKernel();
+    const bytes = Uint8Array.from(e.data.bytes), n = bytes.length / 20 * 32;
+    const fast = new Float32Array(n), ref = dequantizeInto("Q4_1", bytes, new Float32Array(n));
+    const done = dequantizeFast("Q4_1", bytes, fast);
+    const a = new Uint32Array(fast.buffer), b = new Uint32Array(ref.buffer);
+    let differ = 0;
+    for (let i = 0; i < n; i++) if (a[i] !== b[i] && !(Number.isNaN(fast[i]) && Number.isNaN(ref[i]))) differ++;
+    self.postMessage({ok: true, done, differ, n, other: dequantizeFast("Q8_0", bytes, fast)});
+    return;
+  }
   if (e.data.kind === "lens") {
     await initKernel();
     const {x, rows, cols, mPrev} = e.data, f = (n) => new Float64Array(n);
@@ -439,6 +451,23 @@ def test_kernel_matches_numpy_on_odd_shapes(harness):
         assert (np.abs(got - ref) <= 4 * tol * max(1, c["inDim"] ** 0.5)).all(), c["rows"]
         assert again == got.ravel().tolist()                           # deterministic, weights intact
 
+
+
+def test_wasm_q4_1_dequantizes_as_dequant_js_bit_for_bit(harness):
+    """kernel.js's WebAssembly Q4_1 path (what the live page uses per layer) writes the same
+    float32 bits as dequant.js, which test_live.py checks against gguf-py: random blocks and
+    scales that are zero, -0, subnormal, the largest finite and one (random scales also hit
+    infinity and NaN: NaN counts as equal whatever its payload bits)."""
+    _, run = harness
+    rng = np.random.default_rng(5)
+    blocks = rng.integers(0, 256, size=(4000, 20), dtype=np.uint8)
+    specials = np.array([0x0000, 0x8000, 0x0001, 0x83FF, 0x3C00, 0xBC00, 0x7BFF, 0x0400], dtype="<u2")
+    blocks[:8, 0:2] = specials.view(np.uint8).reshape(8, 2)
+    blocks[:8, 2:4] = specials[::-1].copy().view(np.uint8).reshape(8, 2)
+    reply = run("unused", {"kind": "q4_1", "bytes": blocks.ravel().tolist()})
+    assert reply["done"] and reply["n"] == 4000 * 32
+    assert reply["differ"] == 0
+    assert reply["other"] is False                       # other types stay with dequant.js
 
 
 def test_lens_block_exp_sums_match_float64(harness):

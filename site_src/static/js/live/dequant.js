@@ -76,12 +76,17 @@ export function unpermuteRows(w, rows, cols, nHead) {
   return out;
 }
 
-/** One manifest tensor entry -> Float32Array, row-major [out, in] (PyTorch Linear layout). */
-export function dequantizeTensor(entry, stream) {
+/**
+ * One manifest tensor entry -> Float32Array, row-major [out, in] (PyTorch Linear layout).
+ * fast: optional (type, bytes, out) -> true when it dequantized them itself, bit for bit as
+ * dequantizeInto (the worker passes kernel.js's WebAssembly Q4_1; node tests use this file alone).
+ */
+export function dequantizeTensor(entry, stream, fast = null) {
   const n = entry.shape.reduce((a, b) => a * b, 1);
   const bytes = stream.subarray(entry.offset, entry.offset + entry.bytes);
   if (bytes.byteLength !== entry.bytes) throw new Error(`tensor ${entry.name} runs past the end of the weights`);
-  let w = dequantizeInto(entry.type, bytes, new Float32Array(n));
+  let w = new Float32Array(n);
+  if (!(fast && fast(entry.type, bytes, w))) dequantizeInto(entry.type, bytes, w);
   if (entry.permute_heads) w = unpermuteRows(w, entry.shape[0], entry.shape[1], entry.permute_heads);
   return w;
 }

@@ -162,4 +162,50 @@
                  (f64.promote_f32 (f32x4.extract_lane 0 (local.get $mx))))
       (local.set $r (i32.add (local.get $r) (i32.const 1)))
       (br $rloop))))
+
+  ;; q4_1: dequantize `blocks` GGUF Q4_1 blocks at byte offset src (20 bytes each: float16 d,
+  ;; float16 m, 16 bytes of 4-bit q; value j < 16 is the low nibble of byte j, value 16 + j its
+  ;; high nibble) into 32·blocks float32 at dst: x = d·q + m. d·q is exact in float32 (11-bit
+  ;; times 4-bit mantissas), so the one rounding is the add's: gguf-py's numpy float32 result,
+  ;; bit for bit, as dequant.js computes it (tested against it).
+  (func $f16 (param $h i32) (result f32)
+    (local $e i32)
+    (local.set $e (i32.and (local.get $h) (i32.const 0x7c00)))
+    (if (result f32) (i32.eqz (local.get $e))
+      (then (f32.copysign                                  ;; zero, subnormal: m·2⁻²⁴
+              (f32.mul (f32.convert_i32_u (i32.and (local.get $h) (i32.const 0x3ff))) (f32.const 5.9604644775390625e-8))
+              (f32.reinterpret_i32 (i32.shl (local.get $h) (i32.const 16)))))
+      (else (f32.reinterpret_i32 (i32.or
+              (i32.shl (i32.and (local.get $h) (i32.const 0x8000)) (i32.const 16))
+              (if (result i32) (i32.eq (local.get $e) (i32.const 0x7c00))
+                (then (i32.or (i32.const 0x7f800000) (i32.shl (i32.and (local.get $h) (i32.const 0x3ff)) (i32.const 13))))
+                (else (i32.shl (i32.add (i32.and (local.get $h) (i32.const 0x7fff)) (i32.const 0x1c000)) (i32.const 13)))))))))
+
+  (func (export "q4_1") (param $src i32) (param $blocks i32) (param $dst i32)
+    (local $d v128) (local $m v128) (local $q v128) (local $n v128) (local $w v128)
+    (block $done (loop $next
+      (br_if $done (i32.eqz (local.get $blocks)))
+      (local.set $d (f32x4.splat (call $f16 (i32.load16_u (local.get $src)))))
+      (local.set $m (f32x4.splat (call $f16 (i32.load16_u offset=2 (local.get $src)))))
+      (local.set $q (v128.load offset=4 (local.get $src)))
+      ;; low nibbles: values 0..15
+      (local.set $n (v128.and (local.get $q) (v128.const i8x16 15 15 15 15 15 15 15 15 15 15 15 15 15 15 15 15)))
+      (local.set $w (i16x8.extend_low_i8x16_u (local.get $n)))
+      (v128.store offset=0 (local.get $dst) (f32x4.add (f32x4.mul (f32x4.convert_i32x4_u (i32x4.extend_low_i16x8_u (local.get $w))) (local.get $d)) (local.get $m)))
+      (v128.store offset=16 (local.get $dst) (f32x4.add (f32x4.mul (f32x4.convert_i32x4_u (i32x4.extend_high_i16x8_u (local.get $w))) (local.get $d)) (local.get $m)))
+      (local.set $w (i16x8.extend_high_i8x16_u (local.get $n)))
+      (v128.store offset=32 (local.get $dst) (f32x4.add (f32x4.mul (f32x4.convert_i32x4_u (i32x4.extend_low_i16x8_u (local.get $w))) (local.get $d)) (local.get $m)))
+      (v128.store offset=48 (local.get $dst) (f32x4.add (f32x4.mul (f32x4.convert_i32x4_u (i32x4.extend_high_i16x8_u (local.get $w))) (local.get $d)) (local.get $m)))
+      ;; high nibbles: values 16..31
+      (local.set $n (i8x16.shr_u (local.get $q) (i32.const 4)))
+      (local.set $w (i16x8.extend_low_i8x16_u (local.get $n)))
+      (v128.store offset=64 (local.get $dst) (f32x4.add (f32x4.mul (f32x4.convert_i32x4_u (i32x4.extend_low_i16x8_u (local.get $w))) (local.get $d)) (local.get $m)))
+      (v128.store offset=80 (local.get $dst) (f32x4.add (f32x4.mul (f32x4.convert_i32x4_u (i32x4.extend_high_i16x8_u (local.get $w))) (local.get $d)) (local.get $m)))
+      (local.set $w (i16x8.extend_high_i8x16_u (local.get $n)))
+      (v128.store offset=96 (local.get $dst) (f32x4.add (f32x4.mul (f32x4.convert_i32x4_u (i32x4.extend_low_i16x8_u (local.get $w))) (local.get $d)) (local.get $m)))
+      (v128.store offset=112 (local.get $dst) (f32x4.add (f32x4.mul (f32x4.convert_i32x4_u (i32x4.extend_high_i16x8_u (local.get $w))) (local.get $d)) (local.get $m)))
+      (local.set $src (i32.add (local.get $src) (i32.const 20)))
+      (local.set $dst (i32.add (local.get $dst) (i32.const 128)))
+      (local.set $blocks (i32.sub (local.get $blocks) (i32.const 1)))
+      (br $next))))
 )

