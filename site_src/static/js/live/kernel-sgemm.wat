@@ -208,4 +208,84 @@
       (local.set $dst (i32.add (local.get $dst) (i32.const 128)))
       (local.set $blocks (i32.sub (local.get $blocks) (i32.const 1)))
       (br $next))))
+
+  ;; pack: W [rows, cols] row-major f32 at src (rows a multiple of 8: kernel.js zero-pads) into
+  ;; sgemm's B layout at dst: Wᵀ in 8-column panels, B[c, r] at (r / 8)·cols·8 + c·8 + r % 8,
+  ;; each value times scale[c] (f32 at byte offset scale; 0: no scale). Four columns at a time:
+  ;; one v128 from each of the 8 rows, two 4 × 4 transposes, 8 stores of 16 contiguous bytes.
+  (func (export "pack") (param $src i32) (param $rows i32) (param $cols i32) (param $dst i32) (param $scale i32)
+    (local $r i32) (local $c i32) (local $c4 i32) (local $ld i32) (local $p i32) (local $q i32) (local $s v128)
+    (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128) (local $b0 v128) (local $b1 v128) (local $b2 v128) (local $b3 v128)
+    (local $t0 v128) (local $t1 v128) (local $t2 v128) (local $t3 v128) (local $sc f32) (local $k i32)
+    (local.set $ld (i32.shl (local.get $cols) (i32.const 2)))                 ;; row stride, bytes
+    (local.set $c4 (i32.and (local.get $cols) (i32.const -4)))
+    (local.set $r (i32.const 0))
+    (block $rdone (loop $rloop
+      (br_if $rdone (i32.ge_u (local.get $r) (local.get $rows)))
+      (local.set $p (i32.add (local.get $src) (i32.mul (local.get $r) (local.get $ld))))   ;; row r, column 0
+      (local.set $q (i32.add (local.get $dst) (i32.mul (local.get $r) (local.get $ld))))   ;; panel r/8 (= r·cols·4 bytes)
+      (local.set $c (i32.const 0))
+      (block $cdone (loop $cloop
+        (br_if $cdone (i32.ge_u (local.get $c) (local.get $c4)))
+        (local.set $s (if (result v128) (local.get $scale)
+          (then (v128.load (i32.add (local.get $scale) (i32.shl (local.get $c) (i32.const 2)))))
+          (else (v128.const f32x4 1 1 1 1))))
+        ;; rows r..r+3 -> a, rows r+4..r+7 -> b, four columns each, scaled
+        (local.set $a0 (f32x4.mul (v128.load (local.get $p)) (local.get $s)))
+        (local.set $a1 (f32x4.mul (v128.load (i32.add (local.get $p) (local.get $ld))) (local.get $s)))
+        (local.set $a2 (f32x4.mul (v128.load (i32.add (local.get $p) (i32.mul (local.get $ld) (i32.const 2)))) (local.get $s)))
+        (local.set $a3 (f32x4.mul (v128.load (i32.add (local.get $p) (i32.mul (local.get $ld) (i32.const 3)))) (local.get $s)))
+        (local.set $b0 (f32x4.mul (v128.load (i32.add (local.get $p) (i32.mul (local.get $ld) (i32.const 4)))) (local.get $s)))
+        (local.set $b1 (f32x4.mul (v128.load (i32.add (local.get $p) (i32.mul (local.get $ld) (i32.const 5)))) (local.get $s)))
+        (local.set $b2 (f32x4.mul (v128.load (i32.add (local.get $p) (i32.mul (local.get $ld) (i32.const 6)))) (local.get $s)))
+        (local.set $b3 (f32x4.mul (v128.load (i32.add (local.get $p) (i32.mul (local.get $ld) (i32.const 7)))) (local.get $s)))
+        ;; transpose a: t0 = a0[0] a1[0] a0[1] a1[1], t1 = a0[2] a1[2] a0[3] a1[3], t2/t3 the same for a2, a3
+        (local.set $t0 (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $a0) (local.get $a1)))
+        (local.set $t1 (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $a0) (local.get $a1)))
+        (local.set $t2 (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $a2) (local.get $a3)))
+        (local.set $t3 (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $a2) (local.get $a3)))
+        (local.set $a0 (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $t0) (local.get $t2)))   ;; column c
+        (local.set $a1 (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $t0) (local.get $t2))) ;; c + 1
+        (local.set $a2 (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $t1) (local.get $t3)))   ;; c + 2
+        (local.set $a3 (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $t1) (local.get $t3))) ;; c + 3
+        (local.set $t0 (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $b0) (local.get $b1)))
+        (local.set $t1 (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $b0) (local.get $b1)))
+        (local.set $t2 (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $b2) (local.get $b3)))
+        (local.set $t3 (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $b2) (local.get $b3)))
+        (local.set $b0 (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $t0) (local.get $t2)))
+        (local.set $b1 (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $t0) (local.get $t2)))
+        (local.set $b2 (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $t1) (local.get $t3)))
+        (local.set $b3 (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $t1) (local.get $t3)))
+        ;; panel rows c..c+3: 8 floats each (rows r..r+3, then r+4..r+7), 128 contiguous bytes
+        (v128.store offset=0 (local.get $q) (local.get $a0))
+        (v128.store offset=16 (local.get $q) (local.get $b0))
+        (v128.store offset=32 (local.get $q) (local.get $a1))
+        (v128.store offset=48 (local.get $q) (local.get $b1))
+        (v128.store offset=64 (local.get $q) (local.get $a2))
+        (v128.store offset=80 (local.get $q) (local.get $b2))
+        (v128.store offset=96 (local.get $q) (local.get $a3))
+        (v128.store offset=112 (local.get $q) (local.get $b3))
+        (local.set $p (i32.add (local.get $p) (i32.const 16)))
+        (local.set $q (i32.add (local.get $q) (i32.const 128)))
+        (local.set $c (i32.add (local.get $c) (i32.const 4)))
+        (br $cloop)))
+      ;; the last cols % 4 columns, one value at a time
+      (block $tdone (loop $tloop
+        (br_if $tdone (i32.ge_u (local.get $c) (local.get $cols)))
+        (local.set $sc (if (result f32) (local.get $scale)
+          (then (f32.load (i32.add (local.get $scale) (i32.shl (local.get $c) (i32.const 2)))))
+          (else (f32.const 1))))
+        (local.set $k (i32.const 0))
+        (block $kdone (loop $kloop
+          (br_if $kdone (i32.ge_u (local.get $k) (i32.const 8)))
+          (f32.store (i32.add (local.get $q) (i32.shl (local.get $k) (i32.const 2)))
+                     (f32.mul (f32.load (i32.add (local.get $p) (i32.mul (local.get $k) (local.get $ld)))) (local.get $sc)))
+          (local.set $k (i32.add (local.get $k) (i32.const 1)))
+          (br $kloop)))
+        (local.set $p (i32.add (local.get $p) (i32.const 4)))
+        (local.set $q (i32.add (local.get $q) (i32.const 32)))
+        (local.set $c (i32.add (local.get $c) (i32.const 1)))
+        (br $tloop)))
+      (local.set $r (i32.add (local.get $r) (i32.const 8)))
+      (br $rloop))))
 )

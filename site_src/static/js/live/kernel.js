@@ -25,6 +25,7 @@ let sgemm = null;            // (a, b, c, m, k, n) byte offsets, m % 4 == 0, n %
 let expsum = null;           // (x, rows, cols, ld, m, out) byte offsets, cols % 4 == 0
 let rowmax = null;           // (x, rows, cols, ld, out) byte offsets, cols % 4 == 0
 let q41 = null;              // (src, blocks, dst) byte offsets
+let pack = null;             // (src, rows, cols, dst, scale) byte offsets, rows % 8 == 0
 let memory = null;
 const live = new Set();      // blocks [start, end) in floats, held by live Weights
 let top = 0;                 // first free float past every live block
@@ -49,6 +50,7 @@ export function initKernel() {
       expsum = instance.exports.expsum;
       rowmax = instance.exports.rowmax;
       q41 = instance.exports.q4_1;
+      pack = instance.exports.pack;
       memory = instance.exports.memory;
       return {kernel: "kernel-sgemm.wasm (WebAssembly SIMD, 4×8 blocks, one thread)", simd: true};
     })();
@@ -92,15 +94,16 @@ export class Weight {
     this.in = inDim;
     this.ld = Math.ceil(out / 8) * 8;                         // columns of Wᵀ, padded
     this.block = alloc(inDim * this.ld);
-    const F = new Float32Array(memory.buffer, this.block.start * FLOAT, inDim * this.ld);
-    if (this.ld !== out) F.fill(0);
-    // Wᵀ[i, o] = W[o, i]·s[i], packed in 8-column panels: panel o/8 is [in, 8] contiguous,
-    // at float (o/8)·in·8 + i·8 + o%8 (the layout kernel-sgemm.wat reads; see there why)
-    for (let o = 0; o < out; o++) {
-      const row = o * inDim, at = (o >> 3) * inDim * 8 + (o & 7);
-      if (inScale) for (let i = 0; i < inDim; i++) F[at + i * 8] = w[row + i] * inScale[i];
-      else for (let i = 0; i < inDim; i++) F[at + i * 8] = w[row + i];
-    }
+    // W, zero-padded to ld rows, and the scale go past every live block (this one included);
+    // kernel-sgemm.wat's pack writes Wᵀ[i, o] = W[o, i]·s[i] into the block, in 8-column
+    // panels: panel o/8 is [in, 8] contiguous, at float (o/8)·in·8 + i·8 + o%8 (see there why)
+    const src = top, scale = src + this.ld * inDim;
+    ensure(scale + (inScale ? inDim : 0));
+    const F = new Float32Array(memory.buffer);
+    F.set(w, src);
+    if (this.ld !== out) F.fill(0, src + out * inDim, src + this.ld * inDim);
+    if (inScale) F.set(inScale, scale);
+    pack(src * FLOAT, this.ld, inDim, this.block.start * FLOAT, inScale ? scale * FLOAT : 0);
     spentMs += performance.now() - t0;
   }
 
