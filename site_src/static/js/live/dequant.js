@@ -61,9 +61,8 @@ export function dequantizeInto(type, bytes, out) {
  * transformers' _reverse_permute_weights on a row-major (out, in) matrix: the GGUF's rows,
  * viewed as [head, dim, 2], are reordered to [head, 2, dim] (numpy: reshape, swapaxes(2, 1)).
  */
-export function unpermuteRows(w, rows, cols, nHead) {
+export function unpermuteRows(w, rows, cols, nHead, out = new Float32Array(w.length)) {
   const dim = rows / nHead / 2;
-  const out = new Float32Array(w.length);
   for (let h = 0; h < nHead; h++) {
     for (let a = 0; a < 2; a++) {
       for (let i = 0; i < dim; i++) {
@@ -80,13 +79,19 @@ export function unpermuteRows(w, rows, cols, nHead) {
  * One manifest tensor entry -> Float32Array, row-major [out, in] (PyTorch Linear layout).
  * fast: optional (type, bytes, out) -> true when it dequantized them itself, bit for bit as
  * dequantizeInto (the worker passes kernel.js's WebAssembly Q4_1; node tests use this file alone).
+ * into: optional {w, perm} Float32Arrays of the tensor's size to write into instead of fresh
+ * ones (a fresh 14 MB of weights per layer costs page faults and garbage); perm is used, and
+ * returned, for q/k rows that need un-permuting.
  */
-export function dequantizeTensor(entry, stream, fast = null) {
+export function dequantizeTensor(entry, stream, fast = null, into = null) {
   const n = entry.shape.reduce((a, b) => a * b, 1);
   const bytes = stream.subarray(entry.offset, entry.offset + entry.bytes);
   if (bytes.byteLength !== entry.bytes) throw new Error(`tensor ${entry.name} runs past the end of the weights`);
-  let w = new Float32Array(n);
+  let w = into && into.w.length === n ? into.w : new Float32Array(n);
   if (!(fast && fast(entry.type, bytes, w))) dequantizeInto(entry.type, bytes, w);
-  if (entry.permute_heads) w = unpermuteRows(w, entry.shape[0], entry.shape[1], entry.permute_heads);
+  if (entry.permute_heads) {
+    w = unpermuteRows(w, entry.shape[0], entry.shape[1], entry.permute_heads,
+                      into && into.perm && into.perm.length === n ? into.perm : undefined);
+  }
   return w;
 }

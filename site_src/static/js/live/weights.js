@@ -175,27 +175,44 @@ export class LiveModel {
     this.stream = stream;
     this.base = base;
     this.byName = new Map(manifest.tensors.map((t) => [t.name, t]));
+    this.reused = new Map();   // layer tensor suffix -> {w, perm}: see layerTensors()
   }
 
-  tensor(name) {
+  tensor(name, into = null) {
     const t = this.byName.get(name);
     if (!t) throw new LoadError(`The model has no tensor ${name}.`);
-    return dequantizeTensor(t, this.stream, dequantizeFast);
+    return dequantizeTensor(t, this.stream, dequantizeFast, into);
   }
 
-  /** Layer i's float32 weights, row-major [out, in] as PyTorch's Linear weights (engine.js names). */
+  /** A layer tensor written into arrays kept for the same tensor of the next layer. */
+  layerTensor(i, suffix) {
+    const t = this.byName.get(`model.layers.${i}.${suffix}`);
+    const n = t ? t.shape.reduce((a, b) => a * b, 1) : 0;
+    let into = this.reused.get(suffix);
+    if (!into || into.w.length !== n) {
+      into = {w: new Float32Array(n), perm: t && t.permute_heads ? new Float32Array(n) : null};
+      this.reused.set(suffix, into);
+    }
+    return this.tensor(`model.layers.${i}.${suffix}`, into);
+  }
+
+  /**
+   * Layer i's float32 weights, row-major [out, in] as PyTorch's Linear weights (engine.js names).
+   * The arrays are reused for every layer: valid until the next layerTensors() call. The engine
+   * asks for layer l + 1 only once it is done with layer l, and keeps none of them.
+   */
   layerTensors(i) {
-    const p = `model.layers.${i}.`;
+    const t = (suffix) => this.layerTensor(i, suffix);
     return {
-      inputNorm: this.tensor(p + "input_layernorm.weight"),            // (d,)
-      postNorm: this.tensor(p + "post_attention_layernorm.weight"),     // (d,)
-      q: this.tensor(p + "self_attn.q_proj.weight"),                   // (H·dh, d)
-      k: this.tensor(p + "self_attn.k_proj.weight"),                   // (Hkv·dh, d)
-      v: this.tensor(p + "self_attn.v_proj.weight"),                   // (Hkv·dh, d)
-      o: this.tensor(p + "self_attn.o_proj.weight"),                   // (d, H·dh)
-      gate: this.tensor(p + "mlp.gate_proj.weight"),                   // (d_mlp, d)
-      up: this.tensor(p + "mlp.up_proj.weight"),                       // (d_mlp, d)
-      down: this.tensor(p + "mlp.down_proj.weight"),                   // (d, d_mlp)
+      inputNorm: t("input_layernorm.weight"),            // (d,)
+      postNorm: t("post_attention_layernorm.weight"),     // (d,)
+      q: t("self_attn.q_proj.weight"),                   // (H·dh, d)
+      k: t("self_attn.k_proj.weight"),                   // (Hkv·dh, d)
+      v: t("self_attn.v_proj.weight"),                   // (Hkv·dh, d)
+      o: t("self_attn.o_proj.weight"),                   // (d, H·dh)
+      gate: t("mlp.gate_proj.weight"),                   // (d_mlp, d)
+      up: t("mlp.up_proj.weight"),                       // (d_mlp, d)
+      down: t("mlp.down_proj.weight"),                   // (d, d_mlp)
     };
   }
 }
