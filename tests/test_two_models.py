@@ -274,3 +274,28 @@ def test_serve_refuses_to_rebuild_with_other_models(two_model_site, two_models, 
     r = CliRunner().invoke(main, ["serve", "--prompts", str(cfg.prompts), "--out", str(site), "--cache-dir",
                                   cfg.cache, "--no-live", "--models", two_models[0], "--port", "1"])
     assert r.exit_code == 1 and "--models " + ",".join(two_models) in r.output, r.output
+
+
+def test_pages_credit_each_model_and_link_its_terms(two_model_site, tmp_path):
+    """A model with a credit line and terms (as Gemma 3 has: infoflow/model.py OFFLINE_MODELS)
+    is credited, with links to the site's copy of its terms and to their address, in the footer
+    of every page: the index, each prompt page (marked for the model on screen) and compare."""
+    from infoflow.site import render_site
+
+    m = manifest(two_model_site["site"])
+    site, entries = m["site"], m["prompts"]
+    credit = "Gemma 3 270M by Google, provided under and subject to the Gemma Terms of Use"
+    site["models"][1].update(credit=credit, terms="licenses/gemma3-270m-terms.txt",
+                             terms_url="https://ai.google.dev/gemma/terms")
+    render_site(tmp_path, entries, site)
+    key = site["models"][1]["key"]
+    for page, root in [("index.html", ""), ("p/capital.html", "../"), ("c/capital.html", "../")]:
+        html = (tmp_path / page).read_text(encoding="utf-8")
+        block = html[html.index(f'data-model="{key}"', html.index("site-footer")):]
+        block = block[:block.index("</p>")]
+        assert credit in block, page
+        assert f'href="{root}licenses/gemma3-270m-terms.txt"' in block, page
+        assert 'href="https://ai.google.dev/gemma/terms"' in block, page
+    # the other model has no credit line of its own
+    html = (tmp_path / "p/capital.html").read_text(encoding="utf-8")
+    assert html.count("Gemma Terms of Use") == 1
