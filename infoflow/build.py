@@ -19,7 +19,7 @@ from .config import SiteConfig
 from .datafile import (SCHEMA, DataFileError, content_hash, encode, heads_page_bytes, heads_path, pack_entry,
                        page_bytes, summarize, thumbnail_norms, unpack_entry)
 from .files import atomic_write
-from .gallery_models import gallery_models, model_label, model_slug, tokenization_differences
+from .gallery_models import gallery_models, has_chat_template, model_label, model_slug, tokenization_differences
 from .licenses import write_licenses
 from .model import ModelError, cache_dir, fingerprint
 from .prompts import Prompt, PromptError, load_prompts, span_groups
@@ -33,12 +33,14 @@ class BuildSummary:
     computed: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # a chat prompt on a model without a template
     model_loaded: bool = False
     seconds: float = 0.0
     sizes: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
-        return (f"{len(self.computed)} computed, {len(self.reused)} reused, {len(self.failed)} failed "
+        skipped = f", {len(self.skipped)} skipped" if self.skipped else ""
+        return (f"{len(self.computed)} computed, {len(self.reused)} reused, {len(self.failed)} failed{skipped} "
                 f"in {self.seconds:.1f} s; model {'loaded' if self.model_loaded else 'not loaded'}")
 
 
@@ -184,8 +186,13 @@ def _compute_all(cfg: SiteConfig, model: str, models: list[str], selected: list[
     name = (lambda pid: pid) if model == models[0] else (lambda pid: f"{pid} ({model_slug(model)})")
     # A hub model that is not downloaded has no fingerprint until it is loaded.
     model_fp = fingerprint(model, cfg.cache)
+    chat = has_chat_template(model, cfg.cache) if len(models) > 1 else None
     bar = _progress(selected, progress)
     for p in bar:
+        if p.chat and chat is False:           # a base model: its page shows the other models
+            summary.skipped.append((name(p.id), f"{name(p.id)}: {model_slug(model)} has no chat template, "
+                                    "so this chat prompt is shown on the other models only"))
+            continue
         doc = read_cached(_entry_path(cfg, p, model_fp)) if model_fp else None
         if doc is None and cached_only:
             summary.failed.append((name(p.id), f"{name(p.id)}: no cached result (was its shard built and merged?)"))

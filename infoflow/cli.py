@@ -170,6 +170,8 @@ def build_cmd(only, keep_going, shard, merge_from, **kwargs):
             summary = build(cfg, only=only, keep_going=keep_going, shard=shard_pair)
     except _errors() as e:
         raise click.ClickException(f"{e}")
+    for pid, msg in summary.skipped:
+        click.echo(f"skipped {msg}")
     for pid, msg in summary.failed:
         click.echo(f"FAILED {msg}", err=True)
     click.echo(f"{'shard ' + shard + ' cached' if shard else f'built {cfg.out}/'}: {summary.line()}")

@@ -68,6 +68,29 @@ def gallery_models(cfg, log=print) -> list[str]:
     return models
 
 
+def has_chat_template(model: str, cache=None) -> bool | None:
+    """Whether a model's tokenizer carries a chat template, read from its folder without loading
+    it (the converted folder of an offline model, or a local folder); None when not known."""
+    import json
+
+    from .model import _is_converted, _offline_target
+
+    if model in OFFLINE_MODELS:
+        folder = _offline_target(model, cache)
+        if not _is_converted(folder):
+            return None
+    elif Path(model).expanduser().is_dir():
+        folder = Path(model).expanduser()
+    else:
+        return None
+    if (folder / "chat_template.jinja").exists() or (folder / "chat_template.json").exists():
+        return True
+    try:
+        return bool(json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, ValueError):
+        return None
+
+
 def model_label(info: dict) -> str:
     """A short name for buttons: "SmolLM2-135M-Instruct", "Gemma 3 270M"."""
     return "Gemma 3 270M" if info.get("id") == GEMMA_MODEL else str(info.get("id", "?")).rsplit("/", 1)[-1]

@@ -299,3 +299,25 @@ def test_pages_credit_each_model_and_link_its_terms(two_model_site, tmp_path):
     # the other model has no credit line of its own
     html = (tmp_path / "p/capital.html").read_text(encoding="utf-8")
     assert html.count("Gemma Terms of Use") == 1
+
+
+def test_chat_prompt_is_skipped_on_a_model_without_a_chat_template(two_models, tmp_path):
+    """Gemma 3 270M's GGUF carries no chat template: a chat prompt is shown on the other model."""
+    from infoflow.gallery_models import has_chat_template
+
+    assert has_chat_template(two_models[0]) is True and has_chat_template(two_models[1]) is False
+    prompts = tmp_path / "p.toml"
+    prompts.write_text(PROMPTS + '\n[[prompt]]\nid = "chat"\ntitle = "Chat"\ntext = "Hi there"\nchat = true\n',
+                       encoding="utf-8")
+    cfg = SiteConfig(prompts=prompts, out=tmp_path / "site", cache=str(tmp_path / "cache"), models=two_models,
+                     live=False)
+    summary = build(cfg, progress=False, log=lambda *a: None)
+    b = model_slug(two_models[1])
+    assert [pid for pid, _ in summary.skipped] == [f"chat ({b})"] and not summary.failed
+    assert "no chat template" in summary.skipped[0][1] and "1 skipped" in summary.line()
+    entry = next(e for e in manifest(tmp_path / "site")["prompts"] if e["id"] == "chat")
+    assert [v["key"] for v in entry["models"]] == [model_slug(two_models[0])] and "compare" not in entry
+    assert not (tmp_path / "site" / "c" / "chat.html").exists()
+    assert 'id="model-switch"' not in (tmp_path / "site" / "p" / "chat.html").read_text(encoding="utf-8")
+    footer = (tmp_path / "site" / "p" / "chat.html").read_text(encoding="utf-8").split("site-footer")[1]
+    assert model_slug(two_models[0]) in footer and b not in footer     # credits only the model it shows
