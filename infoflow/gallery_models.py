@@ -91,9 +91,13 @@ def has_chat_template(model: str, cache=None) -> bool | None:
         return None
 
 
+_LABELS = {DEFAULT_MODEL: "SmolLM2 135M", GEMMA_MODEL: "Gemma 3 270M"}
+
+
 def model_label(info: dict) -> str:
-    """A short name for buttons: "SmolLM2-135M-Instruct", "Gemma 3 270M"."""
-    return "Gemma 3 270M" if info.get("id") == GEMMA_MODEL else str(info.get("id", "?")).rsplit("/", 1)[-1]
+    """A short name for buttons and cards: "SmolLM2 135M", "Gemma 3 270M", a folder's name."""
+    name = str(info.get("id", "?"))
+    return _LABELS.get(name) or Path(name.rstrip("/")).name or name
 
 
 # ----------------------------------------------------------------------------- tokenizations

@@ -120,7 +120,7 @@ class Compare {
     this.sides.forEach((side, i) => {
       const g = this.grids[i];
       g.setTheme(theme);
-      g.setLayout({ emph: "attn", width, height: Math.max(360, Math.min(window.innerHeight - 40, 560)),
+      g.setLayout({ emph: "attn", width, height: Math.max(320, Math.min(window.innerHeight * 0.55, 520)),
         dpr: window.devicePixelRatio || 1 });
       g.setData(gridData(side, slots, s, theme, dark));
       g.flush();
