@@ -19,6 +19,7 @@ from .config import SiteConfig
 from .datafile import (SCHEMA, DataFileError, content_hash, encode, heads_page_bytes, heads_path, pack_entry,
                        page_bytes, summarize, thumbnail_norms, unpack_entry)
 from .files import atomic_write
+from .gallery_models import gallery_models, has_chat_template, model_label, model_slug, tokenization_differences
 from .licenses import write_licenses
 from .model import ModelError, cache_dir, fingerprint
 from .prompts import Prompt, PromptError, load_prompts, span_groups
@@ -32,12 +33,14 @@ class BuildSummary:
     computed: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # a chat prompt on a model without a template
     model_loaded: bool = False
     seconds: float = 0.0
     sizes: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
-        return (f"{len(self.computed)} computed, {len(self.reused)} reused, {len(self.failed)} failed "
+        skipped = f", {len(self.skipped)} skipped" if self.skipped else ""
+        return (f"{len(self.computed)} computed, {len(self.reused)} reused, {len(self.failed)} failed{skipped} "
                 f"in {self.seconds:.1f} s; model {'loaded' if self.model_loaded else 'not loaded'}")
 
 
@@ -119,32 +122,42 @@ def select(prompts: list[Prompt], only: tuple[str, ...], shard: tuple[int, int] 
 def build(cfg: SiteConfig, *, only: tuple[str, ...] = (), keep_going: bool = False,
           shard: tuple[int, int] | None = None, cached_only: bool = False, progress: bool = True,
           log=print) -> BuildSummary:
-    """Compute what the cache lacks, then replace cfg.out with the new site.
+    """Compute what the cache lacks, on each of the gallery's models, then replace cfg.out with
+    the new site.
 
-    shard=(i, n): compute share i of n into the cache and write no site.
-    cached_only: assemble from the cache alone (merge), computing nothing.
-    Every failure is a PromptError, BuildError, ModelError or SiteDirError whose message says
-    what to do; the previous site is untouched by all of them.
+    shard=(i, n): compute share i of n of the prompts (on every model) into the cache and write
+    no site. cached_only: assemble from the cache alone (merge), computing nothing.
+    Every failure is a PromptError, BuildError, ModelError, ConfigError or SiteDirError whose
+    message says what to do; the previous site is untouched by all of them.
     """
     t0 = time.perf_counter()
     prompts = load_prompts(cfg.prompts)            # PromptError: nothing touched yet
     selected = select(prompts, only, shard, cfg.prompts)
+    models = gallery_models(cfg, log)
+    summary = BuildSummary()
     try:
         if shard:
-            summary = _compute_all(cfg, selected, keep_going, cached_only, progress)[1]
+            for model in models:
+                _compute_all(cfg, model, models, selected, keep_going, cached_only, progress, summary)
+            _refuse_missing(cached_only, summary)
         else:
             out = resolve_out(cfg.out)
             check_replaceable(out)                 # refuse before computing anything
             with locked(out, log):
-                docs, summary = _compute_all(cfg, selected, keep_going, cached_only, progress)
-                model_fp = fingerprint(cfg.model, cfg.cache)
-                if only and model_fp:              # the other prompts come from the cache
-                    for p in prompts:
-                        if p.id not in docs and (doc := read_cached(_entry_path(cfg, p, model_fp))):
-                            docs[p.id] = doc
+                docs = {}                          # model -> {prompt id: document}
+                for model in models:
+                    docs[model] = _compute_all(cfg, model, models, selected, keep_going, cached_only,
+                                               progress, summary)
+                    model_fp = fingerprint(model, cfg.cache)
+                    if only and model_fp:          # the other prompts come from the cache
+                        for p in prompts:
+                            if p.id not in docs[model] and (doc := read_cached(_entry_path(cfg, p, model_fp))):
+                                docs[model][p.id] = doc
+                _refuse_missing(cached_only, summary)
                 recover(out)
                 check_replaceable(out)
-                _write_site(cfg, out, [p for p in prompts if p.id in docs], docs, summary)
+                have = [p for p in prompts if any(p.id in d for d in docs.values())]
+                _write_site(cfg, out, models, have, docs, summary)
     except OSError as e:
         where = e.filename or cfg.out
         raise BuildError(f"could not write {where}: {e.strerror or e}. The previous site is untouched; "
@@ -153,38 +166,53 @@ def build(cfg: SiteConfig, *, only: tuple[str, ...] = (), keep_going: bool = Fal
     return summary
 
 
+def _refuse_missing(cached_only: bool, summary: BuildSummary) -> None:
+    if cached_only and summary.failed:
+        raise BuildError("cannot assemble the site; missing results: "
+                         + ", ".join(pid for pid, _ in summary.failed))
+
+
 def _entry_path(cfg: SiteConfig, p: Prompt, model_fingerprint: str) -> Path:
     return cache_dir(cfg.cache) / "results" / f"{result_key(model_fingerprint, p, cfg)}.msgpack"
 
 
-def _compute_all(cfg: SiteConfig, selected: list[Prompt], keep_going: bool, cached_only: bool,
-                 progress: bool) -> tuple[dict[str, dict], BuildSummary]:
-    """{prompt id: document} for `selected`, from the cache or computed into it."""
+def _compute_all(cfg: SiteConfig, model: str, models: list[str], selected: list[Prompt], keep_going: bool,
+                 cached_only: bool, progress: bool, summary: BuildSummary) -> dict[str, dict]:
+    """{prompt id: document} for `selected` on `model`, from the cache or computed into it.
+    The summary names a prompt by its id on the primary model, as "id (model)" on the others."""
     from .decompose import InputError, get_model
 
-    summary, docs, lm = BuildSummary(), {}, None
+    docs, lm = {}, None
+    name = (lambda pid: pid) if model == models[0] else (lambda pid: f"{pid} ({model_slug(model)})")
     # A hub model that is not downloaded has no fingerprint until it is loaded.
-    model_fp = fingerprint(cfg.model, cfg.cache)
+    model_fp = fingerprint(model, cfg.cache)
+    chat = has_chat_template(model, cfg.cache) if len(models) > 1 else None
     bar = _progress(selected, progress)
     for p in bar:
+        if p.chat and chat is False:           # a base model: its page shows the other models
+            summary.skipped.append((name(p.id), f"{name(p.id)}: {model_slug(model)} has no chat template, "
+                                    "so this chat prompt is shown on the other models only"))
+            continue
         doc = read_cached(_entry_path(cfg, p, model_fp)) if model_fp else None
         if doc is None and cached_only:
-            summary.failed.append((p.id, f"{p.id}: no cached result (was its shard built and merged?)"))
+            summary.failed.append((name(p.id), f"{name(p.id)}: no cached result (was its shard built and merged?)"))
             continue
         if doc is not None:
-            summary.reused.append(p.id)
+            summary.reused.append(name(p.id))
             docs[p.id] = doc
             continue
         try:
             if lm is None:
-                bar.set_description("loading model")
-                lm = get_model(cfg.model, dtype=cfg.dtype, device=cfg.device, cache=cfg.cache)
+                bar.set_description(f"loading {model_slug(model)}")
+                lm = get_model(model, dtype=cfg.dtype, device=cfg.device, cache=cfg.cache)
                 summary.model_loaded, model_fp = True, lm.info["fingerprint"]
-            bar.set_description(p.id)
+            bar.set_description(name(p.id))
             body = compute(p, lm, cfg)
         except (InputError, ValueError, RuntimeError) as e:
             where = f"{cfg.prompts}, prompt {p.id!r}" + (f" (line {p.line})" if p.line else "")
-            summary.failed.append((p.id, f"{where}: {e}"))
+            if len(models) > 1:
+                where += f" on {model_slug(model)}"
+            summary.failed.append((name(p.id), f"{where}: {e}"))
             if not keep_going:
                 raise BuildError(f"{where}: {e}\nFix or remove that prompt, or pass --keep-going "
                                  "to build the others. The previous site is untouched.") from e
@@ -192,11 +220,8 @@ def _compute_all(cfg: SiteConfig, selected: list[Prompt], keep_going: bool, cach
         path = _entry_path(cfg, p, model_fp)
         write_cached(path, body)
         docs[p.id] = unpack_entry(path.read_bytes(), path.stem)
-        summary.computed.append(p.id)
-    if cached_only and summary.failed:
-        raise BuildError("cannot assemble the site; missing results: "
-                         + ", ".join(pid for pid, _ in summary.failed))
-    return docs, summary
+        summary.computed.append(name(p.id))
+    return docs
 
 
 def merge_shards(shard_caches: list[Path], cfg: SiteConfig, **kwargs) -> BuildSummary:
@@ -216,42 +241,42 @@ def _progress(items, enabled: bool):
     return tqdm(items, unit="prompt", disable=not enabled, dynamic_ncols=True)
 
 
-def _write_site(cfg: SiteConfig, out: Path, prompts: list[Prompt], docs: dict[str, dict],
-                summary: BuildSummary) -> None:
+def _write_site(cfg: SiteConfig, out: Path, models: list[str], prompts: list[Prompt],
+                docs: dict[str, dict[str, dict]], summary: BuildSummary) -> None:
     """Write the site into a staging folder, then swap it in place of `out`."""
     staging = new_staging(out)
     try:
         (staging / "data").mkdir()
         (staging / "thumbs").mkdir()
         colours = palette()
-        entries, models, built = [], {}, []
+        entries, infos, built = [], {}, []
         for p in prompts:
-            body, when = page_bytes(docs[p.id], p.meta())
-            built.append(when)
-            name = f"{p.id}.{content_hash(body)}.msgpack"
-            (staging / "data" / name).write_bytes(body)
-            summary.sizes[p.id] = len(body)
-            heads = heads_page_bytes(docs[p.id], name)         # fetched only when a head view opens
-            if heads is not None:
-                heads_path(staging / "data" / name).parent.mkdir(exist_ok=True)
-                heads_path(staging / "data" / name).write_bytes(heads)
-            png = thumbnail_png(thumbnail_norms(docs[p.id]), colours)
-            thumb = f"{p.id}.{content_hash(png)}.png"
-            (staging / "thumbs" / thumb).write_bytes(png)
-            entries.append({**p.meta(), **summarize(docs[p.id]),
-                            "page": f"p/{p.id}.html", "data": f"data/{name}", "thumb": f"thumbs/{thumb}",
-                            "heads": heads_path(f"data/{name}").as_posix() if heads is not None else ""})
-            models[docs[p.id]["model"]["fingerprint"]] = docs[p.id]["model"]
-        write_licenses(staging, list(models.values()))   # model["terms"]: the copy in the site
+            views = []
+            for model in models:
+                if p.id not in docs[model]:
+                    continue
+                doc = docs[model][p.id]
+                view, when = _write_prompt_files(staging, p, doc, model_slug(model), model == models[0],
+                                                 colours, summary)
+                built.append(when)
+                views.append(view)
+                infos.setdefault(model, {**doc["model"], "key": model_slug(model), "label": model_label(doc["model"])})
+            entry = {**p.meta(), **views[0], "page": f"p/{p.id}.html", "models": views}
+            if len(views) > 1:
+                entry["compare"] = f"c/{p.id}.html"
+                entry["tokenization"] = _tokenization_notes(p, [docs[m][p.id] for m in models if p.id in docs[m]], views)
+            entries.append(entry)
+        site_models = [infos[m] for m in models if m in infos]
+        write_licenses(staging, site_models)   # model["terms"]: the copy in the site
         site = {"title": "infoflow gallery", "version": __version__,
-                "built": max(built) if built else "", "models": list(models.values()),
-                "model": next(iter(models.values()), {})}
+                "built": max(built) if built else "", "models": site_models,
+                "model": site_models[0] if site_models else {}}
         manifest = {"schema": SCHEMA, "site": site, "prompts": entries}
         (staging / "data" / "manifest.json").write_text(
             json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
         if cfg.live:
             from .live import export_live_model
-            site["live"] = export_live_model(staging, site, model=cfg.model, cache=cfg.cache)
+            site["live"] = export_live_model(staging, site, model=cfg.model or models[0], cache=cfg.cache)
         render_site(staging, entries, site)
         write_marker(staging, site_identity(cfg))
     except BaseException:
@@ -259,6 +284,47 @@ def _write_site(cfg: SiteConfig, out: Path, prompts: list[Prompt], docs: dict[st
         shutil.rmtree(staging, ignore_errors=True)
         raise
     swap(staging, out)
+
+
+def _write_prompt_files(staging: Path, p: Prompt, doc: dict, key: str, primary: bool, colours,
+                        summary: BuildSummary) -> tuple[dict, str]:
+    """One model's data file, heads file and thumbnail of a prompt: the primary model's at
+    data/<id>.<hash>.msgpack as always, another's under data/<key>/.
+    -> (what the index and the page need of it, when it was computed)"""
+    slug = None if primary else key
+    body, when = page_bytes(doc, p.meta())
+    data_dir, thumb_dir = staging / "data", staging / "thumbs"
+    if slug:
+        data_dir, thumb_dir = data_dir / slug, thumb_dir / slug
+        data_dir.mkdir(exist_ok=True)
+        thumb_dir.mkdir(exist_ok=True)
+    name = f"{p.id}.{content_hash(body)}.msgpack"
+    (data_dir / name).write_bytes(body)
+    summary.sizes[p.id if not slug else f"{p.id} ({slug})"] = len(body)
+    heads = heads_page_bytes(doc, name)                  # fetched only when a head view opens
+    if heads is not None:
+        heads_path(data_dir / name).parent.mkdir(exist_ok=True)
+        heads_path(data_dir / name).write_bytes(heads)
+    png = thumbnail_png(thumbnail_norms(doc), colours)
+    thumb = f"{p.id}.{content_hash(png)}.png"
+    (thumb_dir / thumb).write_bytes(png)
+    rel = lambda folder, f: f"{folder}/{slug}/{f}" if slug else f"{folder}/{f}"  # noqa: E731
+    return {**summarize(doc), "key": key, "label": model_label(doc["model"]),
+            "layers": doc["layers"],
+            "data": rel("data", name), "thumb": rel("thumbs", thumb),
+            "heads": heads_path(rel("data", name)).as_posix() if heads is not None else ""}, when
+
+
+def _tokenization_notes(p: Prompt, model_docs: list[dict], views: list[dict]) -> list[dict]:
+    """Where each other model tokenizes the prompt differently from the first one."""
+    notes = []
+    base = model_docs[0]
+    for doc, view in zip(model_docs[1:], views[1:]):
+        diff = tokenization_differences(base["tokens"], doc["tokens"], p.text)
+        notes.append({"a": views[0]["key"], "b": view["key"], "a_label": model_label(base["model"]),
+                      "b_label": model_label(doc["model"]), "n_a": base["positions"], "n_b": doc["positions"],
+                      "diff": diff})
+    return notes
 
 
 # ----------------------------------------------------------------------------- staleness
@@ -270,11 +336,16 @@ def site_identity(cfg: SiteConfig) -> dict:
 
 
 def inputs_digest(cfg: SiteConfig) -> str | None:
-    """sha256 over the prompts file, the model, the engine and the site sources: equal digests
-    make equal sites. None when the model's fingerprint is not known without loading it."""
-    fp = fingerprint(cfg.model, cfg.cache, convert=False)
-    if fp is None:
+    """sha256 over the prompts file, the models, the engine and the site sources: equal digests
+    make equal sites. None when a model's fingerprint is not known without loading it."""
+    try:
+        models = gallery_models(cfg, log=lambda *a: None)
+    except ValueError:                       # a bad `models` in the prompts file: build says so
         return None
+    fps = [fingerprint(m, cfg.cache, convert=False) for m in models]
+    if None in fps:
+        return None
+    fp = fps[0] if len(fps) == 1 else fps
     h = hashlib.sha256(json.dumps([fp, cfg.identity(), ENGINE_VERSION, SCHEMA, __version__]).encode())
     try:
         h.update(Path(cfg.prompts).read_bytes())

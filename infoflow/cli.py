@@ -130,12 +130,14 @@ def _rebuild(cfg: SiteConfig) -> None:
 
     marker = read_marker(resolve_out(cfg.out))
     if marker:
-        built_with = marker.get("config", {})
-        differ = [k for k in ("model", "dtype", "max_tokens", "live") if built_with.get(k) != cfg.identity()[k]]
+        built_with = {"models": [], **marker.get("config", {})}     # sites from before --models
+        shown = lambda k, v: ",".join(v) or "(default)" if k == "models" else v  # noqa: E731
+        differ = [k for k in ("model", "models", "dtype", "max_tokens", "live") if built_with.get(k) != cfg.identity()[k]]
         if differ:
             raise click.ClickException(
-                f"{cfg.out} was built with " + ", ".join(f"--{k.replace('_', '-')} {built_with.get(k)}" for k in differ)
-                + "; this command would rebuild it with " + ", ".join(f"{cfg.identity()[k]}" for k in differ)
+                f"{cfg.out} was built with " + ", ".join(f"--{k.replace('_', '-')} {shown(k, built_with.get(k))}"
+                                                        for k in differ)
+                + "; this command would rebuild it with " + ", ".join(f"{shown(k, cfg.identity()[k])}" for k in differ)
                 + ". Pass the same options as the build (or --no-build).")
     click.echo(build(cfg).line())
 
@@ -168,6 +170,8 @@ def build_cmd(only, keep_going, shard, merge_from, **kwargs):
             summary = build(cfg, only=only, keep_going=keep_going, shard=shard_pair)
     except _errors() as e:
         raise click.ClickException(f"{e}")
+    for pid, msg in summary.skipped:
+        click.echo(f"skipped {msg}")
     for pid, msg in summary.failed:
         click.echo(f"FAILED {msg}", err=True)
     click.echo(f"{'shard ' + shard + ' cached' if shard else f'built {cfg.out}/'}: {summary.line()}")

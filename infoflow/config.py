@@ -31,10 +31,12 @@ class SiteConfig:
     max_tokens: int = DEFAULT_MAX_TOKENS
     top_k: int = 5
     live: bool = True                 # export the model for the in-browser page (live/)
+    models: tuple[str, ...] = ()      # the gallery's models; () : see gallery_models()
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", Path(self.prompts))
         object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "models", tuple(self.models or ()))
 
     def check(self) -> "SiteConfig":
         """Refuse an output folder that a build must never replace; return self."""
@@ -43,15 +45,36 @@ class SiteConfig:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPE_NAMES)}, not {self.dtype!r}.")
         if self.max_tokens < 1:
             raise ConfigError(f"--max-tokens must be at least 1, not {self.max_tokens}.")
+        check_models(self.models, "--models")
+        if self.model and self.models:
+            raise ConfigError(f"--model {self.model} and --models {','.join(self.models)}: pass one of them "
+                              "(--model builds a one-model gallery, --models names every model of the gallery).")
         return self
 
     def identity(self) -> dict:
         """What decides the site's content (recorded in the site, compared by serve and publish)."""
-        return {"model": self.model, "dtype": self.dtype, "max_tokens": self.max_tokens,
-                "top_k": self.top_k, "prompts": str(self.prompts), "live": self.live}
+        return {"model": self.model, "models": list(self.models), "dtype": self.dtype,
+                "max_tokens": self.max_tokens, "top_k": self.top_k, "prompts": str(self.prompts),
+                "live": self.live}
 
     def as_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+def check_models(models, where: str) -> None:
+    """Refuse an empty name or a model named twice (where: the option or file that named them)."""
+    from .gallery_models import model_slug
+
+    seen = {}
+    for name in models:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{where}: a model name is empty; name each model once, e.g. "
+                              "SmolLM2-135M-Instruct,gemma3-270m.")
+        slug = model_slug(name)
+        if slug in seen:
+            raise ConfigError(f"{where}: {seen[slug]!r} and {name!r} are the same model (or share the URL "
+                              f"name {slug!r}); name each model once.")
+        seen[slug] = name
 
 
 def check_out_dir(out: Path, prompts: Path) -> None:
@@ -110,6 +133,9 @@ def site_options(f):
         model_options,
         click.option("--max-tokens", default=DEFAULT_MAX_TOKENS, show_default=True, type=int,
                      help="Refuse prompts longer than this."),
+        click.option("--models", default=None, metavar="A,B",
+                     help="The gallery's models, comma-separated, the first one's pages at the old URLs "
+                          "[default: the prompts file's `models`, else every offline model installed]."),
         click.option("--live/--no-live", default=True, show_default=True,
                      help="Export the default model for the in-browser page (live/), ~97 MB."),
     ])
@@ -118,4 +144,6 @@ def site_options(f):
 def config_from_options(kwargs: dict) -> SiteConfig:
     """Pop the site_options out of a command's kwargs and make the validated config."""
     names = ("prompts", "out", "model", "dtype", "device", "cache", "max_tokens", "live")
-    return SiteConfig(**{n: kwargs.pop(n) for n in names}).check()
+    models = kwargs.pop("models", None)
+    models = tuple(m.strip() for m in models.split(",")) if models is not None else ()
+    return SiteConfig(**{n: kwargs.pop(n) for n in names}, models=models).check()

@@ -77,10 +77,11 @@ def parse_prompts(source: str, name: str = "<prompts>") -> list[Prompt]:
     except tomllib.TOMLDecodeError as e:
         raise PromptError(f"{name}: malformed TOML: {e}. Fix the syntax at that line.") from e
     entries = doc.get("prompt", [])
-    unknown = set(doc) - {"prompt"}
+    unknown = set(doc) - {"prompt", "models"}
     if unknown:
         raise PromptError(f"{name}: unknown top-level key(s) {sorted(unknown)}; "
-                          "every prompt is a [[prompt]] table.")
+                          "every prompt is a [[prompt]] table (and `models = [...]` names the gallery's models).")
+    _check_models(doc.get("models", []), name)
     if not isinstance(entries, list):
         raise PromptError(f"{name}: `prompt` must be an array of tables: write each entry as [[prompt]].")
     lines = _entry_lines(source)
@@ -99,6 +100,22 @@ def parse_prompts(source: str, name: str = "<prompts>") -> list[Prompt]:
             raise PromptError(f"{where}: the same text as entry {seen_texts[key]}. Remove one of them.")
         seen_texts[key] = i + 1
     return prompts
+
+
+def _check_models(models, name: str) -> None:
+    if not isinstance(models, list) or not all(isinstance(m, str) and m.strip() for m in models):
+        raise PromptError(f"{name}: `models` must be a list of model names, e.g. "
+                          'models = ["SmolLM2-135M-Instruct", "gemma3-270m"].')
+
+
+def load_models(path: str | Path) -> tuple[str, ...]:
+    """The `models = [...]` a prompts file names (validated), or () when it names none."""
+    try:
+        doc = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return ()                      # load_prompts says what is wrong with the file
+    _check_models(doc.get("models", []), str(path))
+    return tuple(m.strip() for m in doc.get("models", []))
 
 
 def _validate(entry, where: str, line: int | None) -> Prompt:

@@ -21,7 +21,8 @@ def environment(src: Path = SITE_SRC) -> jinja2.Environment:
 
 
 def render_site(out: Path, entries: list[dict], site: dict, src: Path = SITE_SRC) -> None:
-    """Write index.html, p/<id>.html and static/ into `out` (data files are already there)."""
+    """Write index.html, p/<id>.html, c/<id>.html (compare the models) and static/ into `out`
+    (data files are already there)."""
     env = environment(src)
     tags = sorted({t for e in entries for t in e["tags"]})
     (out / "index.html").write_text(env.get_template("index.html").render(
@@ -32,6 +33,11 @@ def render_site(out: Path, entries: list[dict], site: dict, src: Path = SITE_SRC
         (out / "p" / f"{e['id']}.html").write_text(page.render(
             root="../", site=site, prompt=e, prev=entries[i - 1] if i else None,
             next=entries[i + 1] if i + 1 < len(entries) else None), encoding="utf-8")
+    compare = env.get_template("compare.html")
+    for e in entries:
+        if e.get("compare"):
+            (out / "c").mkdir(exist_ok=True)
+            (out / e["compare"]).write_text(compare.render(root="../", site=site, prompt=e), encoding="utf-8")
     shutil.copytree(src / "static", out / "static", dirs_exist_ok=True)
     (out / ".nojekyll").write_text("")
 

@@ -248,3 +248,8 @@ def test_gemma3_site_carries_credit_and_terms(gemma_model, tmp_path):
     assert model["terms"] == "licenses/gemma3-270m-terms.txt"
     marker = json.loads((tmp_path / "site" / ".infoflow-site.json").read_text())
     assert model["terms"] in marker["files"]
+    for page, root in [("index.html", ""), ("p/tower.html", "../")]:     # every page credits it
+        html = (tmp_path / "site" / page).read_text(encoding="utf-8")
+        footer = html[html.index("site-footer"):]
+        assert model["credit"] in footer and f'href="{root}{model["terms"]}"' in footer
+        assert 'href="https://ai.google.dev/gemma/terms"' in footer

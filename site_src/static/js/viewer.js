@@ -8,6 +8,7 @@
 import { loadData, DataError, METRIC_KEYS } from "./data.js";
 import { Viewer, showError } from "./app.js";
 import { METRICS } from "./state.js";
+import { pickModel, localHash, linkModels } from "./models.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -53,6 +54,12 @@ async function boot(root) {
       + "then open http://127.0.0.1:8000/."));
     return;
   }
+  try {
+    pickModel(root);                    // ?model=<key>: which of the page's models to show
+  } catch (e) {
+    showError(root, new DataError(e.message));
+    return;
+  }
   if (loading) loading.hidden = false;
   // decode first only what the first view shows (the hash may ask for another metric / grouping)
   const q = new URLSearchParams(location.hash.replace(/^#/, ""));
@@ -67,7 +74,11 @@ async function boot(root) {
     return;
   }
   if (loading) loading.hidden = true;
-  await mountViewer(root, D, { id: root.dataset.id, dataUrl: root.dataset.src });
+  const hash = localHash(location.hash, D);   // a link from another model's view: its keys to ours
+  if (hash !== location.hash) history.replaceState(null, "", hash);
+  const id = root.dataset.model ? `${root.dataset.id}-${root.dataset.model}` : root.dataset.id;
+  const viewer = await mountViewer(root, D, { id, dataUrl: root.dataset.src });
+  linkModels(viewer);
 }
 
 const root = $("viewer");
