@@ -1,6 +1,7 @@
 // The live page: a prompt box, a live token count, Run / Cancel, progress, then the viewer.
 // All work happens in worker.js; this module only talks to it and to the DOM (textContent only).
 import { decodeData, DataError } from "../data.js";
+import { decodeHeads } from "../heads.js";
 import { mountResult } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
@@ -13,7 +14,7 @@ let worker = null;
 let countSeq = 0, lastCount = null, countTimer = 0;
 let busy = false;
 let cancelTimer = 0;
-let resultUrl = null;
+let resultUrl = null, headsUrl = null;
 
 const ui = {
   form: $("live-form"), text: $("prompt"), chat: $("chat"), run: $("run"), cancel: $("cancel"),
@@ -57,7 +58,7 @@ function onMessage(m) {
   } else if (m.type === "done") {
     clearTimeout(cancelTimer);
     finish();
-    showResult(m.bytes, m.timings);
+    showResult(m.bytes, m.headsBytes, m.timings);
   } else if (m.type === "error") {
     clearTimeout(cancelTimer);
     finish();
@@ -160,20 +161,27 @@ function cancel() {
   }, 1500);
 }
 
-async function showResult(bytes, timings) {
+const own = (bytes) => (bytes.buffer.byteLength === bytes.byteLength ? bytes.buffer : bytes.slice().buffer);
+
+async function showResult(bytes, headsBytes, timings) {
   let D;
   try {
-    D = await decodeData(bytes.buffer.byteLength === bytes.byteLength ? bytes.buffer : bytes.slice().buffer);
+    D = await decodeData(own(bytes));
+    // the per-head views read D.heads, as gallery pages read their fetched per-head file
+    if (headsBytes) D.heads = await decodeHeads(own(headsBytes), D);
   } catch (e) {
     showError(e instanceof DataError ? e.message : `The result could not be decoded: ${e.message}`);
     return;
   }
-  if (resultUrl) URL.revokeObjectURL(resultUrl);
-  resultUrl = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
-  window.infoflowLive = { bytes, timings, D, dataUrl: resultUrl };
+  for (const url of [resultUrl, headsUrl]) if (url) URL.revokeObjectURL(url);
+  const blob = (b) => URL.createObjectURL(new Blob([b], { type: "application/octet-stream" }));
+  resultUrl = blob(bytes);
+  headsUrl = headsBytes ? blob(headsBytes) : null;
+  window.infoflowLive = { bytes, headsBytes, timings, D, dataUrl: resultUrl, headsUrl };
   ui.result.hidden = false;
   try {
-    await mountResult(ui.result, D, { dataUrl: resultUrl, fileName: "live.msgpack" });
+    await mountResult(ui.result, D, { dataUrl: resultUrl, fileName: "live.msgpack",
+                                      headsUrl, headsFileName: "live.heads.msgpack" });
   } catch (e) {
     showError(`The viewer failed: ${e.message}`);
     return;

@@ -34,15 +34,23 @@ function summary(D) {
   return table;
 }
 
-/** The viewer's "Data file" link gets a file name (a blob: URL has none). */
-function nameDataLink(link, { dataUrl, fileName }) {
+/** The viewer's "Data file" link gets a file name (a blob: URL has none), and a "Heads file"
+ * link beside it: the per-head data is a second file (docs/live-format.md, "Saving a result"). */
+function nameDataLink(link, { dataUrl, fileName, headsUrl, headsFileName }) {
   link.href = dataUrl;
   link.setAttribute("download", fileName);
   link.title = "Download this result as an infoflow data file (infoflow.load reads it)";
+  const old = document.getElementById("download-heads");
+  if (old) old.remove();
+  if (!headsUrl) return;
+  const heads = el("a", { class: "button", id: "download-heads", href: headsUrl, download: headsFileName,
+    title: `The per-head data, for infoflow.load("${fileName}").heads: save it beside ${fileName} as ${headsFileName}` },
+  "Heads file");
+  link.after(heads);
 }
 
 /**
- * Mount the standard viewer on D in `container`. options: {dataUrl, fileName}. The view is
+ * Mount the standard viewer on D in `container`. options: {dataUrl, fileName, headsUrl, headsFileName}. The view is
  * not mirrored in the URL hash (hash: false): the hash holds the prompt (#text=...), which the
  * viewer's state encoder would drop.
  */

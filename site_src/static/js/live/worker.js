@@ -2,7 +2,8 @@
 //
 // Messages in:  {type: "init", manifest}             the manifest URL (fetched now: ~60 KB)
 //               {type: "count", seq, text, chat}     -> {type: "count", seq, n} or {type: "error"}
-//               {type: "run", text, chat, maxTokens} -> progress..., then {type: "done", bytes}
+//               {type: "run", text, chat, maxTokens} -> progress..., then {type: "done", bytes,
+//                                                       headsBytes, timings}
 //               {type: "cancel"}                     -> the run rejects with "cancelled"
 // Messages out: {type: "progress", phase: "download", loaded, total, cached}
 //               {type: "progress", phase: "layers", step, total, label}
@@ -11,6 +12,10 @@
 import { loadModel, LoadError } from "./weights.js";
 import { LiveTokenizer } from "./tokenize.js";
 import { encodeDocument } from "./encode.js";
+import { encodeHeads } from "./encode-heads.js";
+
+/** The names the page gives the two downloads; the per-head file names the main one. */
+export const FILE_NAMES = { main: "live.msgpack", heads: "live.heads.msgpack" };
 
 let manifestUrl = null;
 let manifestP = null;      // Promise of the manifest
@@ -102,7 +107,7 @@ function toResult(res, tok, ids, tokens, variantInfo, live) {
     L, P, k, tokens, token_ids: ids, embed_norm: res.embed_norm, recon_error: res.recon_error,
     logit_error: res.logit_error, pred_ids: res.pred_ids, pred_probs: res.pred_probs,
     pred_logits: res.pred_logits, lens_ids: res.lens_ids, lens_probs: res.lens_probs,
-    token_text, variants, model: live.manifest.model, precision: "float32",
+    token_text, variants, heads: res.heads, model: live.manifest.model, precision: "float32",
     generator: { ...live.manifest.generator, runtime: "browser" },
   };
 }
@@ -140,8 +145,9 @@ async function run({ text, chat, maxTokens }) {
   const result = toResult(res, tok, ids, tokens, variantInfo, live);
   const prompt = { id: "live", title: "Your prompt", text, tags: [], note: null, chat: !!chat };
   const bytes = await encodeDocument(result, prompt);
+  const headsBytes = await encodeHeads(result, FILE_NAMES.main);
   const t3 = performance.now();
-  return { bytes, timings: { load: t1 - t0, engine: t2 - t1, encode: t3 - t2, ...res.timings } };
+  return { bytes, headsBytes, timings: { load: t1 - t0, engine: t2 - t1, encode: t3 - t2, ...res.timings } };
 }
 
 function report(e) {
@@ -163,8 +169,8 @@ self.onmessage = async (ev) => {
       const n = m.text ? tok.encode(m.text, { chat: !!m.chat }).length : 0;
       postMessage({ type: "count", seq: m.seq, n });
     } else if (m.type === "run") {
-      const { bytes, timings } = await run(m);
-      postMessage({ type: "done", bytes, timings }, [bytes.buffer]);
+      const { bytes, headsBytes, timings } = await run(m);
+      postMessage({ type: "done", bytes, headsBytes, timings }, [bytes.buffer, ...(headsBytes ? [headsBytes.buffer] : [])]);
     } else if (m.type === "cancel") {
       if (running) running.abort();
     }
