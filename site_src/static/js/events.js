@@ -151,6 +151,7 @@ function bindWheel(v) {
 
 function bindKeys(v) {
   const canvas = v.grid.canvas;
+  const { signal } = v.lifetime;           // a page that mounts another viewer ends this one's listeners
   document.addEventListener("keydown", (e) => {
     const t = e.target;
     if (t instanceof HTMLInputElement || t instanceof HTMLSelectElement || t instanceof HTMLTextAreaElement) return;
@@ -174,12 +175,13 @@ function bindKeys(v) {
       default: return;
     }
     e.preventDefault();
-  });
+  }, { signal });
 }
 
 function bindWindow(v) {
-  window.addEventListener("popstate", () => v.restoreHash());
-  window.addEventListener("infoflow-theme", () => v.themeChanged());
+  const { signal } = v.lifetime;
+  window.addEventListener("popstate", () => v.restoreHash(), { signal });
+  window.addEventListener("infoflow-theme", () => v.themeChanged(), { signal });
   let resizeTimer = 0;
   const relayout = () => { v.relayoutPending = false; v.fitLayout(); v.grid.commit(); };
   // Debounced; `relayoutPending` keeps the viewer from calling itself idle until it has run.
@@ -188,9 +190,11 @@ function bindWindow(v) {
     v.relayoutPending = true;
     resizeTimer = setTimeout(relayout, 60);
   };
-  new ResizeObserver(schedule).observe($("grid-wrap"));
-  window.addEventListener("resize", schedule);
-  matchMedia(`(resolution: ${window.devicePixelRatio}dppx)`).addEventListener("change", relayout);
+  const observer = new ResizeObserver(schedule);
+  observer.observe($("grid-wrap"));
+  signal.addEventListener("abort", () => { observer.disconnect(); clearTimeout(resizeTimer); });
+  window.addEventListener("resize", schedule, { signal });
+  matchMedia(`(resolution: ${window.devicePixelRatio}dppx)`).addEventListener("change", relayout, { signal });
 }
 
 export function bindEvents(v) {

@@ -131,6 +131,7 @@ function heads(v) {
     return null;
   }
   if (!st.HD) return null;
+  if (v.V.heads) return { HD: st.HD, H: v.V.heads };     // a variant computed with its heads (exact-custom.js)
   const name = v.V.name;
   if (!st.variants.has(name)) {
     st.variants.set(name, null);

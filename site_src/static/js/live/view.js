@@ -50,9 +50,10 @@ function nameDataLink(link, { dataUrl, fileName, headsUrl, headsFileName }) {
 }
 
 /**
- * Mount the standard viewer on D in `container`. options: {dataUrl, fileName, headsUrl, headsFileName}. The view is
- * not mirrored in the URL hash (hash: false): the hash holds the prompt (#text=...), which the
- * viewer's state encoder would drop.
+ * Mount the standard viewer on D in `container`. options: {dataUrl, fileName, headsUrl,
+ * headsFileName, hashPrefix, exactCustom}. The view is mirrored in the URL hash after
+ * `hashPrefix` (the prompt: text=...&chat=1), so a link holds both; exactCustom computes custom
+ * groupings exactly (exact-custom.js). Returns the Viewer (null when it could not mount).
  */
 export async function mountResult(container, D, options) {
   container.replaceChildren(resultBar(D));
@@ -65,7 +66,8 @@ export async function mountResult(container, D, options) {
     mod = null;
   }
   if (mod && typeof mod.mountViewer === "function") {
-    const viewer = await mod.mountViewer(host, D, { id: "live", dataUrl: options.dataUrl, hash: false });
+    const viewer = await mod.mountViewer(host, D, { id: "live", dataUrl: options.dataUrl, hash: true,
+                                                    hashPrefix: options.hashPrefix, exactCustom: options.exactCustom });
     const link = document.getElementById("download-data");
     if (link) nameDataLink(link, options);
     return viewer;
