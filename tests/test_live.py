@@ -633,6 +633,7 @@ def test_custom_groups_are_exact_on_the_live_page(context, live_server, default_
               option: document.querySelector('#grouping option[value=custom]').textContent,
               approx: Array.from(v.D.variants.find((x) => x.name === 'tokens').norm)}; }""")
     assert got["exact"] is True and got["variant"] == "custom" and "exact" in got["option"]
+    assert "exact" in page.text_content("#custom-groups") and "approximate" not in page.text_content("#custom-groups")
     L, G = py.n_layers, len(py.sources)
     assert got["G"] == G
     for key, (a, b) in {"norm": ("attn_norm", "mlp_norm"), "delta": ("attn_delta_norm", "mlp_delta_norm"),

@@ -85,7 +85,9 @@ export function buildSkeleton(root, options = {}) {
   root.append(
     toolbar(options),
     el("div", { class: "custom-groups", id: "custom-groups", hidden: true },
-      el("strong", { text: "Custom groups" }), el("span", { class: "approx", text: " approximate (sum of norms)" }),
+      el("strong", { text: "Custom groups" }), options.exactCustom
+        ? el("span", { text: " exact (each change is computed in your browser)" })
+        : el("span", { class: "approx", text: " approximate (sum of norms)" }),
       el("span", { text: ": shift-click a second token in the strip to select a range, then " }),
       button("group-make", "Group selection"), el("span", { text: " " }), button("group-clear", "Clear groups"),
       el("span", { id: "selection-label" })),

@@ -243,8 +243,8 @@ function render(v, box) {
   const pin = s.pin;
   const wanted = s.head || (pin && pin.k === 0);
   if (!wanted) {
-    box.replaceChildren(el("p", { class: "muted", text: "Pin an attention cell to split its write by head. "
-      + "(The per-head file is fetched then, not before.)" }));
+    box.replaceChildren(el("p", { class: "muted", text: "Pin an attention cell to split its write by head."
+      + (v.D.heads ? "" : " (The per-head file is fetched then, not before.)") }));
     return;
   }
   const st = v.headState;
