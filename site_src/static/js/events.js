@@ -1,6 +1,7 @@
 // Input: toolbar, token strip, legend, pointer, wheel, keyboard and window events -> viewer
 // actions. Nothing here draws; it calls viewer.set(...) / viewer.grid setters and commit().
 import { exportFigure, exportCsv } from "./export.js";
+import { enableExact } from "./exact-custom.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -23,6 +24,8 @@ function bindToolbar(v) {
   $("help-close").addEventListener("click", () => v.toggleHelp(false));
   $("group-make").addEventListener("click", () => v.groupSelection());
   $("group-clear").addEventListener("click", () => { v.selection = null; v.set({ custom: [...Array(v.D.P).keys()] }); });
+  if ($("group-exact")) $("group-exact").addEventListener("click", () => enableExact(v));
+  $("group-cancel").addEventListener("click", () => { const f = v.options.exactCustom; if (f && f.cancel) f.cancel(); });
 }
 
 /** Hovering anything that names a source (data-src) highlights it in the grid (overlay only). */

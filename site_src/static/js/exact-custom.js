@@ -6,9 +6,42 @@
 //
 //   options.exactCustom(groups: number[] (P), group ids by first use) -> Promise of a decoded
 //   variant (data.js shape: name "custom", G, groups, first, norm/delta/proj, logitAttr, ...).
-//   It rejects with an AbortError when the visitor cancels.
+//   It rejects with an AbortError when the visitor cancels; exactCustom.cancel(), if present,
+//   is what the custom-groups bar's Cancel button calls.
+//   options.exactOffer(onProgress) -> Promise of such an exactCustom: offered, not started (a
+//   gallery page: the model is a 97 MB download). The custom-groups bar shows "Recompute
+//   exactly in your browser"; pressing it turns exact groups on for the page (enableExact).
 
 export const EXACT_LABEL = "custom (exact, computed in your browser)";
+export const EXACT_NOTE = " exact (each change is computed in your browser)";
+
+const $ = (id) => document.getElementById(id);
+
+/** A status line that stays (progress), unlike v.status's 4-second messages. */
+function progress(v, text) {
+  clearTimeout(v.statusTimer);
+  if ($("status")) $("status").textContent = text;
+}
+
+/** The gallery's button: exact groups from now on, starting with the grouping shown. */
+export async function enableExact(v) {
+  if (v.options.exactCustom || !v.options.exactOffer) return;
+  try {
+    v.options.exactCustom = await v.options.exactOffer((text) => progress(v, text));
+  } catch (e) {
+    v.status(`The in-browser engine could not be loaded: ${e && e.message ? e.message : e}`);
+    return;
+  }
+  const option = document.querySelector('#grouping option[value="custom"]');
+  if (option) option.textContent = EXACT_LABEL;
+  if ($("custom-approx")) {
+    $("custom-approx").textContent = EXACT_NOTE;
+    $("custom-approx").classList.remove("approx");
+  }
+  if ($("group-exact")) $("group-exact").hidden = true;
+  if (v.state.variant !== "custom") v.set({ variant: "custom", custom: v.state.custom || [...Array(v.D.P).keys()] });
+  else v.set({}, { changed: ["variant"] });
+}
 
 const keyOf = (groups) => groups.join(".");
 
@@ -31,11 +64,14 @@ export function needsExact(v, next) {
 export function computeExact(v, next, done) {
   const key = keyOf(next.custom);
   v.pending = true;
-  v.status("Computing the custom grouping exactly in your browser…");
+  progress(v, "Computing the custom grouping exactly in your browser…");
   const job = v.exactJobs.get(key) || v.options.exactCustom([...next.custom]);
   v.exactJobs.set(key, job);
+  const cancel = $("group-cancel");
+  if (cancel && v.options.exactCustom.cancel) cancel.hidden = false;
+  const settle = () => { v.exactJobs.delete(key); if (cancel) cancel.hidden = true; };
   return job.then((V) => {
-    v.exactJobs.delete(key);
+    settle();
     V.exact = true;
     V.label = EXACT_LABEL;
     v.exactCache.set(key, V);
@@ -43,7 +79,7 @@ export function computeExact(v, next, done) {
     v.status("");
     done(true);
   }, (e) => {
-    v.exactJobs.delete(key);
+    settle();
     v.pending = false;
     v.status(e && e.name === "AbortError" ? "Cancelled: the custom grouping was not computed."
       : `The custom grouping could not be computed: ${e && e.message ? e.message : e}`);

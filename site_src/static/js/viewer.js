@@ -67,7 +67,13 @@ async function boot(root) {
     return;
   }
   if (loading) loading.hidden = true;
-  await mountViewer(root, D, { id: root.dataset.id, dataUrl: root.dataset.src });
+  const options = { id: root.dataset.id, dataUrl: root.dataset.src };
+  const manifest = root.dataset.liveManifest;
+  if (manifest && D.prompt && typeof D.prompt.text === "string") {
+    // custom groups can be recomputed exactly by the live page's engine (exact-custom.js)
+    options.exactOffer = async (onProgress) => (await import("./live/exact-gallery.js")).galleryExact(manifest, D, onProgress);
+  }
+  await mountViewer(root, D, options);
 }
 
 const root = $("viewer");

@@ -4,9 +4,11 @@
 //               {type: "count", seq, text, chat}     -> {type: "count", seq, n} or {type: "error"}
 //               {type: "run", text, chat, maxTokens} -> progress..., then {type: "done", bytes,
 //                                                       headsBytes, timings}
-//               {type: "regroup", seq, text, chat, groups} -> progress..., then {type: "variant", seq,
-//                                                       bytes, headsBytes}: the prompt with one variant
-//                                                       "custom" (groups: one id per token, by first use)
+//               {type: "regroup", seq, text, chat, groups, expectIds?, maxTokens?} -> progress..., then
+//                                                       {type: "variant", seq, bytes, headsBytes}: the
+//                                                       prompt with one variant "custom" (groups: one id
+//                                                       per token, by first use; expectIds: refuse other
+//                                                       token ids, e.g. a gallery page's data file)
 //               {type: "cancel"}                     -> the run rejects with "cancelled"
 // Messages out: {type: "progress", phase: "download", loaded, total, cached}
 //               {type: "progress", phase: "layers", step, total, label}
@@ -161,11 +163,19 @@ function layerProgress(step, total, label) {
  * exact, as infoflow.decompose(text, groups=[...]) computes it (the weights are usually still in
  * this worker). No logit lens: it does not depend on the grouping, and the page has it.
  */
-async function regroup({ text, chat, groups }) {
+async function regroup({ text, chat, groups, expectIds = null, maxTokens = null }) {
   running = new AbortController();
   const signal = running.signal;
   const tok = await tokenizer();
   const ids = encodeIds(tok, text, chat);
+  if (expectIds && (expectIds.length !== ids.length || expectIds.some((id, i) => id !== ids[i]))) {
+    throw new InputError("The browser's tokenizer splits this prompt differently from the page's data file, "
+      + "so it cannot be recomputed here; use infoflow.decompose(text, groups=[...]) in Python.");
+  }
+  if (maxTokens && ids.length > maxTokens) {
+    throw new InputError(`This prompt has ${ids.length} tokens; the browser recomputes at most ${maxTokens}. `
+      + "Use infoflow.decompose(text, groups=[...]) in Python.");
+  }
   if (!Array.isArray(groups) || groups.length !== ids.length) {
     throw new InputError(`A custom grouping needs one group per token (${ids.length}).`);
   }
