@@ -26,30 +26,40 @@
  */
 import {Weight, matmul} from "./kernel.js";
 
+/** R_h of every layer, per model object: weights only, so computed once per model (4.4 MB for
+ * the default model), not once per run. */
+const factors = new WeakMap();
+
 /**
  * One layer's maps from W_o (raw, row-major (d, H·hd)) and r/‖r‖² (P, d): rt[h], a kernel Weight
  * with matmul(x, n, rt[h]) = x R_hᵀ, and proj (P, H·hd) = r/‖r‖² · W_o. dispose() frees them.
+ * cacheKey (an object, e.g. the engine's model) and l: where R_h is kept between calls.
  */
-export function headMaps(Wo, rUnit, cfg, P) {
+export function headMaps(Wo, rUnit, cfg, P, cacheKey = null, l = 0) {
   const {d_model: d, n_heads: H, head_dim: hd} = cfg, dh = H * hd;
   const WoT = new Float32Array(dh * d);                            // (H·hd, d) = W_oᵀ
   for (let i = 0; i < d; i++) for (let c = 0; c < dh; c++) WoT[c * d + i] = Wo[i * dh + c];
+  const cache = cacheKey ? (factors.get(cacheKey) || factors.set(cacheKey, new Map()).get(cacheKey)) : new Map();
   const made = [];
   try {
     const all = new Weight(WoT, dh, d);                            // x · W_oᵀᵀ = x · W_o
     made.push(all);
     const proj = matmul(rUnit, P, all);                            // (P, H·hd)
-    const rt = [];
-    for (let h = 0; h < H; h++) {
-      const block = WoT.subarray(h * hd * d, (h + 1) * hd * d);    // W_o,hᵀ (hd, d)
-      const wt = new Weight(block, hd, d);
-      made.push(wt);
-      const gram = matmul(block, hd, wt);                          // W_o,hᵀ W_o,h (hd, hd)
-      const R = choleskyUpper(gram, hd);                           // R_hᵀ R_h = gram
+    if (!cache.has(l)) {
+      const Rs = [];
+      for (let h = 0; h < H; h++) {
+        const block = WoT.subarray(h * hd * d, (h + 1) * hd * d);  // W_o,hᵀ (hd, d)
+        const wt = new Weight(block, hd, d);
+        made.push(wt);
+        Rs.push(choleskyUpper(matmul(block, hd, wt), hd));         // R_hᵀ R_h = W_o,hᵀ W_o,h
+      }
+      cache.set(l, Rs);
+    }
+    const rt = cache.get(l).map((R) => {
       const w = new Weight(R, hd, hd);                             // x · R_hᵀ
       made.push(w);
-      rt.push(w);
-    }
+      return w;
+    });
     return {rt, proj, dispose: () => made.forEach((m) => m.dispose())};
   } catch (e) {
     made.forEach((m) => m.dispose());

@@ -126,7 +126,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
         const th = performance.now();
         if (l === 0) headStats = groupings.map(([, g]) => new HeadStats(L, cfg, tri, g, w.oBias));
         patterns.record(l, att.pattern);
-        const maps = headMaps(w.raw.o, rMid, cfg, P);
+        const maps = headMaps(w.raw.o, rMid, cfg, P, model, l);   // R_h kept on the model's behalf
         try {
           for (const hs of headStats) hs.record(l, buf.O, att.heads, maps, rMid, w.oBias);
         } finally {
