@@ -147,7 +147,8 @@ self.onmessage = async (e) => {
     if (msg.kind === "run") {
       const t = performance.now();
       const r = await decompose(model, Int32Array.from(msg.ids), {main: null},
-                                {topK: 5, logitLens: msg.lens, ...(msg.threads ? {threads: msg.threads} : {})});
+                                {topK: 5, logitLens: msg.lens, heads: msg.heads !== false,
+                                 ...(msg.threads ? {threads: msg.threads} : {})});
       self.postMessage({ok: true, wall_ms: performance.now() - t, timings: r.timings, top1: r.pred_ids[(msg.ids.length - 1) * 5]});
     }
   } catch (err) { self.postMessage({ok: false, message: String(err && err.stack || err)}); }
@@ -234,6 +235,31 @@ def measure_memory(page, lm, P: int) -> None:
           f"{tm['kernel_bytes'] / 2**20:.1f} MB; engine wall {tm['total_ms'] / 1e3:.1f} s")
 
 
+def bench_heads(page, lm, args) -> None:
+    """engine.js with heads (the live page's setting) and without, alternating in one worker."""
+    print("## Engine, default model, logit lens on, with and without per-head data; best of", args.reps,
+          "after a warm-up (median in brackets), alternating in one worker")
+    print("| P | without heads | with heads | ratio | of which the heads' own work |")
+    print("|---|---|---|---|---|")
+    for P in [int(s) for s in args.sizes.split(",")]:
+        ids = lm.tokenizer(prompt_of(lm.tokenizer, P))["input_ids"]
+        times = {False: [], True: []}
+        own = []
+        for rep in range(args.reps + 1):
+            for heads in (False, True):
+                r = page.evaluate(CALL, {"kind": "run", "ids": ids, "lens": True, "threads": args.threads,
+                                         "heads": heads})
+                assert r["ok"], r
+                if rep:
+                    times[heads].append(r["wall_ms"] / 1e3)
+                    if heads:
+                        own.append(r["timings"]["heads_ms"] / 1e3)
+        off, on = times[False], times[True]
+        med = lambda a: sorted(a)[len(a) // 2]   # noqa: E731
+        print(f"| {P} | {min(off):.2f} s ({med(off):.2f}) | {min(on):.2f} s ({med(on):.2f}) | "
+              f"**{min(on) / min(off):.3f}×** ({med(on) / med(off):.3f}×) | {min(own):.3f} s ({med(own):.3f}) |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="16,32")
@@ -241,6 +267,8 @@ def main() -> None:
     ap.add_argument("--no-kernels", action="store_true", help="skip the matmul comparison")
     ap.add_argument("--threads", type=int, default=0, help="engine threads (0: its default)")
     ap.add_argument("--no-engine", action="store_true", help="only the matmul comparison")
+    ap.add_argument("--heads", action="store_true",
+                    help="only: engine.js with and without per-head data, alternating, side by side")
     ap.add_argument("--memory", type=int, default=0, metavar="P",
                     help="only: peak RSS of all Chromium processes while the engine runs at P tokens, "
                          "weights fetched layer by layer as the live page does")
@@ -299,6 +327,10 @@ def main() -> None:
                                    "config": engine_config(lm.hf)})
         assert out["ok"], out
         print(f"\n(weights loaded into the worker in {time.perf_counter() - t:.1f} s, not timed below)\n")
+        if args.heads:
+            bench_heads(page, lm, args)
+            browser.close()
+            return
         print("## Engine, default model, logit lens on; best of", args.reps, "after a warm-up (median in brackets); "
               f"navigator.hardwareConcurrency = {page.evaluate('navigator.hardwareConcurrency')}")
         print("| P | engine.js in Chromium | of which layers / unembedding (in the matmul kernel) | "

@@ -194,11 +194,23 @@ def heads_path(main: str | Path) -> Path:
     return main.parent / "heads" / main.name
 
 
+def saved_heads_path(main: str | Path) -> Path:
+    """x.msgpack -> x.heads.msgpack beside it: where the live page's "Heads file" download goes
+    (a browser saves into one folder; docs/live-format.md, "Saving a result")."""
+    main = Path(main)
+    return main.with_name(f"{main.stem}.heads{main.suffix}")
+
+
 def load_heads(main: str | Path, name: str = "tokens") -> Heads:
-    """The per-head data of grouping `name`, from the companion file of the data file `main`."""
+    """The per-head data of grouping `name`, from the companion file of the data file `main`:
+    data/heads/<name> as a site has it, else <stem>.heads<suffix> beside it, as saved from the
+    live page."""
     path = heads_path(main)
+    if not path.exists() and saved_heads_path(main).exists():
+        path = saved_heads_path(main)
     if not path.exists():
-        raise DataFileError(f"{path}: no per-head file for {Path(main).name}; rebuild the site "
+        raise DataFileError(f"{path}: no per-head file for {Path(main).name} (nor "
+                            f"{saved_heads_path(main).name} beside it); rebuild the site "
                             "with this version of infoflow to get one")
     doc = read(path)
     try:

@@ -276,6 +276,7 @@ def export_live_model(site_dir: Path, site: dict, *, model: str | None = None,
     body = (src / "manifest.json").read_bytes()
     manifest_name = _content_name("manifest", body, "json")
     (dest / manifest_name).write_bytes(body)
+    site["live_manifest"] = f"{LIVE_DIR}/model/{manifest_name}"   # gallery pages: exact custom groups
     render_live(Path(site_dir), site, manifest=f"model/{manifest_name}",
                 total_mb=manifest["total_bytes"] / 1e6, config=manifest["config"],
                 has_chat=bool(manifest["tokenizer"].get("chat_template")))

@@ -286,15 +286,20 @@ def test_chat_template_matches_python_in_browser(context, live_server):
 
 
 def test_encode_js_writes_what_infoflow_load_reads(default_model, tmp_path):
-    """encode.js on a real Python result: infoflow.load gives back what datafile.encode gives."""
+    """encode.js and encode-heads.js on a real Python result: infoflow.load gives back what
+    datafile.encode gives, per-head data included."""
+    import msgpack
+
     import infoflow
-    from infoflow.datafile import encode
+    from infoflow.datafile import encode, heads_page_bytes, page_bytes
     from infoflow.decompose import decompose_variants
     text = "When Mary and John went to the store, John gave a drink to"
     res = decompose_variants(text, default_model, {"tokens": None, "words": "words"})
     prompt = {"id": "live", "title": "Your prompt", "text": text, "tags": [], "note": None, "chat": False}
-    (tmp_path / "py.msgpack").write_bytes(encode(res, prompt, labels={"tokens": "none (each token)",
-                                                                      "words": "by words"}))
+    doc_bytes = encode(res, prompt, labels={"tokens": "none (each token)", "words": "by words"}, heads=True)
+    doc = msgpack.unpackb(doc_bytes, raw=False, strict_map_key=False)
+    (tmp_path / "py.msgpack").write_bytes(page_bytes(doc, prompt)[0])
+    (tmp_path / "py.heads.msgpack").write_bytes(heads_page_bytes(doc, "py.msgpack"))   # as the live page saves it
     base = res["tokens"]
     arrays = {}
 
@@ -310,7 +315,10 @@ def test_encode_js_writes_what_infoflow_load_reads(default_model, tmp_path):
     meta = {"L": base.n_layers, "P": base.n_tokens, "k": base.pred_ids.shape[1], "tokens": base.tokens,
             "logit_error": base.logit_error, "token_text": [[int(i), s] for i, s in base.token_text.items()],
             "model": base.model, "precision": base.precision,
-            "generator": {"infoflow": infoflow.__version__, "engine": "test"}, "prompt": prompt, "variants": []}
+            "generator": {"infoflow": infoflow.__version__, "engine": "test"}, "prompt": prompt, "variants": [],
+            "heads": {"n_heads": base.heads.pattern.shape[1], "labels": base.heads.labels}}
+    for key in ("write_norm", "write_proj", "pattern"):
+        put(f"heads.{key}", getattr(base.heads, key), "<f4")
     for name, label in (("tokens", "none (each token)"), ("words", "by words")):
         d = res[name]
         v = {"name": name, "label": label, "grouping": d.grouping, "sources": d.sources, "has_bias": d.has_bias,
@@ -318,6 +326,8 @@ def test_encode_js_writes_what_infoflow_load_reads(default_model, tmp_path):
         for key in ("attn_norm", "mlp_norm", "attn_delta_norm", "mlp_delta_norm", "attn_proj", "mlp_proj",
                     "logit_attr"):
             put(f"{name}.{key}", getattr(d, key), "<f4")
+        for key in ("norm", "proj"):
+            put(f"heads.{name}.{key}", getattr(d.heads, key), "<f4")
         meta["variants"].append(v)
     (tmp_path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     script = """
@@ -336,6 +346,11 @@ r.variants = meta.variants.map((v) => {
   return o;
 });
 writeFileSync(dir + "/js.msgpack", await encodeDocument(r, meta.prompt));
+const { encodeHeads } = await import(pathToFileURL(mod.replace(/encode[.]js$/, "encode-heads.js")).href);
+r.heads = { ...meta.heads, variants: {} };
+for (const k of ["write_norm", "write_proj", "pattern"]) r.heads[k] = arr("heads." + k, Float32Array);
+for (const v of meta.variants) r.heads.variants[v.name] = { norm: arr(`heads.${v.name}.norm`, Float32Array), proj: arr(`heads.${v.name}.proj`, Float32Array) };
+writeFileSync(dir + "/js.heads.msgpack", await encodeHeads(r, "js.msgpack"));
 """
     _node(script, str(LIVE_JS / "encode.js"), str(tmp_path))
     for variant in ("tokens", "words"):
@@ -346,6 +361,14 @@ writeFileSync(dir + "/js.msgpack", await encodeDocument(r, meta.prompt));
                     "logit_attr", "recon_error", "lens_ids", "lens_probs"):
             assert np.array_equal(getattr(js, key), getattr(py, key)), (variant, key)
         assert js.token_text == py.token_text and js.logit_error == py.logit_error
+        # the per-head file (encode-heads.js), found beside the main file as the live page saves it
+        jh, ph = js.heads, py.heads
+        assert jh.labels == ph.labels
+        for key in ("norm", "proj", "write_norm", "write_proj", "pattern"):
+            assert np.array_equal(getattr(jh, key), getattr(ph, key)), (variant, "heads", key)
+    jdoc = msgpack.unpackb((tmp_path / "js.heads.msgpack").read_bytes(), raw=False)
+    pdoc = msgpack.unpackb((tmp_path / "py.heads.msgpack").read_bytes(), raw=False)
+    assert list(jdoc) == list(pdoc) and jdoc["main"] == "js.msgpack"        # same keys, same order
 
 
 # ----------------------------------------------------------------------------- page: bad input
@@ -520,3 +543,25 @@ def test_real_model_end_to_end_matches_python(context, live_server, default_mode
         assert js.worst_recon_error <= 1e-5
         assert js.recon_error.shape == (exact.n_layers, 2)
     assert page.evaluate("() => window.infoflowLive.D.P") == len(py["tokens"].tokens)
+
+    # per-head data: the "Heads file" download, read by infoflow.load(...).heads beside the main file
+    with page.expect_download() as dl:
+        page.click("#download-heads")
+    assert dl.value.suggested_filename == "live.heads.msgpack"
+    dl.value.save_as(tmp_path / "live.heads.msgpack")
+    for variant in ("tokens", "words"):
+        jh, exact = infoflow.load(path, variant).heads, py[variant].heads
+        assert jh.labels == exact.labels
+        for key in ("norm", "write_norm", "pattern"):
+            a, b = getattr(jh, key).astype(np.float64), getattr(exact, key).astype(np.float64)
+            step = np.abs(b).max(-1, keepdims=True) / 255 if key != "write_norm" else 0
+            assert np.all(np.abs(a - b) <= step * (1 + 1e-6) + 1e-4 * np.abs(b) + 1e-7), (variant, key)
+        step = np.abs(exact.proj).max(-1, keepdims=True) / 127
+        assert np.all(np.abs(jh.proj - exact.proj) <= step + 1e-4), variant
+    # the viewer takes them from the computed result: a pinned attention cell shows every head
+    L, Hx, P = py["tokens"].heads.write_norm.shape
+    page.evaluate(f"() => window.infoflowViewer.viewer.set({{pin: {{l: {L - 8}, k: 0, p: {P - 1}}}}})")
+    page.wait_for_selector("#heads table.heads-map td")
+    assert page.eval_on_selector_all("#heads table.heads-map tr[data-head]", "rs => rs.length") == Hx
+    assert page.evaluate("() => window.infoflowViewer.viewer.headState.HD === window.infoflowLive.D.heads")
+

@@ -98,6 +98,7 @@ async function loadModel(url, config) {
 
 function plain(v) {
   if (ArrayBuffer.isView(v)) return Array.from(v);
+  if (Array.isArray(v)) return v.map(plain);
   if (v && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plain(x)]));
   return v;
 }
@@ -406,6 +407,8 @@ def compare(py: dict, js: dict, *, logit_lens: bool = True) -> dict:
         np.testing.assert_allclose(attr.sum(-1), np.array(js["pred_logits"]).reshape(P, k),
                                    atol=NORM_RTOL * scale, rtol=0)
 
+    compare_heads(py, js, close_norms, worst)
+
     pred_ids = np.array(js["pred_ids"]).reshape(P, k)
     assert (pred_ids[:, 0] == main.pred_ids[:, 0]).all(), "top-1 prediction differs"
     np.testing.assert_allclose(np.array(js["pred_probs"]).reshape(P, k)[:, 0], main.pred_probs[:, 0],
@@ -423,6 +426,31 @@ def compare(py: dict, js: dict, *, logit_lens: bool = True) -> dict:
     else:
         assert js["lens_ids"] is None and js["lens_probs"] is None
     return worst
+
+
+def compare_heads(py: dict, js: dict, close_norms, worst: dict) -> None:
+    """The per-head data (docs/data-format.md "Per-head data") against the Python engine's
+    `Decomposition.heads`: norms relative, shares against the row's scale, patterns absolute."""
+    main = py["main"]
+    hb, jh = main.heads, js["heads"]
+    assert hb is not None and jh is not None, "per-head data missing"
+    L, Hx, P = hb.write_norm.shape
+    assert jh["labels"] == list(hb.labels) and jh["n_heads"] == hb.pattern.shape[1]
+    close_norms(jh["write_norm"], hb.write_norm, "heads.write_norm")
+
+    def close_shares(a, b, what):
+        a = np.asarray(a, dtype=np.float64).reshape(b.shape)
+        err = np.abs(a - b) / np.maximum(np.abs(b).max(-1, keepdims=True), 1.0)
+        worst["head_proj_abs"] = max(worst.get("head_proj_abs", 0.0), float(err.max()))
+        assert err.max() <= NORM_RTOL, f"{what}: worst error {err.max():.2e} at {np.unravel_index(err.argmax(), err.shape)}"
+
+    close_shares(jh["write_proj"], hb.write_proj, "heads.write_proj")
+    pattern = np.asarray(jh["pattern"]).reshape(hb.pattern.shape)
+    np.testing.assert_allclose(pattern, hb.pattern, atol=1e-5, rtol=0)
+    for name, d in py.items():
+        v = jh["variants"][name]
+        close_norms(v["norm"], d.heads.norm, f"heads.{name}.norm")
+        close_shares(v["proj"], d.heads.proj, f"heads.{name}.proj")
 
 
 # ----------------------------------------------------------------------------- tests

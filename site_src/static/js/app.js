@@ -11,6 +11,7 @@ import { bindEvents } from "./events.js";
 import { headBatches } from "./heads.js";
 import { encodeHash, parseHash, renumber, keySource, sourceKey, hiddenMask } from "./state.js";
 import { displayToken, sourceLabels, subscript } from "./format.js";
+import { EXACT_LABEL, computeExact, exactVariant, needsExact } from "./exact-custom.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -21,7 +22,9 @@ const ALL_KEYS = [...DATA_KEYS, "emph", "view", "pin", "pred", "predChoice", "se
 const sameValue = (a, b) => a === b || JSON.stringify(a instanceof Set ? [...a] : a) === JSON.stringify(b instanceof Set ? [...b] : b);
 
 export class Viewer {
-  /** options: {id: name for exported files, dataUrl: link for "Data file", hash: true to mirror the URL} */
+  /** options: {id: name for exported files, dataUrl: link for "Data file", hash: true to mirror the URL,
+   *  hashPrefix: "k=v&..." kept first in the URL hash (the live page's prompt), exactCustom: see
+   *  exact-custom.js} */
   constructor(root, D, options = {}) {
     this.root = root;
     this.D = D;
@@ -31,6 +34,9 @@ export class Viewer {
     for (const p of PANELS) if (p.title && !$(p.id)) $("panels").append(panelBox(p.id, p.title));
     this.grid = new Grid($("grid"));
     this.customCache = { key: null, V: null };
+    this.exactCache = new Map();      // custom grouping key -> exact variant (exact-custom.js)
+    this.exactJobs = new Map();
+    this.lifetime = new AbortController();   // window and document listeners end with destroy()
     this.selection = null;   // [a, b] token range for custom groups
     this.anchor = null;
     this.predChoice = 0;
@@ -53,9 +59,12 @@ export class Viewer {
       const label = v.name === "tokens" ? "none (tokens)" : v.name === "words" ? "by words (exact)" : `${v.label} (exact)`;
       grouping.append(el("option", { value: v.name, text: label }));
     }
-    grouping.append(el("option", { value: "custom", text: "custom (approximate, sum of norms)" }));
+    grouping.append(el("option", { value: "custom", text: this.options.exactCustom ? EXACT_LABEL : "custom (approximate, sum of norms)" }));
     this.readTheme();
     this.fitLayout();
+    if (needsExact(this, this.state) && !(await new Promise((done) => computeExact(this, this.state, done)))) {
+      this.state.variant = this.defaultVariant;       // cancelled or failed: the default grouping
+    }
     const t0 = performance.now();
     await this.ensureArrays();
     this.update(new Set(ALL_KEYS), { push: false });
@@ -90,6 +99,14 @@ export class Viewer {
     }
   }
 
+  /** End this viewer's window and document listeners (a page that mounts another viewer). */
+  destroy() {
+    this.lifetime.abort();
+    clearTimeout(this.viewTimer);
+    this.relayoutPending = false;
+    this.seq++;                                        // a pending update does nothing
+  }
+
   fail(e) {
     showError(this.root, e);
     for (const id of ["grid-wrap", "toolbar", "panels", "token-strip", "grid-caption"]) if ($(id)) $(id).hidden = true;
@@ -101,6 +118,8 @@ export class Viewer {
   get V() {
     const s = this.state, D = this.D;
     if (s.variant === "custom") {
+      const exact = exactVariant(this, s);
+      if (exact) return exact;
       const key = s.custom.join(".");
       if (this.customCache.key !== key) this.customCache = { key, V: customVariant(D.variants[0], D.P, D.L, D.k, s.custom) };
       return this.customCache.V;
@@ -113,14 +132,14 @@ export class Viewer {
   /** Arrays the current state needs, decoded (usually already are: see start()). */
   ensureArrays() {
     const s = this.state, D = this.D;
-    if (s.variant === "custom") return Promise.all(METRIC_KEYS.map((k) => ensureMetric(D.variants[0], k)));
+    if (s.variant === "custom" && !exactVariant(this, s)) return Promise.all(METRIC_KEYS.map((k) => ensureMetric(D.variants[0], k)));
     const V = this.V;
     return Promise.all([ensureMetric(V, s.metric), ensureMetric(V, "norm")]);
   }
 
   haveArrays() {
     const s = this.state;
-    if (s.variant === "custom") return METRIC_KEYS.every((k) => this.D.variants[0][k]);
+    if (s.variant === "custom" && !exactVariant(this, s)) return METRIC_KEYS.every((k) => this.D.variants[0][k]);
     const V = this.V;
     return !!(V.norm && V[s.metric]);
   }
@@ -132,6 +151,11 @@ export class Viewer {
    * outside the state (selection, predChoice). Pushes a history entry unless {push: false}.
    */
   set(patch = {}, { push = true, changed = [] } = {}) {
+    const next = { ...this.state, ...patch };
+    if (needsExact(this, next)) {                      // keep showing what is shown until it is computed
+      computeExact(this, next, (ok) => this.set(ok ? patch : {}, { push: ok && push, changed: [...changed, "variant"] }));
+      return;
+    }
     for (const k of changed) this.dirtyKeys.add(k);
     for (const [k, val] of Object.entries(patch)) if (!sameValue(this.state[k], val)) this.dirtyKeys.add(k);
     Object.assign(this.state, patch);
@@ -194,7 +218,10 @@ export class Viewer {
     }
   }
 
-  hash() { return encodeHash(this.state, this.defaultVariant); }
+  hash() {
+    const h = encodeHash(this.state, this.defaultVariant);
+    return this.options.hashPrefix ? `#${this.options.hashPrefix}&${h.slice(1)}` : h;
+  }
 
   recompute() {
     const t0 = performance.now();
@@ -266,8 +293,7 @@ export class Viewer {
   }
 
   restoreHash() {
-    this.state = parseHash(location.hash, this.D, this.defaultVariant);
-    this.set({}, { push: false, changed: ALL_KEYS });
+    this.set(parseHash(location.hash, this.D, this.defaultVariant), { push: false, changed: ALL_KEYS });
   }
 
   highlightSource(src) {

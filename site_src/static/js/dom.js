@@ -94,9 +94,15 @@ export function buildSkeleton(root, options = {}) {
   root.append(
     toolbar(options),
     el("div", { class: "custom-groups", id: "custom-groups", hidden: true },
-      el("strong", { text: "Custom groups" }), el("span", { class: "approx", text: " approximate (sum of norms)" }),
+      el("strong", { text: "Custom groups" }), options.exactCustom
+        ? el("span", { id: "custom-approx", text: " exact (each change is computed in your browser)" })
+        : el("span", { id: "custom-approx", class: "approx", text: " approximate (sum of norms)" }),
       el("span", { text: ": shift-click a second token in the strip to select a range, then " }),
       button("group-make", "Group selection"), el("span", { text: " " }), button("group-clear", "Clear groups"),
+      options.exactOffer && !options.exactCustom ? el("span", { text: " " }) : null,
+      options.exactOffer && !options.exactCustom ? button("group-exact", "Recompute exactly in your browser") : null,
+      el("span", { text: " " }),
+      Object.assign(button("group-cancel", "Cancel"), { hidden: true }),
       el("span", { id: "selection-label" })),
     el("div", { class: "token-strip", id: "token-strip", role: "group", "aria-label": "Tokens: click to trace a source, use the eye to hide it" }),
     el("div", { class: "grid-wrap", id: "grid-wrap" },

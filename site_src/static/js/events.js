@@ -1,6 +1,7 @@
 // Input: toolbar, token strip, legend, pointer, wheel, keyboard and window events -> viewer
 // actions. Nothing here draws; it calls viewer.set(...) / viewer.grid setters and commit().
 import { exportFigure, exportCsv } from "./export.js";
+import { enableExact } from "./exact-custom.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -23,6 +24,8 @@ function bindToolbar(v) {
   $("help-close").addEventListener("click", () => v.toggleHelp(false));
   $("group-make").addEventListener("click", () => v.groupSelection());
   $("group-clear").addEventListener("click", () => { v.selection = null; v.set({ custom: [...Array(v.D.P).keys()] }); });
+  if ($("group-exact")) $("group-exact").addEventListener("click", () => enableExact(v));
+  $("group-cancel").addEventListener("click", () => { const f = v.options.exactCustom; if (f && f.cancel) f.cancel(); });
 }
 
 /** Hovering anything that names a source (data-src) highlights it in the grid (overlay only). */
@@ -151,6 +154,7 @@ function bindWheel(v) {
 
 function bindKeys(v) {
   const canvas = v.grid.canvas;
+  const { signal } = v.lifetime;           // a page that mounts another viewer ends this one's listeners
   document.addEventListener("keydown", (e) => {
     const t = e.target;
     if (t instanceof HTMLInputElement || t instanceof HTMLSelectElement || t instanceof HTMLTextAreaElement) return;
@@ -174,12 +178,13 @@ function bindKeys(v) {
       default: return;
     }
     e.preventDefault();
-  });
+  }, { signal });
 }
 
 function bindWindow(v) {
-  window.addEventListener("popstate", () => v.restoreHash());
-  window.addEventListener("infoflow-theme", () => v.themeChanged());
+  const { signal } = v.lifetime;
+  window.addEventListener("popstate", () => v.restoreHash(), { signal });
+  window.addEventListener("infoflow-theme", () => v.themeChanged(), { signal });
   let resizeTimer = 0;
   const relayout = () => { v.relayoutPending = false; v.fitLayout(); v.grid.commit(); };
   // Debounced; `relayoutPending` keeps the viewer from calling itself idle until it has run.
@@ -188,9 +193,11 @@ function bindWindow(v) {
     v.relayoutPending = true;
     resizeTimer = setTimeout(relayout, 60);
   };
-  new ResizeObserver(schedule).observe($("grid-wrap"));
-  window.addEventListener("resize", schedule);
-  matchMedia(`(resolution: ${window.devicePixelRatio}dppx)`).addEventListener("change", relayout);
+  const observer = new ResizeObserver(schedule);
+  observer.observe($("grid-wrap"));
+  signal.addEventListener("abort", () => { observer.disconnect(); clearTimeout(resizeTimer); });
+  window.addEventListener("resize", schedule, { signal });
+  matchMedia(`(resolution: ${window.devicePixelRatio}dppx)`).addEventListener("change", relayout, { signal });
 }
 
 export function bindEvents(v) {

@@ -131,6 +131,7 @@ function heads(v) {
     return null;
   }
   if (!st.HD) return null;
+  if (v.V.heads) return { HD: st.HD, H: v.V.heads };     // a variant computed with its heads (exact-custom.js)
   const name = v.V.name;
   if (!st.variants.has(name)) {
     st.variants.set(name, null);
@@ -242,8 +243,8 @@ function render(v, box) {
   const pin = s.pin;
   const wanted = s.head || (pin && pin.k === 0);
   if (!wanted) {
-    box.replaceChildren(el("p", { class: "muted", text: "Pin an attention cell to split its write by head. "
-      + "(The per-head file is fetched then, not before.)" }));
+    box.replaceChildren(el("p", { class: "muted", text: "Pin an attention cell to split its write by head."
+      + (v.D.heads ? "" : " (The per-head file is fetched then, not before.)") }));
     return;
   }
   const got = heads(v);

@@ -77,7 +77,16 @@ async function boot(root) {
   const hash = localHash(location.hash, D);   // a link from another model's view: its keys to ours
   if (hash !== location.hash) history.replaceState(null, "", hash);
   const id = root.dataset.model ? `${root.dataset.id}-${root.dataset.model}` : root.dataset.id;
-  const viewer = await mountViewer(root, D, { id, dataUrl: root.dataset.src });
+  const options = { id, dataUrl: root.dataset.src };
+  const manifest = root.dataset.liveManifest;
+  // the live page's model is the gallery's first model: only its pages can recompute in the browser
+  const first = document.querySelector("#model-switch .model-choice");
+  const liveModel = !root.dataset.model || !first || root.dataset.model === first.dataset.model;
+  if (manifest && liveModel && D.prompt && typeof D.prompt.text === "string") {
+    // custom groups can be recomputed exactly by the live page's engine (exact-custom.js)
+    options.exactOffer = async (onProgress) => (await import("./live/exact-gallery.js")).galleryExact(manifest, D, onProgress);
+  }
+  const viewer = await mountViewer(root, D, options);
   linkModels(viewer);
 }
 

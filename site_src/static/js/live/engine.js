@@ -29,8 +29,10 @@
  * ids: Int32Array (P) of token ids, BOS included, as the Python tokenizer gives them.
  * variants: {name: null | Int32Array (P)}: null = one source per token; otherwise a group id
  *   per token, numbered 0.. by first use (as Python's resolve_groups gives them).
- * opts: {topK = 5, logitLens = true, onProgress(step, total, label), signal: AbortSignal,
+ * opts: {topK = 5, logitLens = true, heads = true, onProgress(step, total, label), signal: AbortSignal,
  *        threads = min(4, navigator.hardwareConcurrency)}
+ *   heads: also split every attention write by query head (engine-heads.js), as Python's
+ *   decompose(heads=True) does; false leaves result.heads null.
  *   threads > 1 splits the unembedding (predictions and logit lens) over helper workers, each
  *   holding a copy of its slice of the vocabulary (engine-lens.js; no SharedArrayBuffer), and
  *   each layer's MLP decomposition by slices of d_ff (engine-mlp.js; each helper is sent its
@@ -47,12 +49,15 @@
  *    token_ids Int32Array (P), embed_norm (P), recon_error (L, 2), logit_error number,
  *    pred_ids Int32Array (P, k), pred_probs (P, k), pred_logits (P, k),
  *    lens_ids Int32Array (L, 2, P, k) | null, lens_probs (L, 2, P, k) | null,
+ *    heads: null | {n_heads H, labels [H'] ("0".."H-1", then "o_proj bias" where o_proj has a
+ *           bias), write_norm, write_proj (L, H', P), pattern (L, H, P, P),
+ *           variants: {name: {norm, proj (L, H', P, G)}}}   (docs/data-format.md "Per-head data")
  *    variants: {name: {grouping "tokens" (null) | "custom" (the caller knows when that is
  *                      Python's "words"), groups Int32Array (P), sources_count G,
  *                      has_bias, attn_norm, mlp_norm, attn_delta_norm, mlp_delta_norm,
  *                      attn_proj, mlp_proj (L, P, G), logit_attr (P, k, G)}},
  *    timings {layers_ms, logits_ms, total_ms, layers_kernel_ms, logits_kernel_ms, kernel_bytes,
- *             unembedding_threads, mlp_threads}}
+ *             unembedding_threads, mlp_threads, heads_ms}}
  *   (the *_kernel_ms parts are the time inside the matmul kernel; kernel_bytes its memory, which
  *   grows to its peak and stays)
  *   With biases, the last source of every variant is "bias". Entries with a group not yet
@@ -67,12 +72,16 @@ import {SublayerStats, reconError, rowNorms, triangle, unitForProj} from "./engi
 import {abortError, logitAttribution} from "./engine-logits.js";
 import {defaultThreads, helperMlp, helpersFor, releaseLens, topLogitsThreaded} from "./engine-lens.js";
 import {MLP_ROWS, columns, mlpRows, sliceWeights} from "./engine-mlp.js";
+import {HeadPatterns, HeadStats, headMaps, headsResult} from "./engine-heads.js";
+import {add, addBias, addBiasSource, addInPlace, finalNormed, finalScale, invRms, mulRows, reconDiff,
+        scaleRows} from "./engine-ops.js";
 
 
 export {releaseLens} from "./engine-lens.js";
 
 export async function decompose(model, ids, variants = {main: null}, opts = {}) {
-  const {topK = 5, logitLens = true, onProgress = null, signal = null, threads = defaultThreads()} = opts;
+  const {topK = 5, logitLens = true, heads = true, onProgress = null, signal = null,
+         threads = defaultThreads()} = opts;
   const t0 = performance.now(), k0 = kernelTime();
   const cfg = checkConfig(model.config);
   const {n_layers: L, d_model: d, vocab: V} = cfg;
@@ -84,6 +93,8 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
   const tri = triangle(P, bias);
   const groupings = Object.entries(variants).map(([name, g]) => [name, sourceGrouping(name, g, P, bias)]);
   const stats = groupings.map(([, g]) => new SublayerStats(L, tri, g, d));
+  const patterns = heads ? new HeadPatterns(L, cfg.n_heads, P) : null;
+  let headStats = [], headsMs = 0;                                 // made with layer 0 (o_proj bias?)
   const rope = ropeTables(cfg, P);
   const W_U = model.lmHead || model.embed;
   const progress = (step, label) => onProgress && onProgress(step, L + 1, label);
@@ -109,7 +120,20 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
       const att = attentionForward(x, w, cfg, rope, P);
       const xMid = add(x, att.out);
       const dAttn = decomposeAttention(C, tri, w, att, cfg, buf);
-      record(stats, l, "attn", C, dAttn, xMid, P, d);
+      const rMid = unitForProj(xMid, P, d);
+      for (const st of stats) st.record(l, "attn", C, dAttn, rMid);
+      if (patterns) {                           // the same write, split by head (O is still in buf.O)
+        const th = performance.now();
+        if (l === 0) headStats = groupings.map(([, g]) => new HeadStats(L, cfg, tri, g, w.oBias));
+        patterns.record(l, att.pattern);
+        const maps = headMaps(w.raw.o, rMid, cfg, P, model, l);   // R_h kept on the model's behalf
+        try {
+          for (const hs of headStats) hs.record(l, buf.O, att.heads, maps, rMid, w.oBias);
+        } finally {
+          maps.dispose();
+        }
+        headsMs += performance.now() - th;
+      }
       recon[2 * l] = reconError(C, xMid, tri, d);
 
       // MLP, gate frozen.                                            x = x_mid + mlp(x_mid)
@@ -117,7 +141,8 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
       x = add(xMid, mlp.out);
       const dMlp = await decomposeMlp(C, tri, w, mlp, cfg, buf, signal, pool)
         .catch(async (e) => { await releaseLens(W_U); throw e; });
-      record(stats, l, "mlp", C, dMlp, x, P, d);
+      const rOut = unitForProj(x, P, d);
+      for (const st of stats) st.record(l, "mlp", C, dMlp, rOut);
       recon[2 * l + 1] = reconError(C, x, tri, d);
 
       if (lensX) {
@@ -149,10 +174,11 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
     embed_norm: embedNorm, recon_error: recon, logit_error: top.logit_error,
     pred_ids: top.pred_ids, pred_probs: top.pred_probs, pred_logits: top.pred_logits,
     lens_ids: top.lens_ids, lens_probs: top.lens_probs, variants: out,
+    heads: headsResult(patterns, headStats, groupings.map(([name]) => name)),
     timings: {layers_ms: tLayers - t0, logits_ms: tEnd - tLayers, total_ms: tEnd - t0,
               layers_kernel_ms: kLayers - k0, logits_kernel_ms: kernelTime() - kLayers,
               kernel_bytes: kernelMemory(), unembedding_threads: top.threads,
-              mlp_threads: pool ? pool.helpers.length + 1 : 1},
+              mlp_threads: pool ? pool.helpers.length + 1 : 1, heads_ms: headsMs},
   };
 }
 
@@ -221,7 +247,7 @@ function attentionForward(x, w, cfg, rope, P) {
     }
   }
   const out = addBias(matmul(heads, P, w.o), w.oBias, P);        // (P, d)
-  return {inv, pattern, out};
+  return {inv, pattern, heads, out};
 }
 
 /** SwiGLU MLP of one layer over x_mid (P, d); freezes rms2 and the gate act(gate_proj(x)). */
@@ -246,8 +272,7 @@ function mlpForward(xMid, w, cfg, P) {
  *   V[row] = (W_v ⊙ w1) · c[row] / rms1[pos]                (T, d) -> (T, KV·hd)
  *   O[p, s] = Σ_{t = start[s]}^{p} A[h, p, t] V[t, s]       per query head, GQA   -> (T, H·hd)
  *   δ[row] = W_o · O[row]                                   (T, H·hd) -> (T, d)
- * Per-head parts (issue 13) would be O's column block h·hd..(h+1)·hd times the same columns of
- * W_o; keeping them needs only a product per head instead of the one below.
+ * O stays in buf.O for the per-head parts (engine-heads.js) until the next layer.
  */
 function decomposeAttention(C, tri, w, att, cfg, buf) {
   const {d_model: d, n_heads: H, n_kv_heads: KV, head_dim: hd} = cfg;
@@ -332,81 +357,3 @@ function scratch(cfg, tri) {
     u: new Float32Array(Math.min(MLP_ROWS, tri.T) * ff),           // (rows, ff) one MLP chunk
   };
 }
-
-function record(stats, l, kind, C, delta, r, P, d) {
-  const rUnit = unitForProj(r, P, d);
-  for (const st of stats) st.record(l, kind, C, delta, rUnit);
-}
-
-// ----------------------------------------------------------------------------- small pieces
-
-function invRms(x, P, d, eps) {
-  const inv = new Float32Array(P);
-  for (let p = 0; p < P; p++) {
-    let ss = 0;
-    for (let j = p * d; j < (p + 1) * d; j++) ss += x[j] * x[j];
-    inv[p] = 1 / Math.sqrt(Math.fround(Math.fround(ss / d) + eps));
-  }
-  return inv;
-}
-
-function scaleRows(x, s, P, d) {
-  const out = new Float32Array(P * d);
-  for (let p = 0; p < P; p++) for (let j = p * d; j < (p + 1) * d; j++) out[j] = x[j] * s[p];
-  return out;
-}
-
-/** w_f / rms_f[p], the final norm with its real per-position scale.   (P, d) */
-function finalScale(x, wf, eps, P, d) {
-  const inv = invRms(x, P, d, eps), out = new Float32Array(P * d);
-  for (let p = 0; p < P; p++) for (let j = 0; j < d; j++) out[p * d + j] = wf[j] * inv[p];
-  return out;
-}
-
-function finalNormed(x, wf, eps, P, d) {
-  return mulRows(x, finalScale(x, wf, eps, P, d));
-}
-
-function mulRows(a, b) {
-  const out = new Float32Array(a.length);
-  for (let i = 0; i < a.length; i++) out[i] = a[i] * b[i];
-  return out;
-}
-
-/** (Σ_s c[p, s] − r[p]) ⊙ scaleF[p]   (P, d) */
-function reconDiff(C, r, scaleF, tri, d) {
-  const total = new Float32Array(tri.P * d);
-  for (let row = 0; row < tri.T; row++) {
-    const o = tri.pos[row] * d;
-    for (let j = 0; j < d; j++) total[o + j] += C[row * d + j];
-  }
-  for (let i = 0; i < total.length; i++) total[i] = (total[i] - r[i]) * scaleF[i];
-  return total;
-}
-
-function add(a, b) {
-  const out = new Float32Array(a.length);
-  for (let i = 0; i < a.length; i++) out[i] = a[i] + b[i];
-  return out;
-}
-
-function addInPlace(a, b) {
-  for (let i = 0; i < a.length; i++) a[i] += b[i];
-}
-
-function addBias(y, bias, rows) {
-  if (!bias) return y;
-  const n = bias.length;
-  for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) y[r * n + j] += bias[j];
-  return y;
-}
-
-/** Add a bias to the rows of the bias source (it exists only when the model has biases). */
-function addBiasSource(y, bias, tri, n) {
-  if (!bias || !tri.bias) return;
-  const s = tri.biasSource;
-  for (let row = tri.offset[s]; row < tri.offset[s + 1]; row++) {
-    for (let j = 0; j < n; j++) y[row * n + j] += bias[j];
-  }
-}
-

@@ -1,6 +1,7 @@
 // The live page: a prompt box, a live token count, Run / Cancel, progress, then the viewer.
 // All work happens in worker.js; this module only talks to it and to the DOM (textContent only).
-import { decodeData, DataError } from "../data.js";
+import { decodeData, ensureAll, DataError } from "../data.js";
+import { decodeHeads } from "../heads.js";
 import { mountResult } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
@@ -13,7 +14,10 @@ let worker = null;
 let countSeq = 0, lastCount = null, countTimer = 0;
 let busy = false;
 let cancelTimer = 0;
-let resultUrl = null;
+let resultUrl = null, headsUrl = null;
+let viewer = null;               // the mounted Viewer, destroyed before the next one mounts
+let shown = null;                // {text, chat} of the result on screen
+let regroupSeq = 0, regroupJob = null;   // the exact custom grouping in progress: {seq, resolve, reject}
 
 const ui = {
   form: $("live-form"), text: $("prompt"), chat: $("chat"), run: $("run"), cancel: $("cancel"),
@@ -54,10 +58,13 @@ function onMessage(m) {
     renderCount(m.error);
   } else if (m.type === "progress") {
     renderProgress(m);
+  } else if (m.type === "variant" || (m.type === "error" && regroupJob && m.seq === regroupJob.seq)) {
+    clearTimeout(cancelTimer);
+    endRegroup(m);
   } else if (m.type === "done") {
     clearTimeout(cancelTimer);
     finish();
-    showResult(m.bytes, m.timings);
+    showResult(m.bytes, m.headsBytes, m.timings);
   } else if (m.type === "error") {
     clearTimeout(cancelTimer);
     finish();
@@ -109,7 +116,7 @@ function renderProgress(m) {
     ui.layerLabel.textContent = m.step < m.total - 1 || !m.label
       ? `Layer ${Math.min(m.step, m.total - 1)} / ${m.total - 1}` : String(m.label);
     if (m.label) ui.layerLabel.title = String(m.label);
-    setState("running");
+    if (!regroupJob) setState("running");
   }
 }
 
@@ -136,8 +143,10 @@ function run(ev) {
   ui.layerBar.value = 0;
   ui.layerLabel.textContent = "Layers";
   status("Working…");
-  writeHash(text);
-  worker.postMessage({ type: "run", text, chat: !!(ui.chat && ui.chat.checked), maxTokens: MAX });
+  const chat = !!(ui.chat && ui.chat.checked);
+  writeHash(text, chat);
+  shown = { text, chat };
+  worker.postMessage({ type: "run", text, chat, maxTokens: MAX });
 }
 
 function finish() {
@@ -156,24 +165,74 @@ function cancel() {
     worker.terminate();
     startWorker();
     requestCount();
-    onMessage({ type: "error", kind: "cancelled" });
+    onMessage({ type: "error", kind: "cancelled", seq: regroupJob ? regroupJob.seq : undefined });
   }, 1500);
 }
 
-async function showResult(bytes, timings) {
+// ----------------------------------------------------------------------------- exact custom groups
+
+/**
+ * The viewer's exactCustom (exact-custom.js): the shown prompt decomposed again in the worker
+ * with `groups` as its one variant. Progress and Cancel are the page's; resolves to the decoded
+ * variant, or rejects (an AbortError on Cancel).
+ */
+function exactCustom(groups) {
+  if (busy) return Promise.reject(new Error("another computation is running; wait for it or cancel it"));
+  busy = true;
+  ui.run.disabled = true;
+  ui.cancel.hidden = false;
+  ui.progress.hidden = false;
+  ui.layerBar.value = 0;
+  ui.layerLabel.textContent = "Custom grouping";
+  status("Computing the custom grouping exactly in your browser…");
+  setState("regrouping");
+  const seq = ++regroupSeq;
+  return new Promise((resolve, reject) => {
+    regroupJob = { seq, resolve, reject };
+    worker.postMessage({ type: "regroup", seq, text: shown.text, chat: shown.chat, groups });
+  }).then(async (m) => {
+    const D = await decodeData(own(m.bytes));
+    await ensureAll(D);
+    const V = D.variants[0];
+    if (m.headsBytes) V.heads = await (await decodeHeads(own(m.headsBytes), D)).variant(V.name);   // heads.js reads V.heads
+    return V;
+  });
+}
+
+function endRegroup(m) {
+  const job = regroupJob;
+  regroupJob = null;
+  finish();
+  setState("done");
+  if (m.type === "variant") job.resolve(m);
+  else if (m.kind === "cancelled") job.reject(new DOMException("cancelled", "AbortError"));
+  else job.reject(new Error(m.message));
+}
+
+const own = (bytes) => (bytes.buffer.byteLength === bytes.byteLength ? bytes.buffer : bytes.slice().buffer);
+
+async function showResult(bytes, headsBytes, timings) {
   let D;
   try {
-    D = await decodeData(bytes.buffer.byteLength === bytes.byteLength ? bytes.buffer : bytes.slice().buffer);
+    D = await decodeData(own(bytes));
+    // the per-head views read D.heads, as gallery pages read their fetched per-head file
+    if (headsBytes) D.heads = await decodeHeads(own(headsBytes), D);
   } catch (e) {
     showError(e instanceof DataError ? e.message : `The result could not be decoded: ${e.message}`);
     return;
   }
-  if (resultUrl) URL.revokeObjectURL(resultUrl);
-  resultUrl = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
-  window.infoflowLive = { bytes, timings, D, dataUrl: resultUrl };
+  for (const url of [resultUrl, headsUrl]) if (url) URL.revokeObjectURL(url);
+  const blob = (b) => URL.createObjectURL(new Blob([b], { type: "application/octet-stream" }));
+  resultUrl = blob(bytes);
+  headsUrl = headsBytes ? blob(headsBytes) : null;
+  window.infoflowLive = { bytes, headsBytes, timings, D, dataUrl: resultUrl, headsUrl };
   ui.result.hidden = false;
+  if (viewer) viewer.destroy();
   try {
-    await mountResult(ui.result, D, { dataUrl: resultUrl, fileName: "live.msgpack" });
+    viewer = await mountResult(ui.result, D, { dataUrl: resultUrl, fileName: "live.msgpack",
+                                               headsUrl, headsFileName: "live.heads.msgpack",
+                                               hashPrefix: hashParams(shown.text, shown.chat).toString(),
+                                               exactCustom });
   } catch (e) {
     showError(`The viewer failed: ${e.message}`);
     return;
@@ -186,15 +245,25 @@ async function showResult(bytes, timings) {
 
 // ----------------------------------------------------------------------------- share links
 
-function readHash() {
-  const q = new URLSearchParams(location.hash.replace(/^#/, ""));
-  return q.get("text");
+// #text=<prompt>[&chat=1] first, then the viewer's own view state (m=, g=, pin=, cg=, th=, ...,
+// state.js encodeHash), so a shared link reopens the same view once the visitor has pressed Run.
+
+function hashParams(text, chat) {
+  return new URLSearchParams(chat ? { text, chat: "1" } : { text });
 }
 
-function writeHash(text) {
+function readHash() {
   const q = new URLSearchParams(location.hash.replace(/^#/, ""));
-  q.set("text", text);
-  history.replaceState(null, "", "#" + q.toString());
+  return { text: q.get("text"), chat: q.get("chat") === "1" };
+}
+
+/** The prompt into the hash; the view state stays only if it was for this same prompt. */
+function writeHash(text, chat) {
+  const q = new URLSearchParams(location.hash.replace(/^#/, ""));
+  const same = q.get("text") === text && (q.get("chat") === "1") === chat;
+  const out = hashParams(text, chat);
+  if (same) for (const [k, v] of q) if (k !== "text" && k !== "chat") out.append(k, v);
+  history.replaceState(null, "", "#" + out.toString());
 }
 
 // ----------------------------------------------------------------------------- start
@@ -222,9 +291,10 @@ function start() {
     status(`This device reports ${navigator.deviceMemory} GB of memory; a run needs about 1 GB and may fail.`);
   }
   startWorker();
-  const text = readHash();
+  const { text, chat } = readHash();
   if (text) {
     ui.text.value = text;
+    if (ui.chat) ui.chat.checked = chat;
     ui.notice.hidden = false;        // a shared link: ask (Run) before downloading anything
   }
   ui.form.addEventListener("submit", run);

@@ -34,17 +34,26 @@ function summary(D) {
   return table;
 }
 
-/** The viewer's "Data file" link gets a file name (a blob: URL has none). */
-function nameDataLink(link, { dataUrl, fileName }) {
+/** The viewer's "Data file" link gets a file name (a blob: URL has none), and a "Heads file"
+ * link beside it: the per-head data is a second file (docs/live-format.md, "Saving a result"). */
+function nameDataLink(link, { dataUrl, fileName, headsUrl, headsFileName }) {
   link.href = dataUrl;
   link.setAttribute("download", fileName);
   link.title = "Download this result as an infoflow data file (infoflow.load reads it)";
+  const old = document.getElementById("download-heads");
+  if (old) old.remove();
+  if (!headsUrl) return;
+  const heads = el("a", { class: "button", id: "download-heads", href: headsUrl, download: headsFileName,
+    title: `The per-head data, for infoflow.load("${fileName}").heads: save it beside ${fileName} as ${headsFileName}` },
+  "Heads file");
+  link.after(heads);
 }
 
 /**
- * Mount the standard viewer on D in `container`. options: {dataUrl, fileName}. The view is
- * not mirrored in the URL hash (hash: false): the hash holds the prompt (#text=...), which the
- * viewer's state encoder would drop.
+ * Mount the standard viewer on D in `container`. options: {dataUrl, fileName, headsUrl,
+ * headsFileName, hashPrefix, exactCustom}. The view is mirrored in the URL hash after
+ * `hashPrefix` (the prompt: text=...&chat=1), so a link holds both; exactCustom computes custom
+ * groupings exactly (exact-custom.js). Returns the Viewer (null when it could not mount).
  */
 export async function mountResult(container, D, options) {
   container.replaceChildren(resultBar(D));
@@ -57,7 +66,8 @@ export async function mountResult(container, D, options) {
     mod = null;
   }
   if (mod && typeof mod.mountViewer === "function") {
-    const viewer = await mod.mountViewer(host, D, { id: "live", dataUrl: options.dataUrl, hash: false });
+    const viewer = await mod.mountViewer(host, D, { id: "live", dataUrl: options.dataUrl, hash: true,
+                                                    hashPrefix: options.hashPrefix, exactCustom: options.exactCustom });
     const link = document.getElementById("download-data");
     if (link) nameDataLink(link, options);
     return viewer;

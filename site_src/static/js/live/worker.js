@@ -2,7 +2,13 @@
 //
 // Messages in:  {type: "init", manifest}             the manifest URL (fetched now: ~60 KB)
 //               {type: "count", seq, text, chat}     -> {type: "count", seq, n} or {type: "error"}
-//               {type: "run", text, chat, maxTokens} -> progress..., then {type: "done", bytes}
+//               {type: "run", text, chat, maxTokens} -> progress..., then {type: "done", bytes,
+//                                                       headsBytes, timings}
+//               {type: "regroup", seq, text, chat, groups, expectIds?, maxTokens?} -> progress..., then
+//                                                       {type: "variant", seq, bytes, headsBytes}: the
+//                                                       prompt with one variant "custom" (groups: one id
+//                                                       per token, by first use; expectIds: refuse other
+//                                                       token ids, e.g. a gallery page's data file)
 //               {type: "cancel"}                     -> the run rejects with "cancelled"
 // Messages out: {type: "progress", phase: "download", loaded, total, cached}
 //               {type: "progress", phase: "layers", step, total, label}
@@ -11,6 +17,10 @@
 import { loadModel, LoadError } from "./weights.js";
 import { LiveTokenizer } from "./tokenize.js";
 import { encodeDocument } from "./encode.js";
+import { encodeHeads } from "./encode-heads.js";
+
+/** The names the page gives the two downloads; the per-head file names the main one. */
+export const FILE_NAMES = { main: "live.msgpack", heads: "live.heads.msgpack" };
 
 let manifestUrl = null;
 let manifestP = null;      // Promise of the manifest
@@ -102,7 +112,7 @@ function toResult(res, tok, ids, tokens, variantInfo, live) {
     L, P, k, tokens, token_ids: ids, embed_norm: res.embed_norm, recon_error: res.recon_error,
     logit_error: res.logit_error, pred_ids: res.pred_ids, pred_probs: res.pred_probs,
     pred_logits: res.pred_logits, lens_ids: res.lens_ids, lens_probs: res.lens_probs,
-    token_text, variants, model: live.manifest.model, precision: "float32",
+    token_text, variants, heads: res.heads, model: live.manifest.model, precision: "float32",
     generator: { ...live.manifest.generator, runtime: "browser" },
   };
 }
@@ -133,24 +143,61 @@ async function run({ text, chat, maxTokens }) {
     { name: "words", label: "by words", grouping: "words" },
   ];
   const res = await decompose(engine, Int32Array.from(ids), { tokens: null, words: Int32Array.from(words) }, {
-    topK: 5, logitLens: true, signal,
-    onProgress: (step, total, label) => postMessage({ type: "progress", phase: "layers", step, total, label }),
+    topK: 5, logitLens: true, signal, onProgress: layerProgress,
   });
   const t2 = performance.now();
   const result = toResult(res, tok, ids, tokens, variantInfo, live);
   const prompt = { id: "live", title: "Your prompt", text, tags: [], note: null, chat: !!chat };
   const bytes = await encodeDocument(result, prompt);
+  const headsBytes = await encodeHeads(result, FILE_NAMES.main);
   const t3 = performance.now();
-  return { bytes, timings: { load: t1 - t0, engine: t2 - t1, encode: t3 - t2, ...res.timings } };
+  return { bytes, headsBytes, timings: { load: t1 - t0, engine: t2 - t1, encode: t3 - t2, ...res.timings } };
 }
 
-function report(e) {
+function layerProgress(step, total, label) {
+  postMessage({ type: "progress", phase: "layers", step, total, label });
+}
+
+/**
+ * A prompt again (the page's result), with the visitor's custom grouping as its one variant:
+ * exact, as infoflow.decompose(text, groups=[...]) computes it (the weights are usually still in
+ * this worker). No logit lens: it does not depend on the grouping, and the page has it.
+ */
+async function regroup({ text, chat, groups, expectIds = null, maxTokens = null }) {
+  running = new AbortController();
+  const signal = running.signal;
+  const tok = await tokenizer();
+  const ids = encodeIds(tok, text, chat);
+  if (expectIds && (expectIds.length !== ids.length || expectIds.some((id, i) => id !== ids[i]))) {
+    throw new InputError("The browser's tokenizer splits this prompt differently from the page's data file, "
+      + "so it cannot be recomputed here; use infoflow.decompose(text, groups=[...]) in Python.");
+  }
+  if (maxTokens && ids.length > maxTokens) {
+    throw new InputError(`This prompt has ${ids.length} tokens; the browser recomputes at most ${maxTokens}. `
+      + "Use infoflow.decompose(text, groups=[...]) in Python.");
+  }
+  if (!Array.isArray(groups) || groups.length !== ids.length) {
+    throw new InputError(`A custom grouping needs one group per token (${ids.length}).`);
+  }
+  const { live, engine } = await model(signal);
+  const { decompose } = await import("./engine.js");
+  const res = await decompose(engine, Int32Array.from(ids), { custom: Int32Array.from(groups) }, {
+    topK: 5, logitLens: false, signal, onProgress: layerProgress,
+  });
+  const info = [{ name: "custom", label: "custom (exact)", grouping: "custom" }];
+  const result = toResult(res, tok, ids, tok.displayTokens(ids), info, live);
+  const prompt = { id: "live", title: "Your prompt", text, tags: [], note: null, chat: !!chat };
+  const bytes = await encodeDocument(result, prompt);
+  return { bytes, headsBytes: await encodeHeads(result, FILE_NAMES.main) };
+}
+
+function report(e, seq) {
   let kind = "engine";
   if (e instanceof InputError) kind = "input";
   else if (e instanceof LoadError) kind = "download";
   else if (e && e.name === "AbortError") kind = "cancelled";
   else if (e instanceof RangeError && /alloc|memory|Array buffer/i.test(e.message)) kind = "memory";
-  postMessage({ type: "error", kind, message: e && e.message ? e.message : String(e), chunk: e && e.chunk });
+  postMessage({ type: "error", kind, message: e && e.message ? e.message : String(e), chunk: e && e.chunk, seq });
 }
 
 self.onmessage = async (ev) => {
@@ -163,15 +210,18 @@ self.onmessage = async (ev) => {
       const n = m.text ? tok.encode(m.text, { chat: !!m.chat }).length : 0;
       postMessage({ type: "count", seq: m.seq, n });
     } else if (m.type === "run") {
-      const { bytes, timings } = await run(m);
-      postMessage({ type: "done", bytes, timings }, [bytes.buffer]);
+      const { bytes, headsBytes, timings } = await run(m);
+      postMessage({ type: "done", bytes, headsBytes, timings }, [bytes.buffer, ...(headsBytes ? [headsBytes.buffer] : [])]);
+    } else if (m.type === "regroup") {
+      const { bytes, headsBytes } = await regroup(m);
+      postMessage({ type: "variant", seq: m.seq, bytes, headsBytes }, [bytes.buffer, ...(headsBytes ? [headsBytes.buffer] : [])]);
     } else if (m.type === "cancel") {
       if (running) running.abort();
     }
   } catch (e) {
     if (m.type === "count") postMessage({ type: "count", seq: m.seq, n: null, error: e.message });
-    else report(e);
+    else report(e, m.type === "regroup" ? m.seq : undefined);
   } finally {
-    if (m.type === "run") running = null;
+    if (m.type === "run" || m.type === "regroup") running = null;
   }
 };
