@@ -1,6 +1,8 @@
 /**
  * The one matmul kernel of the in-browser engine: `y = x · Wᵀ` for a weight W stored as
- * PyTorch stores an nn.Linear weight, row-major [out, in].
+ * PyTorch stores an nn.Linear weight, row-major [out, in]. The same WebAssembly module also
+ * packs weights, dequantizes Q4_1 blocks (dequantizeFast) and does the logit lens's per-block
+ * maxima and exp-sums (lensBlock): the loops that cost most outside the products in JS.
  *
  * Backend: kernel-sgemm.wasm, a 4 × 8 register-blocked WebAssembly SIMD sgemm (source and
  * build command in kernel-sgemm.wat), one thread. Chosen by measurement over
