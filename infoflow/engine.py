@@ -412,9 +412,11 @@ def _unit_for_proj(r: Tensor) -> Tensor:
 
 
 def _relative_error(C: Tensor, r: Tensor, tri: Triangle) -> float:
-    """max_p ‖Σ_s c[p, s] − r[p]‖ / ‖r[p]‖: the sum identity."""
+    """max_p ‖Σ_s c[p, s] − r[p]‖ / ‖r[p]‖: the sum identity. Where r[p] is exactly zero (a
+    token whose embedding row is zero, e.g. a pad id), the absolute error, not 0/0 = NaN."""
     total = C.new_zeros(r.shape).index_add_(0, tri.pos, C)
-    return float((torch.linalg.vector_norm(total - r, dim=1) / torch.linalg.vector_norm(r, dim=1)).max())
+    norm = torch.linalg.vector_norm(r, dim=1)
+    return float((torch.linalg.vector_norm(total - r, dim=1) / torch.where(norm > 0, norm, 1.0)).max())
 
 
 # ----------------------------------------------------------------------------- per-head parts

@@ -180,3 +180,21 @@ def test_logit_lens_matches_softmax_topk(V, bias):
     want_p, want_ids = torch.softmax(logits, -1).topk(k, dim=-1)
     assert torch.equal(ids, want_ids)
     assert torch.allclose(probs.double(), want_p, rtol=1e-4, atol=1e-7)
+
+
+def test_recon_error_of_a_zero_residual_is_the_absolute_error_not_nan():
+    """A position whose residual is exactly zero (a token with a zero embedding row, e.g. a pad
+    id used as BOS) gets the absolute error of the sum identity instead of 0/0."""
+    from infoflow.engine import _relative_error, triangle
+
+    tri = triangle(3, False)
+    d = 4
+    r = torch.tensor([[0.0] * d, [1.0, 2.0, 0.0, 0.0], [3.0, 0.0, 4.0, 0.0]])
+    C = torch.zeros(tri.T, d)
+    for p in range(3):                       # every position's parts: r[p] split over its sources
+        rows = (tri.pos == p).nonzero().flatten()
+        C[rows] = r[p] / len(rows)
+    assert _relative_error(C, r, tri) < 1e-7
+    C[(tri.pos == 0).nonzero().flatten()] += 1e-3        # position 0's parts no longer sum to 0
+    err = _relative_error(C, r, tri)
+    assert np.isfinite(err) and abs(err - 1e-3 * d ** 0.5) < 1e-6

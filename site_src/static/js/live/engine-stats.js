@@ -65,7 +65,7 @@ export function reconError(C, r, tri, d) {
       num += e * e;
       den += r[p * d + j] * r[p * d + j];
     }
-    worst = Math.max(worst, Math.sqrt(num / den));
+    worst = Math.max(worst, Math.sqrt(num / (den > 0 ? den : 1)));   // r[p] = 0: the absolute error, as engine.py
   }
   return worst;
 }
