@@ -134,19 +134,24 @@ function run(ev) {
     showError(`The prompt has ${lastCount} tokens; the limit here is ${MAX}. Shorten it.`);
     return;
   }
-  busy = true;
   setState("loading");
   ui.notice.hidden = true;
-  ui.run.disabled = true;
-  ui.cancel.hidden = false;
-  ui.progress.hidden = false;
-  ui.layerBar.value = 0;
-  ui.layerLabel.textContent = "Layers";
-  status("Working…");
+  startBusy("Layers", "Working…");
   const chat = !!(ui.chat && ui.chat.checked);
   writeHash(text, chat);
   shown = { text, chat };
   worker.postMessage({ type: "run", text, chat, maxTokens: MAX });
+}
+
+/** A computation starts: Run off, Cancel and the layer bar on. */
+function startBusy(label, text) {
+  busy = true;
+  ui.run.disabled = true;
+  ui.cancel.hidden = false;
+  ui.progress.hidden = false;
+  ui.layerBar.value = 0;
+  ui.layerLabel.textContent = label;
+  status(text);
 }
 
 function finish() {
@@ -178,13 +183,7 @@ function cancel() {
  */
 function exactCustom(groups) {
   if (busy) return Promise.reject(new Error("another computation is running; wait for it or cancel it"));
-  busy = true;
-  ui.run.disabled = true;
-  ui.cancel.hidden = false;
-  ui.progress.hidden = false;
-  ui.layerBar.value = 0;
-  ui.layerLabel.textContent = "Custom grouping";
-  status("Computing the custom grouping exactly in your browser…");
+  startBusy("Custom grouping", "Computing the custom grouping exactly in your browser…");
   setState("regrouping");
   const seq = ++regroupSeq;
   return new Promise((resolve, reject) => {
