@@ -1,6 +1,6 @@
 // The viewer application: state changes -> one update of the grid and the panels that depend on
 // them. viewer.js mounts it (mountViewer) and boots the gallery pages.
-import { DataError, ensureMetric, METRIC_KEYS } from "./data.js";
+import { DataError, ensureAll, ensureLens, ensureMetric, METRIC_KEYS } from "./data.js";
 import { Grid } from "./grid.js";
 import { buildBatches, colorSlots, customVariant } from "./compute.js";
 import { PALETTE, PALETTE_DARK, MAX_COLORS, sequentialRamp, divergingRamp, NEG_COLOR, POS_COLOR } from "./palette.js";
@@ -75,7 +75,9 @@ export class Viewer {
     // the rest of the file in the background, so later switches are instant
     this.loading = true;
     const t2 = performance.now();
-    setTimeout(() => Promise.all(D.variants.flatMap((V) => METRIC_KEYS.map((m) => ensureMetric(V, m)))).then(() => {
+    setTimeout(() => Promise.all([
+      ensureLens(D).then(() => { if (this.tipPinned && this.state.pin) this.showPinned(); this.set({}, { push: false, changed: ["pin"] }); }),
+      ensureAll(D)]).then(() => {
       this.timings.decodeRest = performance.now() - t2;
       this.loading = false;
     }, (e) => this.fail(e)), 0);
@@ -132,9 +134,11 @@ export class Viewer {
   /** Arrays the current state needs, decoded (usually already are: see start()). */
   ensureArrays() {
     const s = this.state, D = this.D;
-    if (s.variant === "custom" && !exactVariant(this, s)) return Promise.all(METRIC_KEYS.map((k) => ensureMetric(D.variants[0], k)));
+    if (s.variant === "custom" && !exactVariant(this, s)) {
+      return Promise.all([...METRIC_KEYS, "logitAttr"].map((k) => ensureMetric(D.variants[0], k)));
+    }
     const V = this.V;
-    return Promise.all([ensureMetric(V, s.metric), ensureMetric(V, "norm")]);
+    return Promise.all([ensureMetric(V, s.metric), ensureMetric(V, "norm"), ensureMetric(V, "logitAttr")]);
   }
 
   haveArrays() {

@@ -58,17 +58,19 @@ async function decodeVariant(v, L, P, k) {
   }
   const rawAttr = need(v, "logit_attr", name);
   expectShape(rawAttr, [P, k, G], `${name}.logit_attr`);
-  const [groups, first, attr] = await Promise.all([
+  checkArray(rawAttr, `${name}.logit_attr`);
+  store.raw.logitAttr = rawAttr;             // decoded on first use too: ensureMetric(V, "logitAttr")
+  store.logitAttr = null;
+  const [groups, first] = await Promise.all([
     decodeArray(need(v, "groups", name), `${name}.groups`),
-    decodeArray(need(v, "first", name), `${name}.first`),
-    decodeArray(rawAttr, `${name}.logit_attr`)]);
+    decodeArray(need(v, "first", name), `${name}.first`)]);
   if (groups.data.length !== P || first.data.length !== G) throw damaged(`${name}'s groups / first have the wrong length`);
   for (const g of groups.data) if (g >= G) throw damaged(`${name}'s groups name a source it does not have`);
   const out = {
     name, label: typeof v.label === "string" ? v.label : name, grouping: v.grouping || "custom", sources,
-    hasBias: !!v.has_bias, exact: true, G, groups: groups.data, first: first.data, logitAttr: attr.data, store,
+    hasBias: !!v.has_bias, exact: true, G, groups: groups.data, first: first.data, store,
   };
-  for (const m of METRIC_KEYS) Object.defineProperty(out, m, { get: () => store[m], enumerable: true });
+  for (const m of [...METRIC_KEYS, "logitAttr"]) Object.defineProperty(out, m, { get: () => store[m], enumerable: true });
   Object.defineProperty(out, "quant", { get: () => store.quant, enumerable: true });
   return out;
 }
@@ -87,9 +89,28 @@ export function ensureMetric(V, metric) {
   return st.pending[metric];
 }
 
-/** Decode every metric of every variant (what the viewer does in the background). */
+/** Decode every metric of every variant and the logit lens (what the viewer does in the background). */
 export function ensureAll(D) {
-  return Promise.all(D.variants.flatMap((V) => METRIC_KEYS.map((m) => ensureMetric(V, m))));
+  return Promise.all([ensureLens(D), ...D.variants.flatMap((V) => [...METRIC_KEYS, "logitAttr"].map((m) => ensureMetric(V, m)))]);
+}
+
+function checkIds(ids, strings, what) {
+  for (const i of ids) if (i >= strings.length) throw damaged(`${what} names a string the file does not have`);
+}
+
+/** Decode the logit lens once: D.lens = {ids, probs} ((L, 2, P, k) each); resolves to it (null: none). */
+export function ensureLens(D) {
+  if (D.lens || !D.lensRaw) return Promise.resolve(D.lens || null);
+  if (!D.lensPending) {
+    D.lensPending = Promise.all([decodeArray(D.lensRaw.ids, "lens.ids"), decodeArray(D.lensRaw.probs, "lens.probs")])
+      .then(([ids, probs]) => {
+        checkIds(ids.data, D.strings, "the logit lens");
+        if (probs.data.length !== D.L * 2 * D.P * D.k) throw damaged("the logit lens has the wrong size");
+        D.lens = { ids: ids.data, probs: probs.data };
+        return D.lens;
+      });
+  }
+  return D.lensPending;
 }
 
 /** Check the sizes a document declares, all together, before decoding any array. */
@@ -133,14 +154,15 @@ function checkDocument(doc) {
  *     tokenIds: Uint32Array(P), strings: string[] (string table for predictions and lens),
  *     embedNorm: Float32Array(P), reconError: Float32Array(L*2), worstReconError: number, logitError: number,
  *     pred: {ids: (P, k) indices into strings, probs: Float32Array(P*k), logits: Float32Array(P*k)},
- *     lens: {ids: (L, 2, P, k), probs: Float32Array(L*2*P*k)} | null,
+ *     lens: {ids: (L, 2, P, k), probs: Float32Array(L*2*P*k)} | null: null until `await ensureLens(D)`
+ *           (lensRaw: the file's lens, null when it has none),
  *     variants: [V],                    // the first is "tokens"
  *     // loadData adds: url, bytes (file size), timings: {download, decode} (ms)
  *   }
  *   V = {
  *     name, label, grouping: "tokens" | "words" | "custom", sources: string[G], hasBias, exact: true, G,
  *     groups: Uint16Array(P) (source of each position), first: Uint16Array(G) (first position of each source),
- *     logitAttr: Float32Array(P*k*G),
+ *     logitAttr: Float32Array(P*k*G), null until `await ensureMetric(V, "logitAttr")` (eager variants: decoded),
  *     norm, delta, proj: Float32Array(L*2*P*G) [layer, attn=0 / mlp=1, position, source],
  *                       null until `await ensureMetric(V, name)` (decodeData decodes `eager` ones),
  *     quant: {norm|delta|proj: {scale: Float32Array(L*2*P), q}}: a value is within scale/(2q) of the engine's,
@@ -169,22 +191,23 @@ export async function decodeData(buffer, { eager = [["words", "norm"]] } = {}) {
   expectShape(need(pred, "ids", "predictions"), [P, k], "predictions.ids");
   if (lens) expectShape(need(lens, "ids", "lens"), [L, 2, P, k], "lens.ids");
 
-  const [tokenIds, embedNorm, recon, pIds, pProbs, pLogits, lIds, lProbs, ...decoded] = await Promise.all([
+  if (lens) {
+    expectShape(need(lens, "probs", "lens"), [L, 2, P, k], "lens.probs");
+    checkArray(lens.ids, "lens.ids");
+    checkArray(lens.probs, "lens.probs");
+  }
+  const [tokenIds, embedNorm, recon, pIds, pProbs, pLogits, ...decoded] = await Promise.all([
     decodeArray(need(doc, "token_ids"), "token_ids"),
     decodeArray(need(doc, "embed_norm"), "embed_norm"),
     decodeArray(need(doc, "recon_error"), "recon_error"),
     decodeArray(need(pred, "ids", "predictions"), "predictions.ids"),
     decodeArray(need(pred, "probs", "predictions"), "predictions.probs"),
     decodeArray(need(pred, "logits", "predictions"), "predictions.logits"),
-    lens ? decodeArray(need(lens, "ids", "lens"), "lens.ids") : null,
-    lens ? decodeArray(need(lens, "probs", "lens"), "lens.probs") : null,
     ...rawVariants.map((v) => (v.same_as !== undefined ? null : decodeVariant(v, L, P, k))),
   ]);
-  for (const ids of [pIds.data, lIds ? lIds.data : []]) {
-    for (const i of ids) if (i >= strings.length) throw damaged("a prediction names a string the file does not have");
-  }
-  if (pProbs.data.length !== P * k || pLogits.data.length !== P * k || (lProbs && lProbs.data.length !== L * 2 * P * k)) {
-    throw damaged("the predictions or the logit lens have the wrong size");
+  checkIds(pIds.data, strings, "a prediction");
+  if (pProbs.data.length !== P * k || pLogits.data.length !== P * k) {
+    throw damaged("the predictions have the wrong size");
   }
 
   const byName = new Map();
@@ -201,9 +224,9 @@ export async function decodeData(buffer, { eager = [["words", "norm"]] } = {}) {
     variants.push(out);
   });
 
-  for (const [name, metric] of eager) {
+  for (const [name, metric] of eager) {     // the first view's arrays, and its logit attribution
     const V = byName.get(name) || variants[0];
-    await ensureMetric(V, metric);
+    await Promise.all([ensureMetric(V, metric), ensureMetric(V, "logitAttr")]);
   }
   return {
     schema: doc.schema, generator: doc.generator || {}, built: doc.built || "", prompt: doc.prompt || {},
@@ -211,7 +234,9 @@ export async function decodeData(buffer, { eager = [["words", "norm"]] } = {}) {
     tokenIds: tokenIds.data, strings, embedNorm: embedNorm.data,
     reconError: recon.data, worstReconError: doc.worst_recon_error, logitError: doc.logit_error,
     pred: { ids: pIds.data, probs: pProbs.data, logits: pLogits.data },
-    lens: lens ? { ids: lIds.data, probs: lProbs.data } : null,
+    // the logit lens is read only by tooltips and the pinned cell: decoded after the first
+    // draw (ensureLens), so the first view does not wait for it. null until then.
+    lens: null, lensRaw: lens || null, lensPending: null,
     variants,
   };
 }

@@ -201,6 +201,8 @@ export function cellContent(v, cell, { chart = false } = {}) {
         el("span", { class: "num", text: ` ${fmtPct(D.lens.probs[base + j])}` })));
     }
     frag.append(el("div", { class: "tt-lens" }, el("span", { class: "muted", text: "logit lens: " }), lens));
+  } else if (D.lensRaw) {
+    frag.append(el("div", { class: "tt-lens muted", text: "logit lens: loading\u2026" }));   // data.js ensureLens
   }
   if (chart && v.traceSrc >= 0) frag.append(traceChart(v, p));
   return frag;

@@ -38,7 +38,7 @@ function api(viewer) {
     get timings() { return { ...viewer.timings, lastDraw: viewer.grid.lastDraw }; },
     get hash() { return viewer.state ? viewer.hash() : null; },
     /** true once nothing is being decoded or waiting to be drawn */
-    get idle() { return !viewer.pending && !viewer.grid.frame && !viewer.idleJobs.size && !viewer.relayoutPending; },
+    get idle() { return !viewer.pending && !viewer.grid.frame && !viewer.idleJobs.size && !viewer.relayoutPending && !viewer.loading; },
     viewer,
     grid: viewer.grid,
   };
