@@ -347,3 +347,25 @@ def test_screenshots(site_server, browser, pages):
         finally:
             ctx.close()
 
+
+
+def test_linked_pinned_cell_gets_the_logit_lens_after_the_first_draw(site_server, browser, page, pages, gallery_site):
+    """The lens is decoded after the first draw (data.js ensureLens): a link that pins a cell
+    still shows that cell's lens once the page is idle, with the data file's top-1 probability."""
+    import infoflow
+
+    pid = _plain_id(pages)
+    _open_viewer(page, site_server + pages[pid])
+    L, P = page.evaluate("[window.infoflowViewer.viewer.D.L, window.infoflowViewer.viewer.D.P]")
+    ctx, other = _new_page(browser)
+    try:
+        _open_viewer(other, site_server + pages[pid] + f"#pin={L - 1}.1.{P - 1}")
+        other.wait_for_function("() => window.infoflowViewer.idle")
+        text = other.text_content("#cell-detail")
+        assert "logit lens:" in text and "loading" not in text
+        d = infoflow.load(next(Path(gallery_site, "data").glob(f"{pid}.*.msgpack")))
+        prob = float(d.lens_probs[L - 1, 1, P - 1, 0])
+        assert f"{100 * prob:.1f}%" in text, (text, prob)
+        assert other.errors == []
+    finally:
+        ctx.close()

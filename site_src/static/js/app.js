@@ -76,7 +76,11 @@ export class Viewer {
     this.loading = true;
     const t2 = performance.now();
     setTimeout(() => Promise.all([
-      ensureLens(D).then(() => { if (this.tipPinned && this.state.pin) this.showPinned(); this.set({}, { push: false, changed: ["pin"] }); }),
+      ensureLens(D).then(() => {                     // a pinned cell shows the lens: fill it in
+        if (!this.state.pin) return;
+        if (this.tipPinned) this.showPinned();
+        this.set({}, { push: false, changed: ["pin"] });
+      }),
       ensureAll(D)]).then(() => {
       this.timings.decodeRest = performance.now() - t2;
       this.loading = false;
