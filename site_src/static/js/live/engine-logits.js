@@ -37,7 +37,7 @@ export function packedBlocks(W_U, V, d) {
 }
 
 /** Free the calling thread's packed blocks. */
-export function releasePacked() {
+function releasePacked() {
   for (const w of packed.blocks) w.dispose();
   packed = {buffer: null, offset: 0, length: 0, d: 0, blocks: []};
 }
