@@ -5,6 +5,8 @@ the one the data's value maps to.
 """
 from __future__ import annotations
 
+import contextlib
+
 import re
 import shutil
 
@@ -15,6 +17,18 @@ from tests.test_browser import (  # noqa: F401  (fixtures)
 )
 
 pytestmark = pytest.mark.browser
+
+
+@contextlib.contextmanager
+def _viewer_in(browser, url: str, **context):
+    """A prompt page opened in a fresh browser context (viewport, touch ... as given)."""
+    ctx = browser.new_context(**context)
+    try:
+        pg = ctx.new_page()
+        _open_viewer(pg, url)
+        yield pg
+    finally:
+        ctx.close()
 
 PIXEL = """([l, k, p, fx]) => {
     const v = window.infoflowViewer.viewer;
@@ -171,10 +185,7 @@ def test_png_and_svg_figures_carry_title_legend_and_axes(site_server, page, page
 
 
 def test_wheel_scrolls_the_page_and_ctrl_wheel_zooms(site_server, browser, pages):  # noqa: F811
-    ctx = browser.new_context(viewport={"width": 1280, "height": 600})
-    pg = ctx.new_page()
-    try:
-        _open_viewer(pg, site_server + pages["ioi"])
+    with _viewer_in(browser, site_server + pages["ioi"], viewport={"width": 1280, "height": 600}) as pg:
         box = pg.locator("#grid").bounding_box()
         pg.mouse.move(box["x"] + 300, box["y"] + 200)
         pg.mouse.wheel(0, 300)
@@ -189,28 +200,19 @@ def test_wheel_scrolls_the_page_and_ctrl_wheel_zooms(site_server, browser, pages
         pg.keyboard.up("Control")
         pg.wait_for_timeout(100)
         assert pg.evaluate("window.infoflowViewer.state.view.z") > 1
-    finally:
-        ctx.close()
 
 
 def test_grid_fits_a_1280x800_screen_and_the_summary_adds_no_scroll(site_server, browser, pages):  # noqa: F811
-    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
-    pg = ctx.new_page()
-    try:
-        _open_viewer(pg, site_server + pages["ioi"])
+    with _viewer_in(browser, site_server + pages["ioi"], viewport={"width": 1280, "height": 800}) as pg:
         box = pg.locator("#grid").bounding_box()
         assert box["y"] + box["height"] <= 800 + 1, box
         footer = pg.evaluate("document.querySelector('.site-footer').getBoundingClientRect().bottom + scrollY")
         assert pg.evaluate("document.documentElement.scrollHeight") <= footer + 2
-    finally:
-        ctx.close()
 
 
 def test_phone_width_and_tap_shows_details_next_to_the_cell(site_server, browser, pages):  # noqa: F811
-    ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=2)
-    pg = ctx.new_page()
-    try:
-        _open_viewer(pg, site_server + pages["ioi"])
+    with _viewer_in(browser, site_server + pages["ioi"], viewport={"width": 390, "height": 844},
+                    is_mobile=True, has_touch=True, device_scale_factor=2) as pg:
         assert pg.evaluate("document.documentElement.scrollWidth") <= 390
         box = pg.locator("#grid").bounding_box()
         pg.tap("#grid", position={"x": box["width"] * 0.7, "y": box["height"] * 0.4})
@@ -220,8 +222,6 @@ def test_phone_width_and_tap_shows_details_next_to_the_cell(site_server, browser
         t = tip.bounding_box()
         assert 0 <= t["x"] and t["x"] + t["width"] <= 390 + 1
         assert re.search(r"Layer \d+", tip.inner_text())
-    finally:
-        ctx.close()
 
 
 def test_file_protocol_and_no_javascript_get_messages(gallery_site, browser, pages, tmp_path, site_server):  # noqa: F811
