@@ -99,10 +99,13 @@ export class Grid {
     this.dirty.base = this.dirty.overlay = true;
   }
 
+  /** Marks the data dirty only when the view moves: a resize that changed nothing repaints nothing. */
   setView(v) {
+    const old = this.view;
     this.view = { z: v.z, x: v.x, y: v.y };
     this.clampView();
-    this.dirty.base = this.dirty.overlay = true;
+    const n = this.view;
+    if (!old || old.z !== n.z || old.x !== n.x || old.y !== n.y) this.dirty.base = this.dirty.overlay = true;
   }
 
   setOverlay(o) {
