@@ -177,15 +177,17 @@ export function checkArray(obj, what) {
  */
 export async function decodeArray(obj, what = "array") {
   const { total, size } = checkArray(obj, what);
-  let bytes = obj.data;
-  if (obj.codec === "deflate") bytes = await inflateCapped(bytes, size, what);
-  else if (bytes.byteLength !== size) throw damaged(`${what} holds ${bytes.byteLength} bytes, its shape needs ${size}`);
+  const quant = obj.q !== undefined;
+  // the values and their row scales inflate side by side
+  const [bytes, scaleArray] = await Promise.all([
+    obj.codec === "deflate" ? inflateCapped(obj.data, size, what) : obj.data,
+    quant ? decodeArray(obj.scale, what + ".scale") : null]);
+  if (bytes.byteLength !== size) throw damaged(`${what} holds ${bytes.byteLength} bytes, its shape needs ${size}`);
   const flat = typedView(obj.dtype, bytes);
   const shape = obj.shape;
-  const quant = obj.q !== undefined;
   let scale = null;
   if (quant) {
-    scale = (await decodeArray(obj.scale, what + ".scale")).data;
+    scale = scaleArray.data;
     if (scale.length * (shape[shape.length - 1] || 1) !== total && total !== 0) throw damaged(`${what} has a bad scale`);
   }
   let out;

@@ -196,19 +196,16 @@ export async function decodeData(buffer, { eager = [["words", "norm"]] } = {}) {
     checkArray(lens.ids, "lens.ids");
     checkArray(lens.probs, "lens.probs");
   }
-  const [tokenIds, embedNorm, recon, pIds, pProbs, pLogits, ...decoded] = await Promise.all([
+  const small = Promise.all([
     decodeArray(need(doc, "token_ids"), "token_ids"),
     decodeArray(need(doc, "embed_norm"), "embed_norm"),
     decodeArray(need(doc, "recon_error"), "recon_error"),
     decodeArray(need(pred, "ids", "predictions"), "predictions.ids"),
     decodeArray(need(pred, "probs", "predictions"), "predictions.probs"),
     decodeArray(need(pred, "logits", "predictions"), "predictions.logits"),
-    ...rawVariants.map((v) => (v.same_as !== undefined ? null : decodeVariant(v, L, P, k))),
   ]);
-  checkIds(pIds.data, strings, "a prediction");
-  if (pProbs.data.length !== P * k || pLogits.data.length !== P * k) {
-    throw damaged("the predictions have the wrong size");
-  }
+  small.catch(() => {});      // awaited below; a variant's error may come first
+  const decoded = await Promise.all(rawVariants.map((v) => (v.same_as !== undefined ? null : decodeVariant(v, L, P, k))));
 
   const byName = new Map();
   const variants = [];
@@ -224,10 +221,18 @@ export async function decodeData(buffer, { eager = [["words", "norm"]] } = {}) {
     variants.push(out);
   });
 
-  for (const [name, metric] of eager) {     // the first view's arrays, and its logit attribution
+  // the first view's arrays and its logit attribution, inflating beside the small arrays
+  const firstView = Promise.all(eager.flatMap(([name, metric]) => {
     const V = byName.get(name) || variants[0];
-    await Promise.all([ensureMetric(V, metric), ensureMetric(V, "logitAttr")]);
+    return [ensureMetric(V, metric), ensureMetric(V, "logitAttr")];
+  }));
+  firstView.catch(() => {});
+  const [tokenIds, embedNorm, recon, pIds, pProbs, pLogits] = await small;
+  checkIds(pIds.data, strings, "a prediction");
+  if (pProbs.data.length !== P * k || pLogits.data.length !== P * k) {
+    throw damaged("the predictions have the wrong size");
   }
+  await firstView;
   return {
     schema: doc.schema, generator: doc.generator || {}, built: doc.built || "", prompt: doc.prompt || {},
     model: doc.model || {}, precision: doc.precision || "", L, P, k, tokens,
