@@ -1,3 +1,5 @@
+//# allFunctionsCalledOnLoad
+// (a V8 compile hint: this file is compiled with the module, while the data file downloads)
 // The arrays of a data file (docs/data-format.md, "Arrays"): size checks, capped inflate,
 // typed views, tril layout and dequantization. Every size is checked before allocation.
 // Errors: DataError, with a message for the page.

@@ -1,3 +1,5 @@
+//# allFunctionsCalledOnLoad
+// (a V8 compile hint: this file is compiled with the module, while the data file downloads)
 // Fetch and decode an infoflow data file (docs/data-format.md, schema 1) into dense typed arrays.
 //
 // Data files are untrusted: every declared size is checked against LIMITS and against the
