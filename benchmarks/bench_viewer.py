@@ -21,7 +21,8 @@ Measured with performance.now() inside the page:
 
 * decode: `decodeData()` of site_src/static/js/data.js on the fetched bytes (msgpack parse,
   native DecompressionStream inflate, f16 and quantized-tril expansion to dense Float32Arrays),
-  median of --repeats runs, plus the first (cold) run the page itself did;
+  median of --repeats runs (warm), and cold: the page's own decode on page load, median of
+  --page-repeats fresh loads (each value printed), plus one more load;
 * first full draw: on page load, from the decoded data to the first complete frame (stacked
   bars of every cell computed and drawn, panels filled): `infoflowViewer.timings.firstDraw`.
   Also the warm median of recompute + draw (what a metric switch costs);
@@ -173,7 +174,8 @@ def gallery_pages(site: Path, browser, width: int, baseline: Path | None = None,
             for name, (_, _, base) in servers.items():
                 runs = [_page_timings(browser, base + "p/" + page_path.name, width) for _ in range(repeats)]
                 t = dict(runs[0], decode=statistics.median(x["decode"] for x in runs),
-                         firstDraw=statistics.median(x["firstDraw"] for x in runs))
+                         firstDraw=statistics.median(x["firstDraw"] for x in runs),
+                         decodes=[x["decode"] for x in runs], firstDraws=[x["firstDraw"] for x in runs])
                 if name == "new":
                     row.update(t)
                 else:
@@ -258,10 +260,18 @@ def main() -> None:
     print(f"\nviewer benchmark: P={r['P']} L={r['L']} G={r['G']}, data file {r['bytes'] / 1024:.0f} KB, "
           f"canvas {r['cssW']}x{r['cssH']} CSS px at dpr {r['dpr']}")
     print(f"chromium {version} headless (--disable-gpu), {platform.machine()}, repeats={args.repeats}\n")
+    # cold numbers: the median over --page-repeats fresh page loads (the per-page table's row),
+    # as one load is at the mercy of whatever else the machine does in those 50 ms
+    cold = per_page[-1]
+    n = len(cold["decodes"])
+    print(f"P = {args.positions} page, {n} fresh loads: decode " + " ".join(f"{x:.1f}" for x in cold["decodes"])
+          + " ms; first draw " + " ".join(f"{x:.1f}" for x in cold["firstDraws"]) + " ms")
     rows = [
         ("data decode (median, warm)", r["decode"], 50),
-        ("data decode (first, on page load)", r["coldDecode"], 50),
-        ("first full draw (page load)", r["firstDraw"], 150),
+        (f"data decode (cold: page load, median of {n})", cold["decode"], 50),
+        ("data decode (cold: one more page load)", r["coldDecode"], None),
+        (f"first full draw (page load, median of {n})", cold["firstDraw"], 150),
+        ("first full draw (one more page load)", r["firstDraw"], None),
         ("full redraw (recompute + draw, median)", r["fullMed"], 150),
         ("zoom frame at fit, median", r["zoomFitMed"], 16),
         ("zoom frame at fit, p95", r["zoomFitP95"], None),
