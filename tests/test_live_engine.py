@@ -103,8 +103,8 @@ function plain(v) {
   return v;
 }
 
-async function kernelCheck({cases}) {             // y = x · (W ⊙ s)ᵀ for each case, in one kernel
-  await initKernel();
+async function kernelCheck({cases, variant}) {    // y = x · (W ⊙ s)ᵀ for each case, in one kernel
+  const info = await initKernel(variant);
   const held = [];
   const out = cases.map(({x, w, s, rows, out, inDim}) => {
     const W = new Weight(Float32Array.from(w), out, inDim, s && Float32Array.from(s));
@@ -113,7 +113,7 @@ async function kernelCheck({cases}) {             // y = x · (W ⊙ s)ᵀ for e
   });
   const again = cases.map((c, i) => Array.from(matmul(Float32Array.from(c.x), c.rows, held[i])));
   held.forEach((W) => W.dispose());
-  return {ok: true, out, again, memory: kernelMemory()};
+  return {ok: true, out, again, memory: kernelMemory(), variant: info.variant};
 }
 
 self.onmessage = async (e) => {
@@ -147,7 +147,7 @@ self.onmessage = async (e) => {
       const progress = [];
       const controller = new AbortController();
       const opts = {topK: run.topK, logitLens: run.logitLens, signal: controller.signal,
-        ...(run.threads ? {threads: run.threads} : {}),
+        ...(run.threads ? {threads: run.threads} : {}), ...(run.kernel ? {kernel: run.kernel} : {}),
         onProgress: (step, total, label) => {
           progress.push([step, total, label]);
           if (run.abortAt !== undefined && step === run.abortAt) controller.abort();
@@ -346,7 +346,7 @@ def llama3_rope_model(seed: int = 3) -> LoadedModel:
 
 
 def run_both(run, root: Path, name: str, lm: LoadedModel, prompt: str, *, top_k: int = 5,
-             logit_lens: bool = True, threads: int | None = None):
+             logit_lens: bool = True, threads: int | None = None, kernel: str | None = None):
     """The Python engine's variants {main, words} and the browser engine's result for `prompt`."""
     folder = root / name
     if not (folder / "model.safetensors").exists():
@@ -355,6 +355,7 @@ def run_both(run, root: Path, name: str, lm: LoadedModel, prompt: str, *, top_k:
                             logit_lens=logit_lens)
     msg = {"config": engine_config(lm.hf), "runs": [{
         "ids": py["main"].token_ids.tolist(), "topK": top_k, "logitLens": logit_lens, "threads": threads,
+        "kernel": kernel,
         "variants": {"main": None, "words": py["words"].groups.tolist()}}]}
     reply = run(name, msg)["results"][0]
     assert reply["ok"], reply
@@ -456,9 +457,12 @@ def compare_heads(py: dict, js: dict, close_norms, worst: dict) -> None:
 # ----------------------------------------------------------------------------- tests
 
 
-def test_kernel_matches_numpy_on_odd_shapes(harness):
+@pytest.mark.parametrize("variant", ["fused", "plain"])
+def test_kernel_matches_numpy_on_odd_shapes(harness, variant):
     """The sgemm kernel pads rows to 4 and columns to 8, and chunks rows by 64: shapes that
-    exercise every edge, several weights alive at once, against float64 numpy."""
+    exercise every edge, several weights alive at once, against float64 numpy. Both builds:
+    the fused multiply-add one (this Chromium has relaxed SIMD, so it must be the one loaded)
+    and the plain one."""
     _, run = harness
     rng = np.random.default_rng(0)
     cases = []
@@ -469,7 +473,9 @@ def test_kernel_matches_numpy_on_odd_shapes(harness):
         s = rng.uniform(0.5, 1.5, in_dim).astype(np.float32) if scaled else None
         cases.append(dict(x=x.ravel().tolist(), w=w.ravel().tolist(), s=None if s is None else s.tolist(),
                           rows=rows, out=out, inDim=in_dim, _ref=(x, w, s)))
-    reply = run("unused", {"kind": "kernel", "cases": [{k: v for k, v in c.items() if k != "_ref"} for c in cases]})
+    reply = run("unused", {"kind": "kernel", "variant": variant,
+                           "cases": [{k: v for k, v in c.items() if k != "_ref"} for c in cases]})
+    assert reply["variant"] == variant
     for c, got, again in zip(cases, reply["out"], reply["again"]):
         x, w, s = c["_ref"]
         ws = (w * s).astype(np.float32) if s is not None else w           # folded in float32, as the engine does
@@ -530,6 +536,18 @@ def test_tiny_models_match_python_engine(harness, kind):
         print(f"\n{kind} P={js['n_tokens']}: worst norm rel {worst['norm_rel']:.2e}, proj {worst['proj_abs']:.2e}")
         assert [s for s, _, _ in progress] == list(range(lm.hf.config.num_hidden_layers + 2))
         assert all(total == lm.hf.config.num_hidden_layers + 1 for _, total, _ in progress)
+        assert js["timings"]["kernel"] == "fused"          # relaxed SIMD here: the default build
+
+
+def test_plain_kernel_matches_python_engine(harness):
+    """The mul-then-add build (browsers without relaxed SIMD, or kernel: "plain"), on one thread
+    and with helper workers (which are told to load the same build)."""
+    root, run = harness
+    lm = tiny_model("gqa", layers=3, seed=1)
+    for threads in (1, 3):
+        py, js, _ = run_both(run, root, "tiny-gqa", lm, TINY_PROMPTS[1], threads=threads, kernel="plain")
+        compare(py, js)
+        assert js["timings"]["kernel"] == "plain" and js["timings"]["unembedding_threads"] == threads
 
 
 def test_threaded_unembedding_matches(harness):

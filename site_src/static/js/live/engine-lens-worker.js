@@ -14,11 +14,11 @@ self.onmessage = async (e) => {
   const msg = e.data;
   try {
     if (msg.kind === "slice") {
-      await initKernel();
+      const {variant} = await initKernel(msg.kernel);   // the variant its caller loaded
       const {W, v0, n, d, bias} = msg;
       if (slice) slice.blocks.forEach((w) => w.dispose());
       slice = {blocks: packBlocks(W, n, d), v0, n, d, bias};
-      self.postMessage({ok: true});
+      self.postMessage({ok: true, kernel: variant});
     } else if (msg.kind === "mlp") {
       await initKernel();
       const {raw, d, ff, j0, j1, T} = msg;

@@ -12,6 +12,7 @@
  * the lens).
  */
 import {abortError, packedBlocks, topLogits} from "./engine-logits.js";
+import {kernelVariant} from "./kernel.js";
 
 const pools = new WeakMap();   // W_U -> Promise<{helpers, bounds}>
 
@@ -36,12 +37,15 @@ async function startPool(W_U, V, d, bias, threads) {
   for (let v0 = 0; v0 < V; v0 += step) bounds.push([v0, Math.min(V, v0 + step)]);
   const helpers = bounds.slice(1).map(() => new Worker(new URL("./engine-lens-worker.js", import.meta.url),
                                                        {type: "module"}));
+  const kernel = kernelVariant() || "fused";
   try {
-    await Promise.all(helpers.map((w, i) => {
+    const replies = await Promise.all(helpers.map((w, i) => {
       const [v0, v1] = bounds[i + 1];
       const W = W_U.slice(v0 * d, v1 * d);
-      return call(w, {kind: "slice", W, v0, n: v1 - v0, d, bias: bias && bias.slice(v0, v1)}, [W.buffer]);
+      return call(w, {kind: "slice", W, v0, n: v1 - v0, d, bias: bias && bias.slice(v0, v1), kernel}, [W.buffer]);
     }));
+    // every thread multiplies with the same build, so a result does not depend on the split's timing
+    if (replies.some((r) => r.kernel !== kernel)) throw new Error(`a lens helper did not load the ${kernel} kernel`);
   } catch (e) {
     helpers.forEach((w) => w.terminate());
     throw e;

@@ -30,7 +30,10 @@
  * variants: {name: null | Int32Array (P)}: null = one source per token; otherwise a group id
  *   per token, numbered 0.. by first use (as Python's resolve_groups gives them).
  * opts: {topK = 5, logitLens = true, heads = true, onProgress(step, total, label), signal: AbortSignal,
- *        threads = min(4, navigator.hardwareConcurrency)}
+ *        threads = min(4, navigator.hardwareConcurrency), kernel = "fused"}
+ *   kernel: "fused" uses the fused multiply-add build of the matmul where the browser has relaxed
+ *   SIMD (kernel.js); "plain" the mul-then-add build, whose bits are the same on every machine.
+ *   The worker keeps the first variant it loads (result.timings.kernel says which).
  *   heads: also split every attention write by query head (engine-heads.js), as Python's
  *   decompose(heads=True) does; false leaves result.heads null.
  *   threads > 1 splits the unembedding (predictions and logit lens) over helper workers, each
@@ -57,7 +60,7 @@
  *                      has_bias, attn_norm, mlp_norm, attn_delta_norm, mlp_delta_norm,
  *                      attn_proj, mlp_proj (L, P, G), logit_attr (P, k, G)}},
  *    timings {layers_ms, logits_ms, total_ms, layers_kernel_ms, logits_kernel_ms, kernel_bytes,
- *             unembedding_threads, mlp_threads, heads_ms}}
+ *             unembedding_threads, mlp_threads, heads_ms, kernel ("fused" | "plain")}}
  *   (the *_kernel_ms parts are the time inside the matmul kernel; kernel_bytes its memory, which
  *   grows to its peak and stays)
  *   With biases, the last source of every variant is "bias". Entries with a group not yet
@@ -81,14 +84,14 @@ export {releaseLens} from "./engine-lens.js";
 
 export async function decompose(model, ids, variants = {main: null}, opts = {}) {
   const {topK = 5, logitLens = true, heads = true, onProgress = null, signal = null,
-         threads = defaultThreads()} = opts;
+         threads = defaultThreads(), kernel = "fused"} = opts;
   const t0 = performance.now(), k0 = kernelTime();
   const cfg = checkConfig(model.config);
   const {n_layers: L, d_model: d, vocab: V} = cfg;
   const P = ids.length;
   checkIds(ids, V);
   checkTopK(topK, V);
-  await initKernel();
+  const kernelInfo = await initKernel(kernel);
   const bias = Boolean(cfg.attention_bias || cfg.mlp_bias);
   const tri = triangle(P, bias);
   const groupings = Object.entries(variants).map(([name, g]) => [name, sourceGrouping(name, g, P, bias)]);
@@ -178,7 +181,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
     timings: {layers_ms: tLayers - t0, logits_ms: tEnd - tLayers, total_ms: tEnd - t0,
               layers_kernel_ms: kLayers - k0, logits_kernel_ms: kernelTime() - kLayers,
               kernel_bytes: kernelMemory(), unembedding_threads: top.threads,
-              mlp_threads: pool ? pool.helpers.length + 1 : 1, heads_ms: headsMs},
+              mlp_threads: pool ? pool.helpers.length + 1 : 1, heads_ms: headsMs, kernel: kernelInfo.variant},
   };
 }
 

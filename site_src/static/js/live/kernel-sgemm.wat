@@ -10,11 +10,19 @@
 ;; strip of A passes over it; the 4 × 8 block of C lives in 8 f32x4 accumulators. The panels
 ;; are packed because a plain row-major B puts a panel's k rows n·4 bytes apart: at n = 4096
 ;; (16 KB) every row falls in the same L1 set and the panel does not stay in cache at all. Products are
-;; f32x4.mul then f32x4.add (no fused multiply-add), summed over p in order, so the result
-;; does not depend on the machine.
+;; f32x4.mul then f32x4.add, summed over p in order.
 ;;
-;; Build (reproducible; the .wasm next to this file is its output):
+;; Two builds of this one source (reproducible; the two .wasm files next to this file):
+;;   kernel-sgemm.wasm      as written: mul then add, the same bits on every machine;
+;;   kernel-sgemm-fma.wasm  each `c = c + x·b` of sgemm becomes relaxed SIMD's
+;;                          f32x4.relaxed_madd(x, b, c): one fused multiply-add where the CPU
+;;                          has FMA (1.2-1.7× the rate here, docs/performance.md), mul then add
+;;                          where it has not, so its last bits may differ between machines.
+;;                          kernel.js loads it where the browser validates relaxed SIMD.
 ;;   npx --yes -p wabt@1.0.39 wat2wasm kernel-sgemm.wat -o kernel-sgemm.wasm
+;;   sed -E 's/\(f32x4\.add \(local\.get (\$c[0-9]+)\) \(f32x4\.mul (\(local\.get \$x\) \(local\.get \$b[01]\))\)\)/(f32x4.relaxed_madd \2 (local.get \1))/' \
+;;     kernel-sgemm.wat > /tmp/kernel-sgemm-fma.wat
+;;   npx --yes -p wabt@1.0.39 wat2wasm --enable-relaxed-simd /tmp/kernel-sgemm-fma.wat -o kernel-sgemm-fma.wasm
 ;; Written out from a 4 × 8 block template; the unrolled body below is the source.
 (module
   (memory (export "memory") 1)

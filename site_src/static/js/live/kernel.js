@@ -4,8 +4,10 @@
  * packs weights, dequantizes Q4_1 blocks (dequantizeFast) and does the logit lens's per-block
  * maxima and exp-sums (lensBlock): the loops that cost most outside the products in JS.
  *
- * Backend: kernel-sgemm.wasm, a 4 × 8 register-blocked WebAssembly SIMD sgemm (source and
- * build command in kernel-sgemm.wat), one thread. Chosen by measurement over
+ * Backend: kernel-sgemm-fma.wasm where the browser has relaxed SIMD (fused multiply-add, the
+ * default), else kernel-sgemm.wasm (mul then add, the same bits on every machine): two builds of
+ * one 4 × 8 register-blocked WebAssembly SIMD sgemm (source and build commands in
+ * kernel-sgemm.wat), one thread. Chosen by measurement over
  * @tensorflow/tfjs-backend-wasm (docs/performance.md, "In-browser kernels"): on resident
  * weights the two run at about the same rate, but the engine uses each layer weight for only
  * two products (the forward pass and the decomposition), and tfjs/XNNPACK spends more time
@@ -18,11 +20,17 @@
  * script-src. Works in a module Web Worker and in a page.
  */
 
-const WASM_URL = new URL("./kernel-sgemm.wasm", import.meta.url);
+const WASM = {
+  fused: {url: new URL("./kernel-sgemm-fma.wasm", import.meta.url),
+          label: "kernel-sgemm-fma.wasm (WebAssembly SIMD, 4×8 blocks, fused multiply-add, one thread)"},
+  plain: {url: new URL("./kernel-sgemm.wasm", import.meta.url),
+          label: "kernel-sgemm.wasm (WebAssembly SIMD, 4×8 blocks, one thread)"},
+};
 const ROWS_PER_CALL = 64;    // rows of x per sgemm call: the strip of x stays in L2
 const FLOAT = 4;
 
 let ready = null;
+let variant = null;          // "fused" | "plain": the module loaded
 let sgemm = null;            // (a, b, c, m, k, n) byte offsets, m % 4 == 0, n % 8 == 0
 let expsum = null;           // (x, rows, cols, ld, m, out) byte offsets, cols % 4 == 0
 let rowmax = null;           // (x, rows, cols, ld, out) byte offsets, cols % 4 == 0
@@ -33,16 +41,35 @@ const live = new Set();      // blocks [start, end) in floats, held by live Weig
 let top = 0;                 // first free float past every live block
 let spentMs = 0;             // time inside matmul() and Weight(), for the engine's timings
 
-/** Load the kernel once; resolves to {kernel, simd}. Rejects with a message a user can act on. */
-export function initKernel() {
+async function fetchModule(which) {
+  const response = await fetch(WASM[which].url);
+  if (!response.ok) throw new Error(`could not load ${WASM[which].url} (HTTP ${response.status})`);
+  return response.arrayBuffer();
+}
+
+/**
+ * Load the kernel once; resolves to {kernel, variant, simd}. Rejects with a message a user can
+ * act on. `want`: "fused" (the default: the fused multiply-add build where the browser validates
+ * relaxed SIMD, else the plain one) or "plain" (always the plain build: the same bits on every
+ * machine; the engine's helper workers are told the variant their caller loaded). A worker
+ * loads one variant: asking for the other one afterwards rejects.
+ */
+export function initKernel(want = "fused") {
+  if (want !== "fused" && want !== "plain") return Promise.reject(new Error(`unknown kernel variant ${want}`));
+  if (ready && want === "plain") {
+    return ready.then((info) => (info.variant === "plain" ? info
+      : Promise.reject(new Error("initKernel: this worker already loaded the fused kernel"))));
+  }
   if (!ready) {
     ready = (async () => {
       if (typeof WebAssembly !== "object") {
         throw new Error("This browser has no WebAssembly; the live engine needs it.");
       }
-      const response = await fetch(WASM_URL);
-      if (!response.ok) throw new Error(`could not load ${WASM_URL} (HTTP ${response.status})`);
-      const bytes = await response.arrayBuffer();
+      let which = want, bytes = await fetchModule(which);
+      if (which === "fused" && !WebAssembly.validate(bytes)) {       // no relaxed SIMD here
+        which = "plain";
+        bytes = await fetchModule(which);
+      }
       if (!WebAssembly.validate(bytes)) {
         throw new Error("This browser lacks WebAssembly SIMD (Chrome/Edge 91+, Firefox 89+, " +
                         "Safari 16.4+); the live engine needs it.");
@@ -54,11 +81,17 @@ export function initKernel() {
       q41 = instance.exports.q4_1;
       pack = instance.exports.pack;
       memory = instance.exports.memory;
-      return {kernel: "kernel-sgemm.wasm (WebAssembly SIMD, 4×8 blocks, one thread)", simd: true};
+      variant = which;
+      return {kernel: WASM[which].label, variant: which, simd: true};
     })();
     ready.catch(() => { ready = null; });
   }
   return ready;
+}
+
+/** The variant loaded ("fused" | "plain"), null before initKernel(). */
+export function kernelVariant() {
+  return variant;
 }
 
 function ensure(floats) {
