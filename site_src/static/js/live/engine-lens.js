@@ -65,9 +65,10 @@ export async function helpersFor(W_U, V, d, bias, threads) {
   return pools.get(W_U);
 }
 
-/** Ask a helper for its share of the MLP write (engine-mlp.js); resolves to Float32Array (T, d). */
-export function helperMlp(worker, msg) {
-  return call(worker, {kind: "mlp", ...msg}).then((r) => r.delta);
+/** Ask a helper for its share of the MLP write (engine-mlp.js); resolves to Float32Array (T, d).
+ * `transfer`: buffers made for this helper alone, moved to it instead of copied. */
+export function helperMlp(worker, msg, transfer = []) {
+  return call(worker, {kind: "mlp", ...msg}, transfer).then((r) => r.delta);
 }
 
 /** End the helper workers held for W_U (they are otherwise kept for the next call). */

@@ -44,6 +44,6 @@ export function columns(a, rows, cols, j0, j1) {
  * columns j0..j1 of W_down. */
 export function sliceWeights(raw, d, ff, j0, j1) {
   const up = new Weight(raw.up.subarray(j0 * d, j1 * d), j1 - j0, d, raw.postNorm);
-  const down = new Weight(columns(raw.down, d, ff, j0, j1), d, j1 - j0);
+  const down = new Weight(j0 === 0 && j1 === ff ? raw.down : columns(raw.down, d, ff, j0, j1), d, j1 - j0);
   return {up, down, dispose: () => { up.dispose(); down.dispose(); }};
 }

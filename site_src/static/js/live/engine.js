@@ -332,8 +332,9 @@ async function decomposeMlp(C, tri, w, mlp, cfg, buf, signal, pool) {
       // the helper gets its slice alone: rows j0..j1 of W_up, columns j0..j1 of W_down
       const raw = {up: w.raw.up.slice(j0 * d, j1 * d), postNorm: w.raw.postNorm,
                    down: columns(w.raw.down, d, ff, j0, j1)};
-      return helperMlp(worker, {...rows, signal: undefined, raw, ff: j1 - j0, j0: 0, j1: j1 - j0,
-                                ...part(j0, j1)});
+      const mine = part(j0, j1);          // like raw, made for this helper: moved, not copied
+      return helperMlp(worker, {...rows, signal: undefined, raw, ff: j1 - j0, j0: 0, j1: j1 - j0, ...mine},
+                       [raw.up, raw.down, mine.gateScale, mine.gate, mine.upBias].filter(Boolean).map((a) => a.buffer));
     });
     shares.forEach((s) => s.catch(() => {}));
     const own = sliceWeights(w.raw, d, ff, 0, Math.min(ff, step));
