@@ -1,0 +1,79 @@
+"""Two builds of the live page side by side: their engines alternate in one headless Chromium.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_live_ab.py SITE_A SITE_B [--size 16] [--reps 7]
+
+SITE_A and SITE_B are sites built by two versions of infoflow (`infoflow build --out ...`, e.g.
+one from a `git worktree` of the old commit). Each gets its own page (its own origin, so its own
+weights cache) in one browser profile; both are warmed up with two runs, then their runs
+alternate, so both are measured under the same machine load. Prints the medians of the
+worker's own timings (seconds) and every run's engine time. The machine is shared and noisy:
+read the medians, and run it twice.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import bench_live  # noqa: E402  (its page driver and prompt maker)
+
+KEYS = ("engine", "layers", "layers_kernel", "logits", "logits_kernel")
+
+
+def _serve(site: str) -> str:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(bench_live._Quiet, directory=site))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/live/index.html"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sites", nargs=2, help="two built sites (with the live page)")
+    ap.add_argument("--size", type=int, default=16, help="prompt length in tokens")
+    ap.add_argument("--reps", type=int, default=7)
+    args = ap.parse_args()
+    for site in args.sites:
+        if not (Path(site) / "live" / "index.html").exists():
+            raise SystemExit(f"{site}/live/index.html is missing: build that site without --no-live")
+
+    from playwright.sync_api import sync_playwright
+
+    from infoflow.decompose import get_model
+
+    text = bench_live.prompt_of(args.size, get_model(None).tokenizer)
+    urls = [_serve(site) for site in args.sites]
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            tempfile.mkdtemp(), executable_path=shutil.which("chromium"), headless=True,
+            args=["--no-sandbox", "--disable-gpu"], viewport={"width": 1280, "height": 900})
+        pages = []
+        for url in urls:
+            page = ctx.new_page()
+            page.goto(url)
+            page.wait_for_function("() => document.documentElement.dataset.liveState === 'ready'")
+            for _ in range(2):                        # downloads the weights, then warms the worker
+                bench_live.run_once(page, text)
+            pages.append(page)
+        runs = [[], []]
+        for _ in range(args.reps):
+            for i, page in enumerate(pages):
+                runs[i].append(bench_live.run_once(page, text))
+        ctx.close()
+    print(f"P = {args.size}, {args.reps} alternating runs each; medians, s")
+    for site, rs in zip(args.sites, runs):
+        med = {k: statistics.median(r[k] for r in rs) for k in KEYS}
+        print(f"{site}: " + ", ".join(f"{k} {v:.3f}" for k, v in med.items())
+              + "; engine per run: " + " ".join(f"{r['engine']:.2f}" for r in rs))
+
+
+if __name__ == "__main__":
+    main()
