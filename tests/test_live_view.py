@@ -53,6 +53,21 @@ def test_shared_link_reopens_the_same_view(context, live_server):
                             "return q.get('text') === 'Paris is' && q.get('m'); }")
     q = urllib.parse.parse_qs(again.evaluate("() => location.hash").lstrip("#"))
     assert q["text"] == ["Paris is"] and q["m"] == ["norm"] and "pin" not in q
+    # Back: the earlier prompt's result again (kept in the tab), in that entry's view, never its
+    # view applied to the other prompt's result; Forward: the other one
+    shown = "() => ({text: document.getElementById('prompt').value, state: window.infoflowViewer.state," \
+            " tokens: window.infoflowViewer.viewer.D.tokens.join('')})"
+    again.go_back()
+    again.wait_for_function("() => document.getElementById('prompt').value === " + json.dumps(text)
+                            + " && window.infoflowViewer.viewer.D.tokens.join('').includes('France')")
+    again.wait_for_function(VIEW_READY)
+    b = again.evaluate(shown)
+    assert b["text"] == text and b["state"]["metric"] == "delta" and b["state"]["pin"] == {"l": 5, "k": 1, "p": 2}
+    again.go_forward()
+    again.wait_for_function("() => window.infoflowViewer.viewer.D.tokens.join('').includes('Paris is')")
+    again.wait_for_function(VIEW_READY)
+    f = again.evaluate(shown)
+    assert f["text"] == "Paris is" and f["state"]["metric"] == "norm" and f["state"]["pin"] is None
 
 
 @pytest.mark.browser

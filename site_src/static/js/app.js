@@ -23,8 +23,9 @@ const sameValue = (a, b) => a === b || JSON.stringify(a instanceof Set ? [...a] 
 
 export class Viewer {
   /** options: {id: name for exported files, dataUrl: link for "Data file", hash: true to mirror the URL,
-   *  hashPrefix: "k=v&..." kept first in the URL hash (the live page's prompt), exactCustom: see
-   *  exact-custom.js} */
+   *  hashPrefix: "k=v&..." kept first in the URL hash (the live page's prompt), ownsHash(hash):
+   *  false for a hash this viewer must not apply on history navigation (another prompt's view),
+   *  exactCustom: see exact-custom.js} */
   constructor(root, D, options = {}) {
     this.root = root;
     this.D = D;
@@ -301,6 +302,7 @@ export class Viewer {
   }
 
   restoreHash() {
+    if (this.options.ownsHash && !this.options.ownsHash(location.hash)) return;   // another result's view
     this.set(parseHash(location.hash, this.D, this.defaultVariant), { push: false, changed: ALL_KEYS });
   }
 

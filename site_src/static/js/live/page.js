@@ -17,6 +17,8 @@ let cancelTimer = 0;
 let resultUrl = null, headsUrl = null;
 let viewer = null;               // the mounted Viewer, destroyed before the next one mounts
 let shown = null;                // {text, chat} of the result on screen
+const recent = new Map();        // promptKey -> {bytes, headsBytes, timings}: the last results, for Back
+const RECENT_MAX = 4;
 let regroupSeq = 0, regroupJob = null;   // the exact custom grouping in progress: {seq, resolve, reject}
 
 const ui = {
@@ -64,6 +66,7 @@ function onMessage(m) {
   } else if (m.type === "done") {
     clearTimeout(cancelTimer);
     finish();
+    remember(shown.text, shown.chat, m.bytes, m.headsBytes, m.timings);
     showResult(m.bytes, m.headsBytes, m.timings);
   } else if (m.type === "error") {
     clearTimeout(cancelTimer);
@@ -141,6 +144,42 @@ function run(ev) {
   writeHash(text, chat);
   shown = { text, chat };
   worker.postMessage({ type: "run", text, chat, maxTokens: MAX });
+}
+
+const promptKey = (text, chat) => `${chat ? 1 : 0}:${text}`;
+
+function remember(text, chat, bytes, headsBytes, timings) {
+  const key = promptKey(text, chat);
+  recent.delete(key);
+  recent.set(key, { bytes: bytes.slice(), headsBytes: headsBytes && headsBytes.slice(), timings });
+  while (recent.size > RECENT_MAX) recent.delete(recent.keys().next().value);
+}
+
+/**
+ * Back or Forward to an entry of another prompt (a run pushes one entry per prompt): show that
+ * prompt's result again if it is one of the last few, else put the prompt in the box and ask
+ * for Run, as a shared link does. Entries of the prompt on screen are the viewer's own.
+ */
+function historyMoved() {
+  const { text, chat } = readHash();
+  if (text === null || busy || (shown && text === shown.text && chat === shown.chat)) return;
+  ui.text.value = text;
+  if (ui.chat) ui.chat.checked = chat;
+  requestCount();
+  showError("");
+  const kept = recent.get(promptKey(text, chat));
+  if (kept) {
+    shown = { text, chat };
+    showResult(kept.bytes.slice(), kept.headsBytes && kept.headsBytes.slice(), kept.timings);
+    return;
+  }
+  if (viewer) viewer.destroy();
+  viewer = null;
+  shown = null;
+  ui.result.replaceChildren();
+  ui.result.hidden = true;
+  status("This earlier prompt's result is no longer kept in this tab: press Run to decompose it again.");
+  setState("ready");
 }
 
 /** A computation starts: Run off, Cancel and the layer bar on. */
@@ -231,7 +270,7 @@ async function showResult(bytes, headsBytes, timings) {
     viewer = await mountResult(ui.result, D, { dataUrl: resultUrl, fileName: "live.msgpack",
                                                headsUrl, headsFileName: "live.heads.msgpack",
                                                hashPrefix: hashParams(shown.text, shown.chat).toString(),
-                                               exactCustom });
+                                               ownsHash: isShownPrompt, exactCustom });
   } catch (e) {
     showError(`The viewer failed: ${e.message}`);
     return;
@@ -256,13 +295,21 @@ function readHash() {
   return { text: q.get("text"), chat: q.get("chat") === "1" };
 }
 
-/** The prompt into the hash; the view state stays only if it was for this same prompt. */
+/** The prompt into the hash; the view state stays only if it was for this same prompt. Another
+ * prompt gets a new history entry, so Back returns to the previous prompt's result. */
 function writeHash(text, chat) {
   const q = new URLSearchParams(location.hash.replace(/^#/, ""));
   const same = q.get("text") === text && (q.get("chat") === "1") === chat;
   const out = hashParams(text, chat);
   if (same) for (const [k, v] of q) if (k !== "text" && k !== "chat") out.append(k, v);
-  history.replaceState(null, "", "#" + out.toString());
+  if (same || q.get("text") === null) history.replaceState(null, "", "#" + out.toString());
+  else history.pushState(null, "", "#" + out.toString());
+}
+
+/** Is `hash` a view of the prompt on screen? (The viewer applies only those on Back/Forward.) */
+function isShownPrompt(hash) {
+  const q = new URLSearchParams(hash.replace(/^#/, ""));
+  return !!shown && q.get("text") === shown.text && (q.get("chat") === "1") === shown.chat;
 }
 
 // ----------------------------------------------------------------------------- start
@@ -297,6 +344,7 @@ function start() {
     ui.notice.hidden = false;        // a shared link: ask (Run) before downloading anything
   }
   ui.form.addEventListener("submit", run);
+  window.addEventListener("popstate", historyMoved);
   ui.cancel.addEventListener("click", cancel);
   ui.text.addEventListener("input", requestCount);
   if (ui.chat) ui.chat.addEventListener("change", requestCount);

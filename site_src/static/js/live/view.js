@@ -51,8 +51,9 @@ function nameDataLink(link, { dataUrl, fileName, headsUrl, headsFileName }) {
 
 /**
  * Mount the standard viewer on D in `container`. options: {dataUrl, fileName, headsUrl,
- * headsFileName, hashPrefix, exactCustom}. The view is mirrored in the URL hash after
- * `hashPrefix` (the prompt: text=...&chat=1), so a link holds both; exactCustom computes custom
+ * headsFileName, hashPrefix, ownsHash, exactCustom}. The view is mirrored in the URL hash after
+ * `hashPrefix` (the prompt: text=...&chat=1), so a link holds both; on Back and Forward the
+ * viewer applies only hashes that ownsHash accepts (its own prompt's); exactCustom computes custom
  * groupings exactly (exact-custom.js). Returns the Viewer (null when it could not mount).
  */
 export async function mountResult(container, D, options) {
@@ -67,7 +68,8 @@ export async function mountResult(container, D, options) {
   }
   if (mod && typeof mod.mountViewer === "function") {
     const viewer = await mod.mountViewer(host, D, { id: "live", dataUrl: options.dataUrl, hash: true,
-                                                    hashPrefix: options.hashPrefix, exactCustom: options.exactCustom });
+                                                    hashPrefix: options.hashPrefix, ownsHash: options.ownsHash,
+                                                    exactCustom: options.exactCustom });
     const link = document.getElementById("download-data");
     if (link) nameDataLink(link, options);
     return viewer;
