@@ -8,6 +8,7 @@ reloaded from there (a few seconds).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -192,6 +193,30 @@ def converted_default_model(cache: str | os.PathLike | None = None) -> Path:
     return converted_offline_model(DEFAULT_MODEL, cache)
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """transformers parses the GGUF's header anew for the tokenizer, the config and the weights
+    (gguf-py's GGUFReader, element by element in Python: ~20 s each for Gemma's 262,144-token
+    vocabulary, most of the conversion). Within this block every GGUFReader of one path is the
+    first one made: the same read-only memory map, so the same values."""
+    import gguf
+
+    made: dict[str, object] = {}
+    parse = gguf.GGUFReader
+
+    def reader(path, *args, **kwargs):
+        key = str(Path(path).resolve())
+        if key not in made:
+            made[key] = parse(path, *args, **kwargs)
+        return made[key]
+
+    gguf.GGUFReader = reader          # transformers imports it from gguf at each call
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = parse
+
+
 def converted_offline_model(name: str, cache: str | os.PathLike | None = None) -> Path:
     """An offline model as a float32 safetensors folder (with its tokenizer), converting the
     GGUF once.
@@ -212,8 +237,9 @@ def converted_offline_model(name: str, cache: str | os.PathLike | None = None) -
     try:
         print(f"infoflow: converting {m.gguf} to float32 safetensors (once, ~30-90 s)...", flush=True)
         gguf = _gguf_path(m, scratch)
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        with _gguf_parsed_once():
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # The weights are dequantized float32 now; drop the GGUF marker so they can be saved.
         hf.hf_quantizer = None
         if hasattr(hf.config, "quantization_config"):

@@ -253,3 +253,36 @@ def test_gemma3_site_carries_credit_and_terms(gemma_model, tmp_path):
         footer = html[html.index("site-footer"):]
         assert model["credit"] in footer and f'href="{root}{model["terms"]}"' in footer
         assert 'href="https://ai.google.dev/gemma/terms"' in footer
+
+
+def test_gguf_header_is_parsed_once_per_conversion(tmp_path):
+    """converted_offline_model parses a GGUF's header once, not once per transformers call (the
+    header parse was most of Gemma's conversion): within the block a path gives the same reader,
+    another path its own, and gguf.GGUFReader is gguf-py's own again afterwards, also on error."""
+    import gguf
+    import numpy as np
+
+    from infoflow.model import _gguf_parsed_once
+
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"tiny{i}.gguf"
+        w = gguf.GGUFWriter(str(path), "llama")
+        w.add_uint32("tiny.value", i)
+        w.add_tensor("t", np.arange(8, dtype=np.float32) + i)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        paths.append(path)
+    own = gguf.GGUFReader
+    with _gguf_parsed_once():
+        a, again = gguf.GGUFReader(paths[0]), gguf.GGUFReader(str(paths[0]))
+        b = gguf.GGUFReader(paths[1])
+        assert a is again and b is not a
+        assert [t.data.tolist() for t in a.tensors] == [list(range(8))]
+        assert [t.data.tolist() for t in b.tensors] == [[x + 1.0 for x in range(8)]]
+    assert gguf.GGUFReader is own
+    with pytest.raises(RuntimeError), _gguf_parsed_once():
+        raise RuntimeError("a failed conversion")
+    assert gguf.GGUFReader is own
