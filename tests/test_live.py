@@ -405,6 +405,24 @@ def test_shared_link_prefills_and_asks_before_downloading(context, live_server):
     assert page.evaluate("() => document.querySelectorAll('#live b').length") == 0
 
 
+@pytest.mark.browser
+def test_history_to_another_prompt_fills_the_box_inertly(context, live_server):
+    """Back/Forward to an entry of a prompt whose result the tab does not keep (here: a hostile
+    one) puts its text in the box as text, asks for Run, and downloads nothing."""
+    page = context.new_page()
+    requested = []
+    page.on("request", lambda r: requested.append(r.url))
+    _open_live(page, live_server + "live/index.html")
+    hostile = '<img src=x onerror="window.pwned=1">&m=proj'
+    page.evaluate("(t) => { location.hash = 'text=' + encodeURIComponent(t); }", hostile)
+    page.wait_for_function("(t) => document.getElementById('prompt').value === t", arg=hostile)
+    assert "press Run" in page.text_content("#live-status")
+    assert page.evaluate("() => document.querySelectorAll('#live img').length") == 0
+    page.wait_for_timeout(300)
+    assert page.evaluate("() => window.pwned") is None
+    assert not [u for u in requested if "weights-" in u]
+
+
 def _corrupt(route, bad: set, times: dict):
     name = route.request.url.rsplit("/", 1)[-1]
     if name in bad:
