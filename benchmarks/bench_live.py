@@ -87,7 +87,9 @@ def run_once(page, text: str, timeout: float = 300_000) -> dict:
     t = page.evaluate("() => window.infoflowLive.timings")
     return {"wall": wall, "load": t["load"] / 1e3, "engine": t["engine"] / 1e3, "encode": t["encode"] / 1e3,
             "layers": t["layers_ms"] / 1e3, "logits": t["logits_ms"] / 1e3,
-            "layers_kernel": t["layers_kernel_ms"] / 1e3, "logits_kernel": t["logits_kernel_ms"] / 1e3}
+            "layers_kernel": t["layers_kernel_ms"] / 1e3, "logits_kernel": t["logits_kernel_ms"] / 1e3,
+            # the busiest helper's time on the streamed logit lens (0: not streamed)
+            "lens_helper": t.get("lens_helper_ms", 0) / 1e3, "lens_helper_kernel": t.get("lens_helper_kernel_ms", 0) / 1e3}
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_live  # noqa: E402  (its page driver and prompt maker)
 
-KEYS = ("engine", "layers", "layers_kernel", "logits", "logits_kernel")
+KEYS = ("engine", "layers", "layers_kernel", "logits", "logits_kernel", "lens_helper", "lens_helper_kernel")
 
 
 def _serve(site: str) -> str:

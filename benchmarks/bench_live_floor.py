@@ -80,12 +80,14 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def products(P: int) -> list[tuple[int, int, int, int]]:
-    """(rows, in, out, times) of every product of one decomposition at P tokens."""
+def products(P: int, lens_rows: int | None = None) -> list[tuple[int, int, int, int]]:
+    """(rows, in, out, times) of every product of one decomposition at P tokens; the
+    unembedding in one product, or in products of `lens_rows` rows (as when it is streamed)."""
     T = P * (P + 1) // 2
     forward = [(P, D, D, L), (P, D, DKV, 2 * L), (P, D, D, L), (P, D, FF, 2 * L), (P, FF, D, L)]
     decomposition = [(T, D, DKV, L), (T, D, D, L), (T, D, FF, L), (T, FF, D, L)]
-    unembedding = [(2 * L * P + 2 * P, D, V, 1)]
+    N = 2 * L * P + 2 * P
+    unembedding = [(N, D, V, 1)] if not lens_rows else [(lens_rows, D, V, N // lens_rows)]
     return forward + decomposition + unembedding
 
 
@@ -107,10 +109,12 @@ def main() -> None:
     ap.add_argument("--P", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--lens-rows", type=int, default=None,
+                    help="unembed in products of this many rows (the streamed lens sends 2P per layer)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
-    prods = products(args.P)
+    prods = products(args.P, args.lens_rows)
     total = sum(2 * r * k * n * t for r, k, n, t in prods)
     work = Path(tempfile.mkdtemp(prefix="live-floor-"))
     for name in ("kernel.js", "kernel-sgemm.wasm", "kernel-sgemm-fma.wasm"):

@@ -4,7 +4,7 @@
  * the rows it is sent. It also computes its share of a layer's MLP write (engine-mlp.js), from
  * the slice of the layer's weights it is sent with the rows.
  */
-import {initKernel} from "./kernel.js";
+import {initKernel, kernelTime} from "./kernel.js";
 import {packBlocks, topLogits} from "./engine-logits.js";
 import {mlpRows, sliceWeights} from "./engine-mlp.js";
 
@@ -18,7 +18,7 @@ self.onmessage = async (e) => {
       const {W, v0, n, d, bias} = msg;
       if (slice) slice.blocks.forEach((w) => w.dispose());
       slice = {blocks: packBlocks(W, n, d), v0, n, d, bias};
-      self.postMessage({ok: true, kernel: variant});
+      self.postMessage({ok: true, id: msg.id, kernel: variant});
     } else if (msg.kind === "mlp") {
       await initKernel();
       const {raw, d, ff, j0, j1, T} = msg;
@@ -26,17 +26,19 @@ self.onmessage = async (e) => {
       try {
         const into = new Float32Array(T * d), u = new Float32Array(Math.min(T, 2048) * (j1 - j0));
         mlpRows({...msg, up: w.up, down: w.down, nj: j1 - j0, into, u});
-        self.postMessage({ok: true, delta: into}, [into.buffer]);
+        self.postMessage({ok: true, id: msg.id, delta: into}, [into.buffer]);
       } finally {
         w.dispose();
       }
     } else if (msg.kind === "rows") {
       const {blocks, v0, n, d, bias} = slice;
+      const t0 = performance.now(), k0 = kernelTime();
       const r = topLogits(msg.X, msg.N, blocks, n, d, msg.k, {absRows: msg.absRows, bias});
+      Object.assign(r, {ms: performance.now() - t0, kernelMs: kernelTime() - k0});   // the helper's busy time
       for (let i = 0; i < r.ids.length; i++) r.ids[i] += v0;
-      self.postMessage({ok: true, ...r}, [r.ids.buffer, r.logits.buffer, r.logZ.buffer]);
+      self.postMessage({ok: true, id: msg.id, ...r}, [r.ids.buffer, r.logits.buffer, r.logZ.buffer]);
     }
   } catch (err) {
-    self.postMessage({ok: false, message: String((err && err.message) || err)});
+    self.postMessage({ok: false, id: msg.id, message: String((err && err.message) || err)});
   }
 };

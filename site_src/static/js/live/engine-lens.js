@@ -23,18 +23,43 @@ export function defaultThreads() {
   return Math.max(1, Math.min(4, cores));
 }
 
+// Requests to a helper carry an id, so several can be in flight (a helper answers in order).
+let nextId = 0;
+
 function call(worker, msg, transfer = []) {
+  if (!worker.pending) {
+    worker.pending = new Map();
+    worker.onmessage = (e) => {
+      const done = worker.pending.get(e.data.id);
+      worker.pending.delete(e.data.id);
+      if (done) (e.data.ok ? done.resolve(e.data) : done.reject(new Error(e.data.message)));
+    };
+    worker.onerror = (e) => {
+      for (const done of worker.pending.values()) done.reject(new Error(`lens worker failed: ${e.message}`));
+      worker.pending.clear();
+    };
+  }
+  const id = nextId++;
   return new Promise((resolve, reject) => {
-    worker.onmessage = (e) => (e.data.ok ? resolve(e.data) : reject(new Error(e.data.message)));
-    worker.onerror = (e) => reject(new Error(`lens worker failed: ${e.message}`));
-    worker.postMessage(msg, transfer);
+    worker.pending.set(id, {resolve, reject});
+    worker.postMessage({...msg, id}, transfer);
   });
 }
 
-async function startPool(W_U, V, d, bias, threads) {
-  const bounds = [];                                   // vocabulary slices, in multiples of 8 rows
-  const step = Math.ceil(V / threads / 8) * 8;
-  for (let v0 = 0; v0 < V; v0 += step) bounds.push([v0, Math.min(V, v0 + step)]);
+/**
+ * Vocabulary slices, in multiples of 8 rows: the calling thread's first (`mainShare` of V,
+ * possibly empty), then the helpers' equal shares of the rest.
+ */
+export function vocabBounds(V, threads, mainShare) {
+  const own = Math.min(V, Math.ceil(V * mainShare / 8) * 8);
+  const step = Math.ceil((V - own) / (threads - 1) / 8) * 8;
+  const bounds = [[0, own]];
+  for (let v0 = own; v0 < V; v0 += step) bounds.push([v0, Math.min(V, v0 + step)]);
+  return bounds;
+}
+
+async function startPool(W_U, V, d, bias, threads, mainShare) {
+  const bounds = vocabBounds(V, threads, mainShare);
   const helpers = bounds.slice(1).map(() => new Worker(new URL("./engine-lens-worker.js", import.meta.url),
                                                        {type: "module"}));
   const kernel = kernelVariant() || "fused";
@@ -50,15 +75,20 @@ async function startPool(W_U, V, d, bias, threads) {
     helpers.forEach((w) => w.terminate());
     throw e;
   }
-  return {helpers, bounds, threads};
+  return {helpers, bounds, threads, mainShare};
 }
 
-/** The helper workers for W_U (started on first use), or null for one thread. */
-export async function helpersFor(W_U, V, d, bias, threads) {
-  if (pools.has(W_U) && (await pools.get(W_U).catch(() => null))?.threads !== threads) await releaseLens(W_U);
+/**
+ * The helper workers for W_U (started on first use), or null for one thread. `mainShare`: the
+ * calling thread's fraction of the vocabulary (default: an equal share); a pool made with
+ * another thread count or share is restarted.
+ */
+export async function helpersFor(W_U, V, d, bias, threads, mainShare = 1 / threads) {
+  const old = pools.has(W_U) && await pools.get(W_U).catch(() => null);
+  if (old && (old.threads !== threads || old.mainShare !== mainShare)) await releaseLens(W_U);
   if (threads <= 1 || V < 8 * threads) return null;
   if (!pools.has(W_U)) {
-    const started = startPool(W_U, V, d, bias, threads);
+    const started = startPool(W_U, V, d, bias, threads, mainShare);
     pools.set(W_U, started);
     started.catch(() => pools.delete(W_U));
   }
@@ -87,19 +117,77 @@ export async function topLogitsThreaded(X, N, W_U, V, d, k, {absRows = 0, signal
   pending.forEach((p) => p.catch(() => {}));
   let parts;
   try {
-    const [v0, v1] = bounds[0];
-    const own = topLogits(X, N, packedBlocks(W_U.subarray(v0 * d, v1 * d), v1 - v0, d), v1 - v0, d, k,
-                          {absRows, signal, bias: bias && bias.subarray(v0, v1)});
-    parts = [own, ...(await Promise.all(pending))];
+    parts = [...ownPart(X, N, W_U, bounds[0], d, k, {absRows, signal, bias}), ...(await Promise.all(pending))];
   } catch (e) {
     await releaseLens(W_U);                            // a helper may still be busy: start afresh
     throw e;
   }
   if (signal && signal.aborted) throw abortError();
-  return merge(parts, N - absRows, k);
+  return merge(parts, N - absRows, k, helpers.length + 1);
 }
 
-function merge(parts, nTop, k) {
+/** The calling thread's topLogits() over its vocabulary slice [v0, v1), as a list of 0 or 1 parts. */
+function ownPart(X, N, W_U, [v0, v1], d, k, {absRows, signal, bias}) {
+  if (v1 === v0) return [];
+  return [topLogits(X, N, packedBlocks(W_U.subarray(v0 * d, v1 * d), v1 - v0, d), v1 - v0, d, k,
+                    {absRows, signal, bias: bias && bias.subarray(v0, v1)})];
+}
+
+/**
+ * The unembedding streamed to the helpers while the layers run: each layer's lens rows are
+ * sent as soon as they exist, and each helper works through them over its vocabulary slice
+ * while the calling thread goes on with the next layer. finish() sends the last rows (the
+ * reconstruction check's differences), does the calling thread's own slice of every row, and
+ * merges: the same result as topLogitsThreaded() over all the rows at once.
+ */
+export class LensStream {
+  constructor(pool, W_U, d, k, bias) {
+    Object.assign(this, {pool, W_U, d, k, bias, chunks: []});   // chunks: [{N, replies}]
+  }
+
+  /** Rows X (N, d), already through the final norm, for every helper's slice. */
+  push(X, N, absRows = 0) {
+    const replies = this.pool.helpers.map((w) => call(w, {kind: "rows", X, N, k: this.k, absRows}));
+    replies.forEach((r) => r.catch(() => {}));
+    this.chunks.push({N, replies});
+  }
+
+  /** All rows pushed so far, X (N, d), are their concatenation; the last `absRows` of them
+   * came in the last push, as differences. -> topLogitsThreaded()'s result. */
+  async finish(X, N, absRows, signal) {
+    const {W_U, d, k, bias, pool} = this;
+    let parts;
+    try {
+      const own = ownPart(X, N, W_U, pool.bounds[0], d, k, {absRows, signal, bias});
+      const helpers = await Promise.all(pool.helpers.map((_, h) => Promise.all(this.chunks.map((c) => c.replies[h]))));
+      parts = [...own, ...helpers.map((replies) => concatParts(replies, N, k))];
+    } catch (e) {
+      await releaseLens(W_U);
+      throw e;
+    }
+    if (signal && signal.aborted) throw abortError();
+    return merge(parts, N - absRows, k, pool.helpers.length + 1);
+  }
+}
+
+/** One helper's replies for consecutive chunks of rows, as one part over all N rows. */
+function concatParts(replies, N, k) {
+  const ids = new Int32Array(N * k), logits = new Float32Array(N * k), logZ = new Float64Array(N);
+  let row = 0, absMax = 0, ms = 0, kernelMs = 0;
+  for (const r of replies) {
+    ms += r.ms;
+    kernelMs += r.kernelMs;
+    ids.set(r.ids, row * k);
+    logits.set(r.logits, row * k);
+    logZ.set(r.logZ, row);
+    row += r.logZ.length;
+    absMax = Math.max(absMax, r.absMax);
+  }
+  if (row !== N) throw new Error(`lens stream: ${row} rows came back for ${N}`);
+  return {ids, logits, logZ, absMax, ms, kernelMs};
+}
+
+function merge(parts, nTop, k, threads) {
   const N = parts[0].logZ.length;
   const ids = new Int32Array(N * k), logits = new Float32Array(N * k), logZ = new Float64Array(N);
   const cand = [];
@@ -116,5 +204,8 @@ function merge(parts, nTop, k) {
     for (const r of parts) s += Math.exp(r.logZ[row] - m);
     logZ[row] = m + Math.log(s);
   }
-  return {ids, logits, logZ, absMax: Math.max(...parts.map((r) => r.absMax)), threads: parts.length};
+  const helperMs = Math.max(0, ...parts.map((r) => r.ms || 0));
+  const helperKernelMs = Math.max(0, ...parts.map((r) => r.kernelMs || 0));
+  return {ids, logits, logZ, absMax: Math.max(...parts.map((r) => r.absMax)), threads,
+          helperMs, helperKernelMs};
 }

@@ -30,18 +30,20 @@
  * variants: {name: null | Int32Array (P)}: null = one source per token; otherwise a group id
  *   per token, numbered 0.. by first use (as Python's resolve_groups gives them).
  * opts: {topK = 5, logitLens = true, heads = true, onProgress(step, total, label), signal: AbortSignal,
- *        threads = min(4, navigator.hardwareConcurrency), kernel = "fused"}
+ *        threads = min(4, navigator.hardwareConcurrency), kernel = "fused", lensMainShare}
  *   kernel: "fused" uses the fused multiply-add build of the matmul where the browser has relaxed
  *   SIMD (kernel.js); "plain" the mul-then-add build, whose bits are the same on every machine.
  *   The worker keeps the first variant it loads (result.timings.kernel says which).
  *   heads: also split every attention write by query head (engine-heads.js), as Python's
  *   decompose(heads=True) does; false leaves result.heads null.
  *   threads > 1 splits the unembedding (predictions and logit lens) over helper workers, each
- *   holding a copy of its slice of the vocabulary (engine-lens.js; no SharedArrayBuffer), and
- *   each layer's MLP decomposition by slices of d_ff (engine-mlp.js; each helper is sent its
- *   slice of W_up and W_down and the rows). The helpers are kept for the next call with the
- *   same W_U array and thread count (another count restarts them); releaseLens(W_U), also
- *   exported here, ends them.
+ *   holding a copy of its slice of the vocabulary (engine-lens.js; no SharedArrayBuffer). With
+ *   the logit lens, each layer's lens rows go to the helpers as soon as the layer is done, and
+ *   they unembed them while this thread does the next layers (alone); this thread keeps only
+ *   lensMainShare of the vocabulary (default LENS_MAIN_SHARE), done at the end. Without the
+ *   lens, the helpers share each layer's MLP decomposition by slices of d_ff (engine-mlp.js; each helper is sent its slice of W_up and W_down and the rows). The
+ *   helpers are kept for the next call with the same W_U array, thread count and share (others
+ *   restart them); releaseLens(W_U), also exported here, ends them.
  *   onProgress is called with step 0 .. total (total = n_layers + 1: the layers, then the
  *   unembedding). A signal that aborts rejects the promise with a DOMException "AbortError"
  *   (checked between layers and inside the long loops).
@@ -60,7 +62,9 @@
  *                      has_bias, attn_norm, mlp_norm, attn_delta_norm, mlp_delta_norm,
  *                      attn_proj, mlp_proj (L, P, G), logit_attr (P, k, G)}},
  *    timings {layers_ms, logits_ms, total_ms, layers_kernel_ms, logits_kernel_ms, kernel_bytes,
- *             unembedding_threads, mlp_threads, heads_ms, kernel ("fused" | "plain")}}
+ *             unembedding_threads, mlp_threads, heads_ms, kernel ("fused" | "plain"),
+ *             lens_streamed, lens_helper_ms, lens_helper_kernel_ms (the busiest helper's time
+ *             on the streamed lens, and in its kernel; 0 when not streamed)}}
  *   (the *_kernel_ms parts are the time inside the matmul kernel; kernel_bytes its memory, which
  *   grows to its peak and stays)
  *   With biases, the last source of every variant is "bias". Entries with a group not yet
@@ -73,7 +77,7 @@ import {applyRope, checkConfig, checkIds, checkTopK, layerWeights, ropeTables, s
         tokenGroups} from "./engine-model.js";
 import {SublayerStats, reconError, rowNorms, triangle, unitForProj} from "./engine-stats.js";
 import {abortError, logitAttribution} from "./engine-logits.js";
-import {defaultThreads, helperMlp, helpersFor, releaseLens, topLogitsThreaded} from "./engine-lens.js";
+import {LensStream, defaultThreads, helperMlp, helpersFor, releaseLens, topLogitsThreaded} from "./engine-lens.js";
 import {MLP_ROWS, columns, mlpRows, sliceWeights} from "./engine-mlp.js";
 import {HeadPatterns, HeadStats, headMaps, headsResult} from "./engine-heads.js";
 import {add, addBias, addBiasSource, addInPlace, finalNormed, finalScale, invRms, mulRows, reconDiff,
@@ -82,9 +86,13 @@ import {add, addBias, addBiasSource, addInPlace, finalNormed, finalScale, invRms
 
 export {releaseLens} from "./engine-lens.js";
 
+// The calling thread's share of the vocabulary when the helpers stream the logit lens: they
+// unembed while it does the layers, so it takes a small share at the end (docs/performance.md).
+export const LENS_MAIN_SHARE = 0.125;
+
 export async function decompose(model, ids, variants = {main: null}, opts = {}) {
   const {topK = 5, logitLens = true, heads = true, onProgress = null, signal = null,
-         threads = defaultThreads(), kernel = "fused"} = opts;
+         threads = defaultThreads(), kernel = "fused", lensMainShare = LENS_MAIN_SHARE} = opts;
   const t0 = performance.now(), k0 = kernelTime();
   const cfg = checkConfig(model.config);
   const {n_layers: L, d_model: d, vocab: V} = cfg;
@@ -112,7 +120,13 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
   const lensX = logitLens ? new Float32Array(2 * L * P * d) : null;   // (L, 2, P, d), final-normed
   const recon = new Float32Array(L * 2);
   const buf = scratch(cfg, tri);                                   // reused by every layer
-  const pool = await helpersFor(W_U, V, d, model.lmHeadBias, threads);   // null: one thread
+  // With the lens and helpers, the helpers unembed each layer's lens rows while this thread
+  // goes on with the next layers (which it then does alone); else they share the MLP.
+  // (The same split without the lens, where the unembedding is only 2P rows: the helpers are
+  // then not restarted between a run with the lens and one without.)
+  const pool = await helpersFor(W_U, V, d, model.lmHeadBias, threads, lensMainShare);
+  const stream = logitLens && pool ? new LensStream(pool, W_U, d, topK, model.lmHeadBias) : null;
+  const mlpPool = stream ? null : pool;                            // null: one thread
 
   for (let l = 0; l < L; l++) {
     progress(l, `layer ${l + 1} of ${L}`);
@@ -142,7 +156,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
       // MLP, gate frozen.                                            x = x_mid + mlp(x_mid)
       const mlp = mlpForward(xMid, w, cfg, P);
       x = add(xMid, mlp.out);
-      const dMlp = await decomposeMlp(C, tri, w, mlp, cfg, buf, signal, pool)
+      const dMlp = await decomposeMlp(C, tri, w, mlp, cfg, buf, signal, mlpPool)
         .catch(async (e) => { await releaseLens(W_U); throw e; });
       const rOut = unitForProj(x, P, d);
       for (const st of stats) st.record(l, "mlp", C, dMlp, rOut);
@@ -151,6 +165,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
       if (lensX) {
         lensX.set(finalNormed(xMid, model.finalNorm, cfg.rms_eps, P, d), (2 * l) * P * d);
         lensX.set(finalNormed(x, model.finalNorm, cfg.rms_eps, P, d), (2 * l + 1) * P * d);
+        if (stream) stream.push(lensX.slice(2 * l * P * d, 2 * (l + 1) * P * d), 2 * P);   // a copy of its rows alone
       }
     } finally {
       w.dispose();
@@ -158,7 +173,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
   }
   const tLayers = performance.now(), kLayers = kernelTime();
   progress(L, "predictions and logit lens");
-  const top = await unembed(model, cfg, C, tri, x, lensX, topK, {signal, threads});
+  const top = await unembed(model, cfg, C, tri, x, lensX, topK, {signal, threads, stream});
   const out = {};
   groupings.forEach(([name, g], i) => {
     const st = stats[i];
@@ -181,7 +196,9 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
     timings: {layers_ms: tLayers - t0, logits_ms: tEnd - tLayers, total_ms: tEnd - t0,
               layers_kernel_ms: kLayers - k0, logits_kernel_ms: kernelTime() - kLayers,
               kernel_bytes: kernelMemory(), unembedding_threads: top.threads,
-              mlp_threads: pool ? pool.helpers.length + 1 : 1, heads_ms: headsMs, kernel: kernelInfo.variant},
+              mlp_threads: mlpPool ? mlpPool.helpers.length + 1 : 1, lens_streamed: Boolean(stream),
+              lens_helper_ms: top.helperMs || 0, lens_helper_kernel_ms: top.helperKernelMs || 0,
+              heads_ms: headsMs, kernel: kernelInfo.variant},
   };
 }
 
@@ -190,15 +207,22 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
  * every lens row (the last P of them are the final residual), or just the final rows, then P
  * rows of (Σ_s c − r) ⊙ w_f/rms_f, whose logits are the reconstruction's logit error.
  */
-async function unembed(model, cfg, C, tri, x, lensX, k, {signal, threads}) {
+async function unembed(model, cfg, C, tri, x, lensX, k, {signal, threads, stream}) {
   const {n_layers: L, d_model: d, vocab: V} = cfg, P = tri.P;
   const scaleF = finalScale(x, model.finalNorm, cfg.rms_eps, P, d);     // (P, d)
   const rows = lensX ? 2 * L * P : P;
   const X = new Float32Array((rows + P) * d);
   if (lensX) X.set(lensX); else X.set(mulRows(x, scaleF), 0);
-  X.set(reconDiff(C, x, scaleF, tri, d), rows * d);
-  const top = await topLogitsThreaded(X, rows + P, model.lmHead || model.embed, V, d, k,
-                                      {absRows: P, signal, bias: model.lmHeadBias, threads});
+  const diff = reconDiff(C, x, scaleF, tri, d);
+  X.set(diff, rows * d);
+  let top;
+  if (stream) {
+    stream.push(diff, P, P);
+    top = await stream.finish(X, rows + P, P, signal);
+  } else {
+    top = await topLogitsThreaded(X, rows + P, model.lmHead || model.embed, V, d, k,
+                                  {absRows: P, signal, bias: model.lmHeadBias, threads});
+  }
   const probs = (from, n) => {                                   // exp(logit − logZ[row])
     const out = new Float32Array(n * k);
     for (let i = 0; i < n * k; i++) out[i] = Math.exp(top.logits[from * k + i] - top.logZ[from + Math.floor(i / k)]);
@@ -206,7 +230,7 @@ async function unembed(model, cfg, C, tri, x, lensX, k, {signal, threads}) {
   };
   const last = rows - P;
   return {
-    scaleF, threads: top.threads, logit_error: top.absMax,
+    scaleF, threads: top.threads, logit_error: top.absMax, helperMs: top.helperMs, helperKernelMs: top.helperKernelMs,
     pred_ids: top.ids.slice(last * k, rows * k), pred_logits: top.logits.slice(last * k, rows * k),
     pred_probs: probs(last, P),
     lens_ids: lensX ? top.ids.slice(0, rows * k) : null, lens_probs: lensX ? probs(0, rows) : null,
