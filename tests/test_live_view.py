@@ -71,6 +71,32 @@ def test_shared_link_reopens_the_same_view(context, live_server):
 
 
 @pytest.mark.browser
+def test_result_on_screen_keeps_out_of_the_next_prompts_url(context, live_server):
+    """While the next prompt computes, the result on screen still takes changes (a metric, a
+    zoom), but never writes its own prompt into the next prompt's history entry."""
+    first, second = "The capital of France is", "When Mary and John went to the store, John gave a drink to her"
+    page = _run_link(context, live_server, "text=" + urllib.parse.quote(first))
+    page.fill("#prompt", second)
+    page.click("#run")
+    page.evaluate("() => { const v = window.infoflowViewer.viewer; v.set({metric: 'delta'}); v.viewChanged(); }")
+    page.wait_for_timeout(400)                                    # past the zoom's 250 ms debounce
+    during = page.evaluate("() => [location.hash, document.documentElement.dataset.liveState,"
+                           " window.infoflowViewer.viewer.state.metric]")
+    assert during[1] not in ("done", "error"), "the second run ended too soon for this test"
+    assert during[2] == "delta"                                   # the old result did change
+    q = urllib.parse.parse_qs(during[0].lstrip("#"))
+    assert q["text"] == [second] and "m" not in q, during[0]
+    assert _wait_state(page, ["error", "done"]) == "done"
+    page.wait_for_function(VIEW_READY)
+    q = urllib.parse.parse_qs(page.evaluate("() => location.hash").lstrip("#"))
+    assert q["text"] == [second] and q["m"] == ["norm"]
+    page.go_back()                                                # the first prompt's own entry
+    page.wait_for_function("() => window.infoflowViewer.viewer.D.tokens.join('').includes('France')")
+    q = urllib.parse.parse_qs(page.evaluate("() => location.hash").lstrip("#"))
+    assert q["text"] == [first]
+
+
+@pytest.mark.browser
 @pytest.mark.slow
 def test_custom_groups_are_exact_on_the_live_page(context, live_server, default_model):
     """A custom grouping on the live page is recomputed in the worker (vectors summed, not norms):

@@ -88,7 +88,7 @@ export class Viewer {
     }, (e) => this.fail(e)), 0);
     bindEvents(this);
     this.fillProvenance();
-    if (this.options.hash) history.replaceState(null, "", this.hash());
+    this.writeHash(false);
     document.documentElement.dataset.viewerReady = "1";
   }
 
@@ -206,10 +206,7 @@ export class Viewer {
     if (this.tipPinned && s.pin && keys.has("colors")) this.showPinned();
     g.commit();
     this.timings.parts = parts;
-    if (push && this.options.hash) {
-      const h = this.hash();
-      if (h !== location.hash) history.pushState(null, "", h);
-    }
+    if (push) this.writeHash(true);
   }
 
   renderPanels(keys) {
@@ -225,6 +222,15 @@ export class Viewer {
       (window.cancelIdleCallback || clearTimeout)(this.idleJobs.get(p.id));
       this.idleJobs.set(p.id, (window.requestIdleCallback || setTimeout)(render, { timeout: 500 }));
     }
+  }
+
+  /** The view into the URL: a new history entry (push) or the current one. Not while the
+   * current entry is another result's (the live page, with the next prompt computing). */
+  writeHash(push) {
+    if (!this.options.hash || (this.options.ownsHash && !this.options.ownsHash(location.hash))) return;
+    const h = this.hash();
+    if (!push) history.replaceState(null, "", h);
+    else if (h !== location.hash) history.pushState(null, "", h);
   }
 
   hash() {
@@ -297,7 +303,7 @@ export class Viewer {
     this.state.view = { ...this.grid.view };
     this.grid.commit();
     clearTimeout(this.viewTimer);
-    if (this.options.hash) this.viewTimer = setTimeout(() => history.replaceState(null, "", this.hash()), 250);
+    this.viewTimer = setTimeout(() => this.writeHash(false), 250);
     this.positionTooltip();
   }
 

@@ -17,6 +17,7 @@ let cancelTimer = 0;
 let resultUrl = null, headsUrl = null;
 let viewer = null;               // the mounted Viewer, destroyed before the next one mounts
 let shown = null;                // {text, chat} of the result on screen
+let running = null;              // {text, chat} of the prompt being computed
 const recent = new Map();        // promptKey -> {bytes, headsBytes, timings}: the last results, for Back
 const RECENT_MAX = 4;
 let regroupSeq = 0, regroupJob = null;   // the exact custom grouping in progress: {seq, resolve, reject}
@@ -66,6 +67,7 @@ function onMessage(m) {
   } else if (m.type === "done") {
     clearTimeout(cancelTimer);
     finish();
+    shown = running;
     remember(shown.text, shown.chat, m.bytes, m.headsBytes, m.timings);
     showResult(m.bytes, m.headsBytes, m.timings);
   } else if (m.type === "error") {
@@ -141,8 +143,8 @@ function run(ev) {
   ui.notice.hidden = true;
   startBusy("Layers", "Working…");
   const chat = !!(ui.chat && ui.chat.checked);
-  writeHash(text, chat);
-  shown = { text, chat };
+  writeHash(text, chat);           // its own history entry; the result on screen stays `shown`
+  running = { text, chat };
   worker.postMessage({ type: "run", text, chat, maxTokens: MAX });
 }
 
