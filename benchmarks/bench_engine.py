@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from infoflow import engine as E                                    # noqa: E402
+from infoflow.weights import LayerWeights                           # noqa: E402
 from infoflow.decompose import _nnsight, _weights, decompose, get_model   # noqa: E402
 from infoflow.trace import capture                                   # noqa: E402
 
@@ -150,7 +151,7 @@ def paired_ratios(times, rates, macs) -> list[float]:
 # ----------------------------------------------------------------------------- the naive baseline
 
 
-def naive_decompose(captured: E.Captured, layers: list[E.LayerWeights]):
+def naive_decompose(captured: E.Captured, layers: list[LayerWeights]):
     """Per-query decomposition as in the original research code, dense P×P, float32.
 
     For each layer and each query position p it recomputes the values of every

@@ -8,11 +8,12 @@ import numpy as np
 import torch
 
 from .config import DEFAULT_MAX_TOKENS
-from .engine import (LENS_VOCAB_BLOCK, decompose_stack, extract_weights, final_scale, has_bias_source,
-                     logit_attribution, logit_lens, reconstructed_logits, triangle)
+from .engine import decompose_stack, triangle
+from .logits import LENS_VOCAB_BLOCK, final_scale, logit_attribution, logit_lens, reconstructed_logits
 from .model import LoadedModel, load_model
 from .result import Decomposition, Heads
 from .tokens import display_tokens, word_groups
+from .weights import extract_weights, has_bias_source
 from .trace import capture, wrap
 
 DEFAULT_MAX_MEMORY = 4 << 30     # working memory beyond the model's weights

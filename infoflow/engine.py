@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .weights import LayerWeights
+
 
 # ----------------------------------------------------------------------------- inputs
 
@@ -51,95 +53,6 @@ class Captured:
     logits: Tensor             # (P, V)
     attn_out: list[Tensor] | None = None   # L × (P, d) input of the attention post-norm, if any
     mlp_out: list[Tensor] | None = None    # L × (P, d) input of the MLP post-norm, if any
-
-
-@dataclass
-class LayerWeights:
-    Wv: Tensor             # (d_kv, d)   v_proj with the attention pre-norm's weight folded in
-    bv: Tensor | None      # (d_kv,)
-    Wo: Tensor             # (d, H·hd)   o_proj with the attention post-norm's weight folded in
-    bo: Tensor | None      # (d,)        (post-norm weight folded in too)
-    Wup: Tensor            # (d_ff, d)   up_proj with the MLP pre-norm's weight folded in
-    bup: Tensor | None     # (d_ff,)
-    Wdown: Tensor          # (d, d_ff)   down_proj with the MLP post-norm's weight folded in
-    bdown: Tensor | None   # (d,)
-    eps1: float | None     # attention pre-norm's epsilon; None: no pre-norm (OLMo-2)
-    eps2: float | None     # MLP pre-norm's epsilon
-    n_heads: int
-    n_kv: int
-    eps_post1: float | None = None   # attention post-norm (Gemma 3, OLMo-2); None: none
-    eps_post2: float | None = None   # MLP post-norm
-
-
-@dataclass
-class Unembed:
-    w_norm: Tensor         # (d,)  final RMSNorm weight
-    eps: float
-    W_U: Tensor            # (V, d)
-    b_U: Tensor | None     # (V,)
-
-
-def _bias(linear, dtype, device):
-    b = getattr(linear, "bias", None)
-    return None if b is None else b.detach().to(device=device, dtype=dtype)
-
-
-def extract_weights(hf, dtype=torch.float32, device="cpu") -> tuple[list[LayerWeights], Unembed]:
-    """Pull the value-path weights out of a Hugging Face decoder, following its family's
-    recipe (arch.py): norm weights (w or 1 + w) folded into the matrix next to them."""
-    from . import arch
-
-    recipe = arch.recipe_for(hf.config)
-
-    def w(t):
-        return t.detach().to(device=device, dtype=dtype)
-
-    def b(t):
-        return None if t is None else w(t)
-
-    def norm(layer, name):
-        """(weight (d,), eps) of a norm, or (None, None) where the family has none."""
-        mod = arch.get(layer, name)
-        return (None, None) if mod is None else (w(arch.norm_weight(mod, recipe)), arch.norm_eps(mod))
-
-    cfg = hf.config
-    n_heads = cfg.num_attention_heads
-    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
-    layers = []
-    for layer in hf.model.layers:
-        att, mlp = layer.self_attn, layer.mlp
-        (pre1, eps1), (post1, eps_post1) = norm(layer, recipe.attn_pre_norm), norm(layer, recipe.attn_post_norm)
-        (pre2, eps2), (post2, eps_post2) = norm(layer, recipe.mlp_pre_norm), norm(layer, recipe.mlp_post_norm)
-        Wv, bv = arch.value_proj(layer, cfg, recipe)
-        Wup, bup = arch.up_proj(layer, cfg, recipe)
-        Wo, bo = w(att.o_proj.weight), _bias(att.o_proj, dtype, device)
-        Wdown, bdown = w(mlp.down_proj.weight), _bias(mlp.down_proj, dtype, device)
-        layers.append(LayerWeights(
-            Wv=_fold_in(w(Wv), pre1), bv=b(bv), Wo=_fold_out(Wo, post1), bo=_fold_out(bo, post1),
-            Wup=_fold_in(w(Wup), pre2), bup=b(bup), Wdown=_fold_out(Wdown, post2),
-            bdown=_fold_out(bdown, post2), eps1=eps1, eps2=eps2, n_heads=n_heads, n_kv=n_kv,
-            eps_post1=eps_post1, eps_post2=eps_post2))
-    final = arch.get(hf, recipe.final_norm)
-    unembed = Unembed(w_norm=w(arch.norm_weight(final, recipe)), eps=arch.norm_eps(final),
-                      W_U=w(hf.lm_head.weight), b_U=_bias(hf.lm_head, dtype, device))
-    return layers, unembed
-
-
-def _fold_in(W: Tensor, n: Tensor | None) -> Tensor:
-    """W · diag(n): a pre-norm's weight on the input side.   (out, d)"""
-    return W if n is None else W * n
-
-
-def _fold_out(W: Tensor | None, n: Tensor | None) -> Tensor | None:
-    """diag(n) · W (or n ⊙ b): a post-norm's weight on the output side.   (d, ...) or (d,)"""
-    if W is None or n is None:
-        return W
-    return W * n.unsqueeze(1) if W.dim() == 2 else W * n
-
-
-def has_bias_source(layers: list[LayerWeights], unembed: Unembed) -> bool:
-    return unembed.b_U is not None or any(
-        b is not None for lw in layers for b in (lw.bv, lw.bo, lw.bup, lw.bdown))
 
 
 # ----------------------------------------------------------------------------- layout
@@ -740,89 +653,3 @@ def _record_grouped(stats, l, k, C, r_unit):
     for st in stats:
         if st.grouping is not None:
             st.record_grouped(l, k, C, r_unit)
-
-
-# ----------------------------------------------------------------------------- logits
-
-
-def final_scale(resid_final: Tensor, unembed: Unembed) -> Tensor:
-    """w_f / rms_f[p], the final norm with its real per-position scale.   (P, d)"""
-    return unembed.w_norm * inv_rms(resid_final, unembed.eps).unsqueeze(1)
-
-
-def logit_attribution(C: Tensor, tri: Triangle, scale: Tensor, unembed: Unembed,
-                      token_ids: Tensor, grouping: Tensor | None) -> Tensor:
-    """Per-source share of the logit of token_ids[p, j] at p, final scale frozen.
-
-    (T, d), token_ids (P, k) -> (P, k, G), summing over G to the logit (bias included).
-    """
-    P, k = token_ids.shape
-    G = tri.S if grouping is None else int(grouping.max()) + 1
-    vocab, col = torch.unique(token_ids, return_inverse=True)          # (K,), (P, k)
-    U = unembed.W_U[vocab]                                              # (K, d)
-    per_row = ((C * scale[tri.pos]) @ U.T)                              # (T, K)
-    picked = per_row.gather(1, col[tri.pos])                            # (T, k)
-    gsrc = tri.src if grouping is None else grouping[tri.src]
-    out = C.new_zeros(P * G, k).index_add_(0, tri.pos * G + gsrc, picked).view(P, G, k)
-    if unembed.b_U is not None:
-        out[:, G - 1, :] += unembed.b_U[token_ids]   # the bias group is always last
-    return out.permute(0, 2, 1)
-
-
-def reconstructed_logits(C: Tensor, tri: Triangle, scale: Tensor, unembed: Unembed) -> Tensor:
-    """Logits from Σ_s c[p, s] with the final norm's scale frozen.   (P, V)"""
-    total = C.new_zeros(tri.P, C.shape[1]).index_add_(0, tri.pos, C)
-    logits = (total * scale) @ unembed.W_U.T
-    return logits if unembed.b_U is None else logits + unembed.b_U
-
-
-LENS_VOCAB_BLOCK = 4096   # vocabulary columns per lens matmul: a (1024, 4096) slab, 16 MB
-
-
-def logit_lens(resid: Tensor, unembed: Unembed, k: int, vocab_block: int = LENS_VOCAB_BLOCK,
-               group: int = 16) -> tuple[Tensor, Tensor]:
-    """Top-k tokens and probabilities of final_norm(r) @ W_Uᵀ, per row.   (N, d) -> (N, k) ×2
-
-    The vocabulary is walked in blocks: each (N, block) slab of logits is written once into
-    one reused buffer, then read for its top-k and once for an online log-sum-exp (running
-    max m, running Σ exp(l − m)), so the (N, V) logits never exist.
-    """
-    x = (resid.to(unembed.W_U.dtype) * final_scale(resid.to(unembed.W_U.dtype), unembed))
-    N, V = x.shape[0], unembed.W_U.shape[0]
-    best = x.new_full((N, k), float("-inf"))
-    best_ids = torch.zeros(N, k, dtype=torch.int64, device=x.device)
-    m = x.new_full((N, 1), float("-inf"))
-    total = x.new_zeros(N, 1)
-    slab = x.new_empty(N * min(vocab_block, V))
-    for v0 in range(0, V, vocab_block):
-        W = unembed.W_U[v0:v0 + vocab_block]
-        logits = torch.mm(x, W.T, out=slab[:N * W.shape[0]].view(N, W.shape[0]))
-        if unembed.b_U is not None:
-            logits += unembed.b_U[v0:v0 + vocab_block]
-        top, ids = _block_topk(logits, k, group)
-        merged, pick = torch.cat([best, top], 1).topk(k, dim=-1)
-        best_ids = torch.cat([best_ids, ids + v0], 1).gather(1, pick)
-        best = merged
-        m_new = torch.maximum(m, top[:, :1])
-        total = total * torch.exp(m - m_new) + logits.sub_(m_new).exp_().sum(-1, keepdim=True)
-        m = m_new
-    return best_ids, torch.exp(best - (m + total.log()))
-
-
-def _block_topk(logits: Tensor, k: int, group: int) -> tuple[Tensor, Tensor]:
-    """logits.topk(k) per row, through group maxima.   (N, B) -> (N, k) values, ids
-
-    The columns are split into `group`-sized sets (column j belongs to set j mod B/group).
-    The k largest entries of a row lie in the k sets with the largest maxima (each of
-    those maxima is ≥ anything outside them), so only those k·group candidates are
-    ranked: one vectorized max over the block instead of a per-row selection over B.
-    """
-    N, B = logits.shape
-    n_sets = B // group
-    if B % group or n_sets < k:
-        return logits.topk(min(k, B), dim=-1)
-    set_max = logits.view(N, group, n_sets).amax(1)                    # (N, n_sets)
-    _, sets = set_max.topk(k, dim=-1, sorted=False)                    # (N, k)
-    cand = (sets.unsqueeze(-1) + torch.arange(group, device=logits.device) * n_sets).view(N, -1)
-    top, pick = logits.gather(1, cand).topk(k, dim=-1)                 # (N, k)
-    return top, cand.gather(1, pick)

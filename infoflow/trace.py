@@ -3,7 +3,7 @@
 `walk` is the one capture: it reads, inside a trace, every quantity the model's recipe
 (arch.py) needs, in execution order, as nnsight requires. The local path saves what it
 reads (`capture`); the NDIF path (remote.py) uses it unsaved inside the same trace, so this
-module, engine and arch are what `nnsight.register` ships.
+module, arch, weights, engine and logits are what `nnsight.register` ships (remote.py).
 """
 from __future__ import annotations
 

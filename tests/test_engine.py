@@ -166,7 +166,8 @@ def test_precomputed_mlp_ordering_matches_naive(kind):
 @pytest.mark.parametrize("V,bias", [(20000, False), (20001, True)])
 def test_logit_lens_matches_softmax_topk(V, bias):
     """The blocked lens (grouped top-k, online log-sum-exp) against plain softmax + topk."""
-    from infoflow.engine import Unembed, final_scale, logit_lens
+    from infoflow.logits import final_scale, logit_lens
+    from infoflow.weights import Unembed
     g = torch.Generator().manual_seed(V)
     d, N, k = 48, 70, 5
     unembed = Unembed(w_norm=1 + 0.1 * torch.randn(d, generator=g), eps=1e-5,

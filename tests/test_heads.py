@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from infoflow import engine as E
+from infoflow.weights import has_bias_source
 from infoflow.decompose import _nnsight, _weights, tokenize
 from infoflow.trace import capture
 
@@ -24,7 +25,7 @@ def engine_heads(lm, groupings=(None,), dtype=torch.float64, prompt=PROMPT):
     ids = tokenize(lm, prompt)
     captured = capture(_nnsight(lm), torch.tensor([ids]))
     layers, unembed = _weights(lm, dtype)
-    tri = E.triangle(len(ids), E.has_bias_source(layers, unembed))
+    tri = E.triangle(len(ids), has_bias_source(layers, unembed))
     res = E.decompose_stack(captured, layers, tri, list(groupings), dtype=dtype, heads=True)
     return res.heads, ids, captured
 

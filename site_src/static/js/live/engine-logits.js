@@ -1,5 +1,5 @@
 /**
- * The unembedding side of the in-browser engine, as infoflow/engine.py computes it: top-k next
+ * The unembedding side of the in-browser engine, as infoflow/logits.py computes it: top-k next
  * tokens with their probabilities (logit lens and predictions), the reconstructed logits' error,
  * and the exact per-source logit attribution.
  */
@@ -53,7 +53,7 @@ function releasePacked() {
  * -> {ids Int32Array (N, k), logits Float32Array (N, k), logZ Float64Array (N), absMax number}
  *
  * Per row, the vocabulary is walked in blocks with an online log-sum-exp (running max m,
- * running Σ exp(l − m)), like engine.logit_lens.
+ * running Σ exp(l − m)), like logits.logit_lens (Python).
  */
 export function topLogits(X, N, blocks, V, d, k, {absRows = 0, signal = null, bias = null} = {}) {
   const ids = new Int32Array(N * k);

@@ -5,7 +5,7 @@
 import {Weight} from "./kernel.js";
 
 /** The layer's weights in the kernel, each RMSNorm's weight folded into the matrices reading it
- * (W ⊙ w, as engine.extract_weights folds it), so both passes share them. */
+ * (W ⊙ w, as weights.extract_weights folds it), so both passes share them. */
 export function layerWeights(raw, cfg) {
   const {d_model: d, n_heads: H, n_kv_heads: KV, head_dim: hd, d_ff: ff} = cfg;
   const made = [];
