@@ -305,14 +305,14 @@ def main() -> None:
         out = page.evaluate(CALL, {"kind": "kernels", "shapes": shapes, "layerP": [16, 32] if shapes else []})
         assert out["ok"], out
         info = out["out"]["info"]
-        print(f"## Matmul, float32, GFLOP/s (best sample); kernel.js: {info['kernel']}; tfjs {info['tfjs']}")
-        print("| shape | kernel.js (W resident, x in, y out) | tfjs-wasm, same use | tfjs-wasm, tensors resident | "
-              "tfjs-wasm, transposed flag | plain JS i-k-j | max abs diff kernel.js vs tfjs |")
-        print("|---|---|---|---|---|---|---|")
-        for r in out["out"]["rows"]:
-            print(f"| {r['shape']} | {r['own']:.1f} | {r['tfjs']:.1f} | {r['tfjs_resident']:.1f} | "
-                  f"{r['tfjs_transposed_flag']:.1f} | {r['plain_js']:.2f} | {r['max_diff']:.1e} |")
-        if shapes:
+        if shapes:                      # (--no-kernels: no table, not an empty one)
+            print(f"## Matmul, float32, GFLOP/s (best sample); kernel.js: {info['kernel']}; tfjs {info['tfjs']}")
+            print("| shape | kernel.js (W resident, x in, y out) | tfjs-wasm, same use | tfjs-wasm, tensors resident | "
+                  "tfjs-wasm, transposed flag | plain JS i-k-j | max abs diff kernel.js vs tfjs |")
+            print("|---|---|---|---|---|---|---|")
+            for r in out["out"]["rows"]:
+                print(f"| {r['shape']} | {r['own']:.1f} | {r['tfjs']:.1f} | {r['tfjs_resident']:.1f} | "
+                      f"{r['tfjs_transposed_flag']:.1f} | {r['plain_js']:.2f} | {r['max_diff']:.1e} |")
             print("\n## One layer as the engine uses it: 7 weights made (norm folded, transposed), "
                   "each used at P and at T = P(P+1)/2 rows; best ms")
             print("| P | kernel.js | tfjs-wasm |\n|---|---|---|")
