@@ -114,9 +114,25 @@ def test_bad_prompt_files(case, tmp_path, gallery_site):
     with pytest.raises(PromptError, match=pattern) as err:
         build(SiteConfig(prompts=path, out=out), progress=False)
     assert str(path) in str(err.value)
+    from click.testing import CliRunner
+
+    from infoflow.cli import main
+    result = CliRunner().invoke(main, ["build", "--prompts", str(path), "--out", str(out)])
+    assert result.exit_code == 1 and str(path) in result.stderr, result.output
+    assert (out / "index.html").read_text() == before
+
+
+def test_bad_prompt_file_in_a_real_process(tmp_path, gallery_site):
+    """The same from the command line in its own process: the message on stderr, exit code 1,
+    no traceback (the cases above go through the CLI in-process, ~2.5 s less each)."""
+    path = tmp_path / "malformed.toml"
+    path.write_text(BAD_FILES["malformed"][0])
+    out = tmp_path / "site"
+    shutil.copytree(gallery_site, out)
+    before = (out / "index.html").read_text()
     proc = subprocess.run([sys.executable, "-m", "infoflow.cli", "build", "--prompts", str(path), "--out", str(out)],
                           capture_output=True, text=True)
-    assert proc.returncode != 0 and str(path) in proc.stderr
+    assert proc.returncode == 1 and str(path) in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert (out / "index.html").read_text() == before
 
 
