@@ -12,14 +12,13 @@ products (a checksum of the outputs). Run by hand, never as a test.
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
 import json
 import shutil
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
+
+from _browser import served_page
 
 ROOT = Path(__file__).resolve().parent.parent
 LIVE = "site_src/static/js/live"
@@ -51,38 +50,27 @@ window.go = async (rounds) => { const out = []; for (let i = 0; i < rounds; i++)
 </script>"""
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--old", default="HEAD")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    from playwright.sync_api import sync_playwright
 
     work = Path(tempfile.mkdtemp(prefix="kernel-compare-"))
-    for name in ("kernel.js", "kernel-sgemm.wasm"):
-        (work / "old").mkdir(exist_ok=True)
-        (work / "new").mkdir(exist_ok=True)
-        (work / "old" / name).write_bytes(subprocess.run(["git", "show", f"{args.old}:{LIVE}/{name}"], cwd=ROOT,
-                                                         check=True, capture_output=True).stdout)
-        shutil.copy(ROOT / LIVE / name, work / "new" / name)
+    (work / "old").mkdir()
+    (work / "new").mkdir()
+    for name in ("kernel.js", "kernel-sgemm.wasm", "kernel-sgemm-fma.wasm"):   # (no fma build before session 5)
+        old = subprocess.run(["git", "show", f"{args.old}:{LIVE}/{name}"], cwd=ROOT, capture_output=True)
+        if old.returncode == 0:
+            (work / "old" / name).write_bytes(old.stdout)
+        if (ROOT / LIVE / name).exists():
+            shutil.copy(ROOT / LIVE / name, work / "new" / name)
     (work / "w.js").write_text(f"const SHAPES = {json.dumps(SHAPES)};\n" + WORKER)
     (work / "index.html").write_text(PAGE)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(work)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{server.server_address[1]}/index.html")
+        with served_page(work) as page:
             out = page.evaluate(f"go({args.rounds})")
-            browser.close()
     finally:
-        server.shutdown()
         shutil.rmtree(work, ignore_errors=True)
     best: dict[str, dict[str, float]] = {}
     check: dict[str, dict[str, float]] = {}

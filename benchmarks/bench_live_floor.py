@@ -22,14 +22,12 @@ products to the last worker's end, per round, and the rate. Run by hand, never a
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
-import json
 import shutil
 import statistics
 import tempfile
-import threading
 from pathlib import Path
+
+from _browser import served_page
 
 ROOT = Path(__file__).resolve().parent.parent
 LIVE = ROOT / "site_src" / "static" / "js" / "live"
@@ -75,11 +73,6 @@ window.go = async (plans, rounds) => {
 </script>"""
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 def products(P: int, lens_rows: int | None = None) -> list[tuple[int, int, int, int]]:
     """(rows, in, out, times) of every product of one decomposition at P tokens; the
     unembedding in one product, or in products of `lens_rows` rows (as when it is streamed)."""
@@ -112,7 +105,6 @@ def main() -> None:
     ap.add_argument("--lens-rows", type=int, default=None,
                     help="unembed in products of this many rows (the streamed lens sends 2P per layer)")
     args = ap.parse_args()
-    from playwright.sync_api import sync_playwright
 
     prods = products(args.P, args.lens_rows)
     total = sum(2 * r * k * n * t for r, k, n, t in prods)
@@ -121,18 +113,11 @@ def main() -> None:
         shutil.copy(LIVE / name, work / name)
     (work / "w.js").write_text(WORKER)
     (work / "index.html").write_text(PAGE)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(work)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{server.server_address[1]}/index.html")
+        with served_page(work) as page:
             out = {t: page.evaluate("([plans, rounds]) => go(plans, rounds)", [split(prods, t), args.rounds])
                    for t in sorted({1, args.threads})}
-            browser.close()
     finally:
-        server.shutdown()
         shutil.rmtree(work, ignore_errors=True)
     print(f"P = {args.P}: {total / 1e9:.1f} GFLOP of products ({out[1]['kernel']} kernel); "
           f"wall of the products alone, {args.rounds} rounds")
