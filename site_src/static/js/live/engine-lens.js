@@ -50,7 +50,7 @@ function call(worker, msg, transfer = []) {
  * Vocabulary slices, in multiples of 8 rows: the calling thread's first (`mainShare` of V,
  * possibly empty), then the helpers' equal shares of the rest.
  */
-export function vocabBounds(V, threads, mainShare) {
+function vocabBounds(V, threads, mainShare) {
   const own = Math.min(V, Math.ceil(V * mainShare / 8) * 8);
   const step = Math.ceil((V - own) / (threads - 1) / 8) * 8;
   const bounds = [[0, own]];
@@ -75,17 +75,18 @@ async function startPool(W_U, V, d, bias, threads, mainShare) {
     helpers.forEach((w) => w.terminate());
     throw e;
   }
-  return {helpers, bounds, threads, mainShare};
+  return {helpers, bounds, threads};
 }
 
 /**
  * The helper workers for W_U (started on first use), or null for one thread. `mainShare`: the
- * calling thread's fraction of the vocabulary (default: an equal share); a pool made with
- * another thread count or share is restarted.
+ * calling thread's fraction of the vocabulary when the pool is started (default: an equal
+ * share); a pool already running keeps its split (results do not depend on it), and one with
+ * another thread count is restarted.
  */
 export async function helpersFor(W_U, V, d, bias, threads, mainShare = 1 / threads) {
   const old = pools.has(W_U) && await pools.get(W_U).catch(() => null);
-  if (old && (old.threads !== threads || old.mainShare !== mainShare)) await releaseLens(W_U);
+  if (old && old.threads !== threads) await releaseLens(W_U);
   if (threads <= 1 || V < 8 * threads) return null;
   if (!pools.has(W_U)) {
     const started = startPool(W_U, V, d, bias, threads, mainShare);

@@ -41,9 +41,11 @@
  *   the logit lens, each layer's lens rows go to the helpers as soon as the layer is done, and
  *   they unembed them while this thread does the next layers (alone); this thread keeps only
  *   lensMainShare of the vocabulary (default LENS_MAIN_SHARE), done at the end. Without the
- *   lens, the helpers share each layer's MLP decomposition by slices of d_ff (engine-mlp.js; each helper is sent its slice of W_up and W_down and the rows). The
- *   helpers are kept for the next call with the same W_U array, thread count and share (others
- *   restart them); releaseLens(W_U), also exported here, ends them.
+ *   lens, the helpers share each layer's MLP decomposition by slices of d_ff (engine-mlp.js;
+ *   each helper is sent its slice of W_up and W_down and the rows). The helpers are kept, with
+ *   their split, for the next call with the same W_U array and thread count (another count
+ *   restarts them, and so does an error or Cancel while they stream); releaseLens(W_U), also
+ *   exported here, ends them.
  *   onProgress is called with step 0 .. total (total = n_layers + 1: the layers, then the
  *   unembedding). A signal that aborts rejects the promise with a DOMException "AbortError"
  *   (checked between layers and inside the long loops).
@@ -122,54 +124,58 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
   const buf = scratch(cfg, tri);                                   // reused by every layer
   // With the lens and helpers, the helpers unembed each layer's lens rows while this thread
   // goes on with the next layers (which it then does alone); else they share the MLP.
-  // (The same split without the lens, where the unembedding is only 2P rows: the helpers are
-  // then not restarted between a run with the lens and one without.)
+  // (The same split without the lens, where the unembedding is only 2P rows.)
   const pool = await helpersFor(W_U, V, d, model.lmHeadBias, threads, lensMainShare);
   const stream = logitLens && pool ? new LensStream(pool, W_U, d, topK, model.lmHeadBias) : null;
   const mlpPool = stream ? null : pool;                            // null: one thread
 
-  for (let l = 0; l < L; l++) {
-    progress(l, `layer ${l + 1} of ${L}`);
-    if (signal && signal.aborted) throw abortError();
-    const w = layerWeights(await model.layer(l), cfg);
-    try {
-      // Attention: run it, then split its write over the sources.   x_mid = x + attn(x)
-      const att = attentionForward(x, w, cfg, rope, P);
-      const xMid = add(x, att.out);
-      const dAttn = decomposeAttention(C, tri, w, att, cfg, buf);
-      const rMid = unitForProj(xMid, P, d);
-      for (const st of stats) st.record(l, "attn", C, dAttn, rMid);
-      if (patterns) {                           // the same write, split by head (O is still in buf.O)
-        const th = performance.now();
-        if (l === 0) headStats = groupings.map(([, g]) => new HeadStats(L, cfg, tri, g, w.oBias));
-        patterns.record(l, att.pattern);
-        const maps = headMaps(w.raw.o, rMid, cfg, P, model, l);   // R_h kept on the model's behalf
-        try {
-          for (const hs of headStats) hs.record(l, buf.O, att.heads, maps, rMid, w.oBias);
-        } finally {
-          maps.dispose();
+  try {
+    for (let l = 0; l < L; l++) {
+      progress(l, `layer ${l + 1} of ${L}`);
+      if (signal && signal.aborted) throw abortError();
+      const w = layerWeights(await model.layer(l), cfg);
+      try {
+        // Attention: run it, then split its write over the sources.   x_mid = x + attn(x)
+        const att = attentionForward(x, w, cfg, rope, P);
+        const xMid = add(x, att.out);
+        const dAttn = decomposeAttention(C, tri, w, att, cfg, buf);
+        const rMid = unitForProj(xMid, P, d);
+        for (const st of stats) st.record(l, "attn", C, dAttn, rMid);
+        if (patterns) {                           // the same write, split by head (O is still in buf.O)
+          const th = performance.now();
+          if (l === 0) headStats = groupings.map(([, g]) => new HeadStats(L, cfg, tri, g, w.oBias));
+          patterns.record(l, att.pattern);
+          const maps = headMaps(w.raw.o, rMid, cfg, P, model, l);   // R_h kept on the model's behalf
+          try {
+            for (const hs of headStats) hs.record(l, buf.O, att.heads, maps, rMid, w.oBias);
+          } finally {
+            maps.dispose();
+          }
+          headsMs += performance.now() - th;
         }
-        headsMs += performance.now() - th;
-      }
-      recon[2 * l] = reconError(C, xMid, tri, d);
+        recon[2 * l] = reconError(C, xMid, tri, d);
 
-      // MLP, gate frozen.                                            x = x_mid + mlp(x_mid)
-      const mlp = mlpForward(xMid, w, cfg, P);
-      x = add(xMid, mlp.out);
-      const dMlp = await decomposeMlp(C, tri, w, mlp, cfg, buf, signal, mlpPool)
-        .catch(async (e) => { await releaseLens(W_U); throw e; });
-      const rOut = unitForProj(x, P, d);
-      for (const st of stats) st.record(l, "mlp", C, dMlp, rOut);
-      recon[2 * l + 1] = reconError(C, x, tri, d);
+        // MLP, gate frozen.                                            x = x_mid + mlp(x_mid)
+        const mlp = mlpForward(xMid, w, cfg, P);
+        x = add(xMid, mlp.out);
+        const dMlp = await decomposeMlp(C, tri, w, mlp, cfg, buf, signal, mlpPool)
+          .catch(async (e) => { await releaseLens(W_U); throw e; });
+        const rOut = unitForProj(x, P, d);
+        for (const st of stats) st.record(l, "mlp", C, dMlp, rOut);
+        recon[2 * l + 1] = reconError(C, x, tri, d);
 
-      if (lensX) {
-        lensX.set(finalNormed(xMid, model.finalNorm, cfg.rms_eps, P, d), (2 * l) * P * d);
-        lensX.set(finalNormed(x, model.finalNorm, cfg.rms_eps, P, d), (2 * l + 1) * P * d);
-        if (stream) stream.push(lensX.slice(2 * l * P * d, 2 * (l + 1) * P * d), 2 * P);   // a copy of its rows alone
+        if (lensX) {
+          lensX.set(finalNormed(xMid, model.finalNorm, cfg.rms_eps, P, d), (2 * l) * P * d);
+          lensX.set(finalNormed(x, model.finalNorm, cfg.rms_eps, P, d), (2 * l + 1) * P * d);
+          if (stream) stream.push(lensX.slice(2 * l * P * d, 2 * (l + 1) * P * d), 2 * P);   // a copy of its rows alone
+        }
+      } finally {
+        w.dispose();
       }
-    } finally {
-      w.dispose();
     }
+  } catch (e) {
+    if (stream) await releaseLens(W_U);   // its helpers would go on with this run's rows
+    throw e;
   }
   const tLayers = performance.now(), kLayers = kernelTime();
   progress(L, "predictions and logit lens");
