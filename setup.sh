@@ -7,7 +7,6 @@
 #                 Gemma Terms of Use) and convert it once (1.1 GB in the cache); the gallery is
 #                 then built on both models. Not in CI: with it, set-up plus tests took 475 s
 #                 and 591 s on fresh 2-core runs, too close to the 10-minute limit
-#   --no-gemma    the default model only (the default)
 #   --no-build    set up only (the sharded Pages workflow builds by shard)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -16,8 +15,7 @@ for arg in "$@"; do
   case "$arg" in
     --no-build) BUILD=0 ;;
     --gemma) GEMMA=1 ;;
-    --no-gemma) GEMMA=0 ;;
-    *) echo "setup: unknown option $arg (use --no-build, --no-gemma)" >&2; exit 2 ;;
+    *) echo "setup: unknown option $arg (use --no-build, --gemma)" >&2; exit 2 ;;
   esac
 done
 
@@ -55,7 +53,7 @@ if [ "$GEMMA" = 1 ] && [ "$BUILD" = 1 ]; then
   .venv/bin/infoflow build --models SmolLM2-135M-Instruct --shard 0/1
   if ! wait "$convert"; then
     cat "$log" >&2
-    echo "setup: converting Gemma 3 270M failed (above); bash setup.sh --no-gemma sets up without it" >&2
+    echo "setup: converting Gemma 3 270M failed (above); bash setup.sh without --gemma sets up without it" >&2
     exit 1
   fi
   cat "$log"
