@@ -45,7 +45,7 @@ HARNESS_HTML = "<!doctype html><meta charset=utf-8><title>engine harness</title>
 # engine's model object, runs decompose() and posts plain arrays back.
 HARNESS_WORKER = r"""
 import {decompose} from "/static/js/live/engine.js";
-import {initKernel, Weight, matmul, kernelMemory, lensBlock, dequantizeFast} from "/static/js/live/kernel.js";
+import {initKernel, Weight, matmul, kernelMemory, lensProducts, dequantizeFast} from "/static/js/live/kernel.js";
 import {dequantizeInto} from "/static/js/live/dequant.js";
 
 async function range(url, a, b) {
@@ -133,8 +133,14 @@ self.onmessage = async (e) => {
     await initKernel();
     const {x, rows, cols, mPrev} = e.data, f = (n) => new Float64Array(n);
     const blockMax = f(rows), mNew = f(rows), sums = f(rows);
-    lensBlock(Float32Array.from(x), rows, cols, Float64Array.from(mPrev), blockMax, mNew, sums);
-    self.postMessage({ok: true, blockMax: [...blockMax], mNew: [...mNew], sums: [...sums]});
+    const eye = new Float32Array(cols * cols);          // logits x · Iᵀ = x, exactly
+    for (let j = 0; j < cols; j++) eye[j * cols + j] = 1;
+    const w = new Weight(eye, cols, cols);
+    let seen = null;
+    lensProducts(Float32Array.from(x), rows, [w], {mPrev: Float64Array.from(mPrev), blockMax, mNew, sums},
+                 (b, F, off, ld) => { seen = Array.from({length: rows}, (_, r) => [...F.subarray(off + r * ld, off + r * ld + cols)]); });
+    w.dispose();
+    self.postMessage({ok: true, blockMax: [...blockMax], mNew: [...mNew], sums: [...sums], logits: seen});
     return;
   }
   const {url, config, runs} = e.data;
@@ -516,6 +522,7 @@ def test_lens_block_exp_sums_match_float64(harness):
         m_prev = np.where(np.arange(rows) % 2, x.max(1).astype(np.float64) + 3.0, -np.inf)  # odd rows: an earlier block was larger
         reply = run("unused", {"kind": "lens", "x": x.ravel().tolist(), "rows": rows, "cols": cols,
                                "mPrev": [float(v) if np.isfinite(v) else -1e308 for v in m_prev]})
+        assert reply["logits"] == x.tolist()             # what the caller's top-k scan reads
         assert reply["blockMax"] == x.max(1).astype(np.float64).tolist()
         m_new = np.maximum(np.where(np.isfinite(m_prev), m_prev, -1e308), x.max(1).astype(np.float64))
         np.testing.assert_array_equal(reply["mNew"], m_new)

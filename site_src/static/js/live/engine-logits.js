@@ -3,11 +3,11 @@
  * tokens with their probabilities (logit lens and predictions), the reconstructed logits' error,
  * and the exact per-source logit attribution.
  */
-import {Weight, lensBlock, matmul} from "./kernel.js";
+import {Weight, lensProducts} from "./kernel.js";
 
 export const VOCAB_BLOCK = 256;    // vocabulary columns per product: a 576 KB block of W_U stays in L2
                                    // (measured 8–10 GFLOP/s vs 5.6 at 4096 columns, docs/performance.md)
-export const ROW_BATCH = 1024;     // rows per product: a (1024, 256) slab of logits, 1 MB
+export const ROW_BATCH = 64;       // rows per pass over the vocabulary: kernel.js's lensProducts at most
 
 /**
  * W_U (V, d) packed into the kernel's memory as Weights of VOCAB_BLOCK vocabulary rows each.
@@ -62,31 +62,25 @@ export function topLogits(X, N, blocks, V, d, k, {absRows = 0, signal = null, bi
   const total = new Float64Array(N);
   const nTop = N - absRows;
   let absMax = 0;
-  const slab = new Float32Array(Math.min(ROW_BATCH, N) * Math.min(VOCAB_BLOCK, V));   // reused
   const rowsMax = Math.min(ROW_BATCH, N);
   const blockMax = new Float64Array(rowsMax), mNew = new Float64Array(rowsMax), sums = new Float64Array(rowsMax);
-  for (let v0 = 0, b = 0; v0 < V; v0 += VOCAB_BLOCK, b++) {
+  for (let a = 0; a < N; a += ROW_BATCH) {
     if (signal && signal.aborted) throw abortError();
-    const B = Math.min(VOCAB_BLOCK, V - v0);
-    const W = blocks[b];
-    for (let a = 0; a < N; a += ROW_BATCH) {
-      const n = Math.min(ROW_BATCH, N - a);
-      const logits = matmul(X.subarray(a * d, (a + n) * d), n, W, slab);    // (n, B)
-      if (bias) {
-        for (let i = 0; i < n && a + i < nTop; i++) for (let j = 0; j < B; j++) logits[i * B + j] += bias[v0 + j];
-      }
-      lensBlock(logits, n, B, m.subarray(a, a + n), blockMax, mNew, sums);   // maxima, Σ exp(l − mNew)
+    const n = Math.min(ROW_BATCH, N - a);
+    const state = {mPrev: m.subarray(a, a + n), blockMax, mNew, sums, bias, biasRows: Math.max(0, Math.min(n, nTop - a))};
+    lensProducts(X.subarray(a * d, (a + n) * d), n, blocks, state, (b, F, off, ld) => {
+      const v0 = b * VOCAB_BLOCK, B = blocks[b].out;
       for (let i = 0; i < n; i++) {
-        const row = a + i, o = i * B;
+        const row = a + i, o = off + i * ld;
         if (row >= nTop) {                             // a difference row: only max |logit|
-          for (let j = 0; j < B; j++) absMax = Math.max(absMax, Math.abs(logits[o + j]));
+          for (let j = 0; j < B; j++) absMax = Math.max(absMax, Math.abs(F[o + j]));
           continue;
         }
         const top = row * k;
         let kth = best[top + k - 1];                   // the row's k-th best so far
         if (blockMax[i] > kth) {                       // else nothing in this block enters the top k
           for (let j = 0; j < B; j++) {
-            const x = logits[o + j];
+            const x = F[o + j];
             if (x > kth) {
               insertTop(best, ids, top, k, x, v0 + j);
               kth = best[top + k - 1];
@@ -96,7 +90,7 @@ export function topLogits(X, N, blocks, V, d, k, {absRows = 0, signal = null, bi
         total[row] = total[row] * Math.exp(m[row] - mNew[i]) + sums[i];
         m[row] = mNew[i];
       }
-    }
+    });
   }
   const logZ = new Float64Array(N);
   for (let row = 0; row < nTop; row++) logZ[row] = m[row] + Math.log(total[row]);

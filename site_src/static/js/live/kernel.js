@@ -2,7 +2,7 @@
  * The one matmul kernel of the in-browser engine: `y = x · Wᵀ` for a weight W stored as
  * PyTorch stores an nn.Linear weight, row-major [out, in]. The same WebAssembly module also
  * packs weights, dequantizes Q4_1 blocks (dequantizeFast) and does the logit lens's per-block
- * maxima and exp-sums (lensBlock): the loops that cost most outside the products in JS.
+ * maxima and exp-sums (lensProducts): the loops that cost most outside the products in JS.
  *
  * Backend: kernel-sgemm-fma.wasm where the browser has relaxed SIMD (fused multiply-add, the
  * default), else kernel-sgemm.wasm (mul then add, the same bits on every machine): two builds of
@@ -180,35 +180,58 @@ export function matmul(x, rows, weight, into = null) {
 }
 
 /**
- * One vocabulary block of the logit lens, per row r of x (Float32Array (rows, cols), row-major):
- *   blockMax[r] = max_c x[r, c];  mNew[r] = max(mPrev[r], blockMax[r]);
- *   sums[r] = Σ_c exp(x[r, c] − mNew[r])
- * (mPrev, blockMax, mNew, sums: Float64Array (rows)). kernel-sgemm.wat's rowmax and expsum
- * (SIMD; exp float32-accurate, summed in float64) on one copy of x; the columns past the last
- * multiple of 4 in JS, with Math.exp.
+ * The logit lens's inner loop, without copies: up to ROWS_PER_CALL rows of x (Float32Array
+ * [rows·in]) are written into the kernel's memory once, and for each weight (a vocabulary
+ * block of W_U) the logits x · Wᵀ stay there while their maxima and exp-sums are taken in
+ * place. Per block b, whose columns start at `col` of the concatenated blocks:
+ *   logits[r, c] = x[r] · W[c] (+ bias[col + c] for r < biasRows)
+ *   blockMax[r] = max_c logits[r, c];  mNew[r] = max(mPrev[r], blockMax[r]);
+ *   sums[r] = Σ_c exp(logits[r, c] − mNew[r])
+ *   (mPrev, blockMax, mNew, sums: Float64Array (rows); the caller moves mNew into mPrev in visit)
+ *   visit(b, F, off, ld): F a Float32Array over the kernel's memory, logits[r, c] at
+ *   F[off + r·ld + c]; valid only during the call (the memory may grow afterwards)
+ * kernel-sgemm.wat's rowmax and expsum (SIMD; exp float32-accurate, summed in float64) take the
+ * first multiple of 4 columns, JS with Math.exp the rest. Copying x in and every block of logits
+ * out and back (matmul, then a separate pass) cost about as much as the exp-sums at 32 rows.
  */
-export function lensBlock(x, rows, cols, mPrev, blockMax, mNew, sums) {
+export function lensProducts(x, rows, weights, {mPrev, blockMax, mNew, sums, bias = null, biasRows = 0}, visit) {
+  if (rows > ROWS_PER_CALL) throw new Error(`lensProducts: ${rows} rows, at most ${ROWS_PER_CALL}`);
   const t0 = performance.now();
-  const c4 = cols & ~3;
-  const a = top, mo = Math.ceil((a + rows * cols) / 2) * 2;      // two f64 arrays past x
+  let visitMs = 0;                   // the caller's JS, not the kernel's time
+  const k = weights[0].in, m4 = Math.ceil(rows / 4) * 4;
+  const ldMax = Math.max(...weights.map((w) => w.ld));
+  const a = top, c = a + m4 * k, mo = Math.ceil((c + m4 * ldMax) / 2) * 2;   // x, logits, f64 [maxima | m, sums]
   ensure(mo + 4 * rows);
   const F = new Float32Array(memory.buffer);
-  F.set(x.subarray(0, rows * cols), a);
-  const D = new Float64Array(memory.buffer, mo * FLOAT, 2 * rows);   // [maxima | m, then sums]
-  if (c4) rowmax(a * FLOAT, rows, c4, cols, mo * FLOAT);
-  for (let r = 0; r < rows; r++) {
-    let mx = c4 ? D[r] : -Infinity;
-    for (let c = c4; c < cols; c++) mx = Math.max(mx, x[r * cols + c]);
-    blockMax[r] = mx;
-    mNew[r] = D[rows + r] = Math.max(mPrev[r], mx);
+  const D = new Float64Array(memory.buffer, mo * FLOAT, 2 * rows);
+  F.set(x.subarray(0, rows * k), a);
+  F.fill(0, a + rows * k, a + m4 * k);
+  for (let b = 0, col = 0; b < weights.length; col += weights[b].out, b++) {
+    const w = weights[b], n = w.ld, cols = w.out, c4 = cols & ~3;
+    if (!w.block) throw new Error("lensProducts: the weight was disposed");
+    if (w.in !== k) throw new Error("lensProducts: weights of different widths");
+    sgemm(a * FLOAT, w.block.start * FLOAT, c * FLOAT, m4, k, n);
+    if (bias) {
+      for (let r = 0; r < biasRows; r++) for (let j = 0; j < cols; j++) F[c + r * n + j] += bias[col + j];
+    }
+    if (c4) rowmax(c * FLOAT, rows, c4, n, mo * FLOAT);
+    for (let r = 0; r < rows; r++) {
+      let mx = c4 ? D[r] : -Infinity;
+      for (let j = c4; j < cols; j++) mx = Math.max(mx, F[c + r * n + j]);
+      blockMax[r] = mx;
+      mNew[r] = D[rows + r] = Math.max(mPrev[r], mx);
+    }
+    if (c4) expsum(c * FLOAT, rows, c4, n, (mo + 2 * rows) * FLOAT, mo * FLOAT);
+    for (let r = 0; r < rows; r++) {
+      let s = c4 ? D[r] : 0;
+      for (let j = c4; j < cols; j++) s += Math.exp(F[c + r * n + j] - mNew[r]);
+      sums[r] = s;
+    }
+    const v0 = performance.now();
+    visit(b, F, c, n);
+    visitMs += performance.now() - v0;
   }
-  if (c4) expsum(a * FLOAT, rows, c4, cols, (mo + 2 * rows) * FLOAT, mo * FLOAT);
-  for (let r = 0; r < rows; r++) {
-    let s = c4 ? D[r] : 0;
-    for (let c = c4; c < cols; c++) s += Math.exp(x[r * cols + c] - mNew[r]);
-    sums[r] = s;
-  }
-  spentMs += performance.now() - t0;
+  spentMs += performance.now() - t0 - visitMs;
 }
 
 /**
