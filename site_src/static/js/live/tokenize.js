@@ -69,6 +69,7 @@ export class LiveTokenizer {
     this.added = new Map((tokenizerJson.added_tokens || []).map((t) => [t.id, t.content]));
     this.template = meta.chat_template ? new Template(meta.chat_template) : null;
     this.words = meta.words;
+    this.shown = new Map();   // id -> display(id): the same for every prompt
   }
 
   get hasChat() { return !!this.template; }
@@ -91,6 +92,12 @@ export class LiveTokenizer {
 
   /** tokens.py display_tokens: readable text, partial UTF-8 bytes as <0xNN>. */
   display(id) {
+    let text = this.shown.get(id);
+    if (text === undefined) this.shown.set(id, text = this.displayOnce(id));
+    return text;
+  }
+
+  displayOnce(id) {
     const piece = this.tok.id_to_token(id);
     let text;
     if (this.added.has(id)) text = this.added.get(id);
