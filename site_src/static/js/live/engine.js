@@ -97,115 +97,136 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
          threads = defaultThreads(), kernel = "fused", lensMainShare = LENS_MAIN_SHARE} = opts;
   const t0 = performance.now(), k0 = kernelTime();
   const cfg = checkConfig(model.config);
-  const {n_layers: L, d_model: d, vocab: V} = cfg;
-  const P = ids.length;
-  checkIds(ids, V);
-  checkTopK(topK, V);
+  const L = cfg.n_layers, P = ids.length;
+  checkIds(ids, cfg.vocab);
+  checkTopK(topK, cfg.vocab);
   const kernelInfo = await initKernel(kernel);
-  const bias = Boolean(cfg.attention_bias || cfg.mlp_bias);
-  const tri = triangle(P, bias);
-  const groupings = Object.entries(variants).map(([name, g]) => [name, sourceGrouping(name, g, P, bias)]);
-  const stats = groupings.map(([, g]) => new SublayerStats(L, tri, g, d));
-  const patterns = heads ? new HeadPatterns(L, cfg.n_heads, P) : null;
-  let headStats = [], headsMs = 0;                                 // made with layer 0 (o_proj bias?)
-  const rope = ropeTables(cfg, P);
-  const W_U = model.lmHead || model.embed;
+  const run = await startRun(model, cfg, ids, variants, {topK, logitLens, heads, signal, threads, lensMainShare});
   const progress = (step, label) => onProgress && onProgress(step, L + 1, label);
-
-  // Layer 0: each position holds only its own embedding.
-  let x = new Float32Array(P * d);                               // (P, d) the real residual
-  for (let p = 0; p < P; p++) x.set(model.embed.subarray(ids[p] * d, (ids[p] + 1) * d), p * d);
-  const embedNorm = Float32Array.from(rowNorms(x, P, d));
-  const C = new Float32Array(tri.T * d);                          // (T, d) its parts, per source
-  for (let p = 0; p < P; p++) C.set(x.subarray(p * d, (p + 1) * d), tri.offset[p] * d);
-  for (const st of stats) st.start(C);
-  const lensX = logitLens ? new Float32Array(2 * L * P * d) : null;   // (L, 2, P, d), final-normed
-  const recon = new Float32Array(L * 2);
-  const buf = scratch(cfg, tri);                                   // reused by every layer
-  // With the lens and helpers, the helpers unembed each layer's lens rows while this thread
-  // goes on with the next layers (which it then does alone); else they share the MLP.
-  // (The same split without the lens, where the unembedding is only 2P rows.)
-  const pool = await helpersFor(W_U, V, d, model.lmHeadBias, threads, lensMainShare);
-  const stream = logitLens && pool ? new LensStream(pool, W_U, d, topK, model.lmHeadBias) : null;
-  const mlpPool = stream ? null : pool;                            // null: one thread
-
   try {
     for (let l = 0; l < L; l++) {
       progress(l, `layer ${l + 1} of ${L}`);
       if (signal && signal.aborted) throw abortError();
       const w = layerWeights(await model.layer(l), cfg);
       try {
-        // Attention: run it, then split its write over the sources.   x_mid = x + attn(x)
-        const att = attentionForward(x, w, cfg, rope, P);
-        const xMid = add(x, att.out);
-        const dAttn = decomposeAttention(C, tri, w, att, cfg, buf);
-        const rMid = unitForProj(xMid, P, d);
-        for (const st of stats) st.record(l, "attn", C, dAttn, rMid);
-        if (patterns) {                           // the same write, split by head (O is still in buf.O)
-          const th = performance.now();
-          if (l === 0) headStats = groupings.map(([, g]) => new HeadStats(L, cfg, tri, g, w.oBias));
-          patterns.record(l, att.pattern);
-          const maps = headMaps(w.raw.o, rMid, cfg, P, model, l);   // R_h kept on the model's behalf
-          try {
-            for (const hs of headStats) hs.record(l, buf.O, att.heads, maps, rMid, w.oBias);
-          } finally {
-            maps.dispose();
-          }
-          headsMs += performance.now() - th;
-        }
-        recon[2 * l] = reconError(C, xMid, tri, d);
-
-        // MLP, gate frozen.                                            x = x_mid + mlp(x_mid)
-        const mlp = mlpForward(xMid, w, cfg, P);
-        x = add(xMid, mlp.out);
-        const dMlp = await decomposeMlp(C, tri, w, mlp, cfg, buf, signal, mlpPool)
-          .catch(async (e) => { await releaseLens(W_U); throw e; });
-        const rOut = unitForProj(x, P, d);
-        for (const st of stats) st.record(l, "mlp", C, dMlp, rOut);
-        recon[2 * l + 1] = reconError(C, x, tri, d);
-
-        if (lensX) {
-          lensX.set(finalNormed(xMid, model.finalNorm, cfg.rms_eps, P, d), (2 * l) * P * d);
-          lensX.set(finalNormed(x, model.finalNorm, cfg.rms_eps, P, d), (2 * l + 1) * P * d);
-          if (stream) stream.push(lensX.slice(2 * l * P * d, 2 * (l + 1) * P * d), 2 * P);   // a copy of its rows alone
-        }
+        const xMid = attentionStep(run, l, w);         // x_mid = x + attn(x), split over the sources
+        run.x = await mlpStep(run, l, w, xMid);        // x = x_mid + mlp(x_mid), gate frozen, split
       } finally {
         w.dispose();
       }
     }
   } catch (e) {
-    if (stream) await releaseLens(W_U);   // its helpers would go on with this run's rows
+    if (run.stream) await releaseLens(run.W_U);        // its helpers would go on with this run's rows
     throw e;
   }
   const tLayers = performance.now(), kLayers = kernelTime();
   progress(L, "predictions and logit lens");
-  const top = await unembed(model, cfg, C, tri, x, lensX, topK, {signal, threads, stream});
+  const top = await unembed(model, cfg, run.C, run.tri, run.x, run.lensX, topK, {signal, threads, stream: run.stream});
   const out = {};
-  groupings.forEach(([name, g], i) => {
-    const st = stats[i];
+  run.groupings.forEach(([name, g], i) => {
+    const st = run.stats[i];
     out[name] = {
       grouping: g ? "custom" : "tokens", groups: tokenGroups(variants[name], P), sources_count: st.G,
-      has_bias: bias, attn_norm: st.attn_norm, mlp_norm: st.mlp_norm,
+      has_bias: run.bias, attn_norm: st.attn_norm, mlp_norm: st.mlp_norm,
       attn_delta_norm: st.attn_delta_norm, mlp_delta_norm: st.mlp_delta_norm,
       attn_proj: st.attn_proj, mlp_proj: st.mlp_proj,
-      logit_attr: logitAttribution(C, tri, top.scaleF, W_U, model.lmHeadBias, top.pred_ids, topK, g, st.G, d),
+      logit_attr: logitAttribution(run.C, run.tri, top.scaleF, run.W_U, model.lmHeadBias, top.pred_ids, topK, g,
+                                   st.G, cfg.d_model),
     };
   });
   progress(L + 1, "done");
   const tEnd = performance.now();
   return {
-    n_layers: L, n_tokens: P, top_k: topK, has_bias: bias, token_ids: Int32Array.from(ids),
-    embed_norm: embedNorm, recon_error: recon, logit_error: top.logit_error,
+    n_layers: L, n_tokens: P, top_k: topK, has_bias: run.bias, token_ids: Int32Array.from(ids),
+    embed_norm: run.embedNorm, recon_error: run.recon, logit_error: top.logit_error,
     pred_ids: top.pred_ids, pred_probs: top.pred_probs, pred_logits: top.pred_logits,
     lens_ids: top.lens_ids, lens_probs: top.lens_probs, variants: out,
-    heads: headsResult(patterns, headStats, groupings.map(([name]) => name)),
+    heads: headsResult(run.patterns, run.headStats, run.groupings.map(([name]) => name)),
     timings: {layers_ms: tLayers - t0, logits_ms: tEnd - tLayers, total_ms: tEnd - t0,
               layers_kernel_ms: kLayers - k0, logits_kernel_ms: kernelTime() - kLayers,
               kernel_bytes: kernelMemory(), unembedding_threads: top.threads,
-              mlp_threads: mlpPool ? mlpPool.helpers.length + 1 : 1, lens_streamed: Boolean(stream),
+              mlp_threads: run.mlpPool ? run.mlpPool.helpers.length + 1 : 1, lens_streamed: Boolean(run.stream),
               lens_helper_ms: top.helperMs || 0, lens_helper_kernel_ms: top.helperKernelMs || 0,
-              heads_ms: headsMs, kernel: kernelInfo.variant},
+              heads_ms: run.headsMs, kernel: kernelInfo.variant},
   };
+}
+
+/**
+ * Everything one decomposition carries from layer to layer, before layer 0: each position holds
+ * only its own embedding, so the real residual x (P, d) is its own single part in C (T, d).
+ */
+async function startRun(model, cfg, ids, variants, {topK, logitLens, heads, signal, threads, lensMainShare}) {
+  const {n_layers: L, d_model: d, vocab: V} = cfg, P = ids.length;
+  const bias = Boolean(cfg.attention_bias || cfg.mlp_bias);
+  const tri = triangle(P, bias);
+  const groupings = Object.entries(variants).map(([name, g]) => [name, sourceGrouping(name, g, P, bias)]);
+  const x = new Float32Array(P * d);                               // (P, d) the real residual
+  for (let p = 0; p < P; p++) x.set(model.embed.subarray(ids[p] * d, (ids[p] + 1) * d), p * d);
+  const C = new Float32Array(tri.T * d);                           // (T, d) its parts, per source
+  for (let p = 0; p < P; p++) C.set(x.subarray(p * d, (p + 1) * d), tri.offset[p] * d);
+  const stats = groupings.map(([, g]) => new SublayerStats(L, tri, g, d));
+  for (const st of stats) st.start(C);
+  const W_U = model.lmHead || model.embed;
+  // With the lens and helpers, the helpers unembed each layer's lens rows while this thread
+  // goes on with the next layers (which it then does alone); else they share the MLP.
+  // (The same split without the lens, where the unembedding is only 2P rows.)
+  const pool = await helpersFor(W_U, V, d, model.lmHeadBias, threads, lensMainShare);
+  const stream = logitLens && pool ? new LensStream(pool, W_U, d, topK, model.lmHeadBias) : null;
+  return {
+    model, cfg, P, tri, bias, groupings, stats, x, C, W_U, stream, signal,
+    embedNorm: Float32Array.from(rowNorms(x, P, d)),
+    patterns: heads ? new HeadPatterns(L, cfg.n_heads, P) : null,
+    headStats: [], headsMs: 0,                                     // made with layer 0 (o_proj bias?)
+    rope: ropeTables(cfg, P),
+    lensX: logitLens ? new Float32Array(2 * L * P * d) : null,     // (L, 2, P, d), final-normed
+    recon: new Float32Array(L * 2),
+    buf: scratch(cfg, tri),                                        // reused by every layer
+    mlpPool: stream ? null : pool,                                 // null: one thread
+  };
+}
+
+/** Attention: run it on the real residual, then split its write over the sources (and the
+ * heads). -> x_mid = x + attn(x); C becomes the parts of x_mid. */
+function attentionStep(run, l, w) {
+  const {cfg, P, tri, C, buf, stats} = run, d = cfg.d_model;
+  const att = attentionForward(run.x, w, cfg, run.rope, P);
+  const xMid = add(run.x, att.out);
+  const dAttn = decomposeAttention(C, tri, w, att, cfg, buf);
+  const rMid = unitForProj(xMid, P, d);
+  for (const st of stats) st.record(l, "attn", C, dAttn, rMid);
+  if (run.patterns) {                             // the same write, split by head (O is still in buf.O)
+    const th = performance.now();
+    if (l === 0) run.headStats = run.groupings.map(([, g]) => new HeadStats(cfg.n_layers, cfg, tri, g, w.oBias));
+    run.patterns.record(l, att.pattern);
+    const maps = headMaps(w.raw.o, rMid, cfg, P, run.model, l);   // R_h kept on the model's behalf
+    try {
+      for (const hs of run.headStats) hs.record(l, buf.O, att.heads, maps, rMid, w.oBias);
+    } finally {
+      maps.dispose();
+    }
+    run.headsMs += performance.now() - th;
+  }
+  run.recon[2 * l] = reconError(C, xMid, tri, d);
+  return xMid;
+}
+
+/** The MLP, its gate frozen, on x_mid, then its write split over the sources; the layer's two
+ * lens rows per position go to the helpers. -> x = x_mid + mlp(x_mid); C becomes its parts. */
+async function mlpStep(run, l, w, xMid) {
+  const {cfg, P, tri, C, buf, stats, model, lensX} = run, d = cfg.d_model;
+  const mlp = mlpForward(xMid, w, cfg, P);
+  const x = add(xMid, mlp.out);
+  const dMlp = await decomposeMlp(C, tri, w, mlp, cfg, buf, run.signal, run.mlpPool)
+    .catch(async (e) => { await releaseLens(run.W_U); throw e; });
+  const rOut = unitForProj(x, P, d);
+  for (const st of stats) st.record(l, "mlp", C, dMlp, rOut);
+  run.recon[2 * l + 1] = reconError(C, x, tri, d);
+  if (lensX) {
+    lensX.set(finalNormed(xMid, model.finalNorm, cfg.rms_eps, P, d), (2 * l) * P * d);
+    lensX.set(finalNormed(x, model.finalNorm, cfg.rms_eps, P, d), (2 * l + 1) * P * d);
+    if (run.stream) run.stream.push(lensX.slice(2 * l * P * d, 2 * (l + 1) * P * d), 2 * P);   // a copy of its rows alone
+  }
+  return x;
 }
 
 /**
