@@ -106,8 +106,8 @@ function plain(v) {
 async function kernelCheck({cases, variant}) {    // y = x · (W ⊙ s)ᵀ for each case, in one kernel
   const info = await initKernel(variant);
   const held = [];
-  const out = cases.map(({x, w, s, rows, out, inDim}) => {
-    const W = new Weight(Float32Array.from(w), out, inDim, s && Float32Array.from(s));
+  const out = cases.map(({x, w, s, rows, out, inDim, transposed}) => {
+    const W = new Weight(Float32Array.from(w), out, inDim, s && Float32Array.from(s), {transposed: !!transposed});
     held.push(W);                                  // keep several live: the allocator must not overlap them
     return Array.from(matmul(Float32Array.from(x), rows, W));
   });
@@ -479,6 +479,8 @@ def test_kernel_matches_numpy_on_odd_shapes(harness, variant):
         s = rng.uniform(0.5, 1.5, in_dim).astype(np.float32) if scaled else None
         cases.append(dict(x=x.ravel().tolist(), w=w.ravel().tolist(), s=None if s is None else s.tolist(),
                           rows=rows, out=out, inDim=in_dim, _ref=(x, w, s)))
+        if not scaled:    # the same weight given as Wᵀ [in, out]: packed the same, so the same bits
+            cases.append(dict(cases[-1], w=np.ascontiguousarray(w.T).ravel().tolist(), transposed=True))
     reply = run("unused", {"kind": "kernel", "variant": variant,
                            "cases": [{k: v for k, v in c.items() if k != "_ref"} for c in cases]})
     assert reply["variant"] == variant
@@ -490,6 +492,9 @@ def test_kernel_matches_numpy_on_odd_shapes(harness, variant):
         tol = 1e-6 * np.abs(x).astype(np.float64) @ np.abs(ws).T.astype(np.float64) + 1e-30
         assert (np.abs(got - ref) <= 4 * tol * max(1, c["inDim"] ** 0.5)).all(), c["rows"]
         assert again == got.ravel().tolist()                           # deterministic, weights intact
+    plain = {c["rows"]: out for c, out in zip(cases, reply["out"]) if not c.get("transposed")}
+    transposed = [(c["rows"], out) for c, out in zip(cases, reply["out"]) if c.get("transposed")]
+    assert len(transposed) == 3 and all(out == plain[rows] for rows, out in transposed)
 
 
 

@@ -37,15 +37,15 @@ const factors = new WeakMap();
  */
 export function headMaps(Wo, rUnit, cfg, P, cacheKey = null, l = 0) {
   const {d_model: d, n_heads: H, head_dim: hd} = cfg, dh = H * hd;
-  const WoT = new Float32Array(dh * d);                            // (H·hd, d) = W_oᵀ
-  for (let i = 0; i < d; i++) for (let c = 0; c < dh; c++) WoT[c * d + i] = Wo[i * dh + c];
   const cache = cacheKey ? (factors.get(cacheKey) || factors.set(cacheKey, new Map()).get(cacheKey)) : new Map();
   const made = [];
   try {
-    const all = new Weight(WoT, dh, d);                            // x · W_oᵀᵀ = x · W_o
+    const all = new Weight(Wo, dh, d, null, {transposed: true});   // x · W_o: W_o is this Weight's Wᵀ
     made.push(all);
     const proj = matmul(rUnit, P, all);                            // (P, H·hd)
     if (!cache.has(l)) {
+      const WoT = new Float32Array(dh * d);                        // (H·hd, d) = W_oᵀ
+      for (let i = 0; i < d; i++) for (let c = 0; c < dh; c++) WoT[c * d + i] = Wo[i * dh + c];
       const Rs = [];
       for (let h = 0; h < H; h++) {
         const block = WoT.subarray(h * hd * d, (h + 1) * hd * d);  // W_o,hᵀ (hd, d)

@@ -118,27 +118,44 @@ function free(block) {
  * of 8 with zero columns), packed in panels of 8 columns.
  *   w       Float32Array [out·in], row-major [out, in] (the nn.Linear layout); not kept
  *   inScale optional Float32Array [in]: folded in as W[o, i]·inScale[i] (an RMSNorm's weight)
+ *   transposed: w is given as Wᵀ, row-major [in, out] (no inScale): each panel is then 8
+ *           contiguous values of every row, copied without a transpose
  * dispose() frees it; a layer's weights live only while that layer is computed.
  */
 export class Weight {
-  constructor(w, out, inDim, inScale = null) {
+  constructor(w, out, inDim, inScale = null, {transposed = false} = {}) {
     if (!sgemm) throw new Error("initKernel() first");
     if (w.length !== out * inDim) throw new Error(`weight has ${w.length} values, expected ${out}×${inDim}`);
+    if (transposed && inScale) throw new Error("Weight: no inScale with a transposed weight");
     const t0 = performance.now();
     this.out = out;
     this.in = inDim;
     this.ld = Math.ceil(out / 8) * 8;                         // columns of Wᵀ, padded
     this.block = alloc(inDim * this.ld);
-    // W, zero-padded to ld rows, and the scale go past every live block (this one included);
-    // kernel-sgemm.wat's pack writes Wᵀ[i, o] = W[o, i]·s[i] into the block, in 8-column
-    // panels: panel o/8 is [in, 8] contiguous, at float (o/8)·in·8 + i·8 + o%8 (see there why)
-    const src = top, scale = src + this.ld * inDim;
-    ensure(scale + (inScale ? inDim : 0));
-    const F = new Float32Array(memory.buffer);
-    F.set(w, src);
-    if (this.ld !== out) F.fill(0, src + out * inDim, src + this.ld * inDim);
-    if (inScale) F.set(inScale, scale);
-    pack(src * FLOAT, this.ld, inDim, this.block.start * FLOAT, inScale ? scale * FLOAT : 0);
+    // Panel o/8 of Wᵀ is [in, 8] contiguous, at float (o/8)·in·8 + i·8 + o%8 (kernel-sgemm.wat
+    // says why)
+    if (transposed) {
+      const F = new Float32Array(memory.buffer);
+      let at = this.block.start;
+      for (let o0 = 0; o0 < this.ld; o0 += 8) {
+        const n = Math.min(8, out - o0);
+        for (let i = 0; i < inDim; i++, at += 8) {
+          const row = i * out + o0;
+          for (let t = 0; t < n; t++) F[at + t] = w[row + t];
+          for (let t = n; t < 8; t++) F[at + t] = 0;
+        }
+      }
+    } else {
+      // W, zero-padded to ld rows, and the scale go past every live block (this one included);
+      // kernel-sgemm.wat's pack writes Wᵀ[i, o] = W[o, i]·s[i] into the block's panels
+      const src = top, scale = src + this.ld * inDim;
+      ensure(scale + (inScale ? inDim : 0));
+      const F = new Float32Array(memory.buffer);
+      F.set(w, src);
+      if (this.ld !== out) F.fill(0, src + out * inDim, src + this.ld * inDim);
+      if (inScale) F.set(inScale, scale);
+      pack(src * FLOAT, this.ld, inDim, this.block.start * FLOAT, inScale ? scale * FLOAT : 0);
+    }
     spentMs += performance.now() - t0;
   }
 
