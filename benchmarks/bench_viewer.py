@@ -73,7 +73,7 @@ def make_data(positions: int) -> tuple[bytes, dict]:
     while len(tokenize(lm, text, chat=False, max_tokens=4096)) > positions:
         text = text.rsplit(" ", 1)[0]
     variants = decompose_variants(text, lm, {"tokens": None, "words": "words"})
-    prompt = {"id": "bench", "title": f"Benchmark prompt", "text": text, "tags": ["bench"], "note": None,
+    prompt = {"id": "bench", "title": "Benchmark prompt", "text": text, "tags": ["bench"], "note": None,
               "chat": False}
     return encode(variants, prompt), prompt
 

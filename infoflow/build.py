@@ -21,10 +21,10 @@ from .datafile import (SCHEMA, DataFileError, content_hash, encode, heads_page_b
 from .files import atomic_write
 from .gallery_models import gallery_models, has_chat_template, model_label, model_slug, tokenization_differences
 from .licenses import write_licenses
-from .model import ModelError, cache_dir, fingerprint
+from .model import cache_dir, fingerprint
 from .prompts import Prompt, PromptError, load_prompts, span_groups
 from .site import SITE_SRC, palette, render_site, thumbnail_png
-from .sitedir import (SiteDirError, check_replaceable, locked, new_staging, read_marker, recover,
+from .sitedir import (check_replaceable, locked, new_staging, read_marker, recover,
                       resolve_out, swap, write_marker)
 
 

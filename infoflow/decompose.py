@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
 
 import numpy as np
 import torch

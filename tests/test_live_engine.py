@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import http.server
 import io
-import json
 import os
 import queue
 import re

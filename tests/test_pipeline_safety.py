@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from infoflow import sitedir
-from infoflow.build import BuildError, build, read_cached
+from infoflow.build import build, read_cached
 from infoflow.cli import main
 from infoflow.config import ConfigError, SiteConfig
 from infoflow.prompts import PromptError, load_prompts

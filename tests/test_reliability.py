@@ -1,12 +1,9 @@
 """Issue 5: publishing, crash safety, bad input, hostile text, security rules."""
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
