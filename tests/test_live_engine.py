@@ -81,6 +81,7 @@ async function loadModel(url, config) {
     embed: await st.get("model.embed_tokens.weight"),
     finalNorm: await st.get("model.norm.weight"),
     lmHead: config.tie_embeddings ? null : await st.get("lm_head.weight"),
+    lmHeadBias: st.has("lm_head.bias") ? await st.get("lm_head.bias") : null,
     layersLoaded: 0,
     async layer(i) {
       const out = {};
@@ -605,6 +606,26 @@ def test_bias_source_is_last_and_nonzero(harness):
     assert G == P + 1
     bias_norm = np.array(v["mlp_norm"]).reshape(-1, P, G)[..., -1]
     assert (bias_norm > 1e-3).all()
+
+
+def test_lm_head_bias_matches_python_engine(harness):
+    """An lm_head bias (engine.js's lmHeadBias): added to every lens and prediction logit but
+    not to the reconstruction check's difference rows, and attributed to the bias source. On
+    one thread and streamed to helpers (each gets its slice of the bias)."""
+    root, run = harness
+    lm = tiny_model("llama-bias", layers=3, seed=1)
+    head = lm.hf.lm_head
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.normal_(0, 2.0)          # large enough to reorder the top k
+    lm.hf.lm_head = biased
+    for threads in (1, 3):
+        py, js, _ = run_both(run, root, "tiny-lm-head-bias", lm, TINY_PROMPTS[0], threads=threads)
+        compare(py, js)
+        assert js["timings"]["lens_streamed"] == (threads > 1)
+    no_bias = decompose_variants(TINY_PROMPTS[0], tiny_model("llama-bias", layers=3, seed=1), {"main": None})
+    assert (py["main"].pred_ids != no_bias["main"].pred_ids).any(), "the bias changed no prediction"
 
 
 def test_cancel_stops_between_layers(harness):
