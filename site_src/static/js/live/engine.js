@@ -44,7 +44,7 @@
  *   lens, the helpers share each layer's MLP decomposition by slices of d_ff (engine-mlp.js;
  *   each helper is sent its slice of W_up and W_down and the rows). The helpers are kept, with
  *   their split, for the next call with the same W_U array and thread count (another count
- *   restarts them, and so does an error or Cancel while they stream); releaseLens(W_U), also
+ *   restarts them, and so does an error or Cancel during the layers); releaseLens(W_U), also
  *   exported here, ends them.
  *   onProgress is called with step 0 .. total (total = n_layers + 1: the layers, then the
  *   unembedding). A signal that aborts rejects the promise with a DOMException "AbortError"
@@ -116,7 +116,9 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
       }
     }
   } catch (e) {
-    if (run.stream) await releaseLens(run.W_U);        // its helpers would go on with this run's rows
+    // helpers streaming the lens would go on with this run's rows, and one sharing the MLP may
+    // still be busy with its slice: end them (the next call starts afresh)
+    if (run.stream || run.mlpPool) await releaseLens(run.W_U);
     throw e;
   }
   const tLayers = performance.now(), kLayers = kernelTime();
@@ -216,8 +218,7 @@ async function mlpStep(run, l, w, xMid) {
   const {cfg, P, tri, C, buf, stats, model, lensX} = run, d = cfg.d_model;
   const mlp = mlpForward(xMid, w, cfg, P);
   const x = add(xMid, mlp.out);
-  const dMlp = await decomposeMlp(C, tri, w, mlp, cfg, buf, run.signal, run.mlpPool)
-    .catch(async (e) => { await releaseLens(run.W_U); throw e; });
+  const dMlp = await decomposeMlp(C, tri, w, mlp, cfg, buf, run.signal, run.mlpPool);
   const rOut = unitForProj(x, P, d);
   for (const st of stats) st.record(l, "mlp", C, dMlp, rOut);
   run.recon[2 * l + 1] = reconError(C, x, tri, d);
