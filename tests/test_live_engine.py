@@ -136,9 +136,12 @@ self.onmessage = async (e) => {
     const eye = new Float32Array(cols * cols);          // logits x · Iᵀ = x, exactly
     for (let j = 0; j < cols; j++) eye[j * cols + j] = 1;
     const w = new Weight(eye, cols, cols);
-    let seen = null;
+    const seen = [];                                    // every chunk of rows, in order
     lensProducts(Float32Array.from(x), rows, [w], {mPrev: Float64Array.from(mPrev), blockMax, mNew, sums},
-                 (b, F, off, ld) => { seen = Array.from({length: rows}, (_, r) => [...F.subarray(off + r * ld, off + r * ld + cols)]); });
+                 (b, r0, m, F, off, ld) => {
+                   if (r0 !== seen.length) throw new Error(`chunk at row ${r0} after ${seen.length} rows`);
+                   for (let r = 0; r < m; r++) seen.push([...F.subarray(off + r * ld, off + r * ld + cols)]);
+                 });
     w.dispose();
     self.postMessage({ok: true, blockMax: [...blockMax], mNew: [...mNew], sums: [...sums], logits: seen});
     return;
@@ -521,10 +524,11 @@ def test_lens_block_exp_sums_match_float64(harness):
     counted as 0, a running max from earlier blocks respected."""
     _, run = harness
     rng = np.random.default_rng(3)
-    for rows, cols in [(3, 4), (5, 7), (9, 256), (2, 3)]:
+    for rows, cols in [(3, 4), (5, 7), (9, 256), (2, 3), (70, 12)]:    # 70: two chunks of rows
         x = (rng.standard_normal((rows, cols)) * 20).astype(np.float32)
         x[0, -1] = -500.0                                 # exp underflows: adds nothing
-        m_prev = np.where(np.arange(rows) % 2, x.max(1).astype(np.float64) + 3.0, -np.inf)  # odd rows: an earlier block was larger
+        # odd rows: an earlier block was larger (a float32 value, as every running max is a logit)
+        m_prev = np.where(np.arange(rows) % 2, (x.max(1) + np.float32(3.0)).astype(np.float64), -np.inf)
         reply = run("unused", {"kind": "lens", "x": x.ravel().tolist(), "rows": rows, "cols": cols,
                                "mPrev": [float(v) if np.isfinite(v) else -1e308 for v in m_prev]})
         assert reply["logits"] == x.tolist()             # what the caller's top-k scan reads

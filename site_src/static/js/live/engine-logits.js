@@ -7,7 +7,6 @@ import {Weight, lensProducts} from "./kernel.js";
 
 export const VOCAB_BLOCK = 256;    // vocabulary columns per product: a 576 KB block of W_U stays in L2
                                    // (measured 8–10 GFLOP/s vs 5.6 at 4096 columns, docs/performance.md)
-export const ROW_BATCH = 64;       // rows per pass over the vocabulary: kernel.js's lensProducts at most
 
 /**
  * W_U (V, d) packed into the kernel's memory as Weights of VOCAB_BLOCK vocabulary rows each.
@@ -62,36 +61,31 @@ export function topLogits(X, N, blocks, V, d, k, {absRows = 0, signal = null, bi
   const total = new Float64Array(N);
   const nTop = N - absRows;
   let absMax = 0;
-  const rowsMax = Math.min(ROW_BATCH, N);
-  const blockMax = new Float64Array(rowsMax), mNew = new Float64Array(rowsMax), sums = new Float64Array(rowsMax);
-  for (let a = 0; a < N; a += ROW_BATCH) {
+  const blockMax = new Float64Array(N), mNew = new Float64Array(N), sums = new Float64Array(N);
+  lensProducts(X, N, blocks, {mPrev: m, blockMax, mNew, sums, bias, biasRows: nTop}, (b, r0, n, F, off, ld) => {
     if (signal && signal.aborted) throw abortError();
-    const n = Math.min(ROW_BATCH, N - a);
-    const state = {mPrev: m.subarray(a, a + n), blockMax, mNew, sums, bias, biasRows: Math.max(0, Math.min(n, nTop - a))};
-    lensProducts(X.subarray(a * d, (a + n) * d), n, blocks, state, (b, F, off, ld) => {
-      const v0 = b * VOCAB_BLOCK, B = blocks[b].out;
-      for (let i = 0; i < n; i++) {
-        const row = a + i, o = off + i * ld;
-        if (row >= nTop) {                             // a difference row: only max |logit|
-          for (let j = 0; j < B; j++) absMax = Math.max(absMax, Math.abs(F[o + j]));
-          continue;
-        }
-        const top = row * k;
-        let kth = best[top + k - 1];                   // the row's k-th best so far
-        if (blockMax[i] > kth) {                       // else nothing in this block enters the top k
-          for (let j = 0; j < B; j++) {
-            const x = F[o + j];
-            if (x > kth) {
-              insertTop(best, ids, top, k, x, v0 + j);
-              kth = best[top + k - 1];
-            }
+    const v0 = b * VOCAB_BLOCK, B = blocks[b].out;
+    for (let i = 0; i < n; i++) {
+      const row = r0 + i, o = off + i * ld;
+      if (row >= nTop) {                               // a difference row: only max |logit|
+        for (let j = 0; j < B; j++) absMax = Math.max(absMax, Math.abs(F[o + j]));
+        continue;
+      }
+      const top = row * k;
+      let kth = best[top + k - 1];                     // the row's k-th best so far
+      if (blockMax[row] > kth) {                       // else nothing in this block enters the top k
+        for (let j = 0; j < B; j++) {
+          const x = F[o + j];
+          if (x > kth) {
+            insertTop(best, ids, top, k, x, v0 + j);
+            kth = best[top + k - 1];
           }
         }
-        total[row] = total[row] * Math.exp(m[row] - mNew[i]) + sums[i];
-        m[row] = mNew[i];
       }
-    });
-  }
+      total[row] = total[row] * Math.exp(m[row] - mNew[row]) + sums[row];
+      m[row] = mNew[row];
+    }
+  });
   const logZ = new Float64Array(N);
   for (let row = 0; row < nTop; row++) logZ[row] = m[row] + Math.log(total[row]);
   return {ids, logits: best, logZ, absMax};

@@ -197,56 +197,63 @@ export function matmul(x, rows, weight, into = null) {
 }
 
 /**
- * The logit lens's inner loop, without copies: up to ROWS_PER_CALL rows of x (Float32Array
- * [rows·in]) are written into the kernel's memory once, and for each weight (a vocabulary
- * block of W_U) the logits x · Wᵀ stay there while their maxima and exp-sums are taken in
- * place. Per block b, whose columns start at `col` of the concatenated blocks:
+ * The logit lens's inner loop, without copies: the rows of x (Float32Array [rows·in]) are
+ * written into the kernel's memory once, then for each weight (a vocabulary block of W_U) and
+ * each chunk of up to ROWS_PER_CALL rows, the chunk's logits x · Wᵀ stay where the product
+ * wrote them while their maxima and exp-sums are taken in place. For block b, whose columns
+ * start at `col` of the concatenated blocks, and row r:
  *   logits[r, c] = x[r] · W[c] (+ bias[col + c] for r < biasRows)
  *   blockMax[r] = max_c logits[r, c];  mNew[r] = max(mPrev[r], blockMax[r]);
  *   sums[r] = Σ_c exp(logits[r, c] − mNew[r])
  *   (mPrev, blockMax, mNew, sums: Float64Array (rows); the caller moves mNew into mPrev in visit)
- *   visit(b, F, off, ld): F a Float32Array over the kernel's memory, logits[r, c] at
- *   F[off + r·ld + c]; valid only during the call (the memory may grow afterwards)
- * kernel-sgemm.wat's rowmax and expsum (SIMD; exp float32-accurate, summed in float64) take the
- * first multiple of 4 columns, JS with Math.exp the rest. Copying x in and every block of logits
- * out and back (matmul, then a separate pass) cost about as much as the exp-sums at 32 rows.
+ *   visit(b, r0, m, F, off, ld) once per chunk of rows r0 .. r0 + m − 1: F a Float32Array over
+ *   the kernel's memory, logits[r0 + i, c] at F[off + i·ld + c]; valid only during the call
+ * Blocks outside, chunks inside: a block (576 KB for the default model) stays in cache while
+ * every chunk passes over it. kernel-sgemm.wat's rowmax and expsum (SIMD; exp float32-accurate,
+ * summed in float64) take the first multiple of 4 columns, JS with Math.exp the rest. Copying x
+ * in and every block of logits out and back (matmul, then a separate pass) cost about as much
+ * as the exp-sums at 32 rows.
  */
 export function lensProducts(x, rows, weights, {mPrev, blockMax, mNew, sums, bias = null, biasRows = 0}, visit) {
-  if (rows > ROWS_PER_CALL) throw new Error(`lensProducts: ${rows} rows, at most ${ROWS_PER_CALL}`);
   const t0 = performance.now();
   let visitMs = 0;                   // the caller's JS, not the kernel's time
-  const k = weights[0].in, m4 = Math.ceil(rows / 4) * 4;
+  const k = weights[0].in, rows4 = Math.ceil(rows / 4) * 4, R = ROWS_PER_CALL;
   const ldMax = Math.max(...weights.map((w) => w.ld));
-  const a = top, c = a + m4 * k, mo = Math.ceil((c + m4 * ldMax) / 2) * 2;   // x, logits, f64 [maxima | m, sums]
-  ensure(mo + 4 * rows);
+  const a = top, c = a + rows4 * k, mo = Math.ceil((c + R * ldMax) / 2) * 2;   // x, logits, f64 [maxima | m, sums]
+  ensure(mo + 4 * R);
   const F = new Float32Array(memory.buffer);
-  const D = new Float64Array(memory.buffer, mo * FLOAT, 2 * rows);
+  const D = new Float64Array(memory.buffer, mo * FLOAT, 2 * R);
   F.set(x.subarray(0, rows * k), a);
-  F.fill(0, a + rows * k, a + m4 * k);
+  F.fill(0, a + rows * k, a + rows4 * k);                          // the last chunk's padding rows
   for (let b = 0, col = 0; b < weights.length; col += weights[b].out, b++) {
     const w = weights[b], n = w.ld, cols = w.out, c4 = cols & ~3;
     if (!w.block) throw new Error("lensProducts: the weight was disposed");
     if (w.in !== k) throw new Error("lensProducts: weights of different widths");
-    sgemm(a * FLOAT, w.block.start * FLOAT, c * FLOAT, m4, k, n);
-    if (bias) {
-      for (let r = 0; r < biasRows; r++) for (let j = 0; j < cols; j++) F[c + r * n + j] += bias[col + j];
+    for (let r0 = 0; r0 < rows; r0 += R) {
+      const m = Math.min(R, rows - r0), m4 = Math.ceil(m / 4) * 4;
+      sgemm((a + r0 * k) * FLOAT, w.block.start * FLOAT, c * FLOAT, m4, k, n);
+      if (bias) {
+        for (let i = 0; i < Math.min(m, biasRows - r0); i++) {
+          for (let j = 0; j < cols; j++) F[c + i * n + j] += bias[col + j];
+        }
+      }
+      if (c4) rowmax(c * FLOAT, m, c4, n, mo * FLOAT);
+      for (let i = 0; i < m; i++) {
+        let mx = c4 ? D[i] : -Infinity;
+        for (let j = c4; j < cols; j++) mx = Math.max(mx, F[c + i * n + j]);
+        blockMax[r0 + i] = mx;
+        mNew[r0 + i] = D[m + i] = Math.max(mPrev[r0 + i], mx);
+      }
+      if (c4) expsum(c * FLOAT, m, c4, n, (mo + 2 * m) * FLOAT, mo * FLOAT);
+      for (let i = 0; i < m; i++) {
+        let s = c4 ? D[i] : 0;
+        for (let j = c4; j < cols; j++) s += Math.exp(F[c + i * n + j] - mNew[r0 + i]);
+        sums[r0 + i] = s;
+      }
+      const v0 = performance.now();
+      visit(b, r0, m, F, c, n);
+      visitMs += performance.now() - v0;
     }
-    if (c4) rowmax(c * FLOAT, rows, c4, n, mo * FLOAT);
-    for (let r = 0; r < rows; r++) {
-      let mx = c4 ? D[r] : -Infinity;
-      for (let j = c4; j < cols; j++) mx = Math.max(mx, F[c + r * n + j]);
-      blockMax[r] = mx;
-      mNew[r] = D[rows + r] = Math.max(mPrev[r], mx);
-    }
-    if (c4) expsum(c * FLOAT, rows, c4, n, (mo + 2 * rows) * FLOAT, mo * FLOAT);
-    for (let r = 0; r < rows; r++) {
-      let s = c4 ? D[r] : 0;
-      for (let j = c4; j < cols; j++) s += Math.exp(F[c + r * n + j] - mNew[r]);
-      sums[r] = s;
-    }
-    const v0 = performance.now();
-    visit(b, F, c, n);
-    visitMs += performance.now() - v0;
   }
   spentMs += performance.now() - t0 - visitMs;
 }
