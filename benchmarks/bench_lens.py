@@ -1,6 +1,7 @@
 """The live engine's logit lens alone, two builds side by side: topLogits() of engine-logits.js.
 
     .venv/bin/python benchmarks/bench_lens.py OLD_SITE [NEW_SITE] [--rows 32] [--reps 7]
+    .venv/bin/python benchmarks/bench_lens.py SITE SITE --together     # one worker vs two at once
 
 OLD_SITE and NEW_SITE are built sites (NEW_SITE defaults to build/); their
 static/js/live/kernel.js, engine-logits.js and kernel .wasm files are copied side by side and
@@ -9,6 +10,10 @@ topLogits() on `rows` random rows (d = 576) over 43,008 vocabulary rows: a lens 
 of the default model's vocabulary, as it gets one layer's 2P rows at a time (32 rows at P = 16).
 Prints each build's median time and rate, every run, and whether the two gave the same top-k
 ids and log-sum-exp on the last call. Run by hand, never as a test: the machine is shared.
+
+--together: each rep runs each build alone, then both at once (two workers, two threads), to
+show whether two threads' lens products slow each other (the engine's calling thread and its
+helper both unembed at the end of a run).
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ window.go = (a) => new Promise((res) => {
   w.onmessage = (e) => res(e.data);
   w.postMessage(a);
 });
+window.both = (a, b) => Promise.all([go(a), go(b)]);
 </script>"""
 
 
@@ -58,6 +64,7 @@ def main() -> None:
     ap.add_argument("new", type=Path, nargs="?", default=ROOT / "build")
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--together", action="store_true", help="also time both builds at once")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-lens-"))
     for name, site in (("old", args.old), ("new", args.new)):
@@ -68,7 +75,7 @@ def main() -> None:
     (work / "index.html").write_text(PAGE)
     calls = max(1, 480 // args.rows)
     gflop = 2 * args.rows * D * V * calls / 1e9
-    times: dict[str, list[float]] = {"old": [], "new": []}
+    times: dict[str, list[float]] = {"old": [], "new": [], "old together": [], "new together": []}
     last = {}
     with served_page(work) as tab:
         for i in range(args.reps):
@@ -76,9 +83,17 @@ def main() -> None:
                 r = tab.evaluate("(a) => go(a)", {"v": v, "V": V, "d": D, "rows": args.rows, "calls": calls})
                 times[v].append(r["ms"])
                 last[v] = r
+            if args.together:
+                a, b = ({"v": v, "V": V, "d": D, "rows": args.rows, "calls": calls} for v in ("old", "new"))
+                ra, rb = tab.evaluate("([a, b]) => both(a, b)", [a, b])
+                times["old together"].append(ra["ms"])
+                times["new together"].append(rb["ms"])
     print(f"topLogits, {args.rows} rows × {V} vocabulary rows, {calls} calls per run ({gflop:.1f} GFLOP), "
           f"{args.reps} alternating runs; the first run of each (packing, compilation) left out of the median")
-    for v, site in (("old", args.old), ("new", args.new)):
+    runs = [("old", args.old), ("new", args.new)]
+    if args.together:
+        runs += [("old together", args.old), ("new together", args.new)]
+    for v, site in runs:
         med = statistics.median(times[v][1:] or times[v])
         print(f"  {v} {site}: median {med:.0f} ms, {gflop * 1e3 / med:.1f} GFLOP/s; runs "
               + " ".join(f"{t:.0f}" for t in times[v]))
