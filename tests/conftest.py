@@ -6,7 +6,7 @@ import pytest
 # pytest-xdist runs the suite in one worker per core (pyproject.toml's addopts). Each worker's
 # torch, and every `infoflow` process a test starts, then gets its share of the cores: with torch's
 # default of one thread per core, the workers' threads spin-wait on each other (a 2-core run took
-# 318 s against 269 s with one thread each). Set before torch is imported.
+# 318 s against 247-249 s with one thread each). Set before torch is imported.
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _workers > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
