@@ -77,15 +77,18 @@ def main() -> None:
     gflop = 2 * args.rows * D * V * calls / 1e9
     times: dict[str, list[float]] = {"old": [], "new": [], "old together": [], "new together": []}
     last = {}
+
+    def request(v: str) -> dict:
+        return {"v": v, "V": V, "d": D, "rows": args.rows, "calls": calls}
+
     with served_page(work) as tab:
         for i in range(args.reps):
             for v in ("old", "new") if i % 2 == 0 else ("new", "old"):
-                r = tab.evaluate("(a) => go(a)", {"v": v, "V": V, "d": D, "rows": args.rows, "calls": calls})
+                r = tab.evaluate("(a) => go(a)", request(v))
                 times[v].append(r["ms"])
                 last[v] = r
             if args.together:
-                a, b = ({"v": v, "V": V, "d": D, "rows": args.rows, "calls": calls} for v in ("old", "new"))
-                ra, rb = tab.evaluate("([a, b]) => both(a, b)", [a, b])
+                ra, rb = tab.evaluate("([a, b]) => both(a, b)", [request("old"), request("new")])
                 times["old together"].append(ra["ms"])
                 times["new together"].append(rb["ms"])
     print(f"topLogits, {args.rows} rows × {V} vocabulary rows, {calls} calls per run ({gflop:.1f} GFLOP), "
