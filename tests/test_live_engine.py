@@ -129,6 +129,24 @@ self.onmessage = async (e) => {
     self.postMessage({ok: true, done, differ, n, other: dequantizeFast("Q8_0", bytes, fast)});
     return;
   }
+  if (e.data.kind === "q4_1_weight") {              // a Weight from Q4_1 blocks vs from their floats
+    await initKernel();
+    const {out, inDim, rows} = e.data, bytes = Uint8Array.from(e.data.bytes);
+    const s = e.data.scale && Float32Array.from(e.data.scale), x = Float32Array.from(e.data.x);
+    const floats = dequantizeInto("Q4_1", bytes, new Float32Array(out * inDim));
+    const fromBlocks = new Weight(bytes, out, inDim, s, {q4_1: true});
+    const fromFloats = new Weight(floats, out, inDim, s);
+    const a = matmul(x, rows, fromBlocks), b = matmul(x, rows, fromFloats);
+    fromBlocks.dispose();
+    fromFloats.dispose();
+    const ua = new Uint32Array(a.buffer, a.byteOffset, a.length), ub = new Uint32Array(b.buffer, b.byteOffset, b.length);
+    let differ = 0;
+    for (let i = 0; i < a.length; i++) if (ua[i] !== ub[i]) differ++;
+    let err = null;
+    try { new Weight(bytes.subarray(0, 30), out, inDim, null, {q4_1: true}); } catch (e2) { err = String(e2.message); }
+    self.postMessage({ok: true, differ, n: a.length, y: Array.from(a), err});
+    return;
+  }
   if (e.data.kind === "lens") {
     await initKernel();
     const {x, rows, cols, mPrev} = e.data, f = (n) => new Float64Array(n);
@@ -516,6 +534,36 @@ def test_wasm_q4_1_dequantizes_as_dequant_js_bit_for_bit(harness):
     assert reply["done"] and reply["n"] == 4000 * 32
     assert reply["differ"] == 0
     assert reply["other"] is False                       # other types stay with dequant.js
+
+
+@pytest.mark.parametrize("out,in_dim,scaled", [(40, 64, True), (13, 96, False), (8, 32, True)])
+def test_weight_from_q4_1_blocks_matches_weight_from_floats(harness, out, in_dim, scaled):
+    """The live page hands a layer's Q4_1 matrices to the kernel as blocks (Weight's q4_1
+    option: dequantized straight into the kernel's memory, then packed). Its products must be
+    bit for bit those of a Weight made from dequant.js's floats, with an RMSNorm scale folded in
+    or not, and with a row count that is not a multiple of 8 (zero-padded panels); and numpy's
+    product of the same floats must agree to float32 rounding. A block count that does not
+    match the shape is refused."""
+    _, run = harness
+    rng = np.random.default_rng(out)
+    blocks = rng.integers(0, 256, size=(out * in_dim // 32, 20), dtype=np.uint8)
+    dm = rng.uniform(-0.05, 0.05, size=(len(blocks), 2)).astype("<f2")
+    blocks[:, 0:4] = dm.view(np.uint8).reshape(len(blocks), 4)
+    scale = rng.uniform(0.5, 1.5, size=in_dim).astype(np.float32) if scaled else None
+    rows = 7
+    x = rng.standard_normal((rows, in_dim)).astype(np.float32)
+    reply = run("unused", {"kind": "q4_1_weight", "bytes": blocks.ravel().tolist(), "out": out, "inDim": in_dim,
+                           "rows": rows, "x": x.ravel().tolist(), "scale": None if scale is None else scale.tolist()})
+    assert reply["n"] == rows * out and reply["differ"] == 0
+    # the reference: gguf's Q4_1 values d·q + m, then x · (W ⊙ s)ᵀ in float64
+    d, m = dm[:, 0].astype(np.float32), dm[:, 1].astype(np.float32)
+    q = np.concatenate([blocks[:, 4:] & 15, blocks[:, 4:] >> 4], axis=1).astype(np.float32)
+    W = (d[:, None] * q + m[:, None]).reshape(out, in_dim)
+    if scale is not None:
+        W = W * scale
+    want = x.astype(np.float64) @ W.astype(np.float64).T
+    np.testing.assert_allclose(np.array(reply["y"]).reshape(rows, out), want, rtol=1e-4, atol=1e-4)
+    assert "values" in reply["err"]
 
 
 def test_lens_block_exp_sums_match_float64(harness):

@@ -5,13 +5,16 @@
 import {Weight} from "./kernel.js";
 
 /** The layer's weights in the kernel, each RMSNorm's weight folded into the matrices reading it
- * (W ⊙ w, as weights.extract_weights folds it), so both passes share them. */
+ * (W ⊙ w, as weights.extract_weights folds it), so both passes share them. A matrix in
+ * raw.quantized goes from its Q4_1 blocks straight into the kernel, without its float array. */
 export function layerWeights(raw, cfg) {
   const {d_model: d, n_heads: H, n_kv_heads: KV, head_dim: hd, d_ff: ff} = cfg;
   const made = [];
   const weight = (name, out, inDim, scale) => {
-    if (!(raw[name] instanceof Float32Array)) throw new Error(`layer weight ${name} is missing`);
-    const w = new Weight(raw[name], out, inDim, scale);
+    const q = raw.quantized && raw.quantized[name];
+    if (!q && !(raw[name] instanceof Float32Array)) throw new Error(`layer weight ${name} is missing`);
+    if (q && q.type !== "Q4_1") throw new Error(`layer weight ${name}: the kernel cannot unpack ${q.type}`);
+    const w = q ? new Weight(q.bytes, out, inDim, scale, {q4_1: true}) : new Weight(raw[name], out, inDim, scale);
     made.push(w);
     return w;
   };

@@ -24,7 +24,11 @@
  *             qBias?, kBias?, vBias?, oBias?, gateBias?, upBias?, downBias?}>
  *     every one a Float32Array, row-major [out, in] exactly as the PyTorch nn.Linear weight
  *     (q/k rows in Hugging Face's order, i.e. after transformers' GGUF un-permutation).
- *     The engine neither keeps nor modifies these arrays.
+ *     The engine neither keeps nor modifies these arrays. Optionally also quantized: {name:
+ *     {type: "Q4_1", bytes: Uint8Array}}, the GGUF blocks of some of the matrices, rows in that
+ *     same order: the kernel then unpacks those itself and reads the float array only where it
+ *     needs one (o for the per-head maps, up and down for helpers sharing the MLP), so the
+ *     model may make those arrays on first read (weights.js does).
  *   The bias source exists when config.attention_bias or config.mlp_bias is true.
  * ids: Int32Array (P) of token ids, BOS included, as the Python tokenizer gives them.
  * variants: {name: null | Int32Array (P)}: null = one source per token; otherwise a group id
@@ -90,7 +94,7 @@ export {releaseLens} from "./engine-lens.js";
 
 // The calling thread's share of the vocabulary when the helpers stream the logit lens: they
 // unembed while it does the layers, so it takes a small share at the end (docs/performance.md).
-export const LENS_MAIN_SHARE = 0.125;
+export const LENS_MAIN_SHARE = 0.1875;
 
 export async function decompose(model, ids, variants = {main: null}, opts = {}) {
   const {topK = 5, logitLens = true, heads = true, onProgress = null, signal = null,

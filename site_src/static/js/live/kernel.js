@@ -120,13 +120,18 @@ function free(block) {
  *   inScale optional Float32Array [in]: folded in as W[o, i]·inScale[i] (an RMSNorm's weight)
  *   transposed: w is given as Wᵀ, row-major [in, out] (no inScale): each panel is then 8
  *           contiguous values of every row, copied without a transpose
+ *   q4_1:   w is given as W's GGUF Q4_1 blocks (Uint8Array, 20 bytes per 32 values, rows of W
+ *           in order): they are dequantized straight into the kernel's memory and packed from
+ *           there, the same values as dequantizeFast() then a Float32Array W, without the two
+ *           copies of W through JavaScript (~110 ms of a P = 16 run, docs/performance.md)
  * dispose() frees it; a layer's weights live only while that layer is computed.
  */
 export class Weight {
-  constructor(w, out, inDim, inScale = null, {transposed = false} = {}) {
+  constructor(w, out, inDim, inScale = null, {transposed = false, q4_1 = false} = {}) {
     if (!sgemm) throw new Error("initKernel() first");
-    if (w.length !== out * inDim) throw new Error(`weight has ${w.length} values, expected ${out}×${inDim}`);
-    if (transposed && inScale) throw new Error("Weight: no inScale with a transposed weight");
+    const values = q4_1 ? (w.byteLength / 20) * 32 : w.length;
+    if (values !== out * inDim) throw new Error(`weight has ${values} values, expected ${out}×${inDim}`);
+    if (transposed && (inScale || q4_1)) throw new Error("Weight: a transposed weight takes no inScale or q4_1");
     const t0 = performance.now();
     this.out = out;
     this.in = inDim;
@@ -148,10 +153,15 @@ export class Weight {
     } else {
       // W, zero-padded to ld rows, and the scale go past every live block (this one included);
       // kernel-sgemm.wat's pack writes Wᵀ[i, o] = W[o, i]·s[i] into the block's panels
-      const src = top, scale = src + this.ld * inDim;
-      ensure(scale + (inScale ? inDim : 0));
+      const src = top, scale = src + this.ld * inDim, blocks = scale + Math.ceil(inDim / 4) * 4;
+      ensure(q4_1 ? blocks + Math.ceil(w.byteLength / 16) * 4 : scale + (inScale ? inDim : 0));
       const F = new Float32Array(memory.buffer);
-      F.set(w, src);
+      if (q4_1) {                                     // the blocks go past the scale, W into src
+        new Uint8Array(memory.buffer, blocks * FLOAT, w.byteLength).set(w);
+        q41(blocks * FLOAT, w.byteLength / 20, src * FLOAT);
+      } else {
+        F.set(w, src);
+      }
       if (this.ld !== out) F.fill(0, src + out * inDim, src + this.ld * inDim);
       if (inScale) F.set(inScale, scale);
       pack(src * FLOAT, this.ld, inDim, this.block.start * FLOAT, inScale ? scale * FLOAT : 0);

@@ -200,19 +200,33 @@ export class LiveModel {
    * Layer i's float32 weights, row-major [out, in] as PyTorch's Linear weights (engine.js names).
    * The arrays are reused for every layer: valid until the next layerTensors() call. The engine
    * asks for layer l + 1 only once it is done with layer l, and keeps none of them.
+   * `quantized` holds the GGUF blocks of the matrices the kernel can unpack itself (Q4_1, rows
+   * in PyTorch's order); their float32 arrays are then made only if read (engine.js).
    */
   layerTensors(i) {
     const t = (suffix) => this.layerTensor(i, suffix);
-    return {
+    const raw = {
       inputNorm: t("input_layernorm.weight"),            // (d,)
       postNorm: t("post_attention_layernorm.weight"),     // (d,)
       q: t("self_attn.q_proj.weight"),                   // (H·dh, d)
       k: t("self_attn.k_proj.weight"),                   // (Hkv·dh, d)
-      v: t("self_attn.v_proj.weight"),                   // (Hkv·dh, d)
-      o: t("self_attn.o_proj.weight"),                   // (d, H·dh)
-      gate: t("mlp.gate_proj.weight"),                   // (d_mlp, d)
-      up: t("mlp.up_proj.weight"),                       // (d_mlp, d)
-      down: t("mlp.down_proj.weight"),                   // (d, d_mlp)
+      quantized: {},
     };
+    const lazy = {
+      v: "self_attn.v_proj.weight",                      // (Hkv·dh, d)
+      o: "self_attn.o_proj.weight",                      // (d, H·dh)
+      gate: "mlp.gate_proj.weight",                      // (d_mlp, d)
+      up: "mlp.up_proj.weight",                          // (d_mlp, d)
+      down: "mlp.down_proj.weight",                      // (d, d_mlp)
+    };
+    for (const [key, suffix] of Object.entries(lazy)) {
+      const entry = this.byName.get(`model.layers.${i}.${suffix}`);
+      if (entry && entry.type === "Q4_1" && !entry.permute_heads) {
+        raw.quantized[key] = {type: "Q4_1", bytes: this.stream.subarray(entry.offset, entry.offset + entry.bytes)};
+      }
+      let value = null;
+      Object.defineProperty(raw, key, {enumerable: true, get: () => value || (value = t(suffix))});
+    }
+    return raw;
   }
 }
