@@ -5,7 +5,8 @@
 SITE_A and SITE_B are sites built by two versions of infoflow (`infoflow build --out ...`, e.g.
 one from a `git worktree` of the old commit). Each gets its own page (its own origin, so its own
 weights cache) in one browser profile; both are warmed up with two runs, then their runs
-alternate, so both are measured under the same machine load. Prints the medians of the
+alternate (A B, B A, A B, ...), so both are measured under the same machine load and neither
+always goes first. Prints the medians of the
 worker's own timings (seconds) and every run's engine time. The machine is shared and noisy:
 read the medians, and run it twice.
 """
@@ -64,9 +65,10 @@ def main() -> None:
                 bench_live.run_once(page, text)
             pages.append(page)
         runs = [[], []]
-        for _ in range(args.reps):
-            for i, page in enumerate(pages):
-                runs[i].append(bench_live.run_once(page, text))
+        for rep in range(args.reps):
+            # A B, then B A: the first run of a pair measured faster, whichever build it was
+            for i in ((0, 1) if rep % 2 == 0 else (1, 0)):
+                runs[i].append(bench_live.run_once(pages[i], text))
         ctx.close()
     print(f"P = {args.size}, {args.reps} alternating runs each; medians, s")
     for site, rs in zip(args.sites, runs):

@@ -48,13 +48,19 @@ def hf_name(gguf_name: str) -> str:
         return "model.norm.weight"
     if gguf_name == "output.weight":
         return "lm_head.weight"
-    blk, i, part, _ = gguf_name.split(".")
-    assert blk == "blk", gguf_name
-    return f"model.layers.{i}." + {
+    parts = {
         "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
         "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
         "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-        "ffn_down": "mlp.down_proj"}[part] + ".weight"
+        "ffn_down": "mlp.down_proj"}
+    blk, i, part, kind = (gguf_name.split(".") + ["", "", "", ""])[:4]
+    if blk != "blk" or part not in parts or kind != "weight" or gguf_name.count(".") != 3:
+        # e.g. a bias: the page (weights.js) passes the engine no biases, so it would run a
+        # different model than Python's; better no live page than a wrong one
+        raise LiveExportError(f"GGUF tensor {gguf_name} is not one the live page loads (the layers' "
+                              "weight matrices and norms, the embedding, output norm and output): "
+                              "models with biases or other extra tensors are not exported for the browser")
+    return f"model.layers.{i}.{parts[part]}.weight"
 
 
 def permute_heads(gguf_name: str, heads: int, kv_heads: int) -> int | None:

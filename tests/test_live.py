@@ -197,6 +197,16 @@ def test_large_models_are_skipped_with_a_message(tmp_path, monkeypatch):
     assert "only the default model" in said[0]
 
 
+def test_unknown_tensors_such_as_biases_refuse_the_export():
+    """The page loads no biases: a GGUF with one must not be exported as if it were a weight."""
+    import infoflow.live as live
+    assert live.hf_name("blk.3.attn_output.weight") == "model.layers.3.self_attn.o_proj.weight"
+    assert live.hf_name("output.weight") == "lm_head.weight"
+    for name in ("blk.0.attn_q.bias", "output.bias", "blk.0.attn_q_norm.weight", "rope_freqs.weight"):
+        with pytest.raises(live.LiveExportError, match="not one the live page loads"):
+            live.hf_name(name)
+
+
 # ----------------------------------------------------------------------------- tokenizer
 
 

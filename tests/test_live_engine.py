@@ -660,12 +660,15 @@ def test_bias_source_is_last_and_nonzero(harness):
     assert (bias_norm > 1e-3).all()
 
 
-def test_lm_head_bias_matches_python_engine(harness):
+@pytest.mark.parametrize("kind", ["llama-bias", "gqa"])
+def test_lm_head_bias_matches_python_engine(harness, kind):
     """An lm_head bias (engine.js's lmHeadBias): added to every lens and prediction logit but
     not to the reconstruction check's difference rows, and attributed to the bias source. On
-    one thread and streamed to helpers (each gets its slice of the bias)."""
+    one thread and streamed to helpers (each gets its slice of the bias). With "gqa", the
+    lm_head bias is the model's only bias: the bias source must exist all the same, as Python's
+    has_bias_source says."""
     root, run = harness
-    lm = tiny_model("llama-bias", layers=3, seed=1)
+    lm = tiny_model(kind, layers=3, seed=1)
     head = lm.hf.lm_head
     biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
     with torch.no_grad():
@@ -673,10 +676,11 @@ def test_lm_head_bias_matches_python_engine(harness):
         biased.bias.normal_(0, 2.0)          # large enough to reorder the top k
     lm.hf.lm_head = biased
     for threads in (1, 3):
-        py, js, _ = run_both(run, root, "tiny-lm-head-bias", lm, TINY_PROMPTS[0], threads=threads)
+        py, js, _ = run_both(run, root, f"tiny-lm-head-bias-{kind}", lm, TINY_PROMPTS[0], threads=threads)
         compare(py, js)
         assert js["timings"]["lens_streamed"] == (threads > 1)
-    no_bias = decompose_variants(TINY_PROMPTS[0], tiny_model("llama-bias", layers=3, seed=1), {"main": None})
+        assert js["has_bias"] and py["main"].has_bias
+    no_bias = decompose_variants(TINY_PROMPTS[0], tiny_model(kind, layers=3, seed=1), {"main": None})
     assert (py["main"].pred_ids != no_bias["main"].pred_ids).any(), "the bias changed no prediction"
 
 

@@ -29,7 +29,8 @@
  *     same order: the kernel then unpacks those itself and reads the float array only where it
  *     needs one (o for the per-head maps, up and down for helpers sharing the MLP), so the
  *     model may make those arrays on first read (weights.js does).
- *   The bias source exists when config.attention_bias or config.mlp_bias is true.
+ *   The bias source exists when config.attention_bias or config.mlp_bias is true, or the model
+ *   has an lmHeadBias (as infoflow.weights.has_bias_source: any bias that writes to the logits).
  * ids: Int32Array (P) of token ids, BOS included, as the Python tokenizer gives them.
  * variants: {name: null | Int32Array (P)}: null = one source per token; otherwise a group id
  *   per token, numbered 0.. by first use (as Python's resolve_groups gives them).
@@ -163,7 +164,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
  */
 async function startRun(model, cfg, ids, variants, {topK, logitLens, heads, signal, threads, lensMainShare}) {
   const {n_layers: L, d_model: d, vocab: V} = cfg, P = ids.length;
-  const bias = Boolean(cfg.attention_bias || cfg.mlp_bias);
+  const bias = Boolean(cfg.attention_bias || cfg.mlp_bias || model.lmHeadBias);
   const tri = triangle(P, bias);
   const groupings = Object.entries(variants).map(([name, g]) => [name, sourceGrouping(name, g, P, bias)]);
   const x = new Float32Array(P * d);                               // (P, d) the real residual
