@@ -4,7 +4,8 @@
 // Cache Storage under its content-hashed URL, so a second visit reads it from disk. A network
 // error is retried per chunk; a chunk whose sha256 is wrong is fetched once more, bypassing
 // the HTTP cache, and then reported by name. Layers are dequantized one at a time when the
-// engine asks, so only the quantized bytes (~97 MB) and one layer's float32 stay in memory.
+// engine asks, so only the quantized bytes (~97 MB) and one layer's float32 stay in memory
+// (most of a layer's matrices go to the kernel as blocks: layerTensors()).
 import { dequantizeTensor } from "./dequant.js";
 import { dequantizeFast } from "./kernel.js";
 
