@@ -53,14 +53,14 @@ def hf_name(gguf_name: str) -> str:
         "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
         "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
         "ffn_down": "mlp.down_proj"}
-    blk, i, part, kind = (gguf_name.split(".") + ["", "", "", ""])[:4]
-    if blk != "blk" or part not in parts or kind != "weight" or gguf_name.count(".") != 3:
+    pieces = gguf_name.split(".")                                    # blk.<i>.<part>.weight
+    if len(pieces) != 4 or pieces[0] != "blk" or pieces[2] not in parts or pieces[3] != "weight":
         # e.g. a bias: the page (weights.js) passes the engine no biases, so it would run a
         # different model than Python's; better no live page than a wrong one
         raise LiveExportError(f"GGUF tensor {gguf_name} is not one the live page loads (the layers' "
                               "weight matrices and norms, the embedding, output norm and output): "
                               "models with biases or other extra tensors are not exported for the browser")
-    return f"model.layers.{i}.{parts[part]}.weight"
+    return f"model.layers.{pieces[1]}.{parts[pieces[2]]}.weight"
 
 
 def permute_heads(gguf_name: str, heads: int, kv_heads: int) -> int | None:

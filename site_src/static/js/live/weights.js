@@ -222,8 +222,10 @@ export class LiveModel {
     };
     for (const [key, suffix] of Object.entries(lazy)) {
       const entry = this.byName.get(`model.layers.${i}.${suffix}`);
-      if (entry && entry.type === "Q4_1" && !entry.permute_heads) {
-        raw.quantized[key] = {type: "Q4_1", bytes: this.stream.subarray(entry.offset, entry.offset + entry.bytes)};
+      const bytes = entry && this.stream.subarray(entry.offset, entry.offset + entry.bytes);
+      // (blocks cut short by the stream's end take the float path, whose error names the tensor)
+      if (entry && entry.type === "Q4_1" && !entry.permute_heads && bytes.byteLength === entry.bytes) {
+        raw.quantized[key] = {type: "Q4_1", bytes};
       }
       let value = null;
       Object.defineProperty(raw, key, {enumerable: true, get: () => value || (value = t(suffix))});
