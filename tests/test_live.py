@@ -197,6 +197,41 @@ def test_large_models_are_skipped_with_a_message(tmp_path, monkeypatch):
     assert "only the default model" in said[0]
 
 
+def test_bad_manifests_are_refused_before_anything_is_allocated(manifest):
+    """weights.js's checkManifest, in node: the real manifest passes; each broken copy (sizes
+    out of range, a tensor outside the stream or with the wrong byte count, an unknown type, a
+    bad head count) is refused with a LoadError that names the problem."""
+    import copy
+    first = next(i for i, t in enumerate(manifest["tensors"]) if t["type"] == "Q4_1" and t["permute_heads"])
+    breaks = {
+        "total_bytes": lambda m: m.update(total_bytes=2 ** 40),
+        "chunk sizes": lambda m: m["chunks"][0].update(bytes=m["chunks"][0]["bytes"] + 1),
+        "lies outside": lambda m: m["tensors"][0].update(offset=m["total_bytes"]),
+        "lies outside ": lambda m: m["tensors"][0].update(offset=-20),
+        "bytes for": lambda m: m["tensors"][first].update(bytes=m["tensors"][first]["bytes"] - 20),
+        "values": lambda m: m["tensors"][first].update(shape=[2 ** 20, 2 ** 20]),
+        "type or shape": lambda m: m["tensors"][first].update(type="Q2_K"),
+        "type or shape ": lambda m: m["tensors"][first].update(shape=[1.5, 64]),
+        "permute_heads": lambda m: m["tensors"][first].update(permute_heads=7),
+    }
+    cases = [manifest]
+    for expect, mutate in breaks.items():
+        m = copy.deepcopy(manifest)
+        mutate(m)
+        cases.append(m)
+    script = f"""
+import {{checkManifest}} from {json.dumps((ROOT / "site_src/static/js/live/weights.js").as_uri())};
+const cases = JSON.parse(await new Response(process.stdin).text());
+console.log(JSON.stringify(cases.map((m) => {{
+  try {{ checkManifest(m); return "ok"; }} catch (e) {{ return e.name + ": " + e.message; }}
+}})));
+"""
+    said = json.loads(_node(script, stdin=json.dumps(cases)))
+    assert said[0] == "ok"
+    for (expect, _), got in zip(breaks.items(), said[1:]):
+        assert got.startswith("LoadError: The model's manifest is inconsistent") and expect.strip() in got, (expect, got)
+
+
 def test_unknown_tensors_such_as_biases_refuse_the_export():
     """The page loads no biases: a GGUF with one must not be exported as if it were a weight."""
     import infoflow.live as live

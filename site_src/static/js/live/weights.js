@@ -6,7 +6,7 @@
 // the HTTP cache, and then reported by name. Layers are dequantized one at a time when the
 // engine asks, so only the quantized bytes (~97 MB) and one layer's float32 stay in memory
 // (most of a layer's matrices go to the kernel as blocks: layerTensors()).
-import { dequantizeTensor } from "./dequant.js";
+import { BLOCKS, dequantizeTensor } from "./dequant.js";
 import { dequantizeFast } from "./kernel.js";
 
 export const CACHE_NAME = "infoflow-live-v1";
@@ -123,6 +123,48 @@ async function pruneCache(cache, keep) {
   } catch { /* best effort */ }
 }
 
+// The most a manifest may ask this page to hold: the export's own limits (infoflow/live.py:
+// MAX_TOTAL_BYTES, MAX_PARAMETERS) with room to spare. Checked before anything is allocated.
+const MAX_STREAM_BYTES = 256 * 2 ** 20;
+const MAX_TENSOR_VALUES = 2 ** 28;                // 1 GiB of float32: no single tensor comes near
+
+const isCount = (n) => Number.isSafeInteger(n) && n >= 0;
+
+/**
+ * The manifest's sizes, checked before the page allocates anything from them (a manifest is
+ * data: a bad one gets a LoadError naming what is wrong, never a huge or out-of-range array).
+ * Every tensor must lie inside the stream and have exactly the bytes its type and shape need.
+ */
+export function checkManifest(manifest) {
+  const bad = (what) => new LoadError(`The model's manifest is inconsistent (${what}).`);
+  const total = manifest.total_bytes;
+  if (!isCount(total) || total === 0 || total > MAX_STREAM_BYTES) throw bad(`total_bytes ${total}`);
+  if (!Array.isArray(manifest.chunks) || !manifest.chunks.length) throw bad("no chunks");
+  let sum = 0;
+  for (const c of manifest.chunks) {
+    if (!c || !isCount(c.bytes) || typeof c.file !== "string") throw bad("a chunk without file or bytes");
+    sum += c.bytes;
+  }
+  if (sum !== total) throw bad("chunk sizes");
+  if (!Array.isArray(manifest.tensors)) throw bad("no tensors");
+  for (const t of manifest.tensors) {
+    const name = t && typeof t.name === "string" ? t.name : "?";
+    const block = t && BLOCKS[t.type];
+    const shape = t && Array.isArray(t.shape) && t.shape.length >= 1 && t.shape.length <= 2 &&
+      t.shape.every((n) => isCount(n) && n > 0) ? t.shape : null;
+    if (!block || !shape) throw bad(`tensor ${name}: type or shape`);
+    const n = shape.reduce((a, b) => a * b, 1);
+    if (n > MAX_TENSOR_VALUES || n % block[0]) throw bad(`tensor ${name}: ${n} values`);
+    if (t.bytes !== (n / block[0]) * block[1]) throw bad(`tensor ${name}: ${t.bytes} bytes for ${n} values`);
+    if (!isCount(t.offset) || t.offset + t.bytes > total) throw bad(`tensor ${name} lies outside the weights`);
+    const heads = t.permute_heads;
+    if (heads != null && !(shape.length === 2 && isCount(heads) && heads > 0 && shape[0] % (2 * heads) === 0)) {
+      throw bad(`tensor ${name}: permute_heads ${heads}`);
+    }
+  }
+  return manifest;
+}
+
 /**
  * Fetch the manifest and every chunk; returns a LiveModel.
  * onProgress({loaded, total, cached}) in bytes; signal: an AbortSignal.
@@ -141,6 +183,7 @@ export async function loadModel(manifestUrl, { onProgress = () => {}, signal } =
   if (manifest.format !== "infoflow-live" || manifest.version !== 1) {
     throw new LoadError(`Unknown model format ${JSON.stringify(manifest.format)} v${manifest.version}.`);
   }
+  checkManifest(manifest);
   const cache = await openCache();
   const total = manifest.total_bytes;
   const stream = new Uint8Array(total);
@@ -148,7 +191,6 @@ export async function loadModel(manifestUrl, { onProgress = () => {}, signal } =
   const urls = manifest.chunks.map((c) => new URL(c.file, base).href);
   let offset = 0;
   const offsets = manifest.chunks.map((c) => { const o = offset; offset += c.bytes; return o; });
-  if (offset !== total) throw new LoadError("The model's manifest is inconsistent (chunk sizes).");
   onProgress({ loaded, total, cached: 0 });
   // two chunks at a time: enough to fill the pipe, little extra memory
   let next = 0;
