@@ -157,8 +157,7 @@ export class Weight {
       ensure(q4_1 ? blocks + Math.ceil(w.byteLength / 16) * 4 : scale + (inScale ? inDim : 0));
       const F = new Float32Array(memory.buffer);
       if (q4_1) {                                     // the blocks go past the scale, W into src
-        new Uint8Array(memory.buffer, blocks * FLOAT, w.byteLength).set(w);
-        q41(blocks * FLOAT, w.byteLength / 20, src * FLOAT);
+        unpackQ4_1(w, blocks, src);
       } else {
         F.set(w, src);
       }
@@ -279,10 +278,16 @@ export function dequantizeFast(type, bytes, out) {
   if (!Number.isInteger(blocks) || blocks * 32 !== out.length) return false;   // dequant.js says why
   const src = top, dst = top + Math.ceil(bytes.byteLength / 16) * 4;          // floats; 16-byte aligned
   ensure(dst + out.length);
-  new Uint8Array(memory.buffer, src * FLOAT, bytes.byteLength).set(bytes);
-  q41(src * FLOAT, blocks, dst * FLOAT);
+  unpackQ4_1(bytes, src, dst);
   out.set(new Float32Array(memory.buffer, dst * FLOAT, out.length));
   return true;                       // not in kernelTime(): that is the products' time
+}
+
+/** Q4_1 blocks (Uint8Array) copied into the kernel's memory at float offset `at`, then
+ * dequantized by kernel-sgemm.wat's q4_1 to floats from offset `dst` (both already ensured). */
+function unpackQ4_1(bytes, at, dst) {
+  new Uint8Array(memory.buffer, at * FLOAT, bytes.byteLength).set(bytes);
+  q41(at * FLOAT, bytes.byteLength / 20, dst * FLOAT);
 }
 
 /** Bytes of the kernel's memory (it grows to the peak and stays). */

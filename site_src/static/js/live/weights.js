@@ -263,11 +263,9 @@ export class LiveModel {
       down: "mlp.down_proj.weight",                      // (d, d_mlp)
     };
     for (const [key, suffix] of Object.entries(lazy)) {
-      const entry = this.byName.get(`model.layers.${i}.${suffix}`);
-      const bytes = entry && this.stream.subarray(entry.offset, entry.offset + entry.bytes);
-      // (blocks cut short by the stream's end take the float path, whose error names the tensor)
-      if (entry && entry.type === "Q4_1" && !entry.permute_heads && bytes.byteLength === entry.bytes) {
-        raw.quantized[key] = {type: "Q4_1", bytes};
+      const entry = this.byName.get(`model.layers.${i}.${suffix}`);     // inside the stream: checkManifest
+      if (entry && entry.type === "Q4_1" && !entry.permute_heads) {
+        raw.quantized[key] = {type: "Q4_1", bytes: this.stream.subarray(entry.offset, entry.offset + entry.bytes)};
       }
       let value = null;
       Object.defineProperty(raw, key, {enumerable: true, get: () => value || (value = t(suffix))});
