@@ -572,7 +572,9 @@ def test_lens_block_exp_sums_match_float64(harness):
     counted as 0, a running max from earlier blocks respected."""
     _, run = harness
     rng = np.random.default_rng(3)
-    for rows, cols in [(3, 4), (5, 7), (9, 256), (2, 3), (70, 12)]:    # 70: two chunks of rows
+    # 70: two chunks of rows; 16, 30 and 256: the 16-column steps of expsum, 30 with its 4-column
+    # and JS tails
+    for rows, cols in [(3, 4), (5, 7), (9, 256), (2, 3), (70, 12), (6, 16), (4, 30)]:
         x = (rng.standard_normal((rows, cols)) * 20).astype(np.float32)
         x[0, -1] = -500.0                                 # exp underflows: adds nothing
         # odd rows: an earlier block was larger (a float32 value, as every running max is a logit)
