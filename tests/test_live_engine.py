@@ -44,7 +44,7 @@ HARNESS_HTML = "<!doctype html><meta charset=utf-8><title>engine harness</title>
 # engine's model object, runs decompose() and posts plain arrays back.
 HARNESS_WORKER = r"""
 import {decompose} from "/static/js/live/engine.js";
-import {initKernel, Weight, matmul, kernelMemory, lensProducts, dequantizeFast} from "/static/js/live/kernel.js";
+import {initKernel, Weight, matmul, kernelMemory, lensProducts, dequantizeFast, rowStats, rowSums} from "/static/js/live/kernel.js";
 import {dequantizeInto} from "/static/js/live/dequant.js";
 
 async function range(url, a, b) {
@@ -145,6 +145,26 @@ self.onmessage = async (e) => {
     let err = null;
     try { new Weight(bytes.subarray(0, 30), out, inDim, null, {q4_1: true}); } catch (e2) { err = String(e2.message); }
     self.postMessage({ok: true, differ, n: a.length, y: Array.from(a), err});
+    return;
+  }
+  if (e.data.kind === "rows") {                    // kernel.js's rowStats and rowSums
+    await initKernel();
+    const {a, b, r, ri, n, d, ldr, rOffset, rowsOut} = e.data, F = (v) => Float32Array.from(v);
+    const st = rowStats(F(a), F(b), F(r), Int32Array.from(ri), n, d, {ldr, rOffset});
+    const narrow = rowSums(F(a), Int32Array.from(ri), n, d, rowsOut);
+    const wide = rowSums(F(a), Int32Array.from(ri), n, d, rowsOut, true, new Float64Array(rowsOut * d));
+    const js = new Float32Array(rowsOut * d), js64 = new Float64Array(rowsOut * d);   // the loops they replace
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j < d; j++) {
+        js[ri[i] * d + j] += a[i * d + j];
+        js64[ri[i] * d + j] += Math.fround(a[i * d + j]);
+      }
+    }
+    let err = null;
+    try { rowSums(F(a), Int32Array.from(ri), n, d, 1); } catch (e2) { err = String(e2.message); }
+    const same = (x, y) => x.every((v, i) => Object.is(v, y[i]));
+    self.postMessage({ok: true, stats: [...st], narrowSame: same(narrow, js), wideSame: same(wide, js64),
+                      narrowType: narrow.constructor.name, wideType: wide.constructor.name, err});
     return;
   }
   if (e.data.kind === "lens") {
@@ -587,6 +607,29 @@ def test_lens_block_exp_sums_match_float64(harness):
         np.testing.assert_array_equal(reply["mNew"], m_new)
         ref = np.exp(x.astype(np.float64) - m_new[:, None]).sum(1)
         np.testing.assert_allclose(reply["sums"], ref, rtol=1e-6, atol=0)
+
+
+def test_row_stats_and_sums_match_float64_and_the_js_loops(harness):
+    """kernel.js's rowStats (per-row ‖a‖², ‖b‖², a·r[ri], float64) against numpy in float64, and
+    rowSums (rows summed into rows ri) bit for bit against the JavaScript loops they replaced,
+    in float32 and float64; widths with and without a d % 4 tail, r rows strided (a head's
+    columns of a wider array, as engine-heads.js reads them); an out-of-range row is refused."""
+    _, run = harness
+    rng = np.random.default_rng(5)
+    for n, d, ldr, r_off in [(7, 12, 12, 0), (5, 13, 13, 0), (9, 64, 576, 128), (3, 1, 1, 0)]:
+        a = rng.standard_normal((n, d)).astype(np.float32)
+        b = rng.standard_normal((n, d)).astype(np.float32)
+        ri = rng.integers(0, 4, n).astype(np.int32)
+        r = rng.standard_normal(r_off + 3 * ldr + d).astype(np.float32)
+        reply = run("unused", {"kind": "rows", "a": a.ravel().tolist(), "b": b.ravel().tolist(), "r": r.tolist(),
+                               "ri": ri.tolist(), "n": n, "d": d, "ldr": ldr, "rOffset": r_off, "rowsOut": 4})
+        rows = np.stack([r[r_off + k * ldr: r_off + k * ldr + d] for k in ri]).astype(np.float64)
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        want = np.stack([(a64 ** 2).sum(1), (b64 ** 2).sum(1), (a64 * rows).sum(1)], axis=1)
+        np.testing.assert_allclose(np.array(reply["stats"]).reshape(n, 3), want, rtol=1e-13, atol=1e-13)
+        assert reply["narrowSame"] and reply["wideSame"], (n, d)
+        assert (reply["narrowType"], reply["wideType"]) == ("Float32Array", "Float64Array")
+        assert "out of range" in reply["err"]
 
 
 TINY_KINDS = ["gqa", "mha", "llama-bias", "qwen2"]

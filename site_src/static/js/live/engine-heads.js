@@ -24,7 +24,7 @@
  * Tables, row-major float32: norm, proj (L, H', P, G); write_norm, write_proj (L, H', P);
  * pattern (L, H, P, P); H' = H (+ 1).
  */
-import {Weight, matmul} from "./kernel.js";
+import {Weight, matmul, rowStats} from "./kernel.js";
 
 /** R_h of every layer, per model object: weights only, so computed once per model (4.4 MB for
  * the default model), not once per run. */
@@ -122,6 +122,8 @@ export class HeadStats {
     this.Xh = new Float32Array(Math.max(n, P) * this.hd);          // one head's rows, contiguous
     this.Y = new Float32Array(Math.max(n, P) * this.hd);
     this.Og = grouping ? new Float32Array(P * G * this.H * this.hd) : null;
+    this.cellPos = Int32Array.from({length: P * G}, (_, i) => Math.floor(i / G));   // (P·G,) cell -> position
+    this.positions = Int32Array.from({length: P}, (_, p) => p);
   }
 
   /**
@@ -132,7 +134,7 @@ export class HeadStats {
     const {tri, G, H, Hx} = this, P = tri.P, dh = H * this.hd;
     const cell = (h, p) => (l * Hx + h) * P + p;                    // index of (l, h, p)
     if (!this.grouping) {
-      this.metrics(O, tri.T, (n) => tri.pos[n], maps, (h, n, norm, proj) => {
+      this.metrics(O, tri.T, tri.pos, maps, (h, n, norm, proj) => {
         const at = cell(h, tri.pos[n]) * G + tri.src[n];
         this.norm[at] = norm;
         this.proj[at] = proj;
@@ -143,13 +145,13 @@ export class HeadStats {
         const o = (tri.pos[row] * G + this.grouping[tri.src[row]]) * dh, r = row * dh;
         for (let j = 0; j < dh; j++) Og[o + j] += O[r + j];
       }
-      this.metrics(Og, P * G, (n) => Math.floor(n / G), maps, (h, n, norm, proj) => {
+      this.metrics(Og, P * G, this.cellPos, maps, (h, n, norm, proj) => {
         const at = cell(h, Math.floor(n / G)) * G + (n % G);
         this.norm[at] = norm;
         this.proj[at] = proj;
       });
     }
-    this.metrics(whole, P, (p) => p, maps, (h, p, norm, proj) => {
+    this.metrics(whole, P, this.positions, maps, (h, p, norm, proj) => {
       this.write_norm[cell(h, p)] = norm;
       this.write_proj[cell(h, p)] = proj;
     });
@@ -168,21 +170,15 @@ export class HeadStats {
     }
   }
 
-  /** ‖R_h x_h‖ and x_h · proj[pos(n), h] for n rows of X (n, H·hd); put(h, n, norm, proj). */
-  metrics(X, n, posOf, maps, put) {
+  /** ‖R_h x_h‖ and x_h · proj[pos[i], h] for n rows of X (n, H·hd); put(h, i, norm, proj). */
+  metrics(X, n, pos, maps, put) {
     const {H, hd} = this, dh = H * hd, Xh = this.Xh, Rp = maps.proj;
     for (let h = 0; h < H; h++) {
       for (let i = 0; i < n; i++) Xh.set(X.subarray(i * dh + h * hd, i * dh + (h + 1) * hd), i * hd);
       const Y = matmul(Xh, n, maps.rt[h], this.Y);                  // (n, hd) rows R_h x
-      for (let i = 0; i < n; i++) {
-        let yy = 0, xr = 0;
-        const u = posOf(i) * dh + h * hd, x = i * dh + h * hd;
-        for (let j = 0; j < hd; j++) {
-          yy += Y[i * hd + j] * Y[i * hd + j];
-          xr += X[x + j] * Rp[u + j];
-        }
-        put(h, i, Math.sqrt(yy), xr);
-      }
+      // per row: ‖x_h‖² (unused), ‖R_h x_h‖², x_h · proj[pos, h·hd:(h+1)·hd] (float64, in the kernel)
+      const st = rowStats(Xh, Y, Rp, pos, n, hd, {ldr: dh, rOffset: h * hd});
+      for (let i = 0; i < n; i++) put(h, i, Math.sqrt(st[3 * i + 1]), st[3 * i + 2]);
     }
   }
 }

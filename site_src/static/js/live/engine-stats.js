@@ -1,3 +1,5 @@
+import {rowStats, rowSums} from "./kernel.js";
+
 /**
  * The packed causal triangle and the per-sublayer statistics of the in-browser engine: the
  * same layout and the same quantities as infoflow/engine.py (Triangle, SublayerStats).
@@ -52,11 +54,7 @@ export function unitForProj(r, P, d) {
 
 /** max_p ‖Σ_s c[p, s] − r[p]‖ / ‖r[p]‖: the sum identity, in float64. */
 export function reconError(C, r, tri, d) {
-  const total = new Float64Array(tri.P * d);
-  for (let row = 0; row < tri.T; row++) {
-    const o = tri.pos[row] * d;
-    for (let j = 0; j < d; j++) total[o + j] += C[row * d + j];
-  }
+  const total = rowSums(C, tri.pos, tri.T, d, tri.P, true);      // (P, d) float64: Σ_s c[p, s]
   let worst = 0;
   for (let p = 0; p < tri.P; p++) {
     let num = 0, den = 0;
@@ -91,17 +89,19 @@ export class SublayerStats {
     this.mlp_proj = new Float32Array(n);
     this.prev = null;                                  // grouped state (P·G, d) before the block
     this.next = null;                                  // the other of the two buffers, reused
+    if (grouping) {
+      this.cell = new Int32Array(tri.T);               // (T,) row -> its (position, group) cell
+      for (let row = 0; row < tri.T; row++) this.cell[row] = tri.pos[row] * this.G + grouping[tri.src[row]];
+      this.cellPos = new Int32Array(tri.P * this.G);   // (P·G,) cell -> its position
+      for (let i = 0; i < tri.P * this.G; i++) this.cellPos[i] = Math.floor(i / this.G);
+      this.diff = new Float32Array(tri.P * this.G * d);   // a cell's change over the block
+    }
   }
 
-  /** Σ of source vectors within each group, per position (float32, rows in packed order). */
+  /** Σ of source vectors within each group, per position (float32, summed in row order). */
   grouped(C, into = null) {
     const {tri, G, d} = this;
-    const out = into ? into.fill(0) : new Float32Array(tri.P * G * d);
-    for (let row = 0; row < tri.T; row++) {
-      const o = (tri.pos[row] * G + this.grouping[tri.src[row]]) * d;
-      for (let j = 0; j < d; j++) out[o + j] += C[row * d + j];
-    }
-    return out;
+    return rowSums(C, this.cell, tri.T, d, tri.P * G, false, into);
   }
 
   start(C) {
@@ -113,36 +113,24 @@ export class SublayerStats {
     const {tri, G, d} = this;
     const norm = this[`${kind}_norm`], dnorm = this[`${kind}_delta_norm`], proj = this[`${kind}_proj`];
     const base = l * tri.P * G;
+    // per row: ‖c‖², ‖δ‖², ⟨c, r/‖r‖²⟩ (float64, in the kernel)
     if (!this.grouping) {
+      const st = rowStats(C, delta, rUnit, tri.pos, tri.T, d);
       for (let row = 0; row < tri.T; row++) {
-        const p = tri.pos[row], o = row * d, u = p * d;
-        let cc = 0, dd = 0, cr = 0;
-        for (let j = 0; j < d; j++) {
-          const c = C[o + j], e = delta[o + j];
-          cc += c * c;
-          dd += e * e;
-          cr += c * rUnit[u + j];
-        }
-        const at = base + p * G + tri.src[row];
-        norm[at] = Math.sqrt(cc);
-        dnorm[at] = Math.sqrt(dd);
-        proj[at] = cr;
+        const at = base + tri.pos[row] * G + tri.src[row];
+        norm[at] = Math.sqrt(st[3 * row]);
+        dnorm[at] = Math.sqrt(st[3 * row + 1]);
+        proj[at] = st[3 * row + 2];
       }
       return;
     }
-    const Cg = this.grouped(C, this.next), prev = this.prev;
+    const Cg = this.grouped(C, this.next), prev = this.prev, diff = this.diff;
+    for (let i = 0; i < diff.length; i++) diff[i] = Cg[i] - prev[i];    // float32, as the grouped block's write
+    const st = rowStats(Cg, diff, rUnit, this.cellPos, tri.P * G, d);
     for (let i = 0; i < tri.P * G; i++) {
-      const o = i * d, u = Math.floor(i / G) * d;
-      let cc = 0, dd = 0, cr = 0;
-      for (let j = 0; j < d; j++) {
-        const c = Cg[o + j], e = Math.fround(c - prev[o + j]);
-        cc += c * c;
-        dd += e * e;
-        cr += c * rUnit[u + j];
-      }
-      norm[base + i] = Math.sqrt(cc);
-      dnorm[base + i] = Math.sqrt(dd);
-      proj[base + i] = cr;
+      norm[base + i] = Math.sqrt(st[3 * i]);
+      dnorm[base + i] = Math.sqrt(st[3 * i + 1]);
+      proj[base + i] = st[3 * i + 2];
     }
     this.next = prev;
     this.prev = Cg;

@@ -395,4 +395,124 @@
         (br $tloop)))
       (local.set $r (i32.add (local.get $r) (i32.const 8)))
       (br $rloop))))
+
+  ;; rowstats: the engine's per-row statistics (engine-stats.js, engine-heads.js), in float64 as
+  ;; the JavaScript loops they replace: for each of n rows i, with a, b (n, d) f32 row-major and
+  ;; row ri[i] (i32) of r, whose rows are ldr floats apart,
+  ;;   out[3i] = Σ_j a[i, j]²,  out[3i + 1] = Σ_j b[i, j]²,  out[3i + 2] = Σ_j a[i, j]·r[ri[i], j]
+  ;; (f64). Each float32 is promoted exactly and each product of two is exact in float64; the
+  ;; sums run in four lanes (j mod 4), then add up, so their last bits may differ from one
+  ;; sequential sum (~1e-16 relative). d % 4 columns at the end, one at a time.
+  (func (export "rowstats") (param $a i32) (param $b i32) (param $r i32) (param $ri i32) (param $n i32) (param $d i32) (param $ldr i32) (param $out i32)
+    (local $i i32) (local $j i32) (local $d4 i32) (local $pa i32) (local $pb i32) (local $pr i32)
+    (local $va v128) (local $vb v128) (local $vr v128) (local $lo v128) (local $hi v128)
+    (local $aa0 v128) (local $aa1 v128) (local $bb0 v128) (local $bb1 v128) (local $ar0 v128) (local $ar1 v128)
+    (local $x f64) (local $y f64) (local $z f64) (local $q f64)
+    (local.set $d4 (i32.and (local.get $d) (i32.const -4)))
+    (local.set $i (i32.const 0))
+    (block $idone (loop $iloop
+      (br_if $idone (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $pa (i32.add (local.get $a) (i32.shl (i32.mul (local.get $i) (local.get $d)) (i32.const 2))))
+      (local.set $pb (i32.add (local.get $b) (i32.shl (i32.mul (local.get $i) (local.get $d)) (i32.const 2))))
+      (local.set $pr (i32.add (local.get $r) (i32.shl (i32.mul (i32.load (i32.add (local.get $ri) (i32.shl (local.get $i) (i32.const 2))))
+                                                                  (local.get $ldr)) (i32.const 2))))
+      (local.set $aa0 (v128.const i32x4 0 0 0 0)) (local.set $aa1 (v128.const i32x4 0 0 0 0))
+      (local.set $bb0 (v128.const i32x4 0 0 0 0)) (local.set $bb1 (v128.const i32x4 0 0 0 0))
+      (local.set $ar0 (v128.const i32x4 0 0 0 0)) (local.set $ar1 (v128.const i32x4 0 0 0 0))
+      (local.set $j (i32.const 0))
+      (block $jdone (loop $jloop
+        (br_if $jdone (i32.ge_u (local.get $j) (local.get $d4)))
+        (local.set $va (v128.load (local.get $pa)))
+        (local.set $vb (v128.load (local.get $pb)))
+        (local.set $vr (v128.load (local.get $pr)))
+        ;; a: lanes 0, 1 into aa0/ar0, lanes 2, 3 into aa1/ar1
+        (local.set $lo (f64x2.promote_low_f32x4 (local.get $va)))
+        (local.set $hi (f64x2.promote_low_f32x4 (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $va) (local.get $va))))
+        (local.set $aa0 (f64x2.add (local.get $aa0) (f64x2.mul (local.get $lo) (local.get $lo))))
+        (local.set $aa1 (f64x2.add (local.get $aa1) (f64x2.mul (local.get $hi) (local.get $hi))))
+        (local.set $ar0 (f64x2.add (local.get $ar0) (f64x2.mul (local.get $lo) (f64x2.promote_low_f32x4 (local.get $vr)))))
+        (local.set $ar1 (f64x2.add (local.get $ar1) (f64x2.mul (local.get $hi) (f64x2.promote_low_f32x4
+          (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $vr) (local.get $vr))))))
+        (local.set $lo (f64x2.promote_low_f32x4 (local.get $vb)))
+        (local.set $hi (f64x2.promote_low_f32x4 (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $vb) (local.get $vb))))
+        (local.set $bb0 (f64x2.add (local.get $bb0) (f64x2.mul (local.get $lo) (local.get $lo))))
+        (local.set $bb1 (f64x2.add (local.get $bb1) (f64x2.mul (local.get $hi) (local.get $hi))))
+        (local.set $pa (i32.add (local.get $pa) (i32.const 16)))
+        (local.set $pb (i32.add (local.get $pb) (i32.const 16)))
+        (local.set $pr (i32.add (local.get $pr) (i32.const 16)))
+        (local.set $j (i32.add (local.get $j) (i32.const 4)))
+        (br $jloop)))
+      (local.set $aa0 (f64x2.add (local.get $aa0) (local.get $aa1)))
+      (local.set $bb0 (f64x2.add (local.get $bb0) (local.get $bb1)))
+      (local.set $ar0 (f64x2.add (local.get $ar0) (local.get $ar1)))
+      (local.set $x (f64.add (f64x2.extract_lane 0 (local.get $aa0)) (f64x2.extract_lane 1 (local.get $aa0))))
+      (local.set $y (f64.add (f64x2.extract_lane 0 (local.get $bb0)) (f64x2.extract_lane 1 (local.get $bb0))))
+      (local.set $z (f64.add (f64x2.extract_lane 0 (local.get $ar0)) (f64x2.extract_lane 1 (local.get $ar0))))
+      (block $tdone (loop $tloop                              ;; the last d % 4 columns
+        (br_if $tdone (i32.ge_u (local.get $j) (local.get $d)))
+        (local.set $q (f64.promote_f32 (f32.load (local.get $pa))))
+        (local.set $x (f64.add (local.get $x) (f64.mul (local.get $q) (local.get $q))))
+        (local.set $z (f64.add (local.get $z) (f64.mul (local.get $q) (f64.promote_f32 (f32.load (local.get $pr))))))
+        (local.set $q (f64.promote_f32 (f32.load (local.get $pb))))
+        (local.set $y (f64.add (local.get $y) (f64.mul (local.get $q) (local.get $q))))
+        (local.set $pa (i32.add (local.get $pa) (i32.const 4)))
+        (local.set $pb (i32.add (local.get $pb) (i32.const 4)))
+        (local.set $pr (i32.add (local.get $pr) (i32.const 4)))
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br $tloop)))
+      (f64.store offset=0 (i32.add (local.get $out) (i32.mul (local.get $i) (i32.const 24))) (local.get $x))
+      (f64.store offset=8 (i32.add (local.get $out) (i32.mul (local.get $i) (i32.const 24))) (local.get $y))
+      (f64.store offset=16 (i32.add (local.get $out) (i32.mul (local.get $i) (i32.const 24))) (local.get $z))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $iloop))))
+
+  ;; rowsum: out[ri[i]] += x[i] for each of n rows (d floats each), in row order: f32 rows into
+  ;; f32 (wide 0) or promoted into f64 (wide 1) rows of out. Each element is one float add per
+  ;; row, in the same order as the JavaScript loops it replaces, so the same bits.
+  (func (export "rowsum") (param $x i32) (param $ri i32) (param $n i32) (param $d i32) (param $out i32) (param $wide i32)
+    (local $i i32) (local $j i32) (local $px i32) (local $po i32) (local $v v128)
+    (local.set $i (i32.const 0))
+    (block $idone (loop $iloop
+      (br_if $idone (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $px (i32.add (local.get $x) (i32.shl (i32.mul (local.get $i) (local.get $d)) (i32.const 2))))
+      (local.set $po (i32.load (i32.add (local.get $ri) (i32.shl (local.get $i) (i32.const 2)))))
+      (local.set $j (i32.const 0))
+      (if (local.get $wide)
+        (then
+          (local.set $po (i32.add (local.get $out) (i32.shl (i32.mul (local.get $po) (local.get $d)) (i32.const 3))))
+          (block $jdone (loop $jloop
+            (br_if $jdone (i32.gt_u (i32.add (local.get $j) (i32.const 4)) (local.get $d)))
+            (local.set $v (v128.load (local.get $px)))
+            (v128.store offset=0 (local.get $po) (f64x2.add (v128.load offset=0 (local.get $po)) (f64x2.promote_low_f32x4 (local.get $v))))
+            (v128.store offset=16 (local.get $po) (f64x2.add (v128.load offset=16 (local.get $po)) (f64x2.promote_low_f32x4
+              (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $v) (local.get $v)))))
+            (local.set $px (i32.add (local.get $px) (i32.const 16)))
+            (local.set $po (i32.add (local.get $po) (i32.const 32)))
+            (local.set $j (i32.add (local.get $j) (i32.const 4)))
+            (br $jloop)))
+          (block $tdone (loop $tloop
+            (br_if $tdone (i32.ge_u (local.get $j) (local.get $d)))
+            (f64.store (local.get $po) (f64.add (f64.load (local.get $po)) (f64.promote_f32 (f32.load (local.get $px)))))
+            (local.set $px (i32.add (local.get $px) (i32.const 4)))
+            (local.set $po (i32.add (local.get $po) (i32.const 8)))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $tloop))))
+        (else
+          (local.set $po (i32.add (local.get $out) (i32.shl (i32.mul (local.get $po) (local.get $d)) (i32.const 2))))
+          (block $jdone (loop $jloop
+            (br_if $jdone (i32.gt_u (i32.add (local.get $j) (i32.const 4)) (local.get $d)))
+            (v128.store (local.get $po) (f32x4.add (v128.load (local.get $po)) (v128.load (local.get $px))))
+            (local.set $px (i32.add (local.get $px) (i32.const 16)))
+            (local.set $po (i32.add (local.get $po) (i32.const 16)))
+            (local.set $j (i32.add (local.get $j) (i32.const 4)))
+            (br $jloop)))
+          (block $tdone (loop $tloop
+            (br_if $tdone (i32.ge_u (local.get $j) (local.get $d)))
+            (f32.store (local.get $po) (f32.add (f32.load (local.get $po)) (f32.load (local.get $px))))
+            (local.set $px (i32.add (local.get $px) (i32.const 4)))
+            (local.set $po (i32.add (local.get $po) (i32.const 4)))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $tloop)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $iloop))))
 )

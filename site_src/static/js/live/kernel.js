@@ -36,6 +36,8 @@ let expsum = null;           // (x, rows, cols, ld, m, out) byte offsets, cols %
 let rowmax = null;           // (x, rows, cols, ld, out) byte offsets, cols % 4 == 0
 let q41 = null;              // (src, blocks, dst) byte offsets
 let pack = null;             // (src, rows, cols, dst, scale) byte offsets, rows % 8 == 0
+let rowstats = null;         // (a, b, r, ri, n, d, ldr, out) byte offsets (rowStats below)
+let rowsum = null;           // (x, ri, n, d, out, wide) byte offsets (rowSums below)
 let memory = null;
 const live = new Set();      // blocks [start, end) in floats, held by live Weights
 let top = 0;                 // first free float past every live block
@@ -80,6 +82,8 @@ export function initKernel(want = "fused") {
       rowmax = instance.exports.rowmax;
       q41 = instance.exports.q4_1;
       pack = instance.exports.pack;
+      rowstats = instance.exports.rowstats;
+      rowsum = instance.exports.rowsum;
       memory = instance.exports.memory;
       variant = which;
       return {kernel: WASM[which].label, variant: which, simd: true};
@@ -288,6 +292,51 @@ export function dequantizeFast(type, bytes, out) {
 function unpackQ4_1(bytes, at, dst) {
   new Uint8Array(memory.buffer, at * FLOAT, bytes.byteLength).set(bytes);
   q41(at * FLOAT, bytes.byteLength / 20, dst * FLOAT);
+}
+
+/**
+ * Per-row sums of squares and a dot product, in float64 (kernel-sgemm.wat's rowstats): for each
+ * of n rows i, out[3i] = Σ_j a[i, j]², out[3i + 1] = Σ_j b[i, j]², out[3i + 2] = Σ_j a[i, j]·
+ * r[rOffset + ri[i]·ldr + j].   a, b: Float32Array (n, d); r: Float32Array; ri: Int32Array (n)
+ * -> Float64Array (3n). The engine's statistics (norms and shares) ran as JavaScript loops at
+ * ~3 ns an element; this is the same float64 arithmetic in SIMD lanes (docs/performance.md).
+ */
+export function rowStats(a, b, r, ri, n, d, {ldr = d, rOffset = 0} = {}) {
+  let rows = 0;
+  for (let i = 0; i < n; i++) rows = Math.max(rows, ri[i] + 1);
+  const rLen = n ? (rows - 1) * ldr + d : 0;
+  if (a.length < n * d || b.length < n * d || r.length < rOffset + rLen) throw new Error("rowStats: arrays too short");
+  const A = top, B = A + n * d, R = B + n * d, RI = R + rLen, O = Math.ceil((RI + n) / 2) * 2;
+  ensure(O + 6 * n);
+  const F = new Float32Array(memory.buffer);
+  F.set(a.subarray(0, n * d), A);
+  F.set(b.subarray(0, n * d), B);
+  F.set(r.subarray(rOffset, rOffset + rLen), R);
+  new Int32Array(memory.buffer, RI * FLOAT, n).set(ri.subarray(0, n));
+  rowstats(A * FLOAT, B * FLOAT, R * FLOAT, RI * FLOAT, n, d, ldr, O * FLOAT);
+  return new Float64Array(memory.buffer, O * FLOAT, 3 * n).slice();
+}
+
+/**
+ * out[ri[i]] += x[i] over n rows of d floats, in row order (kernel-sgemm.wat's rowsum), into a
+ * zeroed (rowsOut, d) array: Float32Array, or Float64Array with wide (each float32 promoted);
+ * written into `into` (of that type and size) when given. The same bits as the JavaScript loop
+ * over Float32Array / Float64Array rows.
+ */
+export function rowSums(x, ri, n, d, rowsOut, wide = false, into = null) {
+  for (let i = 0; i < n; i++) if (!(ri[i] >= 0 && ri[i] < rowsOut)) throw new Error("rowSums: row index out of range");
+  if (x.length < n * d) throw new Error("rowSums: x is too short");
+  const X = top, RI = X + n * d, O = Math.ceil((RI + n) / 4) * 4, size = rowsOut * d * (wide ? 2 : 1);
+  ensure(O + size);
+  const F = new Float32Array(memory.buffer);
+  F.set(x.subarray(0, n * d), X);
+  new Int32Array(memory.buffer, RI * FLOAT, n).set(ri.subarray(0, n));
+  F.fill(0, O, O + size);
+  rowsum(X * FLOAT, RI * FLOAT, n, d, O * FLOAT, wide ? 1 : 0);
+  const sums = wide ? new Float64Array(memory.buffer, O * FLOAT, rowsOut * d) : F.subarray(O, O + rowsOut * d);
+  if (!into) return sums.slice();
+  into.set(sums);
+  return into;
 }
 
 /** Bytes of the kernel's memory (it grows to the peak and stays). */
