@@ -142,9 +142,19 @@ self.onmessage = async (e) => {
     const ua = new Uint32Array(a.buffer, a.byteOffset, a.length), ub = new Uint32Array(b.buffer, b.byteOffset, b.length);
     let differ = 0;
     for (let i = 0; i < a.length; i++) if (ua[i] !== ub[i]) differ++;
+    // the same blocks as a transposed weight's rows (Wᵀ given, as headMaps reads W_o): out' = inDim
+    const xT = Float32Array.from({length: rows * out}, (_, i) => Math.sin(i + 1));
+    const tBlocks = new Weight(bytes, inDim, out, null, {transposed: true, q4_1: true});
+    const tFloats = new Weight(floats, inDim, out, null, {transposed: true});
+    const ta = matmul(xT, rows, tBlocks), tb = matmul(xT, rows, tFloats);
+    tBlocks.dispose();
+    tFloats.dispose();
+    let differT = 0;
+    for (let i = 0; i < ta.length; i++) if (!Object.is(ta[i], tb[i])) differT++;
     let err = null;
     try { new Weight(bytes.subarray(0, 30), out, inDim, null, {q4_1: true}); } catch (e2) { err = String(e2.message); }
-    self.postMessage({ok: true, differ, n: a.length, y: Array.from(a), err});
+    self.postMessage({ok: true, differ, n: a.length, y: Array.from(a), err, differT, nT: ta.length, yT: Array.from(ta),
+                      xT: Array.from(xT)});
     return;
   }
   if (e.data.kind === "rows") {                    // kernel.js's rowStats and rowSums
@@ -563,7 +573,8 @@ def test_weight_from_q4_1_blocks_matches_weight_from_floats(harness, out, in_dim
     bit for bit those of a Weight made from dequant.js's floats, with an RMSNorm scale folded in
     or not, and with a row count that is not a multiple of 8 (zero-padded panels); and numpy's
     product of the same floats must agree to float32 rounding. A block count that does not
-    match the shape is refused."""
+    match the shape is refused. The same blocks read as a transposed weight's rows (how
+    headMaps packs W_o, from its blocks) give the same bits as from their floats too."""
     _, run = harness
     rng = np.random.default_rng(out)
     blocks = rng.integers(0, 256, size=(out * in_dim // 32, 20), dtype=np.uint8)
@@ -578,12 +589,17 @@ def test_weight_from_q4_1_blocks_matches_weight_from_floats(harness, out, in_dim
     # the reference: gguf's Q4_1 values d·q + m, then x · (W ⊙ s)ᵀ in float64
     d, m = dm[:, 0].astype(np.float32), dm[:, 1].astype(np.float32)
     q = np.concatenate([blocks[:, 4:] & 15, blocks[:, 4:] >> 4], axis=1).astype(np.float32)
-    W = (d[:, None] * q + m[:, None]).reshape(out, in_dim)
+    W = W_raw = (d[:, None] * q + m[:, None]).reshape(out, in_dim)
     if scale is not None:
         W = W * scale
     want = x.astype(np.float64) @ W.astype(np.float64).T
     np.testing.assert_allclose(np.array(reply["y"]).reshape(rows, out), want, rtol=1e-4, atol=1e-4)
     assert "values" in reply["err"]
+    # transposed (the blocks are Wᵀ's rows): xT · W, the same bits as from the float array
+    assert reply["nT"] == rows * in_dim and reply["differT"] == 0
+    xT = np.array(reply["xT"], dtype=np.float64).reshape(rows, out)
+    np.testing.assert_allclose(np.array(reply["yT"]).reshape(rows, in_dim), xT @ W_raw.astype(np.float64),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_lens_block_exp_sums_match_float64(harness):

@@ -31,19 +31,24 @@ import {Weight, matmul, rowStats} from "./kernel.js";
 const factors = new WeakMap();
 
 /**
- * One layer's maps from W_o (raw, row-major (d, H·hd)) and r/‖r‖² (P, d): rt[h], a kernel Weight
- * with matmul(x, n, rt[h]) = x R_hᵀ, and proj (P, H·hd) = r/‖r‖² · W_o. dispose() frees them.
- * cacheKey (an object, e.g. the engine's model) and l: where R_h is kept between calls.
+ * One layer's maps from W_o and r/‖r‖² (P, d): rt[h], a kernel Weight with matmul(x, n, rt[h]) =
+ * x R_hᵀ, and proj (P, H·hd) = r/‖r‖² · W_o. dispose() frees them. raw: the layer's raw weights
+ * (engine.js), W_o = raw.o, row-major (d, H·hd), read from its Q4_1 blocks when raw.quantized
+ * has them. cacheKey (an object, e.g. the engine's model) and l: where R_h is kept between calls.
  */
-export function headMaps(Wo, rUnit, cfg, P, cacheKey = null, l = 0) {
+export function headMaps(raw, rUnit, cfg, P, cacheKey = null, l = 0) {
   const {d_model: d, n_heads: H, head_dim: hd} = cfg, dh = H * hd;
   const cache = cacheKey ? (factors.get(cacheKey) || factors.set(cacheKey, new Map()).get(cacheKey)) : new Map();
   const made = [];
   try {
-    const all = new Weight(Wo, dh, d, null, {transposed: true});   // x · W_o: W_o is this Weight's Wᵀ
+    const q = raw.quantized && raw.quantized.o, blocks = Boolean(q && q.type === "Q4_1");
+    // x · W_o: W_o is this Weight's Wᵀ (from its Q4_1 blocks: raw.o's float array is then made
+    // only the first time, for R_h)
+    const all = new Weight(blocks ? q.bytes : raw.o, dh, d, null, {transposed: true, q4_1: blocks});
     made.push(all);
     const proj = matmul(rUnit, P, all);                            // (P, H·hd)
     if (!cache.has(l)) {
+      const Wo = raw.o;
       const WoT = new Float32Array(dh * d);                        // (H·hd, d) = W_oᵀ
       for (let i = 0; i < d; i++) for (let c = 0; c < dh; c++) WoT[c * d + i] = Wo[i * dh + c];
       const Rs = [];

@@ -210,7 +210,7 @@ function attentionStep(run, l, w) {
     const th = performance.now();
     if (l === 0) run.headStats = run.groupings.map(([, g]) => new HeadStats(cfg.n_layers, cfg, tri, g, w.oBias));
     run.patterns.record(l, att.pattern);
-    const maps = headMaps(w.raw.o, rMid, cfg, P, run.model, l);   // R_h kept on the model's behalf
+    const maps = headMaps(w.raw, rMid, cfg, P, run.model, l);     // R_h kept on the model's behalf
     try {
       for (const hs of run.headStats) hs.record(l, buf.O, att.heads, maps, rMid, w.oBias);
     } finally {

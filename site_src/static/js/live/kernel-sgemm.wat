@@ -517,4 +517,27 @@
             (br $tloop)))))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br $iloop))))
+
+  ;; panels: B (k, n) row-major f32 at src, already [in, out] (a transposed weight), into sgemm's
+  ;; B layout at dst: panel j (columns 8j .. 8j + 7) is k × 8 contiguous floats, B[p, 8j + t] at
+  ;; float (j·k + p)·8 + t. n a multiple of 8 (kernel.js pads). Two 16-byte copies per row of a
+  ;; panel: the JavaScript loop it replaces copied one float at a time (~2 ms per 576 × 576).
+  (func (export "panels") (param $src i32) (param $k i32) (param $n i32) (param $dst i32)
+    (local $j i32) (local $p i32) (local $ps i32) (local $ld i32)
+    (local.set $ld (i32.shl (local.get $n) (i32.const 2)))
+    (local.set $j (i32.const 0))
+    (block $jdone (loop $jloop
+      (br_if $jdone (i32.ge_u (local.get $j) (local.get $n)))
+      (local.set $ps (i32.add (local.get $src) (i32.shl (local.get $j) (i32.const 2))))
+      (local.set $p (local.get $k))
+      (block $pdone (loop $ploop
+        (br_if $pdone (i32.eqz (local.get $p)))
+        (v128.store offset=0 (local.get $dst) (v128.load offset=0 (local.get $ps)))
+        (v128.store offset=16 (local.get $dst) (v128.load offset=16 (local.get $ps)))
+        (local.set $ps (i32.add (local.get $ps) (local.get $ld)))
+        (local.set $dst (i32.add (local.get $dst) (i32.const 32)))
+        (local.set $p (i32.sub (local.get $p) (i32.const 1)))
+        (br $ploop)))
+      (local.set $j (i32.add (local.get $j) (i32.const 8)))
+      (br $jloop))))
 )

@@ -38,6 +38,7 @@ let q41 = null;              // (src, blocks, dst) byte offsets
 let pack = null;             // (src, rows, cols, dst, scale) byte offsets, rows % 8 == 0
 let rowstats = null;         // (a, b, r, ri, n, d, ldr, out) byte offsets (rowStats below)
 let rowsum = null;           // (x, ri, n, d, out, wide) byte offsets (rowSums below)
+let panels = null;           // (src, k, n, dst) byte offsets, n % 8 == 0: a transposed weight's panels
 let memory = null;
 const live = new Set();      // blocks [start, end) in floats, held by live Weights
 let top = 0;                 // first free float past every live block
@@ -84,6 +85,7 @@ export function initKernel(want = "fused") {
       pack = instance.exports.pack;
       rowstats = instance.exports.rowstats;
       rowsum = instance.exports.rowsum;
+      panels = instance.exports.panels;
       memory = instance.exports.memory;
       variant = which;
       return {kernel: WASM[which].label, variant: which, simd: true};
@@ -123,7 +125,8 @@ function free(block) {
  *   w       Float32Array [out·in], row-major [out, in] (the nn.Linear layout); not kept
  *   inScale optional Float32Array [in]: folded in as W[o, i]·inScale[i] (an RMSNorm's weight)
  *   transposed: w is given as Wᵀ, row-major [in, out] (no inScale): each panel is then 8
- *           contiguous values of every row, copied without a transpose
+ *           contiguous values of every row, copied without a transpose (kernel-sgemm.wat's
+ *           panels); with q4_1, the blocks are Wᵀ's rows
  *   q4_1:   w is given as W's GGUF Q4_1 blocks (Uint8Array, 20 bytes per 32 values, rows of W
  *           in order): they are dequantized straight into the kernel's memory and packed from
  *           there, the same values as dequantizeFast() then a Float32Array W, without the two
@@ -135,7 +138,7 @@ export class Weight {
     if (!sgemm) throw new Error("initKernel() first");
     const values = q4_1 ? (w.byteLength / 20) * 32 : w.length;
     if (values !== out * inDim) throw new Error(`weight has ${values} values, expected ${out}×${inDim}`);
-    if (transposed && (inScale || q4_1)) throw new Error("Weight: a transposed weight takes no inScale or q4_1");
+    if (transposed && inScale) throw new Error("Weight: a transposed weight takes no inScale");
     const t0 = performance.now();
     this.out = out;
     this.in = inDim;
@@ -144,16 +147,19 @@ export class Weight {
     // Panel o/8 of Wᵀ is [in, 8] contiguous, at float (o/8)·in·8 + i·8 + o%8 (kernel-sgemm.wat
     // says why)
     if (transposed) {
+      // Wᵀ [in, out] goes past every live block, zero-padded to ld columns, and
+      // kernel-sgemm.wat's panels copies each panel's 8 columns of every row
+      const src = top, ld = this.ld, given = ld === out ? src : src + inDim * ld;   // Wᵀ as given: `out` apart
+      const blocks = given + inDim * out;
+      ensure(q4_1 ? blocks + Math.ceil(w.byteLength / 16) * 4 : blocks);
       const F = new Float32Array(memory.buffer);
-      let at = this.block.start;
-      for (let o0 = 0; o0 < this.ld; o0 += 8) {
-        const n = Math.min(8, out - o0);
-        for (let i = 0; i < inDim; i++, at += 8) {
-          const row = i * out + o0;
-          for (let t = 0; t < n; t++) F[at + t] = w[row + t];
-          for (let t = n; t < 8; t++) F[at + t] = 0;
-        }
+      if (q4_1) unpackQ4_1(w, blocks, given);
+      else F.set(w, given);
+      for (let i = 0; given !== src && i < inDim; i++) {
+        F.copyWithin(src + i * ld, given + i * out, given + (i + 1) * out);
+        F.fill(0, src + i * ld + out, src + (i + 1) * ld);
       }
+      panels(src * FLOAT, inDim, ld, this.block.start * FLOAT);
     } else {
       // W, zero-padded to ld rows, and the scale go past every live block (this one included);
       // kernel-sgemm.wat's pack writes Wᵀ[i, o] = W[o, i]·s[i] into the block's panels
