@@ -173,6 +173,39 @@ console.log(JSON.stringify(out));
     assert not bad, f"{len(bad)} tensors differ, e.g. {bad[:3]}"
 
 
+def test_layer_blocks_are_the_float_tensors_rows(live_dir):
+    """weights.js's layerTensors hands the kernel Q4_1 blocks (raw.quantized) for the matrices it
+    unpacks itself, q and k with their rows moved into PyTorch's order: in every layer, each
+    such matrix's blocks dequantize to exactly the float tensor of the same name (which the test
+    above checks against Python), q and k included."""
+    script = """
+import { readFileSync } from "node:fs";
+import { pathToFileURL } from "node:url";
+const [dir, man, jsDir] = process.argv.slice(1);
+const { LiveModel } = await import(pathToFileURL(jsDir + "/weights.js").href);
+const { dequantizeInto } = await import(pathToFileURL(jsDir + "/dequant.js").href);
+const m = JSON.parse(readFileSync(man));
+const stream = new Uint8Array(Buffer.concat(m.chunks.map((c) => readFileSync(dir + "/" + c.file))));
+const live = new LiveModel(m, stream, "");
+const seen = {}, differ = [];
+for (let i = 0; i < m.config.layers; i++) {
+  const raw = live.layerTensors(i);
+  for (const [key, q] of Object.entries(raw.quantized)) {
+    const floats = raw[key], mine = dequantizeInto(q.type, q.bytes, new Float32Array(floats.length));
+    seen[key] = (seen[key] || 0) + 1;
+    if (!Buffer.from(mine.buffer).equals(Buffer.from(floats.buffer, floats.byteOffset, floats.byteLength))) differ.push(`${i}.${key}`);
+  }
+}
+console.log(JSON.stringify({seen, differ}));
+"""
+    from infoflow.live import read_manifest
+    manifest, path = read_manifest(live_dir)
+    out = json.loads(_node(script, str(live_dir), str(path), str(LIVE_JS)))
+    layers = manifest["config"]["layers"]
+    assert out["seen"] == {k: layers for k in ("q", "k", "v", "o", "gate", "up", "down")}
+    assert out["differ"] == []
+
+
 def test_no_live_leaves_the_weights_out(gallery, tmp_path):
     from dataclasses import replace
     from infoflow.build import build

@@ -60,6 +60,7 @@ export function dequantizeInto(type, bytes, out) {
 /**
  * transformers' _reverse_permute_weights on a row-major (out, in) matrix: the GGUF's rows,
  * viewed as [head, dim, 2], are reordered to [head, 2, dim] (numpy: reshape, swapaxes(2, 1)).
+ * w and out: typed arrays of cols elements a row (weights.js also moves rows of Q4_1 blocks).
  */
 export function unpermuteRows(w, rows, cols, nHead, out = new Float32Array(w.length)) {
   const dim = rows / nHead / 2;

@@ -6,7 +6,7 @@
 // the HTTP cache, and then reported by name. Layers are dequantized one at a time when the
 // engine asks, so only the quantized bytes (~97 MB) and one layer's float32 stay in memory
 // (most of a layer's matrices go to the kernel as blocks: layerTensors()).
-import { BLOCKS, dequantizeTensor } from "./dequant.js";
+import { BLOCKS, dequantizeTensor, unpermuteRows } from "./dequant.js";
 import { dequantizeFast } from "./kernel.js";
 
 export const CACHE_NAME = "infoflow-live-v1";
@@ -227,6 +227,19 @@ export class LiveModel {
     return dequantizeTensor(t, this.stream, dequantizeFast, into);
   }
 
+  /**
+   * A Q4_1 matrix's blocks, rows in PyTorch's order: a view of the stream, or for q/k rows that
+   * transformers un-permutes, those rows of blocks moved in an array kept for the next layer
+   * (a row of 32·m values is m whole blocks, so moving rows of blocks moves rows of values).
+   */
+  layerBlocks(entry, key) {
+    const bytes = this.stream.subarray(entry.offset, entry.offset + entry.bytes);
+    if (!entry.permute_heads) return bytes;
+    let out = this.reused.get(`${key} blocks`);
+    if (!out || out.length !== bytes.length) this.reused.set(`${key} blocks`, out = new Uint8Array(bytes.length));
+    return unpermuteRows(bytes, entry.shape[0], bytes.length / entry.shape[0], entry.permute_heads, out);
+  }
+
   /** A layer tensor written into arrays kept for the same tensor of the next layer. */
   layerTensor(i, suffix) {
     const t = this.byName.get(`model.layers.${i}.${suffix}`);
@@ -251,11 +264,11 @@ export class LiveModel {
     const raw = {
       inputNorm: t("input_layernorm.weight"),            // (d,)
       postNorm: t("post_attention_layernorm.weight"),     // (d,)
-      q: t("self_attn.q_proj.weight"),                   // (H·dh, d)
-      k: t("self_attn.k_proj.weight"),                   // (Hkv·dh, d)
       quantized: {},
     };
     const lazy = {
+      q: "self_attn.q_proj.weight",                      // (H·dh, d)
+      k: "self_attn.k_proj.weight",                      // (Hkv·dh, d)
       v: "self_attn.v_proj.weight",                      // (Hkv·dh, d)
       o: "self_attn.o_proj.weight",                      // (d, H·dh)
       gate: "mlp.gate_proj.weight",                      // (d_mlp, d)
@@ -264,8 +277,8 @@ export class LiveModel {
     };
     for (const [key, suffix] of Object.entries(lazy)) {
       const entry = this.byName.get(`model.layers.${i}.${suffix}`);     // inside the stream: checkManifest
-      if (entry && entry.type === "Q4_1" && !entry.permute_heads) {
-        raw.quantized[key] = {type: "Q4_1", bytes: this.stream.subarray(entry.offset, entry.offset + entry.bytes)};
+      if (entry && entry.type === "Q4_1" && entry.shape.length === 2 && entry.shape[1] % 32 === 0) {
+        raw.quantized[key] = {type: "Q4_1", bytes: this.layerBlocks(entry, key)};
       }
       let value = null;
       Object.defineProperty(raw, key, {enumerable: true, get: () => value || (value = t(suffix))});
