@@ -24,7 +24,7 @@
  * Tables, row-major float32: norm, proj (L, H', P, G); write_norm, write_proj (L, H', P);
  * pattern (L, H, P, P); H' = H (+ 1).
  */
-import {Weight, matmul, rowStats} from "./kernel.js";
+import {Weight, matmul, rowStats, rowSums} from "./kernel.js";
 
 /** R_h of every layer, per model object: weights only, so computed once per model (4.4 MB for
  * the default model), not once per run. */
@@ -123,69 +123,86 @@ export class HeadStats {
     this.proj = new Float32Array(L * Hx * P * G);
     this.write_norm = new Float32Array(L * Hx * P);
     this.write_proj = new Float32Array(L * Hx * P);
-    const n = grouping ? P * G : tri.T;
-    this.Xh = new Float32Array(Math.max(n, P) * this.hd);          // one head's rows, contiguous
-    this.Y = new Float32Array(Math.max(n, P) * this.hd);
-    this.Og = grouping ? new Float32Array(P * G * this.H * this.hd) : null;
-    this.cellPos = Int32Array.from({length: P * G}, (_, i) => Math.floor(i / G));   // (P·G,) cell -> position
-    this.positions = Int32Array.from({length: P}, (_, p) => p);
+    if (grouping) {
+      this.Og = new Float32Array(P * G * this.H * this.hd);       // (P·G, H·hd) O summed within groups
+      this.cell = Int32Array.from(tri.pos, (p, row) => p * G + grouping[tri.src[row]]);   // (T,) row -> cell
+      this.cellPos = Int32Array.from({length: P * G}, (_, i) => Math.floor(i / G));     // (P·G,) cell -> position
+    }
   }
 
-  /**
-   * Layer l's statistics from the mixed heads O (T, H·hd) of the triangle, the forward pass's
-   * head outputs `whole` (P, H·hd), the layer's headMaps, r/‖r‖² (P, d) and b_o (or null).
-   */
-  record(l, O, whole, maps, rUnit, oBias) {
-    const {tri, G, H, Hx} = this, P = tri.P, dh = H * this.hd;
-    const cell = (h, p) => (l * Hx + h) * P + p;                    // index of (l, h, p)
-    if (!this.grouping) {
-      this.metrics(O, tri.T, tri.pos, maps, (h, n, norm, proj) => {
-        const at = cell(h, tri.pos[n]) * G + tri.src[n];
-        this.norm[at] = norm;
-        this.proj[at] = proj;
-      });
-    } else {
-      const Og = this.Og.fill(0);                                   // (P·G, H·hd), Σ within groups
-      for (let row = 0; row < tri.T; row++) {
-        const o = (tri.pos[row] * G + this.grouping[tri.src[row]]) * dh, r = row * dh;
-        for (let j = 0; j < dh; j++) Og[o + j] += O[r + j];
-      }
-      this.metrics(Og, P * G, this.cellPos, maps, (h, n, norm, proj) => {
-        const at = cell(h, Math.floor(n / G)) * G + (n % G);
-        this.norm[at] = norm;
-        this.proj[at] = proj;
-      });
+  /** This grouping's rows of the layer's mixed heads O (T, H·hd): {X, n, pos (n,)}. */
+  rows(O) {
+    const {tri, G} = this;
+    if (!this.grouping) return {X: O, n: tri.T, pos: tri.pos};
+    rowSums(O, this.cell, tri.T, this.H * this.hd, tri.P * G, false, this.Og);   // grouped sources sum O first
+    return {X: this.Og, n: tri.P * G, pos: this.cellPos};
+  }
+
+  /** Row i of rows()'s, head h of layer l: its norm and share. */
+  put(l, h, i, norm, proj) {
+    const {tri, G, Hx} = this;
+    const p = this.grouping ? this.cellPos[i] : tri.pos[i], g = this.grouping ? i % G : tri.src[i];
+    const at = ((l * Hx + h) * tri.P + p) * G + g;
+    this.norm[at] = norm;
+    this.proj[at] = proj;
+  }
+
+  /** The o_proj bias pseudo-head of layer l: non-zero only for the bias source. */
+  putBias(l, rUnit, oBias) {
+    const {tri, G, H, Hx} = this, P = tri.P, d = oBias.length;
+    let bb = 0;
+    for (let j = 0; j < d; j++) bb += oBias[j] * oBias[j];
+    const bnorm = Math.sqrt(bb);
+    for (let p = 0; p < P; p++) {
+      let br = 0;
+      for (let j = 0; j < d; j++) br += rUnit[p * d + j] * oBias[j];
+      const at = (l * Hx + H) * P + p;
+      this.norm[at * G + G - 1] = this.write_norm[at] = bnorm;
+      this.proj[at * G + G - 1] = this.write_proj[at] = br;
     }
-    this.metrics(whole, P, this.positions, maps, (h, p, norm, proj) => {
-      this.write_norm[cell(h, p)] = norm;
-      this.write_proj[cell(h, p)] = proj;
+  }
+}
+
+/**
+ * Layer l's per-head statistics of every grouping at once, from the mixed heads O (T, H·hd) of
+ * the triangle, the forward pass's head outputs `whole` (P, H·hd), the layer's headMaps, r/‖r‖²
+ * (P, d) and b_o (or null): every grouping's rows and the whole writes go through one product
+ * with R_h per head (a product per grouping and head cost more in calls than in flops).
+ */
+export function recordHeads(l, stats, O, whole, maps, rUnit, oBias) {
+  if (!stats.length) return;
+  const {H, hd, tri} = stats[0], P = tri.P, dh = H * hd;
+  const sets = [...stats.map((st) => st.rows(O)), {X: whole, n: P, pos: Int32Array.from({length: P}, (_, p) => p)}];
+  const N = sets.reduce((a, set) => a + set.n, 0);
+  const s0 = stats[0];
+  if (!s0.scratch || s0.scratch.N !== N) {                          // kept for the next layers
+    const pos = new Int32Array(N);
+    let at = 0;
+    for (const set of sets) { pos.set(set.pos, at); at += set.n; }
+    s0.scratch = {N, pos, Xh: new Float32Array(N * hd), Y: new Float32Array(N * hd)};
+  }
+  const {pos, Xh, Y} = s0.scratch;
+  for (let h = 0; h < H; h++) {
+    let at = 0;                                                     // head h's columns of every row
+    for (const {X, n} of sets) {
+      for (let i = 0; i < n; i++, at++) Xh.set(X.subarray(i * dh + h * hd, i * dh + (h + 1) * hd), at * hd);
+    }
+    matmul(Xh, N, maps.rt[h], Y);                                   // (N, hd) rows R_h x
+    // per row: ‖x_h‖² (unused), ‖R_h x_h‖², x_h · proj[pos, h·hd:(h+1)·hd] (float64, in the kernel)
+    const st = rowStats(Xh, Y, maps.proj, pos, N, hd, {ldr: dh, rOffset: h * hd});
+    at = 0;
+    stats.forEach((hs, k) => {
+      for (let i = 0; i < sets[k].n; i++, at++) hs.put(l, h, i, Math.sqrt(st[3 * at + 1]), st[3 * at + 2]);
     });
-    if (oBias) {                                                    // the o_proj bias pseudo-head
-      const d = oBias.length;
-      let bb = 0;
-      for (let j = 0; j < d; j++) bb += oBias[j] * oBias[j];
-      const bnorm = Math.sqrt(bb);
-      for (let p = 0; p < P; p++) {
-        let br = 0;
-        for (let j = 0; j < d; j++) br += rUnit[p * d + j] * oBias[j];
-        const at = cell(H, p);
-        this.norm[at * G + G - 1] = this.write_norm[at] = bnorm;
-        this.proj[at * G + G - 1] = this.write_proj[at] = br;
+    for (let p = 0; p < P; p++, at++) {                             // the head's whole write at p
+      for (const hs of stats) {
+        const c = (l * hs.Hx + h) * P + p;
+        hs.write_norm[c] = Math.sqrt(st[3 * at + 1]);
+        hs.write_proj[c] = st[3 * at + 2];
       }
     }
   }
-
-  /** ‖R_h x_h‖ and x_h · proj[pos[i], h] for n rows of X (n, H·hd); put(h, i, norm, proj). */
-  metrics(X, n, pos, maps, put) {
-    const {H, hd} = this, dh = H * hd, Xh = this.Xh, Rp = maps.proj;
-    for (let h = 0; h < H; h++) {
-      for (let i = 0; i < n; i++) Xh.set(X.subarray(i * dh + h * hd, i * dh + (h + 1) * hd), i * hd);
-      const Y = matmul(Xh, n, maps.rt[h], this.Y);                  // (n, hd) rows R_h x
-      // per row: ‖x_h‖² (unused), ‖R_h x_h‖², x_h · proj[pos, h·hd:(h+1)·hd] (float64, in the kernel)
-      const st = rowStats(Xh, Y, Rp, pos, n, hd, {ldr: dh, rOffset: h * hd});
-      for (let i = 0; i < n; i++) put(h, i, Math.sqrt(st[3 * i + 1]), st[3 * i + 2]);
-    }
-  }
+  if (oBias) for (const hs of stats) hs.putBias(l, rUnit, oBias);
 }
 
 /** The engine result's `heads` (engine.js JSDoc): patterns and per-variant tables, or null. */

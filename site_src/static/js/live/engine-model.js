@@ -101,6 +101,7 @@ export function checkConfig(cfg) {
     if (!(Number.isFinite(cfg[key]) && cfg[key] > 0)) throw new Error(`model.config.${key} must be a positive number`);
   }
   if (cfg.n_heads % cfg.n_kv_heads) throw new Error("n_heads must be a multiple of n_kv_heads");
+  if (cfg.head_dim % 4) throw new Error(`head_dim ${cfg.head_dim} is not a multiple of 4, which the kernel's attention mixing needs`);
   if (cfg.hidden_act && cfg.hidden_act !== "silu") {
     throw new Error(`hidden_act "${cfg.hidden_act}" is not supported by the in-browser engine (silu only).`);
   }

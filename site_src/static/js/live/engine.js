@@ -79,14 +79,14 @@
  *   logit_error = max |logits(Σ_s c) − logits|, computed as max |((Σ_s c − r) ⊙ w_f / rms_f)·W_U|
  *   (the same quantity by linearity, without cancelling two float32 logits).
  */
-import {initKernel, kernelMemory, kernelTime, matmul} from "./kernel.js";
+import {initKernel, kernelMemory, kernelTime, matmul, mixHeads} from "./kernel.js";
 import {applyRope, checkConfig, checkIds, checkTopK, layerWeights, ropeTables, sourceGrouping,
         tokenGroups} from "./engine-model.js";
 import {SublayerStats, reconError, rowNorms, triangle, unitForProj} from "./engine-stats.js";
 import {abortError, logitAttribution} from "./engine-logits.js";
 import {LensStream, defaultThreads, helperMlp, helpersFor, releaseLens, topLogitsThreaded} from "./engine-lens.js";
 import {MLP_ROWS, columns, mlpRows, sliceWeights} from "./engine-mlp.js";
-import {HeadPatterns, HeadStats, headMaps, headsResult} from "./engine-heads.js";
+import {HeadPatterns, HeadStats, headMaps, headsResult, recordHeads} from "./engine-heads.js";
 import {add, addBias, addBiasSource, addInPlace, finalNormed, finalScale, invRms, mulRows, reconDiff,
         scaleRows} from "./engine-ops.js";
 
@@ -212,7 +212,7 @@ function attentionStep(run, l, w) {
     run.patterns.record(l, att.pattern);
     const maps = headMaps(w.raw, rMid, cfg, P, run.model, l);     // R_h kept on the model's behalf
     try {
-      for (const hs of run.headStats) hs.record(l, buf.O, att.heads, maps, rMid, w.oBias);
+      recordHeads(l, run.headStats, buf.O, att.heads, maps, rMid, w.oBias);
     } finally {
       maps.dispose();
     }
@@ -347,26 +347,14 @@ function mlpForward(xMid, w, cfg, P) {
  */
 function decomposeAttention(C, tri, w, att, cfg, buf) {
   const {d_model: d, n_heads: H, n_kv_heads: KV, head_dim: hd} = cfg;
-  const dkv = KV * hd, dh = H * hd, P = tri.P, rep = H / KV;
+  const dkv = KV * hd;
   const V = matmul(C, tri.T, w.v, buf.V);                         // (T, dkv)
   for (let row = 0; row < tri.T; row++) {
     const s = att.inv[tri.pos[row]];
     for (let j = row * dkv, e = j + dkv; j < e; j++) V[j] *= s;
   }
   addBiasSource(V, w.vBias, tri, dkv);
-  const O = buf.O.fill(0);                                        // (T, H·hd)
-  for (let s = 0; s < tri.S; s++) {
-    const s0 = tri.start[s], off = tri.offset[s] - s0;            // row of (p, s) = off + p
-    for (let p = s0; p < P; p++) {
-      for (let h = 0; h < H; h++) {
-        const A = (h * P + p) * P, o = (off + p) * dh + h * hd, g = Math.floor(h / rep) * hd;
-        for (let t = s0; t <= p; t++) {
-          const a = att.pattern[A + t], vb = (off + t) * dkv + g;
-          for (let j = 0; j < hd; j++) O[o + j] += a * V[vb + j];
-        }
-      }
-    }
-  }
+  const O = mixHeads(V, att.pattern, tri, H, KV, hd, buf.O);      // (T, H·hd), in the kernel
   const delta = matmul(O, tri.T, w.o, buf.delta);                 // (T, d)
   addBiasSource(delta, w.oBias, tri, d);
   addInPlace(C, delta);

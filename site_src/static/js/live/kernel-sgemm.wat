@@ -540,4 +540,58 @@
         (br $ploop)))
       (local.set $j (i32.add (local.get $j) (i32.const 8)))
       (br $jloop))))
+
+  ;; mixheads: the attention's mixing of the values for every row of the packed causal triangle
+  ;; (engine.js decomposeAttention), per source s (rows offset[s] .. , positions start[s] .. P-1),
+  ;; position p and query head h of group g = h / rep:
+  ;;   O[row(p, s), h·hd + j] = Σ_{t = start[s]}^{p} pattern[h, p, t] · V[row(t, s), g·hd + j]
+  ;; row(p, s) = offset[s] + p − start[s]; V (T, KV·hd), O (T, H·hd), pattern (H, P, P) f32,
+  ;; start, offset i32; hd a multiple of 4. Summed over t in order, in float32 (mul, then add).
+  (func (export "mixheads") (param $v i32) (param $pat i32) (param $start i32) (param $offset i32) (param $S i32)
+                            (param $P i32) (param $H i32) (param $rep i32) (param $hd i32) (param $o i32)
+    (local $s i32) (local $s0 i32) (local $off i32) (local $p i32) (local $h i32) (local $j i32) (local $t i32)
+    (local $dkv i32) (local $dh i32) (local $prow i32) (local $orow i32) (local $vcol i32) (local $acc v128)
+    (local.set $dkv (i32.mul (i32.div_u (local.get $H) (local.get $rep)) (local.get $hd)))
+    (local.set $dh (i32.mul (local.get $H) (local.get $hd)))
+    (local.set $s (i32.const 0))
+    (block $sdone (loop $sloop
+      (br_if $sdone (i32.ge_u (local.get $s) (local.get $S)))
+      (local.set $s0 (i32.load (i32.add (local.get $start) (i32.shl (local.get $s) (i32.const 2)))))
+      (local.set $off (i32.sub (i32.load (i32.add (local.get $offset) (i32.shl (local.get $s) (i32.const 2)))) (local.get $s0)))
+      (local.set $p (local.get $s0))
+      (block $pdone (loop $ploop
+        (br_if $pdone (i32.ge_u (local.get $p) (local.get $P)))
+        (local.set $h (i32.const 0))
+        (block $hdone (loop $hloop
+          (br_if $hdone (i32.ge_u (local.get $h) (local.get $H)))
+          ;; pattern[h, p, :] and O[row(p, s), h·hd:]
+          (local.set $prow (i32.add (local.get $pat) (i32.shl (i32.mul (i32.add (i32.mul (local.get $h) (local.get $P)) (local.get $p)) (local.get $P)) (i32.const 2))))
+          (local.set $orow (i32.add (local.get $o) (i32.shl (i32.add (i32.mul (i32.add (local.get $off) (local.get $p)) (local.get $dh))
+                                                                     (i32.mul (local.get $h) (local.get $hd))) (i32.const 2))))
+          (local.set $j (i32.const 0))
+          (block $jdone (loop $jloop
+            (br_if $jdone (i32.ge_u (local.get $j) (local.get $hd)))
+            ;; V[row(t, s), g·hd + j], t = start[s] first
+            (local.set $vcol (i32.add (local.get $v) (i32.shl (i32.add (i32.mul (i32.add (local.get $off) (local.get $s0)) (local.get $dkv))
+                                                                       (i32.add (i32.mul (i32.div_u (local.get $h) (local.get $rep)) (local.get $hd)) (local.get $j)))
+                                                              (i32.const 2))))
+            (local.set $acc (v128.const i32x4 0 0 0 0))
+            (local.set $t (local.get $s0))
+            (block $tdone (loop $tloop
+              (br_if $tdone (i32.gt_u (local.get $t) (local.get $p)))
+              (local.set $acc (f32x4.add (local.get $acc)
+                (f32x4.mul (v128.load32_splat (i32.add (local.get $prow) (i32.shl (local.get $t) (i32.const 2))))
+                           (v128.load (local.get $vcol)))))
+              (local.set $vcol (i32.add (local.get $vcol) (i32.shl (local.get $dkv) (i32.const 2))))
+              (local.set $t (i32.add (local.get $t) (i32.const 1)))
+              (br $tloop)))
+            (v128.store (i32.add (local.get $orow) (i32.shl (local.get $j) (i32.const 2))) (local.get $acc))
+            (local.set $j (i32.add (local.get $j) (i32.const 4)))
+            (br $jloop)))
+          (local.set $h (i32.add (local.get $h) (i32.const 1)))
+          (br $hloop)))
+        (local.set $p (i32.add (local.get $p) (i32.const 1)))
+        (br $ploop)))
+      (local.set $s (i32.add (local.get $s) (i32.const 1)))
+      (br $sloop))))
 )

@@ -39,6 +39,7 @@ let pack = null;             // (src, rows, cols, dst, scale) byte offsets, rows
 let rowstats = null;         // (a, b, r, ri, n, d, ldr, out) byte offsets (rowStats below)
 let rowsum = null;           // (x, ri, n, d, out, wide) byte offsets (rowSums below)
 let panels = null;           // (src, k, n, dst) byte offsets, n % 8 == 0: a transposed weight's panels
+let mixheads = null;         // (v, pattern, start, offset, S, P, H, rep, hd, o) (mixHeads below)
 let memory = null;
 const live = new Set();      // blocks [start, end) in floats, held by live Weights
 let top = 0;                 // first free float past every live block
@@ -86,6 +87,7 @@ export function initKernel(want = "fused") {
       rowstats = instance.exports.rowstats;
       rowsum = instance.exports.rowsum;
       panels = instance.exports.panels;
+      mixheads = instance.exports.mixheads;
       memory = instance.exports.memory;
       variant = which;
       return {kernel: WASM[which].label, variant: which, simd: true};
@@ -342,6 +344,29 @@ export function rowSums(x, ri, n, d, rowsOut, wide = false, into = null) {
   const sums = wide ? new Float64Array(memory.buffer, O * FLOAT, rowsOut * d) : F.subarray(O, O + rowsOut * d);
   if (!into) return sums.slice();
   into.set(sums);
+  return into;
+}
+
+/**
+ * The attention's mixing of the values over the packed causal triangle (kernel-sgemm.wat's
+ * mixheads): O[row(p, s), h] = Σ_{t = start[s]}^{p} pattern[h, p, t] · V[row(t, s), h / (H / KV)]
+ * per head of hd values, summed over t in order in float32.   V (T, KV·hd), pattern (H, P, P),
+ * tri: engine-stats.js triangle() -> into (T, H·hd). hd a multiple of 4.
+ */
+export function mixHeads(V, pattern, tri, H, KV, hd, into) {
+  const {T, S, P} = tri, dkv = KV * hd, dh = H * hd;
+  if (hd % 4 || H % KV || V.length < T * dkv || pattern.length < H * P * P || into.length < T * dh) {
+    throw new Error("mixHeads: shapes");
+  }
+  const v = top, pat = v + T * dkv, st = pat + H * P * P, off = st + S, o = Math.ceil((off + S + 1) / 4) * 4;
+  ensure(o + T * dh);
+  const F = new Float32Array(memory.buffer), I = new Int32Array(memory.buffer);
+  F.set(V.subarray(0, T * dkv), v);
+  F.set(pattern.subarray(0, H * P * P), pat);
+  I.set(tri.start, st);
+  I.set(tri.offset, off);
+  mixheads(v * FLOAT, pat * FLOAT, st * FLOAT, off * FLOAT, S, P, H, H / KV, hd, o * FLOAT);
+  into.set(F.subarray(o, o + T * dh));
   return into;
 }
 
