@@ -1,5 +1,7 @@
 ;; kernel-sgemm.wat: the in-browser engine's matmul, float32, WebAssembly SIMD, one thread,
-;; and the logit lens's exp-sum (expsum, at the end).
+;; and after it the loops around the products that cost most in JavaScript: the logit lens's
+;; exp-sum and maxima (expsum, rowmax), Q4_1 dequantization (q4_1), weight packing (pack,
+;; panels), per-row statistics (rowstats, rowsum) and the attention's mixing (mixheads).
 ;;
 ;;   C[m, n] = A[m, k] · B[k, n]    A and C row-major, at byte offsets a, c of the exported
 ;;   memory; B packed in 8-column panels at byte offset b: B[p, j] is at float

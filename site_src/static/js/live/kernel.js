@@ -1,8 +1,10 @@
 /**
  * The one matmul kernel of the in-browser engine: `y = x · Wᵀ` for a weight W stored as
  * PyTorch stores an nn.Linear weight, row-major [out, in]. The same WebAssembly module also
- * packs weights, dequantizes Q4_1 blocks (dequantizeFast) and does the logit lens's per-block
- * maxima and exp-sums (lensProducts): the loops that cost most outside the products in JS.
+ * packs weights, dequantizes Q4_1 blocks (dequantizeFast), does the logit lens's per-block
+ * maxima and exp-sums (lensProducts), the attention's mixing over the triangle (mixHeads) and
+ * the statistics' row sums and norms (rowStats, rowSums): the loops that cost most outside the
+ * products in JS.
  *
  * Backend: kernel-sgemm-fma.wasm where the browser has relaxed SIMD (fused multiply-add, the
  * default), else kernel-sgemm.wasm (mul then add, the same bits on every machine): two builds of
