@@ -59,23 +59,27 @@ def main() -> None:
         # browser the page opened first measured ~5 % faster, even with the same site twice
         # (an A/A run, docs/performance.md), whichever build it was.
         for half, first in enumerate((0, 1)):
-            ctx = p.chromium.launch_persistent_context(
-                tempfile.mkdtemp(), executable_path=shutil.which("chromium"), headless=True,
-                args=["--no-sandbox", "--disable-gpu"], viewport={"width": 1280, "height": 900})
-            pages = {}
-            for i in (first, 1 - first):
-                page = ctx.new_page()
-                page.goto(urls[i])
-                page.wait_for_function("() => document.documentElement.dataset.liveState === 'ready'")
-                for _ in range(2):                    # downloads the weights, then warms the worker
-                    bench_live.run_once(page, text)
-                pages[i] = page
-            for rep in range((args.reps + 1 - half) // 2):
-                # A B, then B A: the first run of a pair measured faster, whichever build it was
-                for i in ((0, 1) if rep % 2 == 0 else (1, 0)):
-                    pages[i].bring_to_front()
-                    runs[i].append(bench_live.run_once(pages[i], text))
-            ctx.close()
+            profile = tempfile.mkdtemp(prefix="live-ab-profile-")   # its weights cache: ~0.4 GB, removed below
+            try:
+                ctx = p.chromium.launch_persistent_context(
+                    profile, executable_path=shutil.which("chromium"), headless=True,
+                    args=["--no-sandbox", "--disable-gpu"], viewport={"width": 1280, "height": 900})
+                pages = {}
+                for i in (first, 1 - first):
+                    page = ctx.new_page()
+                    page.goto(urls[i])
+                    page.wait_for_function("() => document.documentElement.dataset.liveState === 'ready'")
+                    for _ in range(2):                # downloads the weights, then warms the worker
+                        bench_live.run_once(page, text)
+                    pages[i] = page
+                for rep in range((args.reps + 1 - half) // 2):
+                    # A B, then B A: the first run of a pair measured faster, whichever build it was
+                    for i in ((0, 1) if rep % 2 == 0 else (1, 0)):
+                        pages[i].bring_to_front()
+                        runs[i].append(bench_live.run_once(pages[i], text))
+                ctx.close()
+            finally:
+                shutil.rmtree(profile, ignore_errors=True)
     print(f"P = {args.size}, {args.reps} alternating runs each; medians, s")
     for site, rs in zip(args.sites, runs):
         med = {k: statistics.median(r[k] for r in rs) for k in KEYS}

@@ -1,9 +1,9 @@
-import {rowStats, rowSums} from "./kernel.js";
-
 /**
  * The packed causal triangle and the per-sublayer statistics of the in-browser engine: the
- * same layout and the same quantities as infoflow/engine.py (Triangle, SublayerStats).
+ * same layout and the same quantities as infoflow/engine.py (Triangle, SublayerStats). The
+ * row sums and norms run in the kernel (kernel.js rowStats, rowSums).
  */
+import {rowStats, rowSums} from "./kernel.js";
 
 /**
  * Source-major layout of the causal triangle: source s owns rows offset[s] .. offset[s+1]-1,
