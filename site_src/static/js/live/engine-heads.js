@@ -25,6 +25,7 @@
  * pattern (L, H, P, P); H' = H (+ 1).
  */
 import {Weight, matmul, rowStats, rowSums} from "./kernel.js";
+import {groupCells} from "./engine-stats.js";
 
 /** R_h of every layer, per model object: weights only, so computed once per model (4.4 MB for
  * the default model), not once per run. */
@@ -125,8 +126,7 @@ export class HeadStats {
     this.write_proj = new Float32Array(L * Hx * P);
     if (grouping) {
       this.Og = new Float32Array(P * G * this.H * this.hd);       // (P·G, H·hd) O summed within groups
-      this.cell = Int32Array.from(tri.pos, (p, row) => p * G + grouping[tri.src[row]]);   // (T,) row -> cell
-      this.cellPos = Int32Array.from({length: P * G}, (_, i) => Math.floor(i / G));     // (P·G,) cell -> position
+      Object.assign(this, groupCells(tri, grouping, G));           // cell, cellPos
     }
   }
 

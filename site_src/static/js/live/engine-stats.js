@@ -29,6 +29,18 @@ export function triangle(P, bias) {
   return {P, S, T, start, offset, pos, src, bias, biasSource: bias ? P : -1};
 }
 
+/**
+ * The (position, group) cells of a grouping of the sources (G groups): cell[row] (T,) is the
+ * cell p·G + group of each row of the triangle, cellPos[c] (P·G,) the position of each cell.
+ * Summing rows into their cells (kernel.js rowSums) sums the sources within each group.
+ */
+export function groupCells(tri, grouping, G) {
+  return {
+    cell: Int32Array.from(tri.pos, (p, row) => p * G + grouping[tri.src[row]]),
+    cellPos: Int32Array.from({length: tri.P * G}, (_, c) => Math.floor(c / G)),
+  };
+}
+
 /** Row norms ‖x[i]‖ of a (n, d) array, accumulated in float64.   -> Float64Array (n,) */
 export function rowNorms(x, n, d) {
   const out = new Float64Array(n);
@@ -90,10 +102,7 @@ export class SublayerStats {
     this.prev = null;                                  // grouped state (P·G, d) before the block
     this.next = null;                                  // the other of the two buffers, reused
     if (grouping) {
-      this.cell = new Int32Array(tri.T);               // (T,) row -> its (position, group) cell
-      for (let row = 0; row < tri.T; row++) this.cell[row] = tri.pos[row] * this.G + grouping[tri.src[row]];
-      this.cellPos = new Int32Array(tri.P * this.G);   // (P·G,) cell -> its position
-      for (let i = 0; i < tri.P * this.G; i++) this.cellPos[i] = Math.floor(i / this.G);
+      Object.assign(this, groupCells(tri, grouping, this.G));   // cell, cellPos
       this.diff = new Float32Array(tri.P * this.G * d);   // a cell's change over the block
     }
   }
