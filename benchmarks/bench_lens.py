@@ -8,7 +8,7 @@ static/js/live/kernel.js, engine-logits.js and kernel .wasm files are copied sid
 run in one browser, one module worker each, alternating. Each run is `480 / rows` calls of
 topLogits() on `rows` random rows (d = 576) over 43,008 vocabulary rows: a lens helper's 7/8
 of the default model's vocabulary (its share until the ninth session, kept so that runs
-compare; 13/16 now), as it gets one layer's 2P rows at a time (32 rows at P = 16).
+compare; 3/4 now), as it gets one layer's 2P rows at a time (32 rows at P = 16).
 Prints each build's median time and rate, every run, and whether the two gave the same top-k
 ids and log-sum-exp on the last call. Run by hand, never as a test: the machine is shared.
 

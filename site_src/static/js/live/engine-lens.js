@@ -7,8 +7,8 @@
  *
  * Costs: every thread keeps its slice of W_U packed in its kernel's memory (packing it again
  * for every call cost as much as a short prompt's products); a helper drops its raw copy once
- * packed, the calling thread holds the packed slice beside W_U itself (+56 MB for the default
- * model on two threads). The rows X are copied to each helper per call (9 MB at P = 64 with
+ * packed, the calling thread holds the packed slice beside W_U itself (+28 MB for the default
+ * model with the engine's share, engine.js LENS_MAIN_SHARE = 1/4). The rows X are copied to each helper per call (9 MB at P = 64 with
  * the lens).
  */
 import {abortError, packedBlocks, topLogits} from "./engine-logits.js";

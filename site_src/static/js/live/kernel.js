@@ -159,9 +159,11 @@ export class Weight {
       const F = new Float32Array(memory.buffer);
       if (q4_1) unpackQ4_1(w, blocks, given);
       else F.set(w, given);
-      for (let i = 0; given !== src && i < inDim; i++) {
-        F.copyWithin(src + i * ld, given + i * out, given + (i + 1) * out);
-        F.fill(0, src + i * ld + out, src + (i + 1) * ld);
+      if (given !== src) {                            // spread the rows to ld floats, zero-padded
+        for (let i = 0; i < inDim; i++) {
+          F.copyWithin(src + i * ld, given + i * out, given + (i + 1) * out);
+          F.fill(0, src + i * ld + out, src + (i + 1) * ld);
+        }
       }
       panels(src * FLOAT, inDim, ld, this.block.start * FLOAT);
     } else {

@@ -218,7 +218,7 @@ export class LiveModel {
     this.stream = stream;
     this.base = base;
     this.byName = new Map(manifest.tensors.map((t) => [t.name, t]));
-    this.reused = new Map();   // layer tensor suffix -> {w, perm}: see layerTensors()
+    this.reused = new Map();   // layer tensor suffix -> {w, perm}; "<key> blocks" -> q/k's moved blocks
   }
 
   tensor(name, into = null) {
