@@ -12,10 +12,10 @@ ENGINE_VERSION = "2"  # bump when the numbers a decomposition produces change
 from .result import Decomposition  # noqa: E402
 
 # name -> module that defines it, imported on first access (PEP 562)
-_LAZY = {"decompose": ".decompose", "InputError": ".decompose",
+_LAZY = {"decompose": ".decompose", "InputError": ".decompose", "graph": ".decompose",
          "DEFAULT_MODEL": ".model", "ModelError": ".model", "load_model": ".model"}
 
-__all__ = ["Decomposition", "InputError", "ModelError", "decompose", "load", "load_model", "DEFAULT_MODEL",
+__all__ = ["Decomposition", "InputError", "ModelError", "decompose", "graph", "load", "load_model", "DEFAULT_MODEL",
            "__version__"]
 
 

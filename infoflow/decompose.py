@@ -160,11 +160,14 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
                        logit_lens: bool = True, top_k: int = 5, chat: bool = False,
                        max_tokens: int = DEFAULT_MAX_TOKENS,
                        max_memory: int | None = DEFAULT_MAX_MEMORY,
-                       late_from: int | None = None, heads: bool = True) -> dict[str, Decomposition]:
+                       late_from: int | None = None, heads: bool = True,
+                       graphs=None, graph_options: dict | None = None) -> dict[str, Decomposition]:
     """One forward pass, several groupings of the sources: {name: groups} -> {name: Decomposition}.
 
     late_from: first position whose MLP goes through the precomputed per-position map
     (None: where that is cheaper, see engine.mlp_break_even).
+    graphs: paths.TargetSpec list; the first variant's Decomposition gets `.graphs`, one
+    attribution graph each (paths.py), split by that variant's sources.
     """
     if dtype not in PRECISIONS:
         raise InputError(f"dtype must be 'float32' or 'float64', not {dtype!r}.")
@@ -196,9 +199,11 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
         else:
             index = g + ([max(g) + 1] if bias else [])
             groupings.append(torch.tensor(index, device=tri.pos.device))
+    graph_job = _graph_job(lm, captured, layers, unembed, tri, groupings[0], graphs, fdtype) if graphs else None
     result = decompose_stack(captured, layers, tri, groupings, dtype=fdtype,
                              chunk_bytes=min(CHUNK_BYTES, (max_memory or CHUNK_BYTES) // 8),
-                             late_from=late_from, heads=heads)
+                             late_from=late_from, heads=heads,
+                             observers=[graph_job["split"]] if graph_job else ())
     timings["decompose"] = time.perf_counter() - t1
     timings["ordering"] = ("direct" if result.late_from >= P else
                            f"precomputed W_down·diag(g)·W_up for positions {result.late_from}..{P - 1}")
@@ -243,7 +248,57 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
             recon_error=result.recon_error.numpy(), logit_error=logit_error,
             lens_ids=lens_ids, lens_probs=lens_probs, token_text=token_text,
             model=dict(lm.info), precision=dtype, has_bias=bias, timings=dict(timings), head_data=hd)
+    if graph_job:
+        t4 = time.perf_counter()
+        first = next(iter(out.values()))
+        first.graphs = _graphs(lm, captured, layers, unembed, graph_job, first, bias, fdtype,
+                               graph_options or {})
+        first.timings["graph"] = graph_job["seconds"] + time.perf_counter() - t4
     return out
+
+
+def _graph_job(lm, captured, layers, unembed, tri, grouping, specs, fdtype) -> dict:
+    """Before the engine runs: each target's gradients, and the observer that splits every
+    node's effect by source while the engine has the packed parts in hand."""
+    from . import paths
+    t = time.perf_counter()
+    logits = captured.logits.to(fdtype)
+    targets = [paths.resolve_target(s, lm.tokenizer, logits, unembed) for s in specs]
+    prep = paths.prepare(captured, layers, fdtype)
+    grads = [paths.gradients(prep.fl, layers, unembed, tg, captured.resid_final.to(fdtype)) for tg in targets]
+    G = tri.S if grouping is None else int(grouping.max()) + 1
+    split = paths.SourceSplit(grads, layers, tri, grouping, G)
+    return {"targets": targets, "prep": prep, "grads": grads, "split": split,
+            "seconds": time.perf_counter() - t}
+
+
+def _graphs(lm, captured, layers, unembed, job, d: Decomposition, bias, fdtype, options) -> list:
+    from . import paths
+
+    def text(i):
+        return display_tokens(lm.tokenizer, [i])[0]
+    return [paths.build_graph(captured, layers, unembed, job["prep"], tg, gr, tokens=d.tokens,
+                              token_text=text, has_bias=bias, dtype=fdtype, split=job["split"],
+                              split_index=i, sources=d.sources, model=lm.info, **options)
+            for i, (tg, gr) in enumerate(zip(job["targets"], job["grads"]))]
+
+
+def graph(prompt: str, target=None, contrast=None, position: int = -1, model=None, *, groups=None,
+          dtype: str = "float32", chat: bool = False, max_tokens: int = DEFAULT_MAX_TOKENS,
+          max_memory: int | None = DEFAULT_MAX_MEMORY, node_threshold: float | None = None,
+          edge_threshold: float | None = None):
+    """The exact attribution graph of one logit (docs/graph.md): `target` (a one-token string;
+    None: the top prediction) at `position`, against `contrast` (None: the demeaned logit)."""
+    from . import paths
+    options = {k: v for k, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold))
+               if v is not None}
+    d = decompose_variants(prompt, model, {"main": groups}, dtype=dtype, logit_lens=False, chat=chat,
+                           max_tokens=max_tokens, max_memory=max_memory, heads=False,
+                           graphs=[paths.TargetSpec(target, contrast, position)],
+                           graph_options=options)["main"]
+    g = d.graphs[0]
+    g.decomposition = d
+    return g
 
 
 def _heads(result, captured, layers) -> list[Heads]:

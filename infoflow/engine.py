@@ -460,12 +460,14 @@ class EngineResult:
 def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangle,
                     groupings: list[Tensor | None], dtype=torch.float32,
                     chunk_bytes: int = 64 << 20, progress=None,
-                    late_from: int | None = None, heads: bool = False) -> EngineResult:
+                    late_from: int | None = None, heads: bool = False, observers=()) -> EngineResult:
     """Run the decomposition layer by layer; keep only small per-sublayer statistics.
 
     late_from: first position whose MLP uses the precomputed per-position map (see
     `mlp_break_even`); None picks it from the break-even, P (or more) never uses it.
     heads: also split every attention write by query head (HeadStats).
+    observers: objects with .attention(l, O, lw, post1) and .mlp_rows(l, rows, delta), shown
+    each layer's mixed heads and each chunk of MLP writes (paths.SourceSplit).
     """
     L, P = len(layers), tri.P
     device = layers[0].Wv.device
@@ -521,6 +523,8 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
             whole = head_outputs(frozen(captured.resid_pre[l]), scale1, pattern, lw)
             for hs in head_stats:
                 hs.record(l, O, whole, lw, r_unit, rows_of=lambda T: chunks(T, chunk), bias_scale=post1)
+        for ob in observers:
+            ob.attention(l, O, lw, post1)
         del O, O_buf
         _record_grouped(stats, l, 0, C, r_unit)
         errors[l, 0] = _relative_error(C, r, tri)
@@ -539,10 +543,15 @@ def decompose_stack(captured: Captured, layers: list[LayerWeights], tri: Triangl
             n = rows.stop - rows.start
             delta = mlp_out(C, gate_scale, lw, gate, tri, rows, u_buf[:n], delta_buf[:n], post2)
             C[rows] += delta
+            for ob in observers:                # before _record_rows, which overwrites delta
+                ob.mlp_rows(l, rows, delta)
             _record_rows(stats, l, 1, C[rows], delta, r_unit, rows)
         if late:
-            _mlp_late_positions(C, gate_scale, gate, lw, tri, late, late_from,
-                                lambda rows, delta: _record_rows(stats, l, 1, C[rows], delta, r_unit, rows),
+            def record_late(rows, delta):
+                for ob in observers:
+                    ob.mlp_rows(l, rows, delta)
+                _record_rows(stats, l, 1, C[rows], delta, r_unit, rows)
+            _mlp_late_positions(C, gate_scale, gate, lw, tri, late, late_from, record_late,
                                 post_scale=post2)
         _record_grouped(stats, l, 1, C, r_unit)
         errors[l, 1] = _relative_error(C, r, tri)

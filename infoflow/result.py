@@ -65,6 +65,7 @@ class Decomposition:
     timings: dict = field(default_factory=dict)
     # Heads, None (not computed) or, from a data file, a function that reads them: see `heads`.
     head_data: object = field(default=None, repr=False)
+    graphs: list = field(default_factory=list, repr=False)   # paths.Graph, when asked for
 
     @property
     def heads(self) -> Heads | None:

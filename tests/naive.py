@@ -222,3 +222,101 @@ def _stats(stats, kind, c, delta, r):
     stats[f"{kind}_delta"].append(delta.norm(dim=-1))
     stats[f"{kind}_proj"].append((c * r[:, None, :]).sum(-1) / r.pow(2).sum(-1)[:, None])
     stats["states"].append(c.clone())
+
+
+# ----------------------------------------------------------------------------- attribution graph
+
+
+def _heads_split(layer, cfg):
+    H = cfg.num_attention_heads
+    KV = getattr(cfg, "num_key_value_heads", None) or H
+    (Wv, bv), _ = value_and_up(layer, cfg)
+    hd = Wv.shape[0] // KV
+    return H, KV, hd
+
+
+def naive_graph(hf, input_ids, token, contrast, position):
+    """Node effects of T = logit(token) − logit(contrast) (or − the mean logit) at `position`,
+    by float64 autograd through the frozen model written out by hand: a zero leaf is added after
+    every head's, MLP's and o_proj bias's write at every position, and after the embeddings;
+    g_b is T's gradient at b's leaf and effect(b) = ⟨g_b, w_b⟩. Also returns a function that
+    applies a node's frozen map J_b (no biases) to a residual field, for edges."""
+    f64 = torch.float64
+    rec = capture_with_hooks(hf, input_ids)
+    cfg = hf.config
+    pre1_name, post1_name, pre2_name, post2_name, one_plus = LAYOUT[cfg.model_type]
+    P = input_ids.shape[1]
+
+    def norm(layer, name):
+        return identity if name is None else rms_norm(getattr(layer, name), one_plus)
+
+    def per_pos(fn, X, frozen):
+        return torch.stack([fn(X[p], frozen, p) for p in range(P)])
+
+    emb = rec["pre"][0].double().clone().requires_grad_(True)
+    x = emb
+    leaves, writes = {}, {}
+    for l, layer in enumerate(hf.model.layers):
+        att, mlp = layer.self_attn, layer.mlp
+        H, KV, hd = _heads_split(layer, cfg)
+        (Wv, bv), (Wup, bup) = value_and_up(layer, cfg)
+        Wo, bo = att.o_proj.weight.double(), _b(att.o_proj)
+        pre1, post1 = norm(layer, pre1_name), norm(layer, post1_name)
+        y1 = rec["attn_out"][l] if post1_name else None
+        A = rec["pat"][l].double()
+        V = per_pos(pre1, x, rec["pre"][l]) @ Wv.T + (0 if bv is None else bv)      # (P, d_kv)
+        x_mid = x
+        for h in range(H):
+            g = h // (H // KV)
+            O = A[h] @ V[:, g * hd:(g + 1) * hd]                                    # (P, hd)
+            w = per_pos(post1, O @ Wo[:, h * hd:(h + 1) * hd].T, y1)                # (P, d)
+            leaf = torch.zeros(P, w.shape[1], dtype=f64, requires_grad=True)
+            leaves[("head", l, h)], writes[("head", l, h)] = leaf, w.detach()
+            x_mid = x_mid + w + leaf
+        if bo is not None:
+            w = per_pos(post1, bo.expand(P, -1), y1)
+            leaf = torch.zeros_like(w, requires_grad=True)
+            leaves[("head", l, H)], writes[("head", l, H)] = leaf, w.detach()
+            x_mid = x_mid + w + leaf
+        pre2, post2 = norm(layer, pre2_name), norm(layer, post2_name)
+        y2 = rec["mlp_out"][l] if post2_name else None
+        Wd, bd = mlp.down_proj.weight.double(), _b(mlp.down_proj)
+        u = per_pos(pre2, x_mid, rec["mid"][l]) @ Wup.T + (0 if bup is None else bup)
+        out = (rec["gate"][l].double() * u) @ Wd.T + (0 if bd is None else bd)
+        w = per_pos(post2, out, y2)
+        leaf = torch.zeros_like(w, requires_grad=True)
+        leaves[("mlp", l)], writes[("mlp", l)] = leaf, w.detach()
+        x = x_mid + w + leaf
+    fn = rms_norm(hf.model.norm, one_plus)(x[position], rec["final"], position)
+    WU = hf.lm_head.weight.double()
+    u = WU[token] - (WU[contrast] if contrast is not None else WU.mean(0))
+    T = fn @ u
+    bU = _b(hf.lm_head)
+    if bU is not None:
+        T = T + bU[token] - (bU[contrast] if contrast is not None else bU.mean())
+    T.backward()
+    grads = {k: v.grad for k, v in leaves.items()}
+    effect = {k: (grads[k] * writes[k]).sum(-1) for k in leaves}                # each (P,)
+    effect["embed"] = (emb.grad * emb.detach()).sum(-1)
+    logits = rec["logits"].double()[position]
+    real = logits[token] - (logits[contrast] if contrast is not None else logits.mean())
+
+    def J(kind, l, h, q, field):
+        """Node (kind, l, h, q)'s frozen map on a residual field (P, d), no biases: (d,)."""
+        layer = hf.model.layers[l]
+        H, KV, hd = _heads_split(layer, cfg)
+        (Wv, _), (Wup, _) = value_and_up(layer, cfg)
+        if kind == "head":
+            if h == H:
+                return torch.zeros(field.shape[1], dtype=f64)
+            g = h // (H // KV)
+            V = per_pos(norm(layer, pre1_name), field, rec["pre"][l]) @ Wv[g * hd:(g + 1) * hd].T
+            o = rec["pat"][l].double()[h, q] @ V
+            w = layer.self_attn.o_proj.weight.double()[:, h * hd:(h + 1) * hd] @ o
+            return norm(layer, post1_name)(w, rec["attn_out"][l] if post1_name else None, q)
+        u = norm(layer, pre2_name)(field[q], rec["mid"][l], q) @ Wup.T
+        w = layer.mlp.down_proj.weight.double() @ (rec["gate"][l].double()[q] * u)
+        return norm(layer, post2_name)(w, rec["mlp_out"][l] if post2_name else None, q)
+
+    return dict(T=float(T.detach()), real=float(real), effect=effect, grads=grads, writes=writes,
+                emb=emb.detach(), embed_grad=emb.grad, J=J)
