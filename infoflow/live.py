@@ -261,7 +261,8 @@ def _remove_leftovers(root: Path, log) -> None:
             if folder.exists():
                 log(f"warning: could not remove {folder}, left by an interrupted live export; remove it by hand")
         else:
-            log(f"warning: {folder} was not made by infoflow's live export; left alone")
+            log(f"warning: {folder} lacks the mark of infoflow's live export, so it is left alone "
+                "(an older infoflow's interrupted export has none: remove it by hand if it is not yours)")
 
 
 def _sha256_file(path: Path) -> str:
