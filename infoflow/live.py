@@ -7,10 +7,12 @@ the infoflow cache, keyed by the GGUF file and this format's version, so a rebui
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -232,27 +234,101 @@ def check_size(reader) -> int:
     return n_params
 
 
-def cached_export(cache: str | os.PathLike | None = None) -> Path:
-    """The exported default model in the cache (chunks, tokenizer, manifest.json), made once."""
+EXPORT_MARK = ".infoflow-export"   # inside each temporary export folder: ours to remove if left behind
+LOCK_WAIT_SECONDS = 600
+
+
+@contextlib.contextmanager
+def _export_lock(root: Path):
+    """One export or copy at a time per cache: a build never copies an export that another
+    is replacing, and leftover folders seen under the lock are no one's work in progress."""
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(str(root / ".export.lock"), timeout=LOCK_WAIT_SECONDS):
+            yield
+    except Timeout:
+        raise LiveExportError(f"another infoflow process has held {root / '.export.lock'} for "
+                              f"{LOCK_WAIT_SECONDS // 60} minutes; let it finish, then build again") from None
+
+
+def _remove_leftovers(root: Path, log) -> None:
+    """Temporary export folders of a killed export (~100 MB each). Only those holding our mark
+    are removed; any other `.export-*` folder is someone else's, named and left alone."""
+    for folder in sorted(root.glob(".export-*")):
+        if (folder / EXPORT_MARK).is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            if folder.exists():
+                log(f"warning: could not remove {folder}, left by an interrupted live export; remove it by hand")
+        else:
+            log(f"warning: {folder} lacks the mark of infoflow's live export, so it is left alone "
+                "(an older infoflow's interrupted export has none: remove it by hand if it is not yours)")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def export_problem(folder: Path) -> str | None:
+    """What is wrong with an export in the cache (missing, unreadable, a file missing or not
+    the bytes its manifest names), or None when every file is intact."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        files = [(c["file"], c["bytes"], c["sha256"]) for c in manifest["chunks"]]
+        t = manifest["tokenizer"]
+        files.append((t["file"], t["bytes"], t["sha256"]))
+    except FileNotFoundError:
+        return "its manifest.json is missing"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"its manifest.json is unreadable ({type(e).__name__})"
+    for name, size, digest in files:
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size or _sha256_file(path) != digest:
+            return f"{name} is corrupt (its sha256 does not match the manifest)"
+    return None
+
+
+def cached_export(cache: str | os.PathLike | None = None, log=print) -> Path:
+    """The exported default model in the cache (chunks, tokenizer, manifest.json), made once,
+    checked file by file at every use and exported again when damaged."""
+    root = cache_dir(cache) / "live"
+    root.mkdir(parents=True, exist_ok=True)
+    with _export_lock(root):
+        return _checked_export(root, cache, log)
+
+
+def _checked_export(root: Path, cache, log) -> Path:
+    """cached_export, with the cache's export lock held."""
     gguf = _gguf_path()
-    target = cache_dir(cache) / "live" / _export_key(gguf)
-    if (target / "manifest.json").exists():
-        return target
+    target = root / _export_key(gguf)
+    _remove_leftovers(root, log)
+    if target.exists():
+        problem = export_problem(target)
+        if problem is None:
+            return target
+        log(f"the live export in the cache is damaged ({problem}); exporting it again")
     import gguf as ggufpy
     reader = ggufpy.GGUFReader(gguf)    # parsed once: ~6 s for the vocabulary, in Python
     check_size(reader)
     folder = converted_default_model(cache)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".export-"))
     try:
+        (tmp / EXPORT_MARK).write_text("a live export in progress; removed by the next one if left behind\n")
         _build_export(reader, folder, tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
+        (target / EXPORT_MARK).unlink()
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    for old in target.parent.iterdir():       # exports of an older format or GGUF (~100 MB each)
+    for old in root.iterdir():       # exports of an older format or GGUF (~100 MB each)
         if old != target and (old / "manifest.json").exists():
             shutil.rmtree(old, ignore_errors=True)
     return target
@@ -270,17 +346,20 @@ def export_live_model(site_dir: Path, site: dict, *, model: str | None = None,
         log(f"live page skipped: only the default model ({DEFAULT_MODEL}) is exported for the browser, "
             f"not {model!r}")
         return None
+    dest = Path(site_dir) / LIVE_DIR / "model"
+    root = cache_dir(cache) / "live"
+    root.mkdir(parents=True, exist_ok=True)
     try:
-        src = cached_export(cache)
+        with _export_lock(root):          # held while copying: no other build replaces it meanwhile
+            src = _checked_export(root, cache, log)
+            manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in [c["file"] for c in manifest["chunks"]] + [manifest["tokenizer"]["file"]]:
+                copy_file(src / name, dest / name)
+            body = (src / "manifest.json").read_bytes()
     except LiveExportError as e:
         log(f"live page skipped: {e}")
         return None
-    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
-    dest = Path(site_dir) / LIVE_DIR / "model"
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in [c["file"] for c in manifest["chunks"]] + [manifest["tokenizer"]["file"]]:
-        _link_or_copy(src / name, dest / name)
-    body = (src / "manifest.json").read_bytes()
     manifest_name = _content_name("manifest", body, "json")
     (dest / manifest_name).write_bytes(body)
     site["live_manifest"] = f"{LIVE_DIR}/model/{manifest_name}"   # gallery pages: exact custom groups
@@ -290,18 +369,29 @@ def export_live_model(site_dir: Path, site: dict, *, model: str | None = None,
     return f"{LIVE_DIR}/index.html"
 
 
-def _link_or_copy(src: Path, dest: Path) -> None:
-    try:
-        os.link(src, dest)      # the cache and the site are usually on one disk
-    except OSError:
-        shutil.copyfile(src, dest)
+FICLONE = 0x40049409             # linux/fs.h: share the blocks copy-on-write (fcntl.FICLONE from 3.12)
+
+
+def copy_file(src: Path, dest: Path) -> None:
+    """A copy of its own, never a hard link: the site must not change when the cache does.
+    A reflink where the filesystem offers one (btrfs, XFS): instant, and just as independent."""
+    if sys.platform == "linux":
+        import fcntl
+        with open(src, "rb") as s, open(dest, "wb") as d:
+            try:
+                fcntl.ioctl(d.fileno(), getattr(fcntl, "FICLONE", FICLONE), s.fileno())
+                return
+            except OSError:
+                pass             # ext4, tmpfs, another filesystem: an ordinary copy
+    shutil.copyfile(src, dest)
 
 
 # ----------------------------------------------------------------------------- read back
 
 
 def read_manifest(folder: Path) -> tuple[dict, Path]:
-    """The manifest of an export: a cache folder (manifest.json) or a site's live/model/."""
+    """The manifest of an export: a cache folder (manifest.json) or a site's live/model/,
+    whose manifest.<hash>.json must have the content hash its name says (as the page checks)."""
     folder = Path(folder)
     path = folder / "manifest.json"
     if not path.exists():
@@ -309,7 +399,11 @@ def read_manifest(folder: Path) -> tuple[dict, Path]:
         if len(found) != 1:
             raise LiveExportError(f"{folder}: expected one manifest.json or manifest.<hash>.json")
         path = found[0]
-    return json.loads(path.read_text(encoding="utf-8")), path
+    body = path.read_bytes()
+    if path.name != "manifest.json" and path.name != _content_name("manifest", body, "json"):
+        raise LiveExportError(f"{path} does not have the content hash its name says: it was changed "
+                              "after the build; build the site again")
+    return json.loads(body.decode("utf-8")), path
 
 
 def read_stream(folder: Path, manifest: dict) -> bytes:

@@ -62,9 +62,19 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
     # file name -> times served, each time with byte 1000 flipped. Here, not in a Playwright route:
     # a route passes the 16 MB body through the DevTools protocol, which took ~6 s.
     corrupt: dict[str, int] = {}
+    # file name -> times served as a 200 response that never ends (no Content-Length): a burst of
+    # twice the file's size, then a byte every 0.2 s for a minute or until the client hangs up.
+    endless: dict[str, int] = {}
+
+    delay = 0.0                  # seconds before each chunk's response starts
 
     def do_GET(self):
         name = self.path.rsplit("/", 1)[-1]
+        if self.delay and name.endswith(".chunk"):
+            import time
+            time.sleep(self.delay)
+        if name in self.endless:
+            return self._endless(name)
         if name not in self.corrupt:
             return super().do_GET()
         self.corrupt[name] += 1
@@ -74,6 +84,26 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+    def _endless(self, name):
+        import time
+        self.endless[name] += 1
+        size = (Path(self.directory) / self.path.lstrip("/")).stat().st_size
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        try:
+            block = b"\0" * (1 << 16)
+            for _ in range(2 * size // len(block)):
+                self.wfile.write(block)
+            for _ in range(300):
+                self.wfile.write(b"\0")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass                 # the page hung up: what it should do
+        self.close_connection = True
 
 
 @pytest.fixture(scope="session")
@@ -246,6 +276,7 @@ def test_bad_manifests_are_refused_before_anything_is_allocated(manifest):
         "type or shape": lambda m: m["tensors"][first].update(type="Q2_K"),
         "type or shape ": lambda m: m["tensors"][first].update(shape=[1.5, 64]),
         "permute_heads": lambda m: m["tensors"][first].update(permute_heads=7),
+        "tokenizer file, bytes or sha256": lambda m: m["tokenizer"].update(bytes=2 ** 40),  # its read cap
     }
     cases = [manifest]
     for expect, mutate in breaks.items():
@@ -532,6 +563,94 @@ def test_corrupt_chunk_is_refetched_once_then_named(context, live_server, manife
         assert not page.is_disabled("#run")
     finally:
         del _Quiet.corrupt[chunk]
+
+
+@pytest.mark.browser
+def test_never_ending_chunk_fails_fast_at_its_declared_size(context, live_server, manifest):
+    """Issue 26, item 7: a chunk served as a 200 response that never ends is cut off at the
+    manifest's `bytes` (not buffered for ever), fetched once more, then named."""
+    chunk = manifest["chunks"][1]["file"]
+    _Quiet.endless[chunk] = 0
+    try:
+        page = _open_live(context.new_page(), live_server + "live/index.html")
+        page.fill("#prompt", "Hello there")
+        page.click("#run")
+        assert _wait_state(page, ["error", "done"], timeout=40_000) == "error"
+        message = page.text_content("#live-error")
+        assert chunk in message and "larger than" in message, message
+        assert _Quiet.endless[chunk] == 2, "fetched once more, then reported"
+        assert not page.is_disabled("#run")
+    finally:
+        del _Quiet.endless[chunk]
+
+
+def _edited_json(route, edit):
+    """Serve the real file with `edit` applied to its JSON (same URL, same name)."""
+    body = json.loads(route.fetch().body())
+    edit(body)
+    route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+
+@pytest.mark.browser
+def test_edited_manifest_config_is_refused(context, live_server):
+    """Issue 26, item 9: a manifest whose config was edited no longer has the content hash in
+    its file name; the page refuses it before downloading any weights."""
+    context.route("**/live/model/manifest.*.json", lambda route: _edited_json(
+        route, lambda m: m["config"].update(layers=1, rms_norm_eps=0.5, rope_theta=1.0)))
+    requested = []
+    context.on("request", lambda r: requested.append(r.url))
+    page = _open_live(context.new_page(), live_server + "live/index.html")
+    page.fill("#prompt", "Hello there")
+    page.click("#run")
+    assert _wait_state(page, ["error", "done"], timeout=60_000) == "error"
+    message = page.text_content("#live-error")
+    assert "manifest" in message and "content hash" in message, message
+    assert not [u for u in requested if "weights-" in u], "no weights fetched for a refused manifest"
+
+
+@pytest.mark.browser
+def test_edited_tokenizer_is_refused(context, live_server):
+    """Issue 26, item 9: a tokenizer whose bytes are not the manifest's sha256 is refused."""
+    def swap_two_tokens(tok):
+        vocab = tok["model"]["vocab"]
+        a, b = "Hello", "Ġthere"
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+
+    context.route("**/live/model/tokenizer.*.json", lambda route: _edited_json(route, swap_two_tokens))
+    page = _open_live(context.new_page(), live_server + "live/index.html")
+    page.fill("#prompt", "Hello there")
+    page.click("#run")
+    assert _wait_state(page, ["error", "done"], timeout=120_000) == "error"
+    message = page.text_content("#live-error")
+    assert "tokenizer" in message and "sha256" in message, message
+
+
+@pytest.mark.browser
+def test_double_cancel_does_not_cancel_the_next_run(context, live_server):
+    """Issue 26, item 8: Run, a double-click on Cancel, Run again: the second run is not
+    cancelled by the first click's watchdog (1.5 s after it). Cancelled while downloading, so the
+    worker answers at once; every chunk takes 1 s to start, so the second run (downloading the
+    model again) is still going when that watchdog would fire."""
+    _Quiet.delay = 1.0
+    try:
+        page = _open_live(context.new_page(), live_server + "live/index.html")
+        page.fill("#prompt", "Hello there")
+        page.click("#run")
+        page.wait_for_function("() => document.documentElement.dataset.liveState === 'loading'")
+        page.wait_for_timeout(200)
+        # both clicks in one task, as a double-click lands before the worker can answer the first
+        page.evaluate("() => { const b = document.getElementById('cancel'); b.click(); b.click(); }")
+        assert _wait_state(page, ["cancelled", "error", "done"]) == "cancelled"
+        page.evaluate("() => { window.states = []; new MutationObserver(() => window.states.push("
+                      "document.documentElement.dataset.liveState)).observe(document.documentElement, "
+                      "{attributes: true, attributeFilter: ['data-live-state']}); }")
+        page.click("#run")
+        assert _wait_state(page, ["cancelled", "error", "done"], timeout=180_000) == "done", \
+            page.text_content("#live-status")
+        states = page.evaluate("() => window.states")
+        assert "cancelled" not in states and "running" in states, states
+    finally:
+        _Quiet.delay = 0.0
 
 
 @pytest.mark.browser

@@ -62,16 +62,13 @@ function onMessage(m) {
   } else if (m.type === "progress") {
     renderProgress(m);
   } else if (m.type === "variant" || (m.type === "error" && regroupJob && m.seq === regroupJob.seq)) {
-    clearTimeout(cancelTimer);
     endRegroup(m);
   } else if (m.type === "done") {
-    clearTimeout(cancelTimer);
     finish();
     shown = running;
     remember(shown.text, shown.chat, m.bytes, m.headsBytes, m.timings);
     showResult(m.bytes, m.headsBytes, m.timings);
   } else if (m.type === "error") {
-    clearTimeout(cancelTimer);
     finish();
     if (m.kind === "cancelled") {
       setState("cancelled");
@@ -195,7 +192,10 @@ function startBusy(label, text) {
   status(text);
 }
 
+/** The computation ended (done, error or cancelled): Run on, and no Cancel watchdog left over. */
 function finish() {
+  clearTimeout(cancelTimer);
+  cancelTimer = 0;
   busy = false;
   ui.run.disabled = false;
   ui.cancel.hidden = true;
@@ -203,11 +203,14 @@ function finish() {
 }
 
 function cancel() {
-  if (!busy) return;
+  // a second click while cancelling changes nothing: one watchdog per computation, which
+  // finish() clears (an overwritten one fired later and killed the next run)
+  if (!busy || cancelTimer) return;
   worker.postMessage({ type: "cancel" });
   status("Cancelling…");
   // the engine checks between layers and in its long loops; if it does not answer, stop the worker
   cancelTimer = setTimeout(() => {
+    cancelTimer = 0;
     worker.terminate();
     startWorker();
     requestCount();

@@ -41,10 +41,21 @@ async function openCache() {
   }
 }
 
-/** Read a response body, reporting bytes as they arrive. */
-async function readBody(resp, onBytes, signal) {
-  if (!resp.body) {
-    const b = new Uint8Array(await resp.arrayBuffer());
+/** A response body that runs past what the manifest declares (readBody cut it off there). */
+class TooLarge extends Error {}
+
+/**
+ * Read a response body of at most `limit` bytes, reporting bytes as they arrive. A body that
+ * runs past it (a never-ending or wrong response) is cancelled at once with TooLarge: memory
+ * stays bounded by the manifest's sizes, never by what a server sends.
+ */
+async function readBody(resp, limit, onBytes = () => {}, signal = null) {
+  const declared = Number(resp.headers.get("Content-Length"));
+  if (declared > limit || !resp.body) {
+    if (resp.body) resp.body.cancel().catch(() => {});
+    if (declared > limit) throw new TooLarge();
+    const b = new Uint8Array(await resp.arrayBuffer());    // no stream (old browsers): size known only now
+    if (b.byteLength > limit) throw new TooLarge();
     onBytes(b.byteLength);
     return b;
   }
@@ -52,9 +63,10 @@ async function readBody(resp, onBytes, signal) {
   const parts = [];
   let n = 0;
   for (;;) {
-    if (signal && signal.aborted) { reader.cancel(); throw new DOMException("cancelled", "AbortError"); }
+    if (signal && signal.aborted) { reader.cancel().catch(() => {}); throw new DOMException("cancelled", "AbortError"); }
     const { done, value } = await reader.read();
     if (done) break;
+    if (n + value.byteLength > limit) { reader.cancel().catch(() => {}); throw new TooLarge(); }
     parts.push(value);
     n += value.byteLength;
     onBytes(value.byteLength);
@@ -88,11 +100,20 @@ async function fetchChunk(chunk, url, cache, onBytes, signal) {
         throw new LoadError(`The model file ${chunk.file} is missing from this site (HTTP 404).`, chunk.file, true);
       }
       if (!resp.ok) throw new LoadError(`HTTP ${resp.status} for ${chunk.file}`, chunk.file);
-      const bytes = await readBody(resp, count, signal);
-      if (bytes.byteLength !== chunk.bytes || await sha256hex(bytes) !== chunk.sha256) {
+      let bytes = null, wrong = null;
+      try {
+        bytes = await readBody(resp, chunk.bytes, count, signal);
+      } catch (e) {
+        if (!(e instanceof TooLarge)) throw e;
+        wrong = `arrived larger than the ${chunk.bytes} bytes the manifest declares`;
+      }
+      if (!wrong && (bytes.byteLength !== chunk.bytes || await sha256hex(bytes) !== chunk.sha256)) {
+        wrong = "arrived corrupt (its sha256 does not match)";
+      }
+      if (wrong) {
         onBytes(-got, false);
         if (++corrupt > 1) {
-          throw new LoadError(`The model file ${chunk.file} arrived corrupt twice (its sha256 does not match). ` +
+          throw new LoadError(`The model file ${chunk.file} ${wrong}, twice. ` +
             "Try again later; if it persists, the site's copy is damaged.", chunk.file, true);
         }
         continue;                       // once more, past any cache
@@ -127,6 +148,8 @@ async function pruneCache(cache, keep) {
 // MAX_TOTAL_BYTES, MAX_PARAMETERS) with room to spare. Checked before anything is allocated.
 const MAX_STREAM_BYTES = 256 * 2 ** 20;
 const MAX_TENSOR_VALUES = 2 ** 28;                // 1 GiB of float32: no single tensor comes near
+const MAX_MANIFEST_BYTES = 8 * 2 ** 20;           // ~0.1 MB today
+const MAX_TOKENIZER_BYTES = 64 * 2 ** 20;         // 1.6 MB today
 
 const isCount = (n) => Number.isSafeInteger(n) && n >= 0;
 
@@ -146,6 +169,9 @@ export function checkManifest(manifest) {
     sum += c.bytes;
   }
   if (sum !== total) throw bad("chunk sizes");
+  const tok = manifest.tokenizer;
+  if (!tok || typeof tok.file !== "string" || !isCount(tok.bytes) || tok.bytes > MAX_TOKENIZER_BYTES ||
+      typeof tok.sha256 !== "string") throw bad("tokenizer file, bytes or sha256");
   if (!Array.isArray(manifest.tensors)) throw bad("no tensors");
   for (const t of manifest.tensors) {
     const name = t && typeof t.name === "string" ? t.name : "?";
@@ -165,25 +191,78 @@ export function checkManifest(manifest) {
   return manifest;
 }
 
+const HASH_NAME = /(?:^|\/)manifest\.([0-9a-f]{12})\.json$/;
+
 /**
- * Fetch the manifest and every chunk; returns a LiveModel.
- * onProgress({loaded, total, cached}) in bytes; signal: an AbortSignal.
+ * A small file the manifest vouches for, read whole: at most `limit` bytes, and `check(bytes)`
+ * true. A wrong copy is fetched once more past the HTTP cache (a stale proxy), then refused
+ * with `refusal`. Returns the bytes.
  */
-export async function loadModel(manifestUrl, { onProgress = () => {}, signal } = {}) {
-  const base = new URL(manifestUrl, self.location.href);
+async function fetchChecked(url, what, limit, check, refusal, signal) {
+  for (let attempt = 0; ; attempt++) {
+    let bytes = null;
+    try {
+      const r = await fetch(url, { signal, cache: attempt ? "reload" : "default" });
+      if (!r.ok) throw new Error(`HTTP ${r.status}`);
+      bytes = await readBody(r, limit, undefined, signal);
+    } catch (e) {
+      if (e.name === "AbortError") throw e;
+      if (!(e instanceof TooLarge)) throw new LoadError(`Could not download ${what} (${e.message}).`);
+    }
+    if (bytes && await check(bytes)) return bytes;
+    if (attempt) throw new LoadError(refusal);
+  }
+}
+
+/**
+ * The manifest at `url`, checked against the content hash in its file name
+ * (manifest.<first 12 hex digits of its sha256>.json, which the page names): an edited manifest
+ * (its config, a chunk's sha256) is refused, as a chunk with a wrong sha256 is. Then its format
+ * and sizes (checkManifest). The root of the chain: the manifest vouches for the tokenizer and
+ * the chunks by their sha256.
+ */
+export async function fetchManifest(url, signal = null) {
+  const href = new URL(url, self.location.href).href;
+  const named = HASH_NAME.exec(new URL(href).pathname);
+  if (!named) throw new LoadError("The model's manifest has no content hash in its name (manifest.<hash>.json); build the site again.");
+  const bytes = await fetchChecked(href, "the model's manifest", MAX_MANIFEST_BYTES,
+    async (b) => (await sha256hex(b)).startsWith(named[1]),
+    "The model's manifest does not match the content hash in its name: it was changed after the build. " +
+    "Build the site again (or, if this persists, the site's copy is damaged).", signal);
   let manifest;
   try {
-    const r = await fetch(base, { signal });
-    if (!r.ok) throw new Error(`HTTP ${r.status}`);
-    manifest = await r.json();
+    manifest = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
   } catch (e) {
-    if (e.name === "AbortError") throw e;
-    throw new LoadError(`Could not download the model's manifest (${e.message}).`);
+    throw new LoadError(`The model's manifest is not valid JSON (${e.message}).`);
   }
-  if (manifest.format !== "infoflow-live" || manifest.version !== 1) {
-    throw new LoadError(`Unknown model format ${JSON.stringify(manifest.format)} v${manifest.version}.`);
+  if (!manifest || manifest.format !== "infoflow-live" || manifest.version !== 1) {
+    throw new LoadError(`Unknown model format ${JSON.stringify(manifest && manifest.format)} v${manifest && manifest.version}.`);
   }
-  checkManifest(manifest);
+  return checkManifest(manifest);
+}
+
+/** The tokenizer.json the manifest names, as parsed JSON, with the manifest's size and sha256. */
+export async function fetchTokenizer(manifest, manifestUrl, signal = null) {
+  const t = manifest.tokenizer;
+  const url = new URL(t.file, new URL(manifestUrl, self.location.href));
+  const bytes = await fetchChecked(url, "the tokenizer", t.bytes,
+    async (b) => b.byteLength === t.bytes && await sha256hex(b) === t.sha256,
+    `The tokenizer ${t.file} does not match the manifest's sha256: the site's copy is damaged or was ` +
+    "changed after the build. Build the site again.", signal);
+  try {
+    return JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch (e) {
+    throw new LoadError(`The tokenizer is not valid JSON (${e.message}).`);
+  }
+}
+
+/**
+ * Fetch every chunk of the manifest (fetchManifest's, given or fetched here); returns a LiveModel.
+ * onProgress({loaded, total, cached}) in bytes; signal: an AbortSignal.
+ */
+export async function loadModel(manifestUrl, { manifest = null, onProgress = () => {}, signal } = {}) {
+  const base = new URL(manifestUrl, self.location.href);
+  if (!manifest) manifest = await fetchManifest(base.href, signal);
   const cache = await openCache();
   const total = manifest.total_bytes;
   const stream = new Uint8Array(total);

@@ -14,7 +14,7 @@
 //               {type: "progress", phase: "layers", step, total, label}
 //               {type: "error", kind, message, chunk?}   kind: input | download | memory | engine | cancelled
 // The weights stay in this worker between runs; the page terminates it to free them.
-import { loadModel, LoadError } from "./weights.js";
+import { fetchManifest, fetchTokenizer, loadModel, LoadError } from "./weights.js";
 import { LiveTokenizer } from "./tokenize.js";
 import { encodeDocument } from "./encode.js";
 import { encodeHeads } from "./encode-heads.js";
@@ -30,12 +30,10 @@ let running = null;        // AbortController of the run in progress
 
 class InputError extends Error {}
 
+/** The manifest, checked against its content hash (weights.js fetchManifest): fetched once. */
 function manifest() {
   if (!manifestP) {
-    manifestP = fetch(manifestUrl).then((r) => {
-      if (!r.ok) throw new LoadError(`Could not download the model's manifest (HTTP ${r.status}).`);
-      return r.json();
-    });
+    manifestP = fetchManifest(manifestUrl);
     manifestP.catch(() => { manifestP = null; });
   }
   return manifestP;
@@ -43,11 +41,7 @@ function manifest() {
 
 function tokenizer() {
   if (!tokenizerP) {
-    tokenizerP = manifest().then(async (m) => {
-      const r = await fetch(new URL(m.tokenizer.file, new URL(manifestUrl, self.location.href)));
-      if (!r.ok) throw new LoadError(`Could not download the tokenizer (HTTP ${r.status}).`);
-      return new LiveTokenizer(await r.json(), m.tokenizer);
-    });
+    tokenizerP = manifest().then(async (m) => new LiveTokenizer(await fetchTokenizer(m, manifestUrl), m.tokenizer));
     tokenizerP.catch(() => { tokenizerP = null; });
   }
   return tokenizerP;
@@ -76,7 +70,7 @@ function model(signal) {
   if (!modelP) {
     modelP = (async () => {
       const live = await loadModel(manifestUrl, {
-        signal, onProgress: (p) => postMessage({ type: "progress", phase: "download", ...p }),
+        manifest: await manifest(), signal, onProgress: (p) => postMessage({ type: "progress", phase: "download", ...p }),
       });
       return { live, engine: engineModel(live) };
     })();
