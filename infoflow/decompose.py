@@ -278,6 +278,7 @@ def _graphs(lm, captured, layers, unembed, job, d: Decomposition, bias, fdtype, 
     def text(i):
         return display_tokens(lm.tokenizer, [i])[0]
     return [paths.build_graph(captured, layers, unembed, job["prep"], tg, gr, tokens=d.tokens,
+                              token_ids=d.token_ids, groups=d.groups,
                               token_text=text, has_bias=bias, dtype=fdtype, split=job["split"],
                               split_index=i, sources=d.sources, model=lm.info, **options)
             for i, (tg, gr) in enumerate(zip(job["targets"], job["grads"]))]

@@ -292,6 +292,8 @@ class Graph:
     heads_by_source: np.ndarray | None = None   # (L, H', P, G)
     mlp_by_source: np.ndarray | None = None     # (L, P, G)
     sources: list[str] = field(default_factory=list)
+    token_ids: np.ndarray | None = None         # (P,)
+    groups: np.ndarray | None = None            # (P,) each token's source group
     direct: dict = field(default_factory=dict)  # the direct (logit-lens) parts: embed, heads, mlp
     model: dict = field(default_factory=dict)
     paths: list = field(default_factory=list)   # [(value, [node index, ..., target])], strongest first
@@ -741,7 +743,7 @@ def prepare(captured: Captured, layers, dtype) -> Prepared:
 
 
 def build_graph(captured: Captured, layers, unembed: Unembed, prep: Prepared, target: Target,
-                grads: Gradients, *, tokens: list[str], token_text, has_bias: bool, dtype,
+                grads: Gradients, *, tokens: list[str], token_ids, groups, token_text, has_bias: bool, dtype,
                 node_threshold: float = NODE_THRESHOLD, edge_threshold: float = EDGE_THRESHOLD,
                 split: SourceSplit | None = None, split_index: int = 0, sources=(), model=None) -> Graph:
     eff = node_effects(captured, prep.fl, layers, grads, prep.writes, target, dtype)
@@ -754,7 +756,7 @@ def build_graph(captured: Captured, layers, unembed: Unembed, prep: Prepared, ta
               contrast=target.contrast, position=target.position,
               target_text=token_text(target.token),
               contrast_text=None if target.contrast is None else token_text(target.contrast),
-              tokens=list(tokens), embed=eff.embed, heads=eff.heads, mlp=eff.mlp,
+              tokens=list(tokens), token_ids=np.asarray(token_ids), groups=np.asarray(groups), embed=eff.embed, heads=eff.heads, mlp=eff.mlp,
               bias=eff.bias if has_bias else 0.0, head_labels=labels, nodes=nodes, edges=edges,
               completeness=compl, node_threshold=node_threshold, edge_threshold=edge_threshold,
               sources=list(sources), model=dict(model or {}),
