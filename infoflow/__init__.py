@@ -13,10 +13,10 @@ from .result import Decomposition  # noqa: E402
 
 # name -> module that defines it, imported on first access (PEP 562)
 _LAZY = {"decompose": ".decompose", "InputError": ".decompose",
-         "DEFAULT_MODEL": ".model", "ModelError": ".model", "load_model": ".model"}
+         "DEFAULT_MODEL": ".model", "ModelError": ".model", "load_model": ".model", "show": ".notebook"}
 
 __all__ = ["Decomposition", "InputError", "ModelError", "decompose", "load", "load_model", "DEFAULT_MODEL",
-           "__version__"]
+           "show", "__version__"]
 
 
 def __getattr__(name: str):

@@ -86,6 +86,23 @@ class Decomposition:
     def worst_recon_error(self) -> float:
         return float(self.recon_error.max())
 
+    # ------------------------------------------------------------- display (infoflow/notebook.py)
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """A notebook shows the prompt page's viewer inline (infoflow.show for another view)."""
+        from .notebook import show
+        return show(self)._repr_mimebundle_(include, exclude)
+
+    def _repr_html_(self) -> str:
+        from .notebook import show
+        return show(self).html
+
+    def save_html(self, path, **view):
+        """Write the viewer as one self-contained HTML file; view: infoflow.show's options
+        (metric="proj", trace=" Mary", ...)."""
+        from .notebook import save_html
+        return save_html(self, path, **view)
+
     def top_prediction(self, position: int = -1) -> tuple[str, float]:
         i = int(self.pred_ids[position, 0])
         return self.token_text[i], float(self.pred_probs[position, 0])
