@@ -42,12 +42,16 @@ EXTRA_CSS = """
 .page-embed .site-footer { padding: 4px 12px; }
 """
 
-# The largest notebook output made by default, in bytes of HTML (the iframe and its page). What
-# the default model gives (docs/notebook.md, measured by tests/test_notebook.py's sizes):
-# P = 16: 0.34 MB, P = 64: 0.73 MB without heads (1.9 MB with), P = 128: 1.9 MB without heads.
-# Per-head data goes in only while the whole stays under the limit; past it without heads, the
-# output is a note saying how to see the result (save_html, or a site).
-MAX_INLINE_BYTES = 1_500_000
+# The largest notebook output made by default, in bytes of HTML (the iframe and its page). With
+# the default model (README, "In a notebook"; measured by show(d).sizes) the output is
+#   P = 16:  0.17 MB without the per-head data, 0.38 MB with it
+#   P = 64:  0.59 MB without, 2.4 MB with
+#   P = 128: 1.5 MB without, 7.1 MB with
+# so per-head data goes in only while the whole stays under the limit, and past it without
+# heads (P ≈ 150 on the default model) the output is a note saying how to see the result:
+# save_html, show(max_bytes=...), or a site. 2 MB stays under what a Jupyter server passes in
+# one go (iopub_data_rate_limit, 1 MB/s over a 3 s window).
+MAX_INLINE_BYTES = 2_000_000
 DEFAULT_HEIGHT = 760
 METRICS = ("norm", "delta", "proj")
 
