@@ -15,21 +15,27 @@ def final_scale(resid_final: Tensor, unembed: Unembed) -> Tensor:
 
 
 def logit_attribution(C: Tensor, tri: Triangle, scale: Tensor, unembed: Unembed,
-                      token_ids: Tensor, grouping: Tensor | None) -> Tensor:
+                      token_ids: Tensor, grouping: Tensor | None, *, demeaned: bool = False) -> Tensor:
     """Per-source share of the logit of token_ids[p, j] at p, final scale frozen.
 
     (T, d), token_ids (P, k) -> (P, k, G), summing over G to the logit (bias included).
+    demeaned: against u = W_U[t] − mean_v W_U[v] (and b_U[t] − mean b_U), so the sum is the
+    logit minus the mean logit over the vocabulary at p: what a source does for t against the
+    other tokens, not the part it adds to every logit alike.
     """
     P, k = token_ids.shape
     G = tri.S if grouping is None else int(grouping.max()) + 1
     vocab, col = torch.unique(token_ids, return_inverse=True)          # (K,), (P, k)
     U = unembed.W_U[vocab]                                              # (K, d)
+    if demeaned:
+        U = U - unembed.W_U.mean(0)
     per_row = ((C * scale[tri.pos]) @ U.T)                              # (T, K)
     picked = per_row.gather(1, col[tri.pos])                            # (T, k)
     gsrc = tri.src if grouping is None else grouping[tri.src]
     out = C.new_zeros(P * G, k).index_add_(0, tri.pos * G + gsrc, picked).view(P, G, k)
     if unembed.b_U is not None:
-        out[:, G - 1, :] += unembed.b_U[token_ids]   # the bias group is always last
+        b = unembed.b_U[token_ids] - (unembed.b_U.mean() if demeaned else 0)
+        out[:, G - 1, :] += b                        # the bias group is always last
     return out.permute(0, 2, 1)
 
 
