@@ -213,11 +213,19 @@ def page(d, *, view: str = "", theme: str = "auto", heads: bool = True, note: st
         modules=a["modules"], data=_b64(main), heads=_b64(head_bytes), loader=a["loader"])
 
 
+# An iframe's content is never shown where iframes work; where a front end's sanitizer drops
+# the iframe tag (JupyterLab, for a notebook it does not trust) this text is what remains.
+HIDDEN = ("[infoflow: the viewer is hidden because this front end does not trust this notebook's HTML. "
+          "Run the cell again, or trust the notebook (JupyterLab: command palette, \u201cTrust Notebook\u201d), "
+          "or save it with d.save_html(\"fig.html\") and open that file.]")
+
+
 def _iframe(doc: str, height: int, title: str) -> str:
     # sandbox: scripts only, an opaque origin; downloads for the viewer's PNG / SVG / CSV buttons
     return (f'<iframe class="infoflow-view" sandbox="allow-scripts allow-downloads" '
             f'style="width:100%;height:{int(height)}px;border:1px solid #8884;border-radius:4px" '
-            f'title="{html.escape(title, quote=True)}" srcdoc="{html.escape(doc, quote=True)}"></iframe>')
+            f'title="{html.escape(title, quote=True)}" srcdoc="{html.escape(doc, quote=True)}">'
+            f'{html.escape(HIDDEN)}</iframe>')
 
 
 def _too_big(total: int, limit: int) -> str:
