@@ -110,6 +110,18 @@ def test_save_html_writes_one_file_and_never_replaces_a_foreign_one(hostile, tmp
         hostile.save_html(tmp_path / "fig.png")
 
 
+def test_a_grouped_result_and_several_groupings(hostile):
+    lm = tiny_model("gqa")
+    words = infoflow.decompose("two words here", lm, groups="words")
+    doc = _srcdoc(show(words).html)
+    assert [v["name"] for v in msgpack.unpackb(_embedded(doc, "data"))["variants"]] == ["words"]
+    from infoflow.decompose import decompose_variants
+    both = decompose_variants("two words here", lm, {"tokens": None, "words": "words"})
+    doc = _srcdoc(show(both, grouping="words").html)
+    assert [v["name"] for v in msgpack.unpackb(_embedded(doc, "data"))["variants"]] == ["tokens", "words"]
+    assert 'data-view="#m=norm&amp;g=words"' in doc
+
+
 def test_a_decomposition_displays_itself(hostile):
     bundle = hostile._repr_mimebundle_()
     assert bundle["text/html"].startswith("<iframe") and "infoflow view" in bundle["text/plain"]
@@ -213,8 +225,18 @@ def test_notebook_executed_saved_exported_and_drawn(hostile, browser, tmp_path):
             assert f.locator('img[src="x"]').count() == 0
         assert frames[0].evaluate("window.infoflowViewer.state.metric") == "norm"      # `d`: the default view
         assert _check_drawn(frames[1], hostile, "norm") > 10                          # show(d, trace, heat)
-        # the heads travelled with it: the per-head file is decoded, not fetched
-        assert frames[1].evaluate("!!window.infoflowViewer.viewer.D.heads")
+        # the heads travelled with it: pin an attention cell, and the Heads panel's map shows
+        # the Python result's per-head norms (8-bit storage: within a 255th of the row's largest)
+        f = frames[1]
+        l, p = hostile.n_layers - 1, hostile.n_tokens - 1
+        f.evaluate(f"() => window.infoflowViewer.viewer.set({{pin: {{l: {l}, k: 0, p: {p}}}}})")
+        f.wait_for_selector("#heads table.heads-map td[data-src]")
+        assert f.eval_on_selector_all("#heads table.heads-map tr[data-head]", "rs => rs.length") == len(hostile.heads.labels)
+        td = f.query_selector('#heads tr[data-head="1"] td[data-src]')
+        td.hover()
+        value = float(f.text_content("#heads .heads-readout").split("= ")[1].split(" ")[0])
+        norm = hostile.heads.norm[l, 1, p]
+        assert abs(value - float(norm[int(td.get_attribute("data-src"))])) <= float(np.abs(norm).max()) / 255 + 1e-4
         ours = [u for frame_url, u in requests if frame_url.startswith("about:srcdoc")]
         assert all(u.startswith(("blob:", "data:")) for u in ours), ours
         # the only errors: nbconvert's page asking for its CDN scripts, refused above
@@ -246,6 +268,12 @@ def test_a_hostile_prompt_runs_nothing_and_the_csp_holds(hostile, browser, tmp_p
             const i = document.createElement('img'); i.src = 'x'; i.onerror = null; document.body.append(i);
             return window.ran; }""")
         assert ran is False
+        # without per-head data the Heads panel says why, not "rebuild the site"
+        pg.goto(hostile.save_html(tmp_path / "no-heads.html", heads=False).as_uri())
+        pg.wait_for_function("() => document.documentElement.dataset.viewerReady === '1'", timeout=60_000)
+        pg.evaluate("() => window.infoflowViewer.viewer.set({pin: {l: 0, k: 0, p: 3}})")
+        pg.wait_for_selector("#heads .error-box")
+        assert "heads=False" in pg.text_content("#heads .error-box")
         assert _as_text(pg.text_content("#prompt-text"))
         assert pg.dialogs == []
     finally:
