@@ -8,7 +8,8 @@ import torch
 
 from .config import DEFAULT_MAX_TOKENS
 from .engine import decompose_stack, triangle
-from .logits import LENS_VOCAB_BLOCK, final_scale, logit_attribution, logit_lens, reconstructed_logits
+from .logits import (LENS_VOCAB_BLOCK, final_scale, logit_attribution, logit_lens, mean_logit_parts,
+                     reconstructed_logits)
 from .model import LoadedModel, load_model
 from .result import Decomposition, Heads
 from .tokens import display_tokens, word_groups
@@ -210,8 +211,9 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
     pred_probs = torch.exp(top_logits - torch.logsumexp(logits, -1, keepdim=True))
     logit_error = float((reconstructed_logits(result.final, tri, scale, unembed) - logits).abs().max())
     attributions = [logit_attribution(result.final, tri, scale, unembed, pred_ids, g) for g in groupings]
-    top_demeaned = [logit_attribution(result.final, tri, scale, unembed, pred_ids[:, :1], g, demeaned=True)[:, 0]
-                    for g in groupings]                                  # (P, G) each: the top prediction's
+    # the top prediction's demeaned attribution, (P, G) per grouping (logits.mean_logit_parts)
+    top_demeaned = [a[:, 0] - mean_logit_parts(result.final, tri, scale, unembed, g)
+                    for a, g in zip(attributions, groupings)]
     del result.final
     timings["logits"] = time.perf_counter() - t2
 

@@ -15,28 +15,40 @@ def final_scale(resid_final: Tensor, unembed: Unembed) -> Tensor:
 
 
 def logit_attribution(C: Tensor, tri: Triangle, scale: Tensor, unembed: Unembed,
-                      token_ids: Tensor, grouping: Tensor | None, *, demeaned: bool = False) -> Tensor:
+                      token_ids: Tensor, grouping: Tensor | None) -> Tensor:
     """Per-source share of the logit of token_ids[p, j] at p, final scale frozen.
 
     (T, d), token_ids (P, k) -> (P, k, G), summing over G to the logit (bias included).
-    demeaned: against u = W_U[t] − mean_v W_U[v] (and b_U[t] − mean b_U), so the sum is the
-    logit minus the mean logit over the vocabulary at p: what a source does for t against the
-    other tokens, not the part it adds to every logit alike.
     """
     P, k = token_ids.shape
     G = tri.S if grouping is None else int(grouping.max()) + 1
     vocab, col = torch.unique(token_ids, return_inverse=True)          # (K,), (P, k)
     U = unembed.W_U[vocab]                                              # (K, d)
-    if demeaned:
-        U = U - unembed.W_U.mean(0)
     per_row = ((C * scale[tri.pos]) @ U.T)                              # (T, K)
     picked = per_row.gather(1, col[tri.pos])                            # (T, k)
     gsrc = tri.src if grouping is None else grouping[tri.src]
     out = C.new_zeros(P * G, k).index_add_(0, tri.pos * G + gsrc, picked).view(P, G, k)
     if unembed.b_U is not None:
-        b = unembed.b_U[token_ids] - (unembed.b_U.mean() if demeaned else 0)
-        out[:, G - 1, :] += b                        # the bias group is always last
+        out[:, G - 1, :] += unembed.b_U[token_ids]   # the bias group is always last
     return out.permute(0, 2, 1)
+
+
+def mean_logit_parts(C: Tensor, tri: Triangle, scale: Tensor, unembed: Unembed,
+                     grouping: Tensor | None) -> Tensor:
+    """Per-source share of the mean logit over the vocabulary at p: (c·scale)·mean_v W_U[v]
+    (+ mean b_U for the bias group).   (T, d) -> (P, G), summing over G to the mean logit.
+
+    logit_attribution minus this is the *demeaned* attribution, against u = W_U[t] − mean_v W_U[v]:
+    what a source does for t against the other tokens, not the part it adds to every logit
+    alike; it sums to the logit minus the mean logit. One (T, d) · (d,) product.
+    """
+    G = tri.S if grouping is None else int(grouping.max()) + 1
+    per_row = (C * scale[tri.pos]) @ unembed.W_U.mean(0)               # (T,)
+    gsrc = tri.src if grouping is None else grouping[tri.src]
+    out = C.new_zeros(tri.P * G).index_add_(0, tri.pos * G + gsrc, per_row).view(tri.P, G)
+    if unembed.b_U is not None:
+        out[:, G - 1] += unembed.b_U.mean()
+    return out
 
 
 def reconstructed_logits(C: Tensor, tri: Triangle, scale: Tensor, unembed: Unembed) -> Tensor:

@@ -64,7 +64,7 @@ class Decomposition:
     has_bias: bool = False
     timings: dict = field(default_factory=dict)
     # (P,G) demeaned logit attribution of each position's top prediction t: per source, against
-    # u = W_U[t] − mean_v W_U[v], summing to the logit minus the mean logit (logits.py). Not in
+    # u = W_U[t] − mean_v W_U[v], summing to the logit minus the mean logit (logits.mean_logit_parts). Not in
     # data files: None from infoflow.load.
     top_attr_demeaned: np.ndarray | None = None
     # Heads, None (not computed) or, from a data file, a function that reads them: see `heads`.

@@ -112,6 +112,8 @@ def test_groups_sum_vectors_not_norms():
     summed_norms = np.stack([base.attn_norm, base.mlp_norm], 1).reshape(-1, base.n_tokens, ref["S"]) @ member.numpy()
     assert rel(ours, summed_norms) > 1e-3
     assert np.allclose(g.logit_attr.sum(-1), base.logit_attr.sum(-1), atol=1e-6)
+    summed = base.top_attr_demeaned @ member.numpy()                  # per group: its tokens' parts
+    assert np.allclose(g.top_attr_demeaned, summed, atol=1e-6)
     assert np.allclose(g.attn_proj.sum(-1), 1.0, atol=1e-6)
 
 
