@@ -43,7 +43,8 @@ EXTRA_CSS = """
 """
 
 # The largest notebook output made by default, in bytes of HTML (the iframe and its page). With
-# the default model (README, "In a notebook"; measured by show(d).sizes) the output is
+# the default model (README, "In a notebook"; show(d, max_bytes=10**9).sizes["output"] and
+# show(d, heads=False, ...) on a prompt of P tokens) the output is
 #   P = 16:  0.17 MB without the per-head data, 0.38 MB with it
 #   P = 64:  0.59 MB without, 2.4 MB with
 #   P = 128: 1.5 MB without, 7.1 MB with
@@ -261,7 +262,8 @@ def show(d, *, metric: str = "norm", trace=None, grouping: str | None = None, he
          max_bytes: int = MAX_INLINE_BYTES) -> View:
     """The viewer of a decomposition, inline in a notebook, opened on a view.
 
-    metric: "norm", "delta" or "proj"; trace: a token (" Mary") or position to trace;
+    metric: "norm", "delta" or "proj"; trace: a token (" Mary": the first position holding it,
+    exactly or up to surrounding spaces), a position, or "bias";
     grouping: a variant name ("tokens", "words"); pin: (layer, 0 attn / 1 mlp, position);
     theme: "auto" (the browser's), "light" or "dark"; heads: embed the per-head data where it
     fits in max_bytes (bytes of notebook output; past it the output says how to see the result).
@@ -277,16 +279,19 @@ def show(d, *, metric: str = "norm", trace=None, grouping: str | None = None, he
     def render(hb, note=""):
         return _iframe(page(variants, view=view, theme=theme, note=note, encoded=(main, hb)), height, title)
 
+    def size(text: str) -> int:
+        return len(text.encode("utf-8"))
+
     out, note, left_out = render(head_bytes), "", 0
-    if len(out) > max_bytes and head_bytes:
+    if size(out) > max_bytes and head_bytes:
         left_out = len(head_bytes)
         note = (f"Per-head views are left out of this notebook output ({left_out / 1e6:.1f} MB more than its "
                 f"limit allows): d.save_html(\"fig.html\") keeps them.")
         out = render(None, note)
-    if len(out) > max_bytes:
-        out = _too_big(len(out), max_bytes)
+    if size(out) > max_bytes:
+        out = _too_big(size(out), max_bytes)
     sizes = {"data": len(main), "heads": 0 if left_out else len(head_bytes or b""), "heads_left_out": left_out,
-             "output": len(out)}
+             "output": size(out)}
     return View(html=out, sizes=sizes,
                 _page=lambda: page(variants, view=view, theme=theme, encoded=(main, head_bytes)))
 
