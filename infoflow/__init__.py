@@ -13,10 +13,10 @@ from .result import Decomposition  # noqa: E402
 
 # name -> module that defines it, imported on first access (PEP 562)
 _LAZY = {"decompose": ".decompose", "InputError": ".decompose", "graph": ".decompose",
-         "DEFAULT_MODEL": ".model", "ModelError": ".model", "load_model": ".model"}
+         "DEFAULT_MODEL": ".model", "ModelError": ".model", "load_model": ".model", "show": ".notebook"}
 
-__all__ = ["Decomposition", "InputError", "ModelError", "decompose", "graph", "load", "load_model", "DEFAULT_MODEL",
-           "__version__"]
+__all__ = ["Decomposition", "InputError", "ModelError", "decompose", "graph", "load", "load_model",
+           "show", "DEFAULT_MODEL", "__version__"]
 
 
 def __getattr__(name: str):

@@ -70,6 +70,18 @@ def decompose_cmd(prompt, model, dtype, device, cache, groups, precision, max_to
                f"(trace {d.timings['trace']:.2f}, engine {d.timings['decompose']:.2f}"
                + (f", logit lens {d.timings['logit_lens']:.2f}" if 'logit_lens' in d.timings else "") + ")")
     click.echo(f"MLP order  {d.timings['ordering']}")
+    click.echo(_why_line(d))
+
+
+def _why_line(d) -> str:
+    """The top prediction's strongest sources by demeaned logit attribution, in one line."""
+    first = {}
+    for p, g in enumerate(d.groups.tolist()):
+        first.setdefault(g, p)
+    named = ", ".join(f"{d.sources[s]!r}" + (f"@{first[s]}" if s in first else "") + f" {v:+.2f}"
+                      for s, v in d.top_sources())
+    return (f"why        {d.top_prediction()[0]!r} <- {named} "
+            "(demeaned logit attribution: each source's part of the logit minus the vocabulary's mean)")
 
 
 def _decompose_remote(prompt, model):

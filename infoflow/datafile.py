@@ -87,11 +87,12 @@ def row_lengths(groups: np.ndarray) -> list[int]:
 
 
 def encode(variants: dict[str, Decomposition], prompt: dict, *, labels: dict[str, str] | None = None,
-           built: str | None = None, heads: bool = False) -> bytes:
-    """Serialize the variants of one prompt (the first must be the plain `tokens` one)."""
+           built: str | None = None, heads: bool = False, any_first: bool = False) -> bytes:
+    """Serialize the variants of one prompt (the first must be the plain `tokens` one, except
+    with any_first: a notebook's view of one grouped result, which infoflow.load never reads)."""
     labels = labels or {}
     base = next(iter(variants.values()))
-    assert base.grouping == "tokens", "the first variant must be the ungrouped one"
+    assert any_first or base.grouping == "tokens", "the first variant must be the ungrouped one"
     L, P, k = base.n_layers, base.n_tokens, base.pred_ids.shape[1]
 
     ids = sorted(base.token_text)

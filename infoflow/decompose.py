@@ -8,7 +8,8 @@ import torch
 
 from .config import DEFAULT_MAX_TOKENS
 from .engine import decompose_stack, triangle
-from .logits import LENS_VOCAB_BLOCK, final_scale, logit_attribution, logit_lens, reconstructed_logits
+from .logits import (LENS_VOCAB_BLOCK, final_scale, logit_attribution, logit_lens, mean_logit_parts,
+                     reconstructed_logits)
 from .model import LoadedModel, load_model
 from .result import Decomposition, Heads
 from .tokens import display_tokens, word_groups
@@ -215,6 +216,9 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
     pred_probs = torch.exp(top_logits - torch.logsumexp(logits, -1, keepdim=True))
     logit_error = float((reconstructed_logits(result.final, tri, scale, unembed) - logits).abs().max())
     attributions = [logit_attribution(result.final, tri, scale, unembed, pred_ids, g) for g in groupings]
+    # the top prediction's demeaned attribution, (P, G) per grouping (logits.mean_logit_parts)
+    top_demeaned = [a[:, 0] - mean_logit_parts(result.final, tri, scale, unembed, g)
+                    for a, g in zip(attributions, groupings)]
     del result.final
     timings["logits"] = time.perf_counter() - t2
 
@@ -233,7 +237,8 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
 
     head_data = _heads(result, captured, layers) if heads else [None] * len(groupings)
     out = {}
-    for (name, (kind, g)), st, attr, hd in zip(resolved.items(), result.stats, attributions, head_data):
+    for (name, (kind, g)), st, attr, hd, dm in zip(resolved.items(), result.stats, attributions, head_data,
+                                                   top_demeaned):
         sources = _source_labels(tokens, g) + (["bias"] if bias else [])
         arr = {k: getattr(st, k).numpy() for k in ("norm", "delta_norm", "proj")}
         out[name] = Decomposition(
@@ -245,6 +250,7 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
             embed_norm=result.embed_norm.numpy(),
             pred_ids=pred_ids.cpu().numpy(), pred_probs=pred_probs.float().cpu().numpy(),
             pred_logits=top_logits.float().cpu().numpy(), logit_attr=attr.float().cpu().numpy(),
+            top_attr_demeaned=dm.float().cpu().numpy(),
             recon_error=result.recon_error.numpy(), logit_error=logit_error,
             lens_ids=lens_ids, lens_probs=lens_probs, token_text=token_text,
             model=dict(lm.info), precision=dtype, has_bias=bias, timings=dict(timings), head_data=hd)

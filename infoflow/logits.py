@@ -33,6 +33,24 @@ def logit_attribution(C: Tensor, tri: Triangle, scale: Tensor, unembed: Unembed,
     return out.permute(0, 2, 1)
 
 
+def mean_logit_parts(C: Tensor, tri: Triangle, scale: Tensor, unembed: Unembed,
+                     grouping: Tensor | None) -> Tensor:
+    """Per-source share of the mean logit over the vocabulary at p: (c·scale)·mean_v W_U[v]
+    (+ mean b_U for the bias group).   (T, d) -> (P, G), summing over G to the mean logit.
+
+    logit_attribution minus this is the *demeaned* attribution, against u = W_U[t] − mean_v W_U[v]:
+    what a source does for t against the other tokens, not the part it adds to every logit
+    alike; it sums to the logit minus the mean logit. One (T, d) · (d,) product.
+    """
+    G = tri.S if grouping is None else int(grouping.max()) + 1
+    per_row = (C * scale[tri.pos]) @ unembed.W_U.mean(0)               # (T,)
+    gsrc = tri.src if grouping is None else grouping[tri.src]
+    out = C.new_zeros(tri.P * G).index_add_(0, tri.pos * G + gsrc, per_row).view(tri.P, G)
+    if unembed.b_U is not None:
+        out[:, G - 1] += unembed.b_U.mean()
+    return out
+
+
 def reconstructed_logits(C: Tensor, tri: Triangle, scale: Tensor, unembed: Unembed) -> Tensor:
     """Logits from Σ_s c[p, s] with the final norm's scale frozen.   (P, V)"""
     total = C.new_zeros(tri.P, C.shape[1]).index_add_(0, tri.pos, C)

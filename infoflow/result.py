@@ -63,6 +63,10 @@ class Decomposition:
     version: str = __version__
     has_bias: bool = False
     timings: dict = field(default_factory=dict)
+    # (P,G) demeaned logit attribution of each position's top prediction t: per source, against
+    # u = W_U[t] − mean_v W_U[v], summing to the logit minus the mean logit (logits.mean_logit_parts). Not in
+    # data files: None from infoflow.load.
+    top_attr_demeaned: np.ndarray | None = None
     # Heads, None (not computed) or, from a data file, a function that reads them: see `heads`.
     head_data: object = field(default=None, repr=False)
     graphs: list = field(default_factory=list, repr=False)   # paths.Graph, when asked for
@@ -87,6 +91,31 @@ class Decomposition:
     def worst_recon_error(self) -> float:
         return float(self.recon_error.max())
 
+    # ------------------------------------------------------------- display (infoflow/notebook.py)
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """A notebook shows the prompt page's viewer inline (infoflow.show for another view)."""
+        from .notebook import show
+        return show(self)._repr_mimebundle_(include, exclude)
+
+    def _repr_html_(self) -> str:
+        from .notebook import show
+        return show(self).html
+
+    def save_html(self, path, **view):
+        """Write the viewer as one self-contained HTML file; view: infoflow.show's options
+        (metric="proj", trace=" Mary", ...)."""
+        from .notebook import save_html
+        return save_html(self, path, **view)
+
     def top_prediction(self, position: int = -1) -> tuple[str, float]:
         i = int(self.pred_ids[position, 0])
         return self.token_text[i], float(self.pred_probs[position, 0])
+
+    def top_sources(self, position: int = -1, n: int = 3) -> list[tuple[int, float]]:
+        """The n sources that most favour the top prediction at `position` over the rest of the
+        vocabulary (demeaned logit attribution): [(source index, logit), ...], largest first."""
+        if self.top_attr_demeaned is None:
+            return []
+        row = self.top_attr_demeaned[position]
+        return [(int(s), float(row[s])) for s in np.argsort(-row, kind="stable")[:n]]

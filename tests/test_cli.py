@@ -1,4 +1,6 @@
 """The command line as a user types it."""
+import re
+
 from click.testing import CliRunner
 
 from infoflow.cli import main
@@ -10,6 +12,13 @@ def test_decompose_prints_tokens_prediction_error_and_time(default_model):
     out = result.output
     assert "' capital'" in out and "' Paris'" in out
     assert "worst reconstruction error" in out and "time" in out and "MLP order  direct" in out
+    # the last line: the top prediction's strongest sources, by demeaned logit attribution
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("why        ' Paris' <- ") and "demeaned logit attribution" in last
+    named = re.findall(r"('[^']*')@(\d+) ([+-]\d+\.\d\d)", last)
+    assert len(named) == 3 and [float(v) for _, _, v in named] == sorted((float(v) for _, _, v in named), reverse=True)
+    tokens = ["'The'", "' capital'", "' of'", "' France'", "' is'"]
+    assert all(tokens[int(p)] == s for s, p, _ in named)
 
 
 def test_decompose_bad_input_says_what_to_do(default_model):

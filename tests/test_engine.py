@@ -64,6 +64,32 @@ def test_shares_and_attributions_sum(tiny_case):
     assert np.allclose(d.logit_attr.sum(-1), d.pred_logits, atol=1e-3)
 
 
+def test_demeaned_attribution_of_the_top_prediction(tiny_case):
+    """Against the mean unembedding row: per source, (w ⊙ c[p, s] / rms[p]) · (W_U[t] − mean_v W_U[v])
+    by plain loops, float64; over the sources, the real logit minus the mean logit at p."""
+    _, lm, d, ref = tiny_case
+    WU = lm.hf.lm_head.weight.double()
+    u = WU - WU.mean(0)
+    norm, fin = lm.hf.model.norm, ref["rec"]["final"].double()
+    w, eps = norm.weight.double(), getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    P, S = d.n_tokens, ref["S"]
+    direct = np.zeros((P, S))
+    for p in range(P):
+        rms = torch.sqrt(fin[p].pow(2).mean() + eps)
+        t = int(d.pred_ids[p, 0])
+        for s in range(S):
+            direct[p, s] = float((w * ref["final"][p, s] / rms) @ u[t])
+    assert d.top_attr_demeaned.shape == (P, S)
+    assert rel(d.top_attr_demeaned, direct) <= 1e-5
+    logits = ref["logits"]                                            # the model's own, (P, V)
+    top = logits.gather(1, torch.as_tensor(d.pred_ids[:, :1])).squeeze(1)
+    assert np.allclose(d.top_attr_demeaned.sum(-1), (top - logits.mean(-1)).numpy(), atol=1e-4)
+    # not the plain attribution: every source's part moved by its share of the mean logit
+    assert not np.allclose(d.top_attr_demeaned, d.logit_attr[:, 0], atol=1e-3)
+    best = d.top_sources(-1, n=2)
+    assert [s for s, _ in best] == list(np.argsort(-direct[-1])[:2]) and best[0][1] >= best[1][1]
+
+
 def test_groups_sum_vectors_not_norms():
     lm = tiny_model("qwen2")
     base = decompose(PROMPT, lm, dtype="float64")
@@ -86,6 +112,8 @@ def test_groups_sum_vectors_not_norms():
     summed_norms = np.stack([base.attn_norm, base.mlp_norm], 1).reshape(-1, base.n_tokens, ref["S"]) @ member.numpy()
     assert rel(ours, summed_norms) > 1e-3
     assert np.allclose(g.logit_attr.sum(-1), base.logit_attr.sum(-1), atol=1e-6)
+    summed = base.top_attr_demeaned @ member.numpy()                  # per group: its tokens' parts
+    assert np.allclose(g.top_attr_demeaned, summed, atol=1e-6)
     assert np.allclose(g.attn_proj.sum(-1), 1.0, atol=1e-6)
 
 

@@ -25,7 +25,8 @@ export class Viewer {
   /** options: {id: name for exported files, dataUrl: link for "Data file", hash: true to mirror the URL,
    *  hashPrefix: "k=v&..." kept first in the URL hash (the live page's prompt), ownsHash(hash):
    *  false for a hash this viewer must not apply on history navigation (another prompt's view),
-   *  exactCustom: see exact-custom.js} */
+   *  exactCustom: see exact-custom.js, view: the first view as a URL hash where hash is false,
+   *  noHeads: what the Heads panel says when D has no per-head data and there is no file to fetch} */
   constructor(root, D, options = {}) {
     this.root = root;
     this.D = D;
@@ -54,7 +55,8 @@ export class Viewer {
   async start() {
     const D = this.D;
     this.defaultVariant = (D.variants.find((v) => v.name === "words") || D.variants[0]).name;
-    this.state = this.options.hash ? parseHash(location.hash, D, this.defaultVariant) : parseHash("", D, this.defaultVariant);
+    // without a URL hash to mirror, options.view (a hash) is the first view (a notebook output)
+    this.state = parseHash(this.options.hash ? location.hash : (this.options.view || ""), D, this.defaultVariant);
     const grouping = $("grouping");
     for (const v of D.variants) {
       const label = v.name === "tokens" ? "none (tokens)" : v.name === "words" ? "by words (exact)" : `${v.label} (exact)`;

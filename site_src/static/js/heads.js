@@ -122,7 +122,7 @@ function heads(v) {
     const url = v.root && v.root.dataset ? v.root.dataset.headsSrc : "";
     const ready = v.D.heads ? Promise.resolve(v.D.heads) : url ? fetchHeads(url, v.D) : null;
     if (!ready) {
-      st.error = "This page has no per-head data (it was built before heads were stored). Rebuild the site.";
+      st.error = v.options.noHeads || "This page has no per-head data (it was built before heads were stored). Rebuild the site.";
       return null;
     }
     st.loading = true;
