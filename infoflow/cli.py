@@ -82,12 +82,15 @@ def _decompose_remote(prompt, model):
         raise click.ClickException("--remote needs --model with a Hugging Face id that NDIF serves, "
                                    "e.g. meta-llama/Llama-3.1-8B.")
     t0 = time.perf_counter()
+    from .model import ModelError, check_hub_config
+
     try:
+        check_hub_config(model)
         from nnsight import LanguageModel
-        nn_model = LanguageModel(model, attn_implementation="eager")
+        nn_model = LanguageModel(model, attn_implementation="eager", trust_remote_code=False)
         ids = nn_model.tokenizer(prompt, return_tensors="pt")["input_ids"]
         summary = decompose_remote(nn_model, ids, remote=True)
-    except RemoteError as e:
+    except (RemoteError, ModelError) as e:
         raise click.ClickException(str(e))
     except OSError as e:
         raise click.ClickException(f"could not fetch {model!r}'s config and tokenizer ({e}); "
