@@ -60,9 +60,10 @@ def result_key(model_fingerprint: str, p: Prompt, cfg: SiteConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def read_cached(path: Path) -> dict | None:
+def read_cached(path: Path, model_fingerprint: str | None = None) -> dict | None:
     """The cached document under `path` (its name is its key), or None, with a warning, when it
-    is missing, truncated, corrupt, stored under another key or malformed."""
+    is missing, truncated, corrupt, stored under another key or malformed, or (given
+    `model_fingerprint`) was computed with other weights than the ones just fingerprinted."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -71,10 +72,16 @@ def read_cached(path: Path) -> dict | None:
         warnings.warn(f"cached result {path.name} is unreadable ({e}); recomputing it")
         return None
     try:
-        return unpack_entry(raw, path.stem)
+        doc = unpack_entry(raw, path.stem)
     except DataFileError as e:
         warnings.warn(f"cached result {path.name} is unusable ({e}); recomputing it")
         return None
+    made_with = doc["model"].get("fingerprint")
+    if model_fingerprint is not None and made_with != model_fingerprint:
+        warnings.warn(f"cached result {path.name} was computed with the weights {made_with}, not the "
+                      f"model's weights now ({model_fingerprint}); recomputing it")
+        return None
+    return doc
 
 
 def write_cached(path: Path, body: bytes) -> None:
@@ -151,7 +158,7 @@ def build(cfg: SiteConfig, *, only: tuple[str, ...] = (), keep_going: bool = Fal
                     model_fp = fingerprint(model, cfg.cache)
                     if only and model_fp:          # the other prompts come from the cache
                         for p in prompts:
-                            if p.id not in docs[model] and (doc := read_cached(_entry_path(cfg, p, model_fp))):
+                            if p.id not in docs[model] and (doc := read_cached(_entry_path(cfg, p, model_fp), model_fp)):
                                 docs[model][p.id] = doc
                 _refuse_missing(cached_only, summary)
                 recover(out)
@@ -193,7 +200,7 @@ def _compute_all(cfg: SiteConfig, model: str, models: list[str], selected: list[
             summary.skipped.append((name(p.id), f"{name(p.id)}: {model_slug(model)} has no chat template, "
                                     "so this chat prompt is shown on the other models only"))
             continue
-        doc = read_cached(_entry_path(cfg, p, model_fp)) if model_fp else None
+        doc = read_cached(_entry_path(cfg, p, model_fp), model_fp) if model_fp else None
         if doc is None and cached_only:
             summary.failed.append((name(p.id), f"{name(p.id)}: no cached result (was its shard built and merged?)"))
             continue
@@ -205,6 +212,9 @@ def _compute_all(cfg: SiteConfig, model: str, models: list[str], selected: list[
             if lm is None:
                 bar.set_description(f"loading {model_slug(model)}")
                 lm = get_model(model, dtype=cfg.dtype, device=cfg.device, cache=cfg.cache)
+                if model_fp is not None and lm.info["fingerprint"] != model_fp and docs:
+                    raise BuildError(f"the weights of {model_slug(model)} changed during the build "
+                                     f"({model_fp}, then {lm.info['fingerprint']}); build again.")
                 summary.model_loaded, model_fp = True, lm.info["fingerprint"]
             bar.set_description(name(p.id))
             body = compute(p, lm, cfg)

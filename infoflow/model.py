@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,6 +27,7 @@ from .files import atomic_write
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 GEMMA_MODEL = "gemma3-270m"
 _FINGERPRINT_FILE = "infoflow-fingerprint.json"
+_RACY_NS = 2_000_000_000   # file times are coarse (a clock tick; 2 s on FAT): newer is not remembered
 
 
 @dataclass(frozen=True)
@@ -127,20 +129,37 @@ def _sha256_files(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
+def _stamp(path: Path) -> list:
+    """What changes whenever a file's bytes may have: its identity (device, inode), size, mtime
+    and ctime. `touch -r` can put an mtime back after an in-place write; nothing but the kernel
+    sets ctime, and every write or `touch` moves it forward."""
+    st = path.stat()
+    return [path.name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def _folder_fingerprint(folder: Path) -> str:
-    """sha256 of the weight files, remembered beside them (keyed by size and mtime)."""
+    """sha256 of the weight files, remembered beside them, keyed by each file's _stamp.
+
+    Hashing costs 1.4 s for SmolLM2's 514 MB and 2.7-3.1 s for Gemma 3's 1 GB here (warm page
+    cache; docs/reliability.md), more than a cached build's other work, so it is done once per
+    change of the files, not once per build."""
     weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     if not weights:
         raise ModelError(f"{folder} holds no *.safetensors or *.bin weight files.")
-    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights]
+    stamp = [_stamp(p) for p in weights]
     memo = folder / _FINGERPRINT_FILE
     try:
         saved = json.loads(memo.read_text())
         if saved.get("stamp") == stamp:
             return saved["sha256"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, AttributeError):
         pass
     digest = "sha256:" + _sha256_files(weights)[:16]
+    # Remember nothing when a file was written to while we read it, or so recently that a write
+    # in the same clock tick would leave every stamp as it is ("racy git").
+    racy = max(st[-1] for st in stamp) > time.time_ns() - _RACY_NS
+    if racy or [_stamp(p) for p in weights] != stamp:
+        return digest
     try:
         atomic_write(memo, json.dumps({"stamp": stamp, "sha256": digest}))
     except OSError:
@@ -381,6 +400,7 @@ def load_model(model: str | None = None, *, dtype: str = "float32", device: str 
             "folder holding config.json, the tokenizer and *.safetensors weights.")
     else:
         check_hub_config(model_id)
+    before = fingerprint(model, cache)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = dict(dtype=DTYPES[dtype], attn_implementation="eager")
@@ -399,7 +419,11 @@ def load_model(model: str | None = None, *, dtype: str = "float32", device: str 
         hf = hf.to(device)
     hf.eval()
     check_architecture(hf)
-    fp = fingerprint(model, cache) or f"hub:{model_id}@{getattr(hf.config, '_commit_hash', None) or 'unknown'}"
+    fp = fingerprint(model, cache)
+    if before is not None and fp != before:
+        raise ModelError(f"the weights of {model_id} changed while they were being loaded "
+                         f"({before} before, {fp} after); load it again once they are written.")
+    fp = fp or f"hub:{model_id}@{getattr(hf.config, '_commit_hash', None) or 'unknown'}"
     return LoadedModel(hf=hf, tokenizer=tok, info=model_info(hf, model_id, fp))
 
 

@@ -129,3 +129,136 @@ def test_every_transformers_load_passes_trust_remote_code_false():
     assert len(calls) >= 5, calls
     assert all("trust_remote_code=False" in call for _, call in calls), \
         [c for c in calls if "trust_remote_code=False" not in c[1]]
+
+
+# ----------------------------------------------------------------------------- 2. stale results
+
+
+WORDS = ["<unk>", "<s>", "the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away"]
+
+
+def tiny_folder(where: Path, seed: int = 0) -> Path:
+    """A small random Llama folder with a word-level tokenizer: loads in a second, needs nothing
+    converted."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM
+    folder = where / "tiny-llama"
+    folder.mkdir(parents=True)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "unk_token": "<unk>"}))
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      initializer_range=0.5)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+def poison_in_place(weights: Path) -> None:
+    """The probe's edit: overwrite bytes of the weights in place, then put the mtime back
+    (`touch -r`). Size and mtime are as before."""
+    st = weights.stat()
+    with open(weights, "r+b") as f:
+        f.seek(st.st_size // 2)
+        f.write(bytes(st.st_size - st.st_size // 2))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert weights.stat().st_mtime_ns == st.st_mtime_ns and weights.stat().st_size == st.st_size
+
+
+@pytest.fixture
+def no_racy_wait(monkeypatch):
+    """Let the fingerprint memo remember files written a moment ago (it waits 2 s of file-clock
+    time otherwise), so that the tests exercise the memo itself."""
+    import time
+    from infoflow import model
+    monkeypatch.setattr(model, "_RACY_NS", 0, raising=False)
+    yield lambda: time.sleep(0.05)        # past one tick of the file clock
+
+
+def test_fingerprint_sees_an_in_place_write_with_the_mtime_put_back(tmp_path, no_racy_wait):
+    import hashlib
+    from infoflow.model import _FINGERPRINT_FILE, fingerprint
+    folder = tiny_folder(tmp_path)
+    no_racy_wait()
+    clean = fingerprint(str(folder))
+    assert (folder / _FINGERPRINT_FILE).exists() and fingerprint(str(folder)) == clean   # remembered
+    no_racy_wait()
+    poison_in_place(folder / "model.safetensors")
+    now = fingerprint(str(folder))
+    assert now != clean
+    assert now == "sha256:" + hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:16]
+
+
+ONE = '[[prompt]]\nid = "cat"\ntitle = "Cat"\ntext = "the cat sat on the"\n'
+
+
+def cat_probs(cfg) -> "np.ndarray":
+    """The next-token probabilities of the cached result for prompt "cat" under cfg's model."""
+    from infoflow.build import _entry_path, read_cached
+    from infoflow.datafile import decode_array
+    from infoflow.model import fingerprint
+    from infoflow.prompts import load_prompts
+    (p,) = load_prompts(cfg.prompts)
+    doc = read_cached(_entry_path(cfg, p, fingerprint(cfg.model, cfg.cache)))
+    assert doc is not None
+    return decode_array(doc["predictions"]["probs"])
+
+
+def test_a_restored_model_never_gets_a_result_computed_while_it_was_changed(tmp_path, no_racy_wait):
+    """The probe (C6): weights zeroed in place with the mtime put back kept the fingerprint, so the
+    results computed meanwhile were cached under the clean weights' key, and reused once the
+    weights were restored (`cp -p`)."""
+    import shutil
+    import numpy as np
+    from infoflow.build import build
+    from infoflow.config import SiteConfig
+    folder = tiny_folder(tmp_path / "m")
+    pristine = tiny_folder(tmp_path / "pristine")              # the same seed: the same weights
+    prompts = tmp_path / "prompts.toml"
+    prompts.write_text(ONE)
+    ref_cfg = SiteConfig(prompts=prompts, out=tmp_path / "unused", model=str(pristine), cache=str(tmp_path / "ref"))
+    build(ref_cfg, shard=(0, 1), progress=False)
+    reference = cat_probs(ref_cfg)
+
+    cfg = SiteConfig(prompts=prompts, out=tmp_path / "unused", model=str(folder), cache=str(tmp_path / "cache"))
+    no_racy_wait()
+    from infoflow.model import fingerprint
+    clean = fingerprint(str(folder))
+    backup = tmp_path / "backup.safetensors"
+    shutil.copy2(folder / "model.safetensors", backup)
+    no_racy_wait()
+    poison_in_place(folder / "model.safetensors")
+    assert build(cfg, shard=(0, 1), progress=False).computed == ["cat"]      # with the zeroed weights
+    assert not np.allclose(cat_probs(cfg), reference)
+    no_racy_wait()
+    shutil.copy2(backup, folder / "model.safetensors")                    # cp -p: the mtime comes back too
+    assert fingerprint(str(folder)) == clean
+    build(cfg, shard=(0, 1), progress=False)
+    np.testing.assert_allclose(cat_probs(cfg), reference, rtol=1e-5)
+
+
+def test_a_cached_result_of_other_weights_is_recomputed(tmp_path, no_racy_wait):
+    """An entry under the right key whose document says it was computed with other weights (what
+    the old memo let through) is not reused."""
+    import msgpack
+    from infoflow.build import _entry_path, build, read_cached
+    from infoflow.config import SiteConfig
+    from infoflow.datafile import pack_entry
+    from infoflow.model import fingerprint
+    from infoflow.prompts import load_prompts
+    folder = tiny_folder(tmp_path)
+    prompts = tmp_path / "prompts.toml"
+    prompts.write_text(ONE)
+    cfg = SiteConfig(prompts=prompts, out=tmp_path / "unused", model=str(folder), cache=str(tmp_path / "cache"))
+    assert build(cfg, shard=(0, 1), progress=False).computed == ["cat"]
+    path = _entry_path(cfg, load_prompts(prompts)[0], fingerprint(str(folder)))
+    doc = read_cached(path)
+    doc["model"]["fingerprint"] = "sha256:0123456789abcdef"
+    path.write_bytes(pack_entry(path.stem, msgpack.packb(doc, use_bin_type=True)))
+    with pytest.warns(UserWarning, match="computed with the weights sha256:0123456789abcdef"):
+        summary = build(cfg, shard=(0, 1), progress=False)
+    assert summary.computed == ["cat"] and summary.reused == []
