@@ -24,7 +24,7 @@ from .licenses import write_licenses
 from .model import cache_dir, fingerprint
 from .prompts import Prompt, PromptError, load_prompts, span_groups
 from .site import SITE_SRC, palette, render_site, thumbnail_png
-from .sitedir import (check_replaceable, locked, new_staging, read_marker, recover,
+from .sitedir import (check_replaceable, discard, locked, new_staging, read_marker, recover,
                       resolve_out, swap, write_marker)
 
 
@@ -290,8 +290,7 @@ def _write_site(cfg: SiteConfig, out: Path, models: list[str], prompts: list[Pro
         render_site(staging, entries, site)
         write_marker(staging, site_identity(cfg))
     except BaseException:
-        import shutil
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging, out)
         raise
     swap(staging, out)
 

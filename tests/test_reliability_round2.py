@@ -262,3 +262,41 @@ def test_a_cached_result_of_other_weights_is_recomputed(tmp_path, no_racy_wait):
     with pytest.warns(UserWarning, match="computed with the weights sha256:0123456789abcdef"):
         summary = build(cfg, shard=(0, 1), progress=False)
     assert summary.computed == ["cat"] and summary.reused == []
+
+
+# ----------------------------------------------------------------------------- 3. folders beside the site
+
+
+def tiny_site_config(tmp_path: Path, out: Path):
+    """A build of one prompt on the tiny model, no live page: a site in a few seconds."""
+    from infoflow.config import SiteConfig
+    folder = tmp_path / "tiny-llama" if (tmp_path / "tiny-llama").exists() else tiny_folder(tmp_path)
+    prompts = tmp_path / "prompts.toml"
+    prompts.write_text(ONE)
+    return SiteConfig(prompts=prompts, out=out, model=str(folder), cache=str(tmp_path / "cache"), live=False)
+
+
+def test_build_removes_only_the_leftovers_it_made(tmp_path):
+    """The probe (A3): `build --out site1` deleted a user's `.site1.older-backup` (and anything
+    else named `.site1.old*` or `.site1.staging-*`) without a word."""
+    import warnings
+    from infoflow import sitedir
+    from infoflow.build import build
+    out = tmp_path / "site1"
+    cfg = tiny_site_config(tmp_path, out)
+    build(cfg, progress=False)
+    users = [tmp_path / n for n in (".site1.older-backup", ".site1.old-12345678", ".site1.staging-mine")]
+    for folder in users:
+        folder.mkdir()
+        (folder / "notes.txt").write_text("mine")
+    ours = sitedir.new_staging(out)                 # a build killed while it wrote its staging folder
+    (ours / "index.html").write_text("half")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build(cfg, progress=False)
+    said = "\n".join(str(w.message) for w in caught)
+    assert not ours.exists()
+    for folder in users:
+        assert (folder / "notes.txt").read_text() == "mine"
+        assert f"leaving {folder} alone" in said, said
+    assert sorted(p.name for p in tmp_path.glob(".site1.*") if p.is_dir()) == sorted(p.name for p in users)
