@@ -131,7 +131,14 @@ def _rebuild(cfg: SiteConfig) -> None:
     from .build import build
     from .sitedir import read_marker, resolve_out
 
+    from .publish import strangers
+
     marker = read_marker(resolve_out(cfg.out))
+    if marker and (found := strangers(resolve_out(cfg.out))):
+        raise click.ClickException(
+            f"refusing to rebuild {cfg.out}: it holds files the build did not write ({', '.join(found[:20])}"
+            + (f", and {len(found) - 20} more" if len(found) > 20 else "") + "), which the rebuild would "
+            "delete. Move them out of the folder (they are yours), then run this again.")
     if marker:
         built_with = {"models": [], **marker.get("config", {})}     # sites from before --models
         shown = lambda k, v: ",".join(v) or "(default)" if k == "models" else v  # noqa: E731
@@ -244,7 +251,8 @@ def serve_cmd(port, no_build, **kwargs):
 @click.option("--cname", default=None, help="Custom domain (else site_src/CNAME, else the site's own CNAME).")
 @click.option("--dry-run", is_flag=True, help="Say what would be rebuilt and pushed; change nothing.")
 @click.option("--no-build", is_flag=True, help="Publish OUT as it is, without the incremental rebuild.")
-def publish_cmd(remote, branch, message, cname, dry_run, no_build, **kwargs):
+@click.option("--force", is_flag=True, help="Remove files from the branch that the last publish did not write.")
+def publish_cmd(remote, branch, message, cname, dry_run, no_build, force, **kwargs):
     """Rebuild if stale, then push exactly the files the build wrote to a GitHub Pages branch."""
     from .build import stale_reason
     from .publish import publish
@@ -261,13 +269,16 @@ def publish_cmd(remote, branch, message, cname, dry_run, no_build, **kwargs):
                 click.echo("the site as it is now:")
         elif not no_build:
             _rebuild(cfg)
-        result = publish(cfg.out, remote=remote, branch=branch, message=message, cname=cname, dry_run=dry_run)
+        result = publish(cfg.out, remote=remote, branch=branch, message=message, cname=cname, dry_run=dry_run,
+                         force=force)
     except _errors() as e:
         raise click.ClickException(str(e))
     click.echo(result.message)
     if dry_run:
         for path in result.paths:
             click.echo(f"  {path}")
+    for path in result.removed:
+        click.echo(f"  - {path}")
 
 
 if __name__ == "__main__":

@@ -300,3 +300,87 @@ def test_build_removes_only_the_leftovers_it_made(tmp_path):
         assert (folder / "notes.txt").read_text() == "mine"
         assert f"leaving {folder} alone" in said, said
     assert sorted(p.name for p in tmp_path.glob(".site1.*") if p.is_dir()) == sorted(p.name for p in users)
+
+
+# ----------------------------------------------------------------------------- 4, 5. publishing
+
+
+def git(*args, cwd):
+    return subprocess.run(["git", *map(str, args)], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def pages_repo(tmp_path: Path) -> tuple[Path, Path]:
+    """(a bare remote whose gh-pages branch someone else made, with CNAME, NOTES.md and
+    otherproj/, and a clone to publish from)."""
+    bare, other, work = tmp_path / "remote.git", tmp_path / "other", tmp_path / "work"
+    git("init", "--bare", "-q", bare, cwd=tmp_path)
+    git("init", "-q", "-b", "gh-pages", other, cwd=tmp_path)
+    (other / "CNAME").write_text("pages.example.org\n")
+    (other / "NOTES.md").write_text("notes")
+    (other / "otherproj").mkdir()
+    (other / "otherproj" / "index.html").write_text("another project")
+    git("add", ".", cwd=other)
+    git("-c", "user.name=someone", "-c", "user.email=s@example.org", "commit", "-qm", "my pages", cwd=other)
+    git("push", "-q", bare, "gh-pages", cwd=other)
+    git("init", "-q", work, cwd=tmp_path)
+    git("remote", "add", "origin", bare, cwd=work)
+    return bare, work
+
+
+def test_publish_keeps_the_branchs_own_files_unless_forced(tmp_path):
+    """The probe (B5): a gh-pages branch holding CNAME, NOTES.md and otherproj/ lost all three on
+    publish, with no warning even in --dry-run."""
+    from infoflow.build import build
+    from infoflow.publish import PublishError, publish
+    bare, work = pages_repo(tmp_path)
+    site = tmp_path / "site"
+    cfg = tiny_site_config(tmp_path, site)
+    build(cfg, progress=False)
+    refs = git("for-each-ref", cwd=work)
+    tip = git("rev-parse", "gh-pages", cwd=bare)
+
+    dry = publish(site, repo=work, dry_run=True)
+    assert dry.removed == ["NOTES.md", "otherproj/index.html"]
+    assert "NOTES.md, otherproj/index.html" in dry.message and "--force" in dry.message
+    assert "with CNAME pages.example.org" in dry.message
+    assert git("for-each-ref", cwd=work) == refs                      # a dry run moves no ref
+
+    with pytest.raises(PublishError, match=r"would remove NOTES\.md, otherproj/index\.html .*--force"):
+        publish(site, repo=work)
+    assert git("rev-parse", "gh-pages", cwd=bare) == tip
+
+    forced = publish(site, repo=work, force=True)
+    assert forced.pushed and forced.removed == ["NOTES.md", "otherproj/index.html"]
+    assert "removes 2 files" in forced.message
+    assert git("show", "gh-pages:CNAME", cwd=bare).strip() == "pages.example.org"   # kept
+
+    # The files our own publish wrote are replaced freely: a new title renames the data file.
+    cfg.prompts.write_text(ONE.replace('title = "Cat"', 'title = "A cat"'))
+    build(cfg, progress=False)
+    again = publish(site, repo=work)
+    assert again.pushed and again.removed and all(p.startswith("data/") for p in again.removed)
+    assert git("show", "gh-pages:CNAME", cwd=bare).strip() == "pages.example.org"
+    assert publish(site, repo=work, cname="new.example.org").pushed
+    assert git("show", "gh-pages:CNAME", cwd=bare).strip() == "new.example.org"
+
+
+def test_publish_never_rebuilds_over_a_users_files(tmp_path):
+    """The probe (B2): stray files in the site (.env, data/id_rsa, .git-credentials) were deleted
+    without a word by the rebuild publish (and serve) does first."""
+    from click.testing import CliRunner
+    from infoflow.build import build
+    from infoflow.cli import main
+    site = tmp_path / "site"
+    cfg = tiny_site_config(tmp_path, site)
+    build(cfg, progress=False)
+    strays = [".env", "data/id_rsa", ".git-credentials"]
+    for rel in strays:
+        (site / rel).write_text("secret")
+    args = ["--prompts", cfg.prompts, "--out", site, "--model", cfg.model, "--cache-dir", cfg.cache, "--no-live"]
+    for command in (["publish"], ["publish", "--dry-run"], ["serve", "--port", "0"]):
+        result = CliRunner().invoke(main, [*command, *map(str, args)])
+        assert result.exit_code == 1, (command, result.output)
+        assert all(rel in result.output for rel in strays), result.output
+        assert "Traceback" not in result.output
+        for rel in strays:
+            assert (site / rel).read_text() == "secret", (command, rel)
