@@ -384,3 +384,82 @@ def test_publish_never_rebuilds_over_a_users_files(tmp_path):
         assert "Traceback" not in result.output
         for rel in strays:
             assert (site / rel).read_text() == "secret", (command, rel)
+
+
+# ----------------------------------------------------------------------------- 6. infoflow.load
+
+
+@pytest.fixture(scope="module")
+def good_doc():
+    """A real document (tiny random model), as msgpack-decoded: each case below spoils one field."""
+    import msgpack
+    from infoflow.datafile import encode
+    from infoflow.decompose import decompose_variants
+    from .conftest import tiny_model
+    results = decompose_variants("hello there", tiny_model("gqa"), {"tokens": None, "words": "words"})
+    return msgpack.unpackb(encode(results, {"id": "x", "title": "X", "text": "hello there"}), raw=False)
+
+
+def _spoil(case: str, doc: dict) -> None:
+    import zlib
+    tokens = doc["variants"][0]
+    if case == "huge-shape":                     # 9.3 GiB declared by a small file
+        tokens["norm"]["shape"] = [30, 2, 100000, 100000]
+    elif case == "deflate-bomb":                 # 64 MiB of zeros in 290 KB (the probe's: 1 GiB in 1 MB)
+        tokens["norm"]["data"] = zlib.compress(bytes(64 << 20), 1)
+    elif case == "logit-error-text":
+        doc["logit_error"] = "abc"
+    elif case == "tokens-vs-positions":
+        doc["tokens"] = ["a"] * 10**6
+    elif case == "group-id":
+        groups = bytearray(tokens["groups"]["data"])
+        groups[0:2] = (60000).to_bytes(2, "little")
+        tokens["groups"] = {**tokens["groups"], "data": bytes(groups), "codec": None}
+    elif case == "prediction-id":
+        doc["strings"] = doc["strings"][:1]
+    elif case == "q-zero":
+        tokens["norm"]["q"] = 0
+    else:
+        raise ValueError(case)
+
+
+HOSTILE_DOCS = {   # case: the field the error must name
+    "huge-shape": "variants[tokens].norm", "deflate-bomb": "variants[tokens].norm",
+    "logit-error-text": "logit_error", "tokens-vs-positions": "tokens", "group-id": "groups",
+    "prediction-id": "predictions.ids", "q-zero": "variants[tokens].norm",
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_DOCS))
+def test_load_checks_what_it_reads(case, good_doc, tmp_path):
+    """The probes (D3): infoflow.load() gave a MemoryError, inflated a bomb to its end, raised a
+    ValueError traceback, or loaded nonsense silently. Each is one DataFileError naming the field,
+    with no more than a few MiB allocated."""
+    import copy
+    import tracemalloc
+    import msgpack
+    import infoflow
+    from infoflow.datafile import DataFileError
+    doc = copy.deepcopy(good_doc)
+    _spoil(case, doc)
+    path = tmp_path / "x.msgpack"
+    path.write_bytes(msgpack.packb(doc, use_bin_type=True))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataFileError) as err:
+            infoflow.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(err.value)
+    assert HOSTILE_DOCS[case] in message and str(path) in message and "\n" not in message, message
+    assert peak < (path.stat().st_size + (16 << 20)) * 2, f"{peak / 2**20:.0f} MiB allocated"
+
+
+def test_load_still_reads_a_good_file(good_doc, tmp_path):
+    import msgpack
+    import infoflow
+    path = tmp_path / "good.msgpack"
+    path.write_bytes(msgpack.packb(good_doc, use_bin_type=True))
+    d = infoflow.load(path)
+    assert d.tokens == good_doc["tokens"] and d.attn_norm.shape[-1] == len(good_doc["variants"][0]["sources"])
