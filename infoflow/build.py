@@ -18,7 +18,7 @@ from . import ENGINE_VERSION, __version__
 from .config import SiteConfig
 from .datafile import (SCHEMA, DataFileError, content_hash, encode, heads_page_bytes, heads_path, pack_entry,
                        page_bytes, summarize, thumbnail_norms, unpack_entry)
-from .files import atomic_write
+from .files import atomic_write, read_regular
 from .gallery_models import gallery_models, has_chat_template, model_label, model_slug, tokenization_differences
 from .licenses import write_licenses
 from .model import cache_dir, fingerprint
@@ -65,7 +65,7 @@ def read_cached(path: Path, model_fingerprint: str | None = None) -> dict | None
     is missing, truncated, corrupt, stored under another key or malformed, or (given
     `model_fingerprint`) was computed with other weights than the ones just fingerprinted."""
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path)
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -166,11 +166,21 @@ def build(cfg: SiteConfig, *, only: tuple[str, ...] = (), keep_going: bool = Fal
                 have = [p for p in prompts if any(p.id in d for d in docs.values())]
                 _write_site(cfg, out, models, have, docs, summary)
     except OSError as e:
-        where = e.filename or cfg.out
-        raise BuildError(f"could not write {where}: {e.strerror or e}. The previous site is untouched; "
+        raise BuildError(f"could not write {_where(e, cfg)}: {_reason(e)}. The previous site is untouched; "
                          "free some space or fix the folder's permissions, then build again.") from e
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _where(e: OSError, cfg: SiteConfig) -> str:
+    """The file or folder an OSError is about (atomic_write names the file it could not write)."""
+    return str(e.filename) if e.filename else f"{cfg.out} (or the cache, {cache_dir(cfg.cache)})"
+
+
+def _reason(e: OSError, limit: int = 160) -> str:
+    """One short line: the system's words for it, never a whole chained message."""
+    text = e.strerror or (str(e).splitlines() or [type(e).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _refuse_missing(cached_only: bool, summary: BuildSummary) -> None:
@@ -229,7 +239,7 @@ def _compute_all(cfg: SiteConfig, model: str, models: list[str], selected: list[
             continue
         path = _entry_path(cfg, p, model_fp)
         write_cached(path, body)
-        docs[p.id] = unpack_entry(path.read_bytes(), path.stem)
+        docs[p.id] = unpack_entry(read_regular(path), path.stem)
         summary.computed.append(name(p.id))
     return docs
 
@@ -242,7 +252,7 @@ def merge_shards(shard_caches: list[Path], cfg: SiteConfig, **kwargs) -> BuildSu
         folder = Path(shard) / "results" if (Path(shard) / "results").is_dir() else Path(shard)
         for f in folder.glob("*.msgpack"):
             if read_cached(f) is not None:
-                atomic_write(results / f.name, f.read_bytes())
+                atomic_write(results / f.name, read_regular(f))
     return build(cfg, cached_only=True, **kwargs)
 
 

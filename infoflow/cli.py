@@ -15,9 +15,12 @@ def parse_size(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     try:
-        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
-    except ValueError:
+        size = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, OverflowError):        # OverflowError: inf, 1e999
+        size = -1
+    if size <= 0:
         raise click.BadParameter(f"{text!r}: write a size like 512M or 4G", param_hint="--max-memory")
+    return size
 
 
 @click.group()
@@ -42,16 +45,19 @@ def decompose_cmd(prompt, model, dtype, device, cache, groups, precision, max_to
     """Decompose PROMPT and print its tokens, predictions and reconstruction error."""
     if remote:
         return _decompose_remote(prompt, model)
+    from .config import check_device
     from .decompose import InputError, decompose, get_model
     from .model import ModelError
 
+    budget = parse_size(max_memory)             # a bad option is refused before the model loads
     t0 = time.perf_counter()
     try:
+        check_device(device)
         lm = get_model(model, dtype=dtype, device=device, cache=cache)
         t1 = time.perf_counter()
         d = decompose(prompt, lm, groups=groups, dtype=precision, logit_lens=not no_lens,
-                      chat=chat, max_tokens=max_tokens, max_memory=parse_size(max_memory))
-    except (InputError, ModelError) as e:
+                      chat=chat, max_tokens=max_tokens, max_memory=budget)
+    except (InputError, ModelError, ConfigError) as e:
         raise click.ClickException(str(e))
     t2 = time.perf_counter()
     est = d.timings["estimate"]
@@ -222,7 +228,7 @@ def add_cmd(text, title, tags, note, pid, chat, prompts_path):
 
 @main.command("serve")
 @site_options
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--no-build", is_flag=True, help="Serve OUT as it is.")
 def serve_cmd(port, no_build, **kwargs):
     """Build if needed, then serve the site on 127.0.0.1 (browsers refuse data over file://)."""

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import torch
 
-from .files import atomic_write
+from .files import atomic_write, read_regular
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 GEMMA_MODEL = "gemma3-270m"
@@ -76,13 +76,21 @@ class LoadedModel:
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
-    """Where converted models and results live: --cache-dir, $INFOFLOW_CACHE, or ~/.cache/infoflow."""
+    """Where converted models and results live: --cache-dir, $INFOFLOW_CACHE, or ~/.cache/infoflow.
+    ModelError in one line when it is, or lies under, something that is not a folder."""
     if override:
-        return Path(override).expanduser()
-    if os.environ.get("INFOFLOW_CACHE"):
-        return Path(os.environ["INFOFLOW_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "infoflow"
+        path = Path(override).expanduser()
+    elif os.environ.get("INFOFLOW_CACHE"):
+        path = Path(os.environ["INFOFLOW_CACHE"]).expanduser()
+    else:
+        path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "infoflow"
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise ModelError(f"the cache folder {path} cannot be used: {folder} is not a folder. "
+                                 "Pass --cache-dir (or set INFOFLOW_CACHE to) a folder.")
+            break
+    return path
 
 
 def _package_folder(m: OfflineModel) -> Path:
@@ -149,7 +157,7 @@ def _folder_fingerprint(folder: Path) -> str:
     stamp = [_stamp(p) for p in weights]
     memo = folder / _FINGERPRINT_FILE
     try:
-        saved = json.loads(memo.read_text())
+        saved = json.loads(read_regular(memo))
         if saved.get("stamp") == stamp:
             return saved["sha256"]
     except (OSError, ValueError, KeyError, AttributeError):
@@ -290,7 +298,7 @@ def _read_json(path: Path, label: str) -> dict | None:
     try:
         if path.stat().st_size > _CONFIG_LIMIT:
             raise ModelError(f"{path} is over {_CONFIG_LIMIT >> 20} MiB; {label} should be a few kilobytes.")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular(path).decode("utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, ValueError) as e:

@@ -45,6 +45,10 @@ def site_files(out: Path) -> list[str]:
         raise PublishError(f"{out} holds no site written by `infoflow build` (no {MARKER}); "
                            "run `infoflow build` first.")
     listed: dict[str, str] = marker["files"]
+    bad = [rel for rel, digest in listed.items() if not _inside(rel) or not isinstance(digest, str)]
+    if bad:
+        raise PublishError(f"refusing to publish {out}: its {MARKER} lists {_shown([repr(b) for b in bad])}, "
+                           "which is not a file inside the site. Run `infoflow build` again.")
     problems = []
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
@@ -61,6 +65,14 @@ def site_files(out: Path) -> list[str]:
         raise PublishError(f"refusing to publish {out}: {shown}. Publish pushes only what the build "
                            "wrote: remove those files, or run `infoflow build` again.")
     return sorted(set(listed) | {rel for rel in EXTRA if (out / rel).is_file()})
+
+
+def _inside(rel) -> bool:
+    """A relative POSIX path to a file inside the site: no `..`, no absolute path, no `.` or
+    empty parts, no backslash or NUL."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel or rel.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
 
 
 def strangers(out: Path) -> list[str]:

@@ -26,6 +26,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from .files import read_regular
+
 MARKER = ".infoflow-site.json"
 LOCK_WAIT_SECONDS = 600
 
@@ -46,13 +48,18 @@ def umask() -> int:
 def read_marker(out: Path) -> dict | None:
     """The file list a build wrote into `out`, or None when `out` is not such a site."""
     try:
-        marker = json.loads((Path(out) / MARKER).read_text(encoding="utf-8"))
+        marker = json.loads(read_regular(Path(out) / MARKER).decode("utf-8"))
     except (OSError, ValueError):
         return None
     if not (isinstance(marker, dict) and marker.get("generator") == "infoflow"
             and isinstance(marker.get("files"), dict)):
         return None
     return marker
+
+
+def is_site(folder: Path) -> bool:
+    """Whether `folder` is a site an infoflow build wrote (and its next build replaces whole)."""
+    return folder.is_dir() and (read_marker(folder) is not None or _legacy_site(folder))
 
 
 def check_replaceable(out: Path) -> None:
@@ -76,7 +83,7 @@ def check_replaceable(out: Path) -> None:
 def _legacy_site(out: Path) -> bool:
     """A site written by infoflow 0.1 before the marker existed: its manifest has our three keys."""
     try:
-        manifest = json.loads((out / "data" / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads(read_regular(out / "data" / "manifest.json").decode("utf-8"))
     except (OSError, ValueError):
         return False
     return (isinstance(manifest, dict) and set(manifest) == {"schema", "site", "prompts"}
@@ -132,7 +139,7 @@ def _ledger_path(out: Path) -> Path:
 
 def _ledger(out: Path) -> list[str]:
     try:
-        names = json.loads(_ledger_path(out).read_text(encoding="utf-8"))
+        names = json.loads(read_regular(_ledger_path(out)).decode("utf-8"))
     except (OSError, ValueError):
         return []
     return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []

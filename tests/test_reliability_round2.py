@@ -463,3 +463,184 @@ def test_load_still_reads_a_good_file(good_doc, tmp_path):
     path.write_bytes(msgpack.packb(good_doc, use_bin_type=True))
     d = infoflow.load(path)
     assert d.tokens == good_doc["tokens"] and d.attn_norm.shape[-1] == len(good_doc["variants"][0]["sources"])
+
+
+# ----------------------------------------------------------------------------- 11. the small ones
+
+
+def cli(*args):
+    from click.testing import CliRunner
+    from infoflow.cli import main
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def refused_in_one_line(result, code: int = 1) -> str:
+    """A CLI run that stopped the way a user mistake must: its exit code, a message, no traceback
+    (CliRunner keeps an uncaught exception in result.exception; a ClickException is SystemExit)."""
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.startswith(("Error", "Try"))]
+    return lines[-1] if lines else result.output
+
+
+def fake_site(folder: Path) -> Path:
+    from infoflow.sitedir import MARKER
+    folder.mkdir(parents=True)
+    (folder / MARKER).write_text(json.dumps({"generator": "infoflow", "files": {}}))
+    (folder / "data").mkdir()
+    return folder
+
+
+def test_build_refuses_an_out_inside_another_site(tmp_path):
+    """A2: a site built inside another site's data/ was deleted by that site's next build."""
+    from infoflow.config import ConfigError, SiteConfig
+    outer = fake_site(tmp_path / "site1")
+    prompts = tmp_path / "prompts.toml"
+    prompts.write_text(ONE)
+    with pytest.raises(ConfigError, match=f"inside the site {outer}"):
+        SiteConfig(prompts=prompts, out=outer / "data" / "sub").check()
+    line = refused_in_one_line(cli("build", "--prompts", prompts, "--out", outer / "data" / "sub"))
+    assert "inside the site" in line and not (outer / "data" / "sub").exists()
+
+
+def test_add_leaves_a_read_only_file_alone_and_says_why_it_cannot_write(tmp_path, monkeypatch):
+    """A4: `add` rewrote a 0444 prompts file; A5: a read-only folder or filesystem gave a traceback."""
+    import errno
+    path = tmp_path / "prompts.toml"
+    path.write_text(ONE)
+    path.chmod(0o444)
+    try:
+        line = refused_in_one_line(cli("add", "A dog ran", "--prompts", path))
+        assert "read-only" in line and path.read_text() == ONE and (path.stat().st_mode & 0o777) == 0o444
+    finally:
+        path.chmod(0o644)
+    import infoflow.files
+
+    def read_only_fs(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(infoflow.files.tempfile, "mkstemp", read_only_fs)
+    line = refused_in_one_line(cli("add", "A dog ran", "--prompts", path))
+    assert "Read-only file system" in line and str(tmp_path) in line and path.read_text() == ONE
+
+
+def test_an_id_with_a_trailing_newline_is_refused():
+    """A7: `$` matches before a final newline, so "cat\\n" passed as a URL slug."""
+    from infoflow.prompts import PromptError, parse_prompts
+    with pytest.raises(PromptError, match="must be a URL slug"):
+        parse_prompts('[[prompt]]\nid = "cat\\n"\ntitle = "Cat"\ntext = "the cat"\n', "p.toml")
+
+
+def test_a_full_disk_is_one_short_line_naming_the_file(tmp_path, monkeypatch):
+    """A11: the disk-full message ran to 9,350 characters and named the site, not the cache that
+    was full."""
+    import errno
+    import infoflow.files
+    out = tmp_path / "site"
+    cfg = tiny_site_config(tmp_path, out)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(infoflow.files.os, "fsync", full)
+    line = refused_in_one_line(cli("build", "--prompts", cfg.prompts, "--out", out, "--model", cfg.model,
+                                   "--cache-dir", cfg.cache, "--no-live"))
+    assert "No space left on device" in line and str(Path(cfg.cache) / "results") in line, line
+    assert len(line) < 500 and not out.exists()
+
+
+@pytest.mark.parametrize("listed", ["../outside.txt", "/etc/hostname", "data/../../outside.txt", "a//b"])
+def test_publish_refuses_a_marker_path_outside_the_site(listed, tmp_path):
+    """B6: a `../` path in the site marker was published (a file from outside the site), counted,
+    or gave a traceback."""
+    from infoflow.publish import PublishError, publish
+    from infoflow.sitedir import MARKER, sha256_file
+    site = fake_site(tmp_path / "site")
+    (tmp_path / "outside.txt").write_text("private")
+    (site / "index.html").write_text("<p>hi</p>")
+    marker = json.loads((site / MARKER).read_text())
+    marker["files"] = {"index.html": sha256_file(site / "index.html"), listed: sha256_file(tmp_path / "outside.txt")}
+    (site / MARKER).write_text(json.dumps(marker))
+    with pytest.raises(PublishError, match="not a file inside the site") as err:
+        publish(site, repo=tmp_path, dry_run=True)
+    assert repr(listed) in str(err.value)
+
+
+def test_a_fifo_in_the_cache_does_not_hang_the_build(tmp_path):
+    """C2: a FIFO where a cache entry should be blocked the build forever."""
+    import threading
+    from infoflow.build import _entry_path, build
+    from infoflow.model import fingerprint
+    from infoflow.prompts import load_prompts
+    cfg = tiny_site_config(tmp_path, tmp_path / "site")
+    build(cfg, shard=(0, 1), progress=False)
+    entry = _entry_path(cfg, load_prompts(cfg.prompts)[0], fingerprint(cfg.model))
+    entry.unlink()
+    os.mkfifo(entry)
+    done = []
+    worker = threading.Thread(target=lambda: done.append(build(cfg, shard=(0, 1), progress=False)), daemon=True)
+    with pytest.warns(UserWarning, match="not a regular file"):
+        worker.start()
+        worker.join(60)
+    if worker.is_alive():                        # the old code: release it, then fail
+        os.close(os.open(entry, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(10)
+        pytest.fail("the build hung on the FIFO")
+    assert done and done[0].computed == ["cat"] and entry.is_file()
+
+
+def test_decompose_with_a_cache_path_that_is_a_file(tmp_path):
+    """C3: `decompose --cache-dir FILE` gave a traceback."""
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    line = refused_in_one_line(cli("decompose", "Hi", "--cache-dir", cache))
+    assert f"{cache} is not a folder" in line
+    line = refused_in_one_line(cli("decompose", "Hi", "--cache-dir", cache / "sub"))
+    assert f"{cache} is not a folder" in line
+
+
+def test_serve_does_not_follow_a_symlink_to_a_dotfile(tmp_path):
+    """F2: a symlink inside the site to one of its dotfiles (the marker) served the dotfile."""
+    import threading
+    import urllib.error
+    import urllib.request
+    from infoflow.serve import make_server
+    from infoflow.sitedir import MARKER
+    site = fake_site(tmp_path / "site")
+    (site / "index.html").write_text("<p>hi</p>")
+    (site / "marker.json").symlink_to(MARKER)
+    (site / "data" / "env.txt").symlink_to(Path("..") / MARKER)
+    server = make_server(site, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        assert urllib.request.urlopen(f"{base}/index.html").read() == b"<p>hi</p>"
+        for path in ("/marker.json", "/data/env.txt"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(base + path)
+            assert err.value.code == 404, path
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("args, code, said", [
+    (["serve", "--no-build", "--port", "-1"], 2, "--port"),
+    (["serve", "--no-build", "--port", "70000"], 2, "--port"),
+    (["decompose", "Hi", "--max-memory", "infG"], 2, "--max-memory"),
+    (["decompose", "Hi", "--max-memory", "-4G"], 2, "--max-memory"),
+    (["decompose", "Hi", "--device", "quantum"], 1, "--device 'quantum'"),
+    (["build", "--device", "quantum"], 1, "--device 'quantum'"),
+    (["decompose", "Hi", "--device", "cuda"], 1, "CUDA device"),
+])
+def test_bad_numbers_and_devices_are_refused_in_one_line(args, code, said, tmp_path, monkeypatch):
+    """F5, G2: --port -1 or 70000, --max-memory infG, --device quantum, and cuda on a CPU-only
+    torch gave tracebacks."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)    # a CPU-only torch, here too
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    fake_site(tmp_path / "site")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "gallery.toml").write_text(ONE)
+    extra = ["--out", "site"] if args[0] in ("serve", "build") else []
+    line = refused_in_one_line(cli(*args, *extra), code)
+    assert said in line, line
