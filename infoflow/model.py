@@ -148,7 +148,7 @@ def _stamp(path: Path) -> list:
 def _folder_fingerprint(folder: Path) -> str:
     """sha256 of the weight files, remembered beside them, keyed by each file's _stamp.
 
-    Hashing costs 1.4 s for SmolLM2's 514 MB and 2.7-3.1 s for Gemma 3's 1 GB here (warm page
+    Hashing costs 1.4-1.8 s for SmolLM2's 514 MB and 2.7-4.5 s for Gemma 3's 1 GB here (warm page
     cache; docs/reliability.md), more than a cached build's other work, so it is done once per
     change of the files, not once per build."""
     weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
