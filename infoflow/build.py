@@ -18,13 +18,13 @@ from . import ENGINE_VERSION, __version__
 from .config import SiteConfig
 from .datafile import (SCHEMA, DataFileError, content_hash, encode, heads_page_bytes, heads_path, pack_entry,
                        page_bytes, summarize, thumbnail_norms, unpack_entry)
-from .files import atomic_write
+from .files import atomic_write, read_regular
 from .gallery_models import gallery_models, has_chat_template, model_label, model_slug, tokenization_differences
 from .licenses import write_licenses
 from .model import cache_dir, fingerprint
 from .prompts import Prompt, PromptError, load_prompts, span_groups
 from .site import SITE_SRC, palette, render_site, thumbnail_png
-from .sitedir import (check_replaceable, locked, new_staging, read_marker, recover,
+from .sitedir import (check_replaceable, discard, locked, new_staging, read_marker, recover,
                       resolve_out, swap, write_marker)
 
 
@@ -60,21 +60,28 @@ def result_key(model_fingerprint: str, p: Prompt, cfg: SiteConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def read_cached(path: Path) -> dict | None:
+def read_cached(path: Path, model_fingerprint: str | None = None) -> dict | None:
     """The cached document under `path` (its name is its key), or None, with a warning, when it
-    is missing, truncated, corrupt, stored under another key or malformed."""
+    is missing, truncated, corrupt, stored under another key or malformed, or (given
+    `model_fingerprint`) was computed with other weights than the ones just fingerprinted."""
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path)
     except FileNotFoundError:
         return None
     except OSError as e:
         warnings.warn(f"cached result {path.name} is unreadable ({e}); recomputing it")
         return None
     try:
-        return unpack_entry(raw, path.stem)
+        doc = unpack_entry(raw, path.stem)
     except DataFileError as e:
         warnings.warn(f"cached result {path.name} is unusable ({e}); recomputing it")
         return None
+    made_with = doc["model"].get("fingerprint")
+    if model_fingerprint is not None and made_with != model_fingerprint:
+        warnings.warn(f"cached result {path.name} was computed with the weights {made_with}, not the "
+                      f"model's weights now ({model_fingerprint}); recomputing it")
+        return None
+    return doc
 
 
 def write_cached(path: Path, body: bytes) -> None:
@@ -151,7 +158,7 @@ def build(cfg: SiteConfig, *, only: tuple[str, ...] = (), keep_going: bool = Fal
                     model_fp = fingerprint(model, cfg.cache)
                     if only and model_fp:          # the other prompts come from the cache
                         for p in prompts:
-                            if p.id not in docs[model] and (doc := read_cached(_entry_path(cfg, p, model_fp))):
+                            if p.id not in docs[model] and (doc := read_cached(_entry_path(cfg, p, model_fp), model_fp)):
                                 docs[model][p.id] = doc
                 _refuse_missing(cached_only, summary)
                 recover(out)
@@ -159,11 +166,21 @@ def build(cfg: SiteConfig, *, only: tuple[str, ...] = (), keep_going: bool = Fal
                 have = [p for p in prompts if any(p.id in d for d in docs.values())]
                 _write_site(cfg, out, models, have, docs, summary)
     except OSError as e:
-        where = e.filename or cfg.out
-        raise BuildError(f"could not write {where}: {e.strerror or e}. The previous site is untouched; "
+        raise BuildError(f"could not write {_where(e, cfg)}: {_reason(e)}. The previous site is untouched; "
                          "free some space or fix the folder's permissions, then build again.") from e
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _where(e: OSError, cfg: SiteConfig) -> str:
+    """The file or folder an OSError is about (atomic_write names the file it could not write)."""
+    return str(e.filename) if e.filename else f"{cfg.out} (or the cache, {cache_dir(cfg.cache)})"
+
+
+def _reason(e: OSError, limit: int = 160) -> str:
+    """One short line: the system's words for it, never a whole chained message."""
+    text = e.strerror or (str(e).splitlines() or [type(e).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _refuse_missing(cached_only: bool, summary: BuildSummary) -> None:
@@ -193,7 +210,7 @@ def _compute_all(cfg: SiteConfig, model: str, models: list[str], selected: list[
             summary.skipped.append((name(p.id), f"{name(p.id)}: {model_slug(model)} has no chat template, "
                                     "so this chat prompt is shown on the other models only"))
             continue
-        doc = read_cached(_entry_path(cfg, p, model_fp)) if model_fp else None
+        doc = read_cached(_entry_path(cfg, p, model_fp), model_fp) if model_fp else None
         if doc is None and cached_only:
             summary.failed.append((name(p.id), f"{name(p.id)}: no cached result (was its shard built and merged?)"))
             continue
@@ -205,6 +222,9 @@ def _compute_all(cfg: SiteConfig, model: str, models: list[str], selected: list[
             if lm is None:
                 bar.set_description(f"loading {model_slug(model)}")
                 lm = get_model(model, dtype=cfg.dtype, device=cfg.device, cache=cfg.cache)
+                if model_fp is not None and lm.info["fingerprint"] != model_fp and docs:
+                    raise BuildError(f"the weights of {model_slug(model)} changed during the build "
+                                     f"({model_fp}, then {lm.info['fingerprint']}); build again.")
                 summary.model_loaded, model_fp = True, lm.info["fingerprint"]
             bar.set_description(name(p.id))
             body = compute(p, lm, cfg)
@@ -219,7 +239,7 @@ def _compute_all(cfg: SiteConfig, model: str, models: list[str], selected: list[
             continue
         path = _entry_path(cfg, p, model_fp)
         write_cached(path, body)
-        docs[p.id] = unpack_entry(path.read_bytes(), path.stem)
+        docs[p.id] = unpack_entry(read_regular(path), path.stem)
         summary.computed.append(name(p.id))
     return docs
 
@@ -232,7 +252,7 @@ def merge_shards(shard_caches: list[Path], cfg: SiteConfig, **kwargs) -> BuildSu
         folder = Path(shard) / "results" if (Path(shard) / "results").is_dir() else Path(shard)
         for f in folder.glob("*.msgpack"):
             if read_cached(f) is not None:
-                atomic_write(results / f.name, f.read_bytes())
+                atomic_write(results / f.name, read_regular(f))
     return build(cfg, cached_only=True, **kwargs)
 
 
@@ -280,8 +300,7 @@ def _write_site(cfg: SiteConfig, out: Path, models: list[str], prompts: list[Pro
         render_site(staging, entries, site)
         write_marker(staging, site_identity(cfg))
     except BaseException:
-        import shutil
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging, out)
         raise
     swap(staging, out)
 

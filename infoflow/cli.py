@@ -15,9 +15,12 @@ def parse_size(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     try:
-        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
-    except ValueError:
+        size = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, OverflowError):        # OverflowError: inf, 1e999
+        size = -1
+    if size <= 0:
         raise click.BadParameter(f"{text!r}: write a size like 512M or 4G", param_hint="--max-memory")
+    return size
 
 
 @click.group()
@@ -42,16 +45,19 @@ def decompose_cmd(prompt, model, dtype, device, cache, groups, precision, max_to
     """Decompose PROMPT and print its tokens, predictions and reconstruction error."""
     if remote:
         return _decompose_remote(prompt, model)
+    from .config import check_device
     from .decompose import InputError, decompose, get_model
     from .model import ModelError
 
+    budget = parse_size(max_memory)             # a bad option is refused before the model loads
     t0 = time.perf_counter()
     try:
+        check_device(device)
         lm = get_model(model, dtype=dtype, device=device, cache=cache)
         t1 = time.perf_counter()
         d = decompose(prompt, lm, groups=groups, dtype=precision, logit_lens=not no_lens,
-                      chat=chat, max_tokens=max_tokens, max_memory=parse_size(max_memory))
-    except (InputError, ModelError) as e:
+                      chat=chat, max_tokens=max_tokens, max_memory=budget)
+    except (InputError, ModelError, ConfigError) as e:
         raise click.ClickException(str(e))
     t2 = time.perf_counter()
     est = d.timings["estimate"]
@@ -94,12 +100,15 @@ def _decompose_remote(prompt, model):
         raise click.ClickException("--remote needs --model with a Hugging Face id that NDIF serves, "
                                    "e.g. meta-llama/Llama-3.1-8B.")
     t0 = time.perf_counter()
+    from .model import ModelError, check_hub_config
+
     try:
+        check_hub_config(model)
         from nnsight import LanguageModel
-        nn_model = LanguageModel(model, attn_implementation="eager")
+        nn_model = LanguageModel(model, attn_implementation="eager", trust_remote_code=False)
         ids = nn_model.tokenizer(prompt, return_tensors="pt")["input_ids"]
         summary = decompose_remote(nn_model, ids, remote=True)
-    except RemoteError as e:
+    except (RemoteError, ModelError) as e:
         raise click.ClickException(str(e))
     except OSError as e:
         raise click.ClickException(f"could not fetch {model!r}'s config and tokenizer ({e}); "
@@ -140,7 +149,14 @@ def _rebuild(cfg: SiteConfig) -> None:
     from .build import build
     from .sitedir import read_marker, resolve_out
 
+    from .publish import strangers
+
     marker = read_marker(resolve_out(cfg.out))
+    if marker and (found := strangers(resolve_out(cfg.out))):
+        raise click.ClickException(
+            f"refusing to rebuild {cfg.out}: it holds files the build did not write ({', '.join(found[:20])}"
+            + (f", and {len(found) - 20} more" if len(found) > 20 else "") + "), which the rebuild would "
+            "delete. Move them out of the folder (they are yours), then run this again.")
     if marker:
         built_with = {"models": [], **marker.get("config", {})}     # sites from before --models
         shown = lambda k, v: ",".join(v) or "(default)" if k == "models" else v  # noqa: E731
@@ -224,7 +240,7 @@ def add_cmd(text, title, tags, note, pid, chat, prompts_path):
 
 @main.command("serve")
 @site_options
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--no-build", is_flag=True, help="Serve OUT as it is.")
 def serve_cmd(port, no_build, **kwargs):
     """Build if needed, then serve the site on 127.0.0.1 (browsers refuse data over file://)."""
@@ -253,7 +269,8 @@ def serve_cmd(port, no_build, **kwargs):
 @click.option("--cname", default=None, help="Custom domain (else site_src/CNAME, else the site's own CNAME).")
 @click.option("--dry-run", is_flag=True, help="Say what would be rebuilt and pushed; change nothing.")
 @click.option("--no-build", is_flag=True, help="Publish OUT as it is, without the incremental rebuild.")
-def publish_cmd(remote, branch, message, cname, dry_run, no_build, **kwargs):
+@click.option("--force", is_flag=True, help="Remove files from the branch that the last publish did not write.")
+def publish_cmd(remote, branch, message, cname, dry_run, no_build, force, **kwargs):
     """Rebuild if stale, then push exactly the files the build wrote to a GitHub Pages branch."""
     from .build import stale_reason
     from .publish import publish
@@ -270,13 +287,16 @@ def publish_cmd(remote, branch, message, cname, dry_run, no_build, **kwargs):
                 click.echo("the site as it is now:")
         elif not no_build:
             _rebuild(cfg)
-        result = publish(cfg.out, remote=remote, branch=branch, message=message, cname=cname, dry_run=dry_run)
+        result = publish(cfg.out, remote=remote, branch=branch, message=message, cname=cname, dry_run=dry_run,
+                         force=force)
     except _errors() as e:
         raise click.ClickException(str(e))
     click.echo(result.message)
     if dry_run:
         for path in result.paths:
             click.echo(f"  {path}")
+    for path in result.removed:
+        click.echo(f"  - {path}")
 
 
 if __name__ == "__main__":

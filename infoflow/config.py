@@ -7,6 +7,7 @@ site makes a `SiteConfig` with `site_options` and hands it unchanged to `build()
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class SiteConfig:
     def check(self) -> "SiteConfig":
         """Refuse an output folder that a build must never replace; return self."""
         check_out_dir(self.out, self.prompts)
+        check_device(self.device)
         if self.dtype not in DTYPE_NAMES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPE_NAMES)}, not {self.dtype!r}.")
         if self.max_tokens < 1:
@@ -98,6 +100,32 @@ def check_out_dir(out: Path, prompts: Path) -> None:
     if why:
         raise ConfigError(f"--out {out}: refusing to build there, because {why} and a build replaces its "
                           "output folder whole. Choose a folder of its own, e.g. --out build.")
+    from .sitedir import is_site
+
+    for above in target.parents:
+        if is_site(above):
+            raise ConfigError(f"--out {out}: refusing to build there, because it is inside the site {above}, "
+                              "whose next build replaces that folder whole (and this site with it). "
+                              "Choose a folder outside it.")
+
+
+def check_device(device: str) -> None:
+    """cpu, auto, cuda, cuda:N or mps, and only one this machine's torch has."""
+    if device in ("cpu", "auto"):
+        return
+    if not re.fullmatch(r"cuda(:\d{1,3})?|mps", device or ""):
+        raise ConfigError(f"--device {device!r}: use cpu, cuda, cuda:N, mps or auto.")
+    import torch
+
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            raise ConfigError(f"--device {device}: this torch sees {count} CUDA device(s)"
+                              + ("" if torch.version.cuda else " (it is a CPU-only build)")
+                              + "; use --device cpu.")
+    elif not torch.backends.mps.is_available():
+        raise ConfigError("--device mps: this machine's torch has no MPS device; use --device cpu.")
 
 
 def _apply(f, options):

@@ -57,25 +57,94 @@ def encode_tril(a: np.ndarray, row_len: list[int], tail: int, *, signed: bool) -
     return out
 
 
-def decode_array(obj: dict) -> np.ndarray:
+# What a data file may declare: the viewer's LIMITS (site_src/static/js/arrays.js), far above any
+# real result (the default model has 30 layers, a long prompt 512 positions). Every declared size
+# is checked against these before anything is allocated or inflated.
+LIMITS = {"layers": 1024, "positions": 16384, "top_k": 1024, "strings": 1 << 21,
+          "elements": 1 << 27,     # one dense array: 128 Mi values (512 MB as float32)
+          "total": 1 << 28,        # all of a document's dense arrays together
+          "variants": 64}
+MAX_FILE_BYTES = 1 << 30           # the viewer's MAX_FILE_BYTES
+_SIZES = {name: np.dtype(t).itemsize for name, t in DTYPES.items()}
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 1 << 53
+
+
+def check_array(obj, what: str = "array") -> tuple[int, int]:
+    """An array map's declared shape, type and layout, checked against LIMITS before any
+    allocation, as the viewer's checkArray.   -> (dense elements, stored bytes)"""
+    if not (isinstance(obj, dict) and isinstance(obj.get("data"), bytes) and isinstance(obj.get("shape"), list)):
+        raise DataFileError(f"`{what}` is not an array")
+    shape = obj["shape"]
+    if len(shape) > 6 or not all(_is_count(d) for d in shape):
+        raise DataFileError(f"`{what}` has a malformed shape")
+    total = 1
+    for d in shape:
+        total *= d
+        if total > LIMITS["elements"]:
+            raise DataFileError(f"`{what}` declares shape {shape}, more than infoflow reads "
+                                f"({LIMITS['elements']} values at most); nothing was allocated")
+    if obj.get("dtype") not in DTYPES:
+        raise DataFileError(f"`{what}` has unknown type {obj.get('dtype')!r}")
+    if obj.get("codec") not in (None, "deflate"):
+        raise DataFileError(f"`{what}` has unknown codec {obj.get('codec')!r}")
+    stored = total
+    if obj.get("layout") == "tril":
+        if len(shape) < 2:
+            raise DataFileError(f"`{what}` is tril with fewer than two axes")
+        P, G = shape[-2:]
+        rows, tail = obj.get("row_len"), obj.get("tail", 0)
+        if not (isinstance(rows, list) and len(rows) == P and all(_is_count(r) for r in rows)
+                and tail in (0, 1) and not isinstance(tail, bool) and tail <= G):
+            raise DataFileError(f"`{what}` has a bad row_len or tail")
+        per = sum(min(r, G - tail) + tail for r in rows)
+        stored = per * (total // (P * G)) if P * G else 0
+    elif obj.get("layout") is not None:
+        raise DataFileError(f"`{what}` has unknown layout {obj.get('layout')!r}")
+    if "q" in obj:
+        q = obj["q"]
+        if not (isinstance(q, (int, float)) and not isinstance(q, bool) and np.isfinite(q) and q > 0):
+            raise DataFileError(f"`{what}` has a bad quantization q={q!r}")
+    return total, stored * _SIZES[obj["dtype"]]
+
+
+def _inflate_capped(data: bytes, size: int, what: str) -> bytes:
+    """Inflate a zlib stream into at most `size` bytes: a deflate bomb stops one byte past its
+    declared size, having cost that much memory and no more."""
+    inflater = zlib.decompressobj()
     try:
-        raw = obj["data"]
-        if obj.get("codec") == "deflate":
-            raw = zlib.decompress(raw)
-        flat = np.frombuffer(raw, dtype=DTYPES[obj["dtype"]])
-        shape = tuple(obj["shape"])
-        if obj.get("layout") == "tril":
-            keep = tril_mask(*shape[-2:], obj["row_len"], obj["tail"])
-            full = np.zeros(shape, dtype=np.float32)
-            full[..., keep] = flat.reshape(*shape[:-2], -1)
-            flat_out = full
-        else:
-            flat_out = flat.reshape(shape).astype(np.float32 if obj["dtype"] == "f16" else flat.dtype)
-        if "q" in obj:
-            flat_out = flat_out.astype(np.float32) / obj["q"] * decode_array(obj["scale"])[..., None]
-        return flat_out
-    except (KeyError, TypeError, ValueError, zlib.error) as e:
-        raise DataFileError(f"corrupt array in data file: {e}") from e
+        out = inflater.decompress(data, size + 1)
+    except zlib.error as e:
+        raise DataFileError(f"`{what}` does not inflate ({e})") from None
+    if len(out) > size or inflater.unconsumed_tail:
+        raise DataFileError(f"`{what}` inflates to more than its declared {size} bytes")
+    if not inflater.eof:
+        raise DataFileError(f"`{what}` is cut short: it inflates to {len(out)} bytes, its shape needs {size}")
+    return out
+
+
+def decode_array(obj: dict, what: str = "array") -> np.ndarray:
+    """One array map -> the dense array, every size checked before it is allocated."""
+    total, size = check_array(obj, what)
+    raw = _inflate_capped(obj["data"], size, what) if obj.get("codec") == "deflate" else obj["data"]
+    if len(raw) != size:
+        raise DataFileError(f"`{what}` holds {len(raw)} bytes, its shape needs {size}")
+    flat = np.frombuffer(raw, dtype=DTYPES[obj["dtype"]])
+    shape = tuple(obj["shape"])
+    if obj.get("layout") == "tril":
+        keep = tril_mask(*shape[-2:], obj["row_len"], obj["tail"])
+        out = np.zeros(shape, dtype=np.float32)
+        out[..., keep] = flat.reshape(*shape[:-2], -1)
+    else:
+        out = flat.reshape(shape).astype(np.float32 if obj["dtype"] == "f16" else flat.dtype)
+    if "q" in obj:
+        scale = decode_array(obj.get("scale"), f"{what}.scale")
+        if scale.shape != shape[:-1]:
+            raise DataFileError(f"`{what}.scale` has shape {list(scale.shape)}, expected {list(shape[:-1])}")
+        out = out.astype(np.float32) / obj["q"] * scale[..., None]
+    return out
 
 
 # ----------------------------------------------------------------------------- write
@@ -288,37 +357,87 @@ def unpack_entry(raw: bytes, key: str) -> dict:
 
 
 def check_document(doc) -> None:
-    """Raise DataFileError unless `doc` has the fields and types every reader relies on."""
+    """Raise DataFileError, naming the field, unless `doc` has the fields, types and sizes every
+    reader relies on: the viewer's checks (checkDocument, decodeVariant and decodeData in
+    site_src/static/js/data.js), all made on the declared shapes, before any array is decoded."""
     def need(ok: bool, what: str):
         if not ok:
             raise DataFileError(f"malformed document: {what}")
     need(isinstance(doc, dict), "not a map")
     need(doc.get("schema") == SCHEMA, f"schema {doc.get('schema')!r}, expected {SCHEMA}")
-    for key in ("layers", "positions", "top_k"):
-        need(isinstance(doc.get(key), int) and doc[key] > 0, f"`{key}` is not a positive integer")
-    need(isinstance(doc.get("tokens"), list) and len(doc["tokens"]) == doc["positions"],
-         "`tokens` is not a list of `positions` strings")
-    need(isinstance(doc.get("strings"), list), "`strings` is not a list")
+    for key, limit in (("layers", "layers"), ("positions", "positions"), ("top_k", "top_k")):
+        need(_is_count(doc.get(key)) and doc[key] > 0, f"`{key}` is not a positive integer")
+        need(doc[key] <= LIMITS[limit], f"`{key}` = {doc[key]}, more than infoflow reads (at most {LIMITS[limit]})")
+    L, P, k = doc["layers"], doc["positions"], doc["top_k"]
+    need(isinstance(doc.get("tokens"), list) and len(doc["tokens"]) == P
+         and all(isinstance(t, str) for t in doc["tokens"]), "`tokens` is not a list of `positions` strings")
+    need(isinstance(doc.get("strings"), list) and all(isinstance(t, str) for t in doc["strings"]),
+         "`strings` is not a list of strings")
+    need(len(doc["strings"]) <= LIMITS["strings"], f"`strings` has more than {LIMITS['strings']} entries")
     need(isinstance(doc.get("model"), dict) and "id" in doc["model"] and "fingerprint" in doc["model"],
          "`model` lacks id or fingerprint")
-    need(isinstance(doc.get("predictions"), dict)
-         and all(isinstance(doc["predictions"].get(k), dict) for k in ("ids", "probs", "logits")),
+    need(isinstance(doc.get("prompt", {}), dict), "`prompt` is not a map")
+    pred = doc.get("predictions")
+    need(isinstance(pred, dict) and all(isinstance(pred.get(key), dict) for key in ("ids", "probs", "logits")),
          "`predictions` lacks ids, probs or logits")
-    for key in ("token_ids", "embed_norm", "recon_error"):
-        need(isinstance(doc.get(key), dict), f"`{key}` is not an array")
-    need(isinstance(doc.get("worst_recon_error"), float), "`worst_recon_error` is not a number")
+    for key in ("ids", "probs", "logits"):
+        _expect(pred[key], [P, k], f"predictions.{key}")
+    _expect(doc.get("token_ids"), [P], "token_ids")
+    _expect(doc.get("embed_norm"), [P], "embed_norm")
+    _expect(doc.get("recon_error"), [L, 2], "recon_error")
+    for key in ("worst_recon_error", "logit_error"):
+        need(isinstance(doc.get(key), (int, float)) and not isinstance(doc.get(key), bool),
+             f"`{key}` is not a number")
+    lens = doc.get("lens")
+    if lens is not None:
+        need(isinstance(lens, dict), "`lens` is not a map")
+        for key in ("ids", "probs"):
+            _expect(lens.get(key), [L, 2, P, k], f"lens.{key}")
     variants = doc.get("variants")
-    need(isinstance(variants, list) and variants and all(isinstance(v, dict) and "name" in v for v in variants),
-         "`variants` is not a list of named maps")
+    need(isinstance(variants, list) and variants and all(isinstance(v, dict) and isinstance(v.get("name"), str)
+                                                         for v in variants), "`variants` is not a list of named maps")
+    need(len(variants) <= LIMITS["variants"], f"`variants` has more than {LIMITS['variants']} entries")
     names = {v["name"] for v in variants}
     need({"tokens", "words"} <= names, "the tokens or words variant is missing")
+    total = (2 * L * 2 * P * k if lens is not None else 0) + 3 * P * k
     for v in variants:
+        name = v["name"]
         if "same_as" in v:
-            need(v["same_as"] in names and v["same_as"] != v["name"], f"variant {v['name']!r}: bad same_as")
-        else:
-            need(all(isinstance(v.get(k), dict) for k in ("norm", "delta", "proj", "logit_attr", "groups")),
-                 f"variant {v['name']!r} lacks arrays")
-            need(isinstance(v.get("sources"), list), f"variant {v['name']!r} has no sources")
+            need(v["same_as"] in names and v["same_as"] != v["name"], f"variant {name!r}: bad same_as")
+            continue
+        need(all(isinstance(v.get(key), dict) for key in ("norm", "delta", "proj", "logit_attr", "groups", "first")),
+             f"variant {name!r} lacks arrays")
+        need(isinstance(v.get("sources"), list) and all(isinstance(x, str) for x in v["sources"]),
+             f"variant {name!r}: `sources` is not a list of strings")
+        G = len(v["sources"])
+        need(G <= P + 1, f"variant {name!r} has {G} sources for {P} positions")
+        for key in ("norm", "delta", "proj"):
+            _expect(v[key], [L, 2, P, G], f"variants[{name}].{key}")
+        _expect(v["logit_attr"], [P, k, G], f"variants[{name}].logit_attr")
+        _expect(v["groups"], [P], f"variants[{name}].groups")
+        _expect(v["first"], [G], f"variants[{name}].first")
+        total += 3 * L * 2 * P * G + P * k * G
+    need(total <= LIMITS["total"], f"its arrays total {total} values, more than infoflow reads "
+         f"(at most {LIMITS['total']})")
+
+
+def _expect(obj, shape: list[int], what: str) -> None:
+    """An array of exactly `shape`, its sizes within LIMITS (checked, not decoded)."""
+    check_array(obj, what)
+    if list(obj["shape"]) != shape:
+        raise DataFileError(f"malformed document: `{what}` has shape {obj['shape']}, expected {shape}")
+
+
+def check_decoded(d: Decomposition, doc: dict) -> None:
+    """What only the decoded values show: every index within the table it points into."""
+    strings, G = len(doc["strings"]), len(d.sources)
+    if d.groups.size and (d.groups.min() < 0 or d.groups.max() >= G):
+        raise DataFileError(f"malformed document: `groups` names source {int(d.groups.max())}, "
+                            f"but the variant has {G} sources")
+    for what, ids in (("predictions.ids", d.pred_ids), ("lens.ids", d.lens_ids)):
+        if ids is not None and ids.size and ids.max() >= strings:
+            raise DataFileError(f"malformed document: `{what}` names string {int(ids.max())}, but the "
+                                f"string table has {strings}")
 
 
 def variant(doc: dict, name: str) -> dict:
@@ -335,12 +454,19 @@ def variant(doc: dict, name: str) -> dict:
 
 
 def read(path: str | Path) -> dict:
-    """The raw msgpack document, schema-checked."""
+    """The raw msgpack document, schema-checked, its size bounded before it is read."""
     path = Path(path)
     try:
-        doc = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise DataFileError(f"{path}: {size} bytes, more than infoflow reads ({MAX_FILE_BYTES} at most)")
+        doc = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False,
+                              max_str_len=1 << 24, max_bin_len=MAX_FILE_BYTES,
+                              max_array_len=LIMITS["strings"], max_map_len=4096, max_ext_len=0)
     except FileNotFoundError:
-        raise DataFileError(f"{path}: no such data file")
+        raise DataFileError(f"{path}: no such data file") from None
+    except IsADirectoryError:
+        raise DataFileError(f"{path}: a folder, not a data file") from None
     except (ValueError, msgpack.UnpackException, msgpack.ExtraData) as e:
         raise DataFileError(f"{path}: not a valid msgpack data file ({e})") from e
     if not isinstance(doc, dict) or "schema" not in doc:
@@ -352,11 +478,19 @@ def read(path: str | Path) -> dict:
 
 
 def load(path: str | Path, variant: str = "tokens") -> Decomposition:
-    """Read a data file back into a Decomposition (one grouping variant; 'tokens' by default)."""
+    """Read a data file back into a Decomposition (one grouping variant; 'tokens' by default).
+
+    The file is untrusted: it gets the viewer's checks (check_document) before any array is
+    decoded, every array is bounded before it is allocated or inflated, and every problem is one
+    DataFileError naming the file and the field."""
     doc = read(path)
     try:
+        check_document(doc)
         d = _to_decomposition(doc, variant)
-    except (KeyError, TypeError, IndexError) as e:
+        check_decoded(d, doc)
+    except DataFileError as e:
+        raise DataFileError(f"{path}: {e}") from None
+    except (KeyError, TypeError, IndexError, ValueError) as e:
         raise DataFileError(f"{path}: missing or malformed field {e}") from e
     d.head_data = lambda: load_heads(path, variant)     # read when d.heads is first used
     return d
@@ -367,22 +501,22 @@ def _to_decomposition(doc: dict, name: str) -> Decomposition:
     # Token ids of predictions come back as indices into the file's string table, and
     # token_text maps those indices to text, so d.token_text[d.pred_ids[p, j]] still works.
     strings = doc["strings"]
-    norm, delta, proj = (decode_array(v[key]) for key in ("norm", "delta", "proj"))
+    norm, delta, proj = (decode_array(v[key], f"variants[{name}].{key}") for key in ("norm", "delta", "proj"))
     lens = doc.get("lens")
     return Decomposition(
         prompt=doc["prompt"]["text"], tokens=list(doc["tokens"]),
-        token_ids=decode_array(doc["token_ids"]).astype(np.int64),
-        sources=list(v["sources"]), groups=decode_array(v["groups"]).astype(np.int64),
+        token_ids=decode_array(doc["token_ids"], "token_ids").astype(np.int64),
+        sources=list(v["sources"]), groups=decode_array(v["groups"], f"variants[{name}].groups").astype(np.int64),
         grouping=v["grouping"],
         attn_norm=norm[:, 0], mlp_norm=norm[:, 1], attn_delta_norm=delta[:, 0],
         mlp_delta_norm=delta[:, 1], attn_proj=proj[:, 0], mlp_proj=proj[:, 1],
-        embed_norm=decode_array(doc["embed_norm"]),
-        pred_ids=decode_array(doc["predictions"]["ids"]).astype(np.int64), pred_probs=decode_array(doc["predictions"]["probs"]),
-        pred_logits=decode_array(doc["predictions"]["logits"]),
-        logit_attr=decode_array(v["logit_attr"]).astype(np.float32),
-        recon_error=decode_array(doc["recon_error"]), logit_error=float(doc["logit_error"]),
-        lens_ids=None if lens is None else decode_array(lens["ids"]).astype(np.int64),
-        lens_probs=None if lens is None else decode_array(lens["probs"]).astype(np.float32),
+        embed_norm=decode_array(doc["embed_norm"], "embed_norm"),
+        pred_ids=decode_array(doc["predictions"]["ids"], "predictions.ids").astype(np.int64), pred_probs=decode_array(doc["predictions"]["probs"], "predictions.probs"),
+        pred_logits=decode_array(doc["predictions"]["logits"], "predictions.logits"),
+        logit_attr=decode_array(v["logit_attr"], f"variants[{name}].logit_attr").astype(np.float32),
+        recon_error=decode_array(doc["recon_error"], "recon_error"), logit_error=float(doc["logit_error"]),
+        lens_ids=None if lens is None else decode_array(lens["ids"], "lens.ids").astype(np.int64),
+        lens_probs=None if lens is None else decode_array(lens["probs"], "lens.probs").astype(np.float32),
         token_text=dict(enumerate(strings)),
         model=dict(doc["model"]), precision=doc["precision"], version=doc["generator"]["infoflow"],
         has_bias=bool(v["has_bias"]))

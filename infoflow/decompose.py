@@ -34,10 +34,16 @@ def get_model(model: str | LoadedModel | None = None, **load_kwargs) -> LoadedMo
     """A loaded model; strings are loaded once per process and reused."""
     if isinstance(model, LoadedModel):
         return model
+    from .model import fingerprint
+
     key = (model, tuple(sorted(load_kwargs.items())))
-    if key not in _loaded:
-        _loaded[key] = load_model(model, **load_kwargs)
-    return _loaded[key]
+    kept = _loaded.get(key)
+    if kept is not None and fingerprint(model, load_kwargs.get("cache"), convert=False) not in (
+            None, kept.info["fingerprint"]):
+        kept = None                      # its weights changed on disk since: load them again
+    if kept is None:
+        _loaded[key] = kept = load_model(model, **load_kwargs)
+    return kept
 
 
 # ----------------------------------------------------------------------------- tokens

@@ -15,16 +15,19 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-from .files import atomic_write
+from .files import atomic_write, read_regular
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 GEMMA_MODEL = "gemma3-270m"
 _FINGERPRINT_FILE = "infoflow-fingerprint.json"
+_RACY_NS = 2_000_000_000   # file times are coarse (a clock tick; 2 s on FAT): newer is not remembered
 
 
 @dataclass(frozen=True)
@@ -73,13 +76,21 @@ class LoadedModel:
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
-    """Where converted models and results live: --cache-dir, $INFOFLOW_CACHE, or ~/.cache/infoflow."""
+    """Where converted models and results live: --cache-dir, $INFOFLOW_CACHE, or ~/.cache/infoflow.
+    ModelError in one line when it is, or lies under, something that is not a folder."""
     if override:
-        return Path(override).expanduser()
-    if os.environ.get("INFOFLOW_CACHE"):
-        return Path(os.environ["INFOFLOW_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "infoflow"
+        path = Path(override).expanduser()
+    elif os.environ.get("INFOFLOW_CACHE"):
+        path = Path(os.environ["INFOFLOW_CACHE"]).expanduser()
+    else:
+        path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "infoflow"
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise ModelError(f"the cache folder {path} cannot be used: {folder} is not a folder. "
+                                 "Pass --cache-dir (or set INFOFLOW_CACHE to) a folder.")
+            break
+    return path
 
 
 def _package_folder(m: OfflineModel) -> Path:
@@ -126,20 +137,37 @@ def _sha256_files(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
+def _stamp(path: Path) -> list:
+    """What changes whenever a file's bytes may have: its identity (device, inode), size, mtime
+    and ctime. `touch -r` can put an mtime back after an in-place write; nothing but the kernel
+    sets ctime, and every write or `touch` moves it forward."""
+    st = path.stat()
+    return [path.name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def _folder_fingerprint(folder: Path) -> str:
-    """sha256 of the weight files, remembered beside them (keyed by size and mtime)."""
+    """sha256 of the weight files, remembered beside them, keyed by each file's _stamp.
+
+    Hashing costs 1.4-1.8 s for SmolLM2's 514 MB and 2.7-4.5 s for Gemma 3's 1 GB here (warm page
+    cache; docs/reliability.md), more than a cached build's other work, so it is done once per
+    change of the files, not once per build."""
     weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     if not weights:
         raise ModelError(f"{folder} holds no *.safetensors or *.bin weight files.")
-    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights]
+    stamp = [_stamp(p) for p in weights]
     memo = folder / _FINGERPRINT_FILE
     try:
-        saved = json.loads(memo.read_text())
+        saved = json.loads(read_regular(memo))
         if saved.get("stamp") == stamp:
             return saved["sha256"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, AttributeError):
         pass
     digest = "sha256:" + _sha256_files(weights)[:16]
+    # Remember nothing when a file was written to while we read it, or so recently that a write
+    # in the same clock tick would leave every stamp as it is ("racy git").
+    racy = max(st[-1] for st in stamp) > time.time_ns() - _RACY_NS
+    if racy or [_stamp(p) for p in weights] != stamp:
+        return digest
     try:
         atomic_write(memo, json.dumps({"stamp": stamp, "sha256": digest}))
     except OSError:
@@ -238,8 +266,9 @@ def converted_offline_model(name: str, cache: str | os.PathLike | None = None) -
         print(f"infoflow: converting {m.gguf} to float32 safetensors (once, ~30-90 s)...", flush=True)
         gguf = _gguf_path(m, scratch)
         with _gguf_parsed_once():
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+            hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                      trust_remote_code=False)
         # The weights are dequantized float32 now; drop the GGUF marker so they can be saved.
         hf.hf_quantizer = None
         if hasattr(hf.config, "quantization_config"):
@@ -256,6 +285,55 @@ def converted_offline_model(name: str, cache: str | os.PathLike | None = None) -
             if folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)
     return target
+
+
+# The files through which a model folder can name code of its own for transformers to import.
+_CODE_BEARING = ("config.json", "tokenizer_config.json", "processor_config.json",
+                 "preprocessor_config.json")
+_CONFIG_LIMIT = 16 << 20     # a config.json is kilobytes; refuse to parse a giant one
+
+
+def _read_json(path: Path, label: str) -> dict | None:
+    """A small JSON object from a model folder, or None when the file is absent."""
+    try:
+        if path.stat().st_size > _CONFIG_LIMIT:
+            raise ModelError(f"{path} is over {_CONFIG_LIMIT >> 20} MiB; {label} should be a few kilobytes.")
+        data = json.loads(read_regular(path).decode("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelError(f"{path} is not readable JSON ({e}); fix or replace the model folder.") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} is not a JSON object; fix or replace the model folder.")
+    return data
+
+
+def check_folder(folder: Path, label: str | None = None) -> None:
+    """Refuse, in one line and before transformers is imported, a model folder that would make
+    transformers import code from the folder (an `auto_map`, which would also make it ask "run
+    the custom code? [y/N]" on stdin) or whose config names no family infoflow has a recipe for.
+
+    A model folder is untrusted input: reading its JSON runs nothing of it."""
+    from . import arch
+
+    label = label or str(folder)
+    config = _read_json(folder / "config.json", "config.json")
+    if config is None:
+        raise ModelError(f"{label} has no config.json: pass a folder holding config.json, the "
+                         "tokenizer and *.safetensors weights (or leave out --model).")
+    for name in _CODE_BEARING:
+        data = config if name == "config.json" else _read_json(folder / name, name)
+        if data is not None and "auto_map" in data:
+            raise ModelError(f"refusing {label}: its {name} has an auto_map, which would run the "
+                             f"folder's own Python code; infoflow never runs a model's code. "
+                             f"Supported: {arch.SUPPORTED}.")
+    if not isinstance(config.get("model_type"), str):
+        raise ModelError(f"refusing {label}: its config.json names no model_type. "
+                         f"Supported: {arch.SUPPORTED}.")
+    try:
+        arch.recipe_for(SimpleNamespace(**config))
+    except arch.ArchitectureError as e:
+        raise ModelError(f"infoflow cannot decompose {label}: {e}") from None
 
 
 def check_architecture(hf) -> None:
@@ -307,9 +385,11 @@ def _credit(model_id: str) -> dict:
 
 def load_model(model: str | None = None, *, dtype: str = "float32", device: str = "cpu",
                cache: str | os.PathLike | None = None) -> LoadedModel:
-    """Load `model` (None: the default SmolLM2), a Hugging Face id or a local folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load `model` (None: the default SmolLM2), a Hugging Face id or a local folder.
 
+    Never runs a model's own code: its config is checked before transformers is imported
+    (check_folder), and every load passes trust_remote_code=False, so transformers refuses
+    instead of asking on stdin."""
     if dtype not in DTYPES:
         raise ModelError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}.")
     if model is None or model in OFFLINE_MODELS:
@@ -318,18 +398,25 @@ def load_model(model: str | None = None, *, dtype: str = "float32", device: str 
     else:
         path, model_id = model, model
     local = Path(path).expanduser()
-    if not local.exists() and _hub_revision(model_id) is None and not _hub_reachable():
+    if local.is_dir():
+        check_folder(local, str(model if model else local))
+    elif not local.exists() and _hub_revision(model_id) is None and not _hub_reachable():
         raise ModelError(
             f"Could not load the model {model!r}: there is no such local folder, it is not in the "
             "Hugging Face cache, and the hub cannot be reached from here.\n"
             "Without network access, use the default model (leave out --model) or pass a local "
             "folder holding config.json, the tokenizer and *.safetensors weights.")
+    else:
+        check_hub_config(model_id)
+    before = fingerprint(model, cache)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     kwargs = dict(dtype=DTYPES[dtype], attn_implementation="eager")
     if device == "auto":
         kwargs["device_map"] = "auto"
     try:
-        tok = AutoTokenizer.from_pretrained(path)
-        hf = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        hf = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **kwargs)
     except (OSError, ValueError) as e:
         where = "local folder" if local.exists() else "Hugging Face id"
         raise ModelError(
@@ -340,8 +427,37 @@ def load_model(model: str | None = None, *, dtype: str = "float32", device: str 
         hf = hf.to(device)
     hf.eval()
     check_architecture(hf)
-    fp = fingerprint(model, cache) or f"hub:{model_id}@{getattr(hf.config, '_commit_hash', None) or 'unknown'}"
+    fp = fingerprint(model, cache)
+    if before is not None and fp != before:
+        raise ModelError(f"the weights of {model_id} changed while they were being loaded "
+                         f"({before} before, {fp} after); load it again once they are written.")
+    fp = fp or f"hub:{model_id}@{getattr(hf.config, '_commit_hash', None) or 'unknown'}"
     return LoadedModel(hf=hf, tokenizer=tok, info=model_info(hf, model_id, fp))
+
+
+def check_hub_config(model_id: str) -> None:
+    """check_folder on a hub model's config files, fetched (or read from the local cache) with
+    huggingface_hub alone. When they cannot be fetched, transformers' own load says why, and
+    with trust_remote_code=False it still runs nothing of the model's."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import EntryNotFoundError
+    except ImportError:
+        return
+    offline = _hub_revision(model_id) is not None and not _hub_reachable()
+    folder = None
+    for name in _CODE_BEARING:
+        try:
+            got = Path(hf_hub_download(model_id, name, local_files_only=offline))
+        except EntryNotFoundError:
+            continue
+        except Exception:   # noqa: BLE001 -- a bad id, gated repo, no network: transformers reports it
+            if name == "config.json":
+                return
+            continue
+        folder = folder or got.parent    # one snapshot folder holds them all
+    if folder is not None:
+        check_folder(folder, model_id)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -1,6 +1,7 @@
 """The curated prompt list: a TOML file of [[prompt]] tables, validated with clear errors."""
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 import unicodedata
@@ -138,7 +139,7 @@ def _validate(entry, where: str, line: int | None) -> Prompt:
     if not entry["title"].strip():
         raise PromptError(f"{where}: `title` is empty.")
     pid = entry["id"]
-    if not SLUG.match(pid) or pid in RESERVED_IDS:
+    if not SLUG.fullmatch(pid) or pid in RESERVED_IDS:
         raise PromptError(f"{where}: id {pid!r} must be a URL slug: lowercase letters, digits and '-', "
                           f"at most 64 characters, not one of {sorted(RESERVED_IDS)}. "
                           f"Try {slugify(pid or entry['title'])!r}.")
@@ -198,6 +199,8 @@ def add_prompt(path: str | Path, *, text: str, title: str, tags: list[str], note
     import tomlkit
 
     path = Path(path)
+    if path.exists() and (not os.access(path, os.W_OK) or not path.stat().st_mode & 0o200):
+        raise PromptError(f"{path} is read-only; make it writable (chmod u+w {path}) to add a prompt to it.")
     raw = path.read_bytes() if path.exists() else (
         b"# infoflow prompts: one [[prompt]] table each (see README.md).\n")
     bom = b"\xef\xbb\xbf" if raw.startswith(b"\xef\xbb\xbf") else b""
@@ -231,5 +234,9 @@ def add_prompt(path: str | Path, *, text: str, title: str, tags: list[str], note
     addition.append("prompt", aot)
     text_out = (source.rstrip("\n") + "\n\n" if source.strip() else source) + tomlkit.dumps(addition)
     parse_prompts(text_out, str(path))          # never write a file we could not read back
-    atomic_write(path, bom + text_out.encode("utf-8"))     # keeps the file's mode and BOM
+    try:
+        atomic_write(path, bom + text_out.encode("utf-8"))     # keeps the file's mode and BOM
+    except OSError as e:
+        raise PromptError(f"could not write {e.filename or path}: {e.strerror or e}; the prompts file is "
+                          "unchanged. Add to a file in a writable folder (--prompts).") from e
     return new

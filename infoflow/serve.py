@@ -28,6 +28,10 @@ class SiteHandler(http.server.SimpleHTTPRequestHandler):
         if local != root and not local.startswith(root + os.sep):
             self.send_error(404, "Not found")
             return None
+        # What a symlink inside the site resolves to is held to the same rule: no dotfiles.
+        if any(part.startswith(".") for part in Path(os.path.relpath(local, root)).parts if part != "."):
+            self.send_error(404, "Not found")
+            return None
         return super().send_head()
 
     def list_directory(self, path):

@@ -266,7 +266,7 @@ def test_swap_exchanges_atomically(gallery, tmp_path):
     (staging / "index.html").write_text("new")
     seen = []
     real = sitedir._remove
-    sitedir_remove = lambda path, warn: (seen.append((path, (site / "index.html").read_text())), real(path, warn))
+    sitedir_remove = lambda path, *a: (seen.append((path, (site / "index.html").read_text())), real(path, *a))
     try:
         sitedir._remove = sitedir_remove
         sitedir.swap(staging, site)
