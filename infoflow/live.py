@@ -154,7 +154,7 @@ def word_tables() -> dict:
 def _tokenizer_meta(folder: Path) -> dict:
     """Special ids and chat template exactly as the Python tokenizer sees them."""
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     return {"special_ids": sorted(int(i) for i in (tok.all_special_ids or [])),
             "chat_template": getattr(tok, "chat_template", None) or None,
             "bos_token": tok.bos_token, "eos_token": tok.eos_token, "words": word_tables()}
