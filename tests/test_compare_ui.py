@@ -51,7 +51,7 @@ def traced_share(pg, i, l, k, p):
         const side = window.infoflowCompare.sides[i], V = side.V, G = V.G, s = side.trace;
         const base = ((l * 2 + k) * side.D.P + p) * G;
         let sum = 0;
-        for (let j = 0; j < G; j++) if (!side.hidden[j] && V.first[j] <= p) sum += V.norm[base + j];
+        for (let j = 0; j < G; j++) if (V.first[j] <= p) sum += V.norm[base + j];   // of the whole (issue 24)
         return {share: V.norm[base + s] / sum, color: side.colors[s].toLowerCase()};
     }""", [i, l, k, p])
 

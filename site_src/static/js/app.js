@@ -16,7 +16,7 @@ import { EXACT_LABEL, computeExact, exactVariant, needsExact } from "./exact-cus
 const $ = (id) => document.getElementById(id);
 
 /** State keys that change what the cells show (so batches, colours and most panels). */
-const DATA_KEYS = ["metric", "variant", "hidden", "trace", "heat", "order", "custom", "theme", "head"];
+const DATA_KEYS = ["metric", "variant", "hidden", "shown", "trace", "heat", "order", "custom", "theme", "head"];
 const ALL_KEYS = [...DATA_KEYS, "emph", "view", "pin", "pred", "predChoice", "selection"];
 
 const sameValue = (a, b) => a === b || JSON.stringify(a instanceof Set ? [...a] : a) === JSON.stringify(b instanceof Set ? [...b] : b);
@@ -253,7 +253,7 @@ export class Viewer {
     this.labels = sourceLabels(V);
     const batches = headBatches(this) || buildBatches(V, D.L, D.P, {
       metric: s.metric, hidden: this.hidden, trace: this.traceSrc, heat: s.heat, order: s.order,
-      colors: this.colors, neutral: theme.neutral, neg: this.dark ? NEG_COLOR.dark : NEG_COLOR.light,
+      shown: s.shown, hatch: [theme.muted, theme.track], colors: this.colors, neutral: theme.neutral, neg: this.dark ? NEG_COLOR.dark : NEG_COLOR.light,
       pos: this.dark ? POS_COLOR.dark : POS_COLOR.light, seqRamp: this.seqRamp, divRamp: this.divRamp,
     });
     const last = D.P - 1, predictions = [];

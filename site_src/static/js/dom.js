@@ -36,6 +36,9 @@ function toolbar(options) {
       .map(([value, text]) => el("label", {}, el("input", { type: "radio", name: "metric", value }), el("span", { text: ` ${text}` }))));
   return el("div", { class: "toolbar", id: "toolbar" }, metric,
     el("label", { class: "field" }, el("span", { text: "Grouping" }), el("select", { id: "grouping" })),
+    el("label", { class: "field" }, el("span", { text: "Shares of" }), el("select", { id: "share-of",
+      title: "What a share is divided by: the whole residual (hidden sources drawn hatched, still counted) or only the sources shown" },
+    el("option", { value: "whole", text: "the whole residual" }), el("option", { value: "shown", text: "the sources shown" }))),
     el("label", { class: "field" }, el("span", { text: "Order" }), el("select", { id: "order", title: "Order of the segments inside each bar" },
       el("option", { value: "position", text: "by position (stable)" }), el("option", { value: "size", text: "by size" }))),
     el("div", { class: "buttons" },
@@ -47,7 +50,7 @@ function toolbar(options) {
       button("copy-link", "Copy link", "Copy a link to this view"),
       button("export-png", "PNG", "Download this view as a figure: PNG at 2x, with title, legend and scale"),
       button("export-svg", "SVG", "Download this view as an SVG figure"),
-      button("export-csv", "CSV", "Download the numbers behind this view (trace a source or pin a cell first)"),
+      button("export-csv", "CSV", "Download the numbers behind this view: the traced source, the pinned cell, or the whole grid"),
       options.dataUrl ? el("a", { class: "button", id: "download-data", href: options.dataUrl, download: "" , text: "Data file" }) : null,
       button("help-button", "?", "How to read this, and keys (?)", { "aria-label": "Help" })),
     el("span", { class: "status", id: "status", "aria-live": "polite" }));

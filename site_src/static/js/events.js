@@ -11,6 +11,7 @@ function bindToolbar(v) {
   }
   $("grouping").addEventListener("change", (e) => v.setVariant(e.target.value));
   $("order").addEventListener("change", (e) => v.set({ order: e.target.value }));
+  $("share-of").addEventListener("change", (e) => v.set({ shown: e.target.value === "shown" }));
   $("emph").addEventListener("click", () => v.set({ emph: v.state.emph === "attn" ? "mlp" : "attn" }));
   $("heat").addEventListener("click", () => v.set({ heat: !v.state.heat }));
   $("fit").addEventListener("click", () => { v.grid.fit(); v.viewChanged(); });

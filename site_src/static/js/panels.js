@@ -11,12 +11,15 @@ import { cellSources, traceSeries, THRESHOLD } from "./compute.js";
 import { displayToken, fmtPct, fmtStored, fmtNum } from "./format.js";
 import { METRICS, METRIC_HELP } from "./state.js";
 import { NEG_COLOR, POS_COLOR, MAX_COLORS } from "./palette.js";
+import { shareCaption, shareColumn, hiddenSentence, hiddenNames, shareOf } from "./share-text.js";
 
 const swatch = (color, cls = "swatch") => {
   const sw = el("span", { class: cls, "aria-hidden": "true" });
   sw.style.background = color;
   return sw;
 };
+/** The hatched swatch of hidden sources (CSS draws the stripes, as the grid does). */
+const hatchSwatch = () => el("span", { class: "swatch swatch-hatch", "aria-hidden": "true" });
 
 // ----------------------------------------------------------------------------- strip
 
@@ -65,6 +68,7 @@ function renderCaption(v, box) {
       + `ordered ${s.order === "size" ? "largest first" : "by source position (left to right, the same in every row)"}. `
       + `The ${MAX_COLORS} largest sources have colours; grey is all the others.`);
   }
+  parts.push(shareCaption(v));
   parts.push(`Layer 0 is at the bottom. ${METRICS[s.metric]}: ${METRIC_HELP[s.metric]}`);
   box.textContent = parts.join(" ");
 }
@@ -101,7 +105,11 @@ function renderLegend(v, box) {
   const others = V.G - coloured.length - hidden.length;
   ul.append(el("li", { class: "legend-others" }, swatch(v.theme.neutral),
     el("span", { text: ` others (${others} source${others === 1 ? "" : "s"} without a colour, and any segment < ${THRESHOLD * 100}%)` })));
-  if (hidden.length) ul.append(el("li", { class: "is-hidden" }, el("span", { text: `hidden: ${hidden.map((i) => labels[i]).join(" ")}` })));
+  if (hidden.length) {
+    ul.append(el("li", { class: "is-hidden legend-hidden" }, s.shown ? null : hatchSwatch(), el("span", {
+      text: s.shown ? ` hidden: ${hiddenNames(v)} (left out: widths are ${shareOf(v)})`
+        : ` hidden: ${hiddenNames(v)} (hatched; still counted in every share)` })));
+  }
   if (s.metric === "proj" && v.traceSrc < 0) {
     ul.append(el("li", {}, swatch(neg), el("span", { text: " negative part (left of zero)" })));
     ul.append(el("li", {}, swatch(pos), el("span", { text: " positive part" })));
@@ -172,24 +180,27 @@ export function cellContent(v, cell, { chart = false } = {}) {
   frag.append(el("div", { class: "tt-head" },
     el("strong", { text: `Layer ${l} ${k === 0 ? "attention" : "MLP"}` }),
     el("span", { text: ` · position ${p} ` }), el("span", { class: "mono tok-inline", text: v.tokenLabels[p] })));
-  const rows = cellSources(V, D.P, s.metric, v.hidden, l, k, p);
+  const rows = cellSources(V, D.P, s.metric, v.hidden, l, k, p, s.shown);
   const step = cellStep(v, l, k, p);
   const table = el("table", { class: "tt-table" });
   const valueName = s.metric === "proj" ? "proj" : s.metric === "delta" ? "\u2016delta\u2016" : "\u2016norm\u2016";
-  table.append(el("tr", {}, el("th", { text: "source" }), el("th", { text: s.metric === "proj" ? "signed share" : "share" }), el("th", { text: valueName })));
+  table.append(el("tr", {}, el("th", { text: "source" }), el("th", { text: shareColumn(v) }), el("th", { text: valueName })));
   const showRows = rows.slice(0, 6);
   if (v.traceSrc >= 0 && !showRows.some((r) => r.s === v.traceSrc)) {
     const r = rows.find((x) => x.s === v.traceSrc);
     if (r) showRows.push(r);
   }
   for (const r of showRows) {
-    table.append(el("tr", { class: r.s === v.traceSrc ? "is-traced" : "", "data-src": r.s },
-      el("td", { class: "mono" }, swatch(v.colorOf(r.s)), el("span", { text: labels[r.s] })),
+    table.append(el("tr", { class: r.s === v.traceSrc ? "is-traced" : r.hidden ? "is-hidden" : "", "data-src": r.s },
+      el("td", { class: "mono" }, r.hidden ? hatchSwatch() : swatch(v.colorOf(r.s)),
+        el("span", { text: r.hidden ? `${labels[r.s]} (hidden)` : labels[r.s] })),
       el("td", { class: "num", text: fmtPct(r.share) }),
       el("td", { class: "num", text: step ? fmtStored(r.value, step) : fmtNum(r.value) })));
   }
   if (rows.length > showRows.length) table.append(el("tr", {}, el("td", { class: "muted", colspan: 3, text: `… ${rows.length - showRows.length} more sources` })));
   frag.append(table);
+  const hid = hiddenSentence(v, l, k, p);
+  if (hid) frag.append(el("p", { class: "tt-hidden muted", text: hid }));
   frag.append(el("p", { class: "tt-foot muted", text: step
     ? `Stored in 8 bits: values are within ±${fmtStored(step / 2, step / 10)} (1/${s.metric === "proj" ? 254 : 510} of this cell's largest).`
     : (V.exact ? "" : "Custom groups: approximate (sum of norms).") }));
@@ -211,7 +222,7 @@ export function cellContent(v, cell, { chart = false } = {}) {
 /** The traced source's share over the layers at position p: attention and MLP lines (SVG). */
 function traceChart(v, p) {
   const { D, V, state: s } = v;
-  const series = traceSeries(V, D.L, D.P, s.metric, v.hidden, v.traceSrc, p);
+  const series = traceSeries(V, D.L, D.P, s.metric, v.hidden, v.traceSrc, p, s.shown);
   const W = 300, H = 120, m = { l: 34, r: 8, t: 8, b: 22 };
   const lo = s.metric === "proj" ? Math.min(0, ...[...series.attn, ...series.mlp].filter(Number.isFinite)) : 0;
   const hi = Math.max(s.metric === "proj" ? 0.05 : 1e-9, ...[...series.attn, ...series.mlp].filter(Number.isFinite));
@@ -234,7 +245,7 @@ function traceChart(v, p) {
     svgEl("path", { d: path(series.attn), stroke: color, fill: "none", "stroke-width": 2 }),
     svgEl("path", { d: path(series.mlp), stroke: color, fill: "none", "stroke-width": 1.5, "stroke-dasharray": "4 3" }));
   return el("div", { class: "trace-box" },
-    el("p", { class: "muted", text: `${v.labels[v.traceSrc]}: share at position ${p} by layer (solid: attention, dashed: MLP)` }), svg);
+    el("p", { class: "muted", text: `${v.labels[v.traceSrc]}: ${s.metric === "proj" ? "signed share" : shareOf(v)} at position ${p} by layer (solid: attention, dashed: MLP)` }), svg);
 }
 
 function renderCell(v, box) {
@@ -253,7 +264,7 @@ function renderSummary(v, box) {
   const { D, V, labels } = v;
   const frag = document.createDocumentFragment();
   for (let p = 0; p < D.P; p++) {
-    const rows = cellSources(V, D.P, "norm", v.hidden, D.L - 1, 1, p).slice(0, 3);
+    const rows = cellSources(V, D.P, "norm", v.hidden, D.L - 1, 1, p, v.state.shown).filter((r) => !r.hidden).slice(0, 3);
     frag.append(el("tr", {}, el("td", { text: String(p) }), el("td", { text: v.tokenLabels[p] }),
       el("td", { text: rows.map((r) => `${labels[r.s]} ${fmtPct(r.share)}`).join(", ") })));
   }
@@ -267,11 +278,11 @@ function renderControls(v) {
   for (const r of document.querySelectorAll('input[name="metric"]')) r.checked = r.value === s.metric;
   $("grouping").value = s.variant;
   $("order").value = s.order;
+  $("share-of").value = s.shown ? "shown" : "whole";
   $("emph").setAttribute("aria-pressed", String(s.emph === "mlp"));
   $("heat").setAttribute("aria-pressed", String(s.heat));
   $("heat").disabled = s.trace === null;
   $("heat").title = s.trace === null ? "Trace a source first (click a token)" : "Heat map of the traced source's share";
-  $("export-csv").disabled = s.trace === null && !s.pin;
   $("custom-groups").hidden = s.variant !== "custom";
   $("selection-label").textContent = v.selection ? ` selected tokens ${v.selection[0]}–${v.selection[1]}` : " no selection";
   const V = v.V;
@@ -283,7 +294,7 @@ function renderControls(v) {
 
 // ----------------------------------------------------------------------------- registry
 
-const DRAWN = ["colors"];
+const DRAWN = ["colors"];   // "shown" is a data key: it marks "colors" too
 export const PANELS = [
   { id: "controls", deps: ["*"], render: renderControls },
   { id: "token-strip", deps: [...DRAWN, "selection"], render: renderStrip },
