@@ -20,6 +20,7 @@ from .datafile import (SCHEMA, DataFileError, content_hash, encode, heads_page_b
                        page_bytes, summarize, thumbnail_norms, unpack_entry)
 from .files import atomic_write
 from .gallery_models import gallery_models, has_chat_template, model_label, model_slug, tokenization_differences
+from .about import worked_example
 from .licenses import write_licenses
 from .notes import note_for, note_problem
 from .model import cache_dir, fingerprint
@@ -311,7 +312,7 @@ def _write_site(cfg: SiteConfig, out: Path, models: list[str], prompts: list[Pro
         if cfg.live:
             from .live import export_live_model
             site["live"] = export_live_model(staging, site, model=cfg.model or models[0], cache=cfg.cache)
-        render_site(staging, entries, site)
+        render_site(staging, entries, site, example=worked_example(entries, docs[models[0]]) if models else None)
         write_marker(staging, site_identity(cfg))
     except BaseException:
         import shutil

@@ -20,10 +20,12 @@ def environment(src: Path = SITE_SRC) -> jinja2.Environment:
                               trim_blocks=True, lstrip_blocks=True)
 
 
-def render_site(out: Path, entries: list[dict], site: dict, src: Path = SITE_SRC) -> None:
-    """Write index.html, p/<id>.html, c/<id>.html (compare the models) and static/ into `out`
-    (data files are already there)."""
+def render_site(out: Path, entries: list[dict], site: dict, src: Path = SITE_SRC, example: dict | None = None) -> None:
+    """Write index.html, about.html (the method, with `example`: about.py worked_example),
+    p/<id>.html, c/<id>.html (compare the models) and static/ into `out` (data files are already there)."""
     env = environment(src)
+    (out / "about.html").write_text(env.get_template("about.html").render(
+        root="", site=site, example=example), encoding="utf-8")
     tags = sorted({t for e in entries for t in e["tags"]})
     (out / "index.html").write_text(env.get_template("index.html").render(
         root="", site=site, prompts=entries, tags=tags), encoding="utf-8")
