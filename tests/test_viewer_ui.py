@@ -55,8 +55,8 @@ def test_heat_map_colour_of_each_cell_is_the_traced_share(site_server, page, pag
             const base = ((l * 2 + k) * D.P + p) * G;
             let sum = 0;
             for (let j = 0; j < G; j++) if (V.first[j] <= p) sum += V.norm[base + j];   // of the whole (issue 24)
-            const share = V.norm[base + s] / sum;
-            return {share, color: v.seqRamp[Math.round(share * (v.seqRamp.length - 1))]};
+            const share = V.norm[base + s] / sum;   // the ramp ends at the source's largest share (issue 24)
+            return {share, color: v.seqRamp[Math.round(share / v.heatTop * (v.seqRamp.length - 1))]};
         }""", [l, k, p])
         assert page.evaluate(PIXEL, [l, k, p, 0.5]) == expected["color"], (l, k, p, expected)
         checked += 1

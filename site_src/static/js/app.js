@@ -2,7 +2,7 @@
 // them. viewer.js mounts it (mountViewer) and boots the gallery pages.
 import { DataError, ensureAll, ensureLens, ensureMetric, METRIC_KEYS } from "./data.js";
 import { Grid } from "./grid.js";
-import { buildBatches, colorSlots, customVariant } from "./compute.js";
+import { buildBatches, colorSlots, customVariant, heatTop } from "./compute.js";
 import { PALETTE, PALETTE_DARK, MAX_COLORS, sequentialRamp, divergingRamp, NEG_COLOR, POS_COLOR } from "./palette.js";
 import { isDark } from "./theme.js";
 import { buildSkeleton, panelBox, el } from "./dom.js";
@@ -251,9 +251,11 @@ export class Viewer {
     const palette = this.dark ? PALETTE_DARK : PALETTE;
     this.colors = Array.from(this.slots, (slot) => (slot >= 0 ? palette[slot] : null));
     this.labels = sourceLabels(V);
+    // the heat map's scale fits the traced source's shares (legend and figure print its end)
+    this.heatTop = s.heat && this.traceSrc >= 0 ? heatTop(V, D.L, D.P, s.metric, this.hidden, this.traceSrc, s.shown) : 1;
     const batches = headBatches(this) || buildBatches(V, D.L, D.P, {
       metric: s.metric, hidden: this.hidden, trace: this.traceSrc, heat: s.heat, order: s.order,
-      shown: s.shown, hatch: [theme.muted, theme.track], colors: this.colors, neutral: theme.neutral, neg: this.dark ? NEG_COLOR.dark : NEG_COLOR.light,
+      shown: s.shown, hatch: [theme.muted, theme.track], heatTop: this.heatTop, colors: this.colors, neutral: theme.neutral, neg: this.dark ? NEG_COLOR.dark : NEG_COLOR.light,
       pos: this.dark ? POS_COLOR.dark : POS_COLOR.light, seqRamp: this.seqRamp, divRamp: this.divRamp,
     });
     const last = D.P - 1, predictions = [];

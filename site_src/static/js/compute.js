@@ -7,8 +7,9 @@ export const at = (P, G, l, k, p, s) => ((l * 2 + k) * P + p) * G + s;
 
 /** Rectangles of one colour: items are (cell, x0, x1, y0, y1), x and y fractions of the cell. */
 class Batch {
-  constructor(color, source = -1, hatch = null) {
+  constructor(color, source = -1, hatch = null, kind = "source") {
     this.color = color;
+    this.kind = kind;         // source | others | hidden | pos | neg | ramp: what a legend calls it
     this.source = source;     // the source it draws, or -1 (others, heat ramp, sign strips)
     this.hatch = hatch;       // a second colour: drawn as diagonal stripes (hidden sources)
     this.items = new Float32Array(256);
@@ -79,13 +80,14 @@ export function buildBatches(V, L, P, opts) {
   const rampB = [];
   let restB = null, posB = null, negB = null, hideB = null;
   const src = (s) => srcB[s] || (srcB[s] = new Batch(colors[s], s));
-  const rest = () => restB || (restB = new Batch(opts.neutral));
-  const pos = () => posB || (posB = new Batch(opts.pos));
-  const neg = () => negB || (negB = new Batch(opts.neg));
-  const ramp = (colors, i) => rampB[i] || (rampB[i] = new Batch(colors[i]));
+  const rest = () => restB || (restB = new Batch(opts.neutral, -1, null, "others"));
+  const pos = () => posB || (posB = new Batch(opts.pos, -1, null, "pos"));
+  const neg = () => negB || (negB = new Batch(opts.neg, -1, null, "neg"));
+  const ramp = (colors, i) => rampB[i] || (rampB[i] = new Batch(colors[i], -1, null, "ramp"));
   const hatch = opts.hatch || [opts.neutral, opts.neutral];
-  const hide = () => hideB || (hideB = new Batch(hatch[0], -1, hatch[1]));
+  const hide = () => hideB || (hideB = new Batch(hatch[0], -1, hatch[1], "hidden"));
   const whole = !opts.shown;             // hidden sources count in the denominator
+  const heatTop = opts.heatTop > 0 ? opts.heatTop : 1;   // the heat map's scale: 0..top, or -top..top
   const t = opts.trace;
   const signed = opts.metric === "proj";
   const idx = new Int32Array(G), val = new Float32Array(G), big = new Int32Array(G);
@@ -136,12 +138,12 @@ export function buildBatches(V, L, P, opts) {
           if (signed) {
             const v = Math.max(-1, Math.min(1, x));
             if (opts.heat) {
-              ramp(opts.divRamp, rampIndex(v, -1, 1, opts.divRamp.length)).push(cell, 0, 1, 0, 1);
+              ramp(opts.divRamp, rampIndex(x, -heatTop, heatTop, opts.divRamp.length)).push(cell, 0, 1, 0, 1);
             } else if (v >= 0) pos().push(cell, 0.5, 0.5 + v / 2, 0, 1);
             else neg().push(cell, 0.5 + v / 2, 0.5, 0, 1);
           } else {
             const share = sum > 0 ? x / sum : 0;
-            if (opts.heat) ramp(opts.seqRamp, rampIndex(share, 0, 1, opts.seqRamp.length)).push(cell, 0, 1, 0, 1);
+            if (opts.heat) ramp(opts.seqRamp, rampIndex(share, 0, heatTop, opts.seqRamp.length)).push(cell, 0, 1, 0, 1);
             else {
               src(t).push(cell, 0, share, 0, 1);
               if (hid > 0 && sum > 0) hide().push(cell, 1 - hid / sum, 1, 0, 1);
@@ -218,6 +220,20 @@ export function buildBatches(V, L, P, opts) {
   }
   // draw order: remainder, sources, heat, then sign strips on top
   return [restB, hideB, ...srcB, ...rampB, negB, posB].filter(Boolean);
+}
+
+/**
+ * The end of the heat map's scale for traced source s: its largest |share| over every cell, so
+ * the ramp fits the data (signed: -top..top, symmetric; otherwise 0..top). 0 when s is absent.
+ */
+export function heatTop(V, L, P, metric, hidden, s, shown = false) {
+  let top = 0;
+  if (s < 0) return top;
+  for (let p = V.first[s]; p < P; p++) {
+    const series = traceSeries(V, L, P, metric, hidden, s, p, shown);
+    for (let l = 0; l < L; l++) top = Math.max(top, Math.abs(series.attn[l]), Math.abs(series.mlp[l]));
+  }
+  return top;
 }
 
 /** The ramp colour index of value v in [lo, hi] (what the heat map and its legend use). */

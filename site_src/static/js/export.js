@@ -7,8 +7,8 @@ import { MARGIN, rowLabel } from "./grid.js";
 import { cellSources, hiddenShare, traceSeries, THRESHOLD } from "./compute.js";
 import { METRICS } from "./state.js";
 import { hiddenNames, shareCaption, shareCsvColumn, shareOf } from "./share-text.js";
+import { heatEnds } from "./panels.js";
 import { displayToken } from "./format.js";
-import { NEG_COLOR, POS_COLOR } from "./palette.js";
 
 const FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
 
@@ -58,6 +58,7 @@ export function figureScene(v) {
     if (g.yb[r] <= g.ya[r]) continue;
     for (let p = g.p0; p <= g.p1; p++) if (g.xb[p] > g.xa[p]) rect(ox + g.xa[p], oy + g.ya[r], g.xb[p] - g.xa[p], g.yb[r] - g.ya[r], C.track);
   }
+  const drawn = new Set();               // batches with a rectangle in the figure: the legend lists only these
   for (const b of grid.data.batches) {
     const it = b.items, hatch = b.hatch ? [b.color, b.hatch] : null;
     for (let o = 0; o < b.n * 5; o += 5) {
@@ -65,7 +66,10 @@ export function figureScene(v) {
       if (p < g.p0 || p > g.p1 || g.yb[r] <= g.ya[r]) continue;
       const a = Math.max(g.xa[p], g.cxa[p] + it[o + 1] * g.cwd), z = Math.min(g.xb[p], g.cxa[p] + it[o + 2] * g.cwd);
       const y0 = Math.max(g.ya[r], g.yu[r] + it[o + 3] * g.yh[r]), y1 = Math.min(g.yb[r], g.yu[r] + it[o + 4] * g.yh[r]);
-      if (z > a && y1 > y0) items.push({ t: "rect", x: ox + a, y: oy + y0, w: z - a, h: y1 - y0, fill: b.color, hatch });
+      if (z > a && y1 > y0) {
+        items.push({ t: "rect", x: ox + a, y: oy + y0, w: z - a, h: y1 - y0, fill: b.color, hatch });
+        drawn.add(b);
+      }
     }
   }
   // row labels, token labels, axis titles
@@ -97,39 +101,44 @@ export function figureScene(v) {
   // legend or colour scale
   y = oy + grid.plotH + 100;
   let x = pad;
-  const key = (color, label) => {
+  const legend = [];
+  const key = (color, label, hatch = null) => {
     const w = 18 + label.length * 6.6;
     if (x + w > W - pad) { x = pad; y += 18; }
-    rect(x, y - 9, 11, 11, color);
+    items.push({ t: "rect", x, y: y - 9, w: 11, h: 11, fill: color, hatch });
     text(x + 15, y, label, { size: 11 });
     x += w + 10;
+    legend.push(label);
   };
+  const kinds = new Map([...drawn].map((b) => [b.kind, b]));
   if (v.traceSrc >= 0 && s.heat) {
     const ramp = s.metric === "proj" ? v.divRamp : v.seqRamp;
+    const [lo, hi] = heatEnds(v);
     text(pad, y, `${labels[v.traceSrc]}'s ${s.metric === "proj" ? "signed share" : "share"}:`, { size: 11 });
     const x0 = pad + 190;
-    text(x0 - 4, y, s.metric === "proj" ? "\u22121" : "0%", { size: 11, anchor: "end" });
+    text(x0 - 4, y, lo, { size: 11, anchor: "end" });
     ramp.forEach((c, i) => rect(x0 + i * 6, y - 9, 6, 11, c));
-    text(x0 + ramp.length * 6 + 4, y, s.metric === "proj" ? "+1" : "100%", { size: 11 });
+    text(x0 + ramp.length * 6 + 4, y, `${hi} (its largest)`, { size: 11 });
+    legend.push(`scale ${lo} to ${hi}`);
+  } else if (s.head) {
+    text(pad, y, `Trace head ${s.head.l}.${s.head.h}: each cell of its layer's attention row is this head's share of the block's write`, { size: 11 });
+    legend.push(`head ${s.head.l}.${s.head.h}`);
   } else {
-    const coloured = [...Array(v.V.G).keys()].filter((i) => v.slots[i] >= 0).sort((a, b) => v.slots[a] - v.slots[b]);
-    for (const src of coloured) key(v.colorOf(src), labels[src]);
-    if (v.traceSrc < 0) key(C.neutral, `others (and < ${THRESHOLD * 100}%)`);
-    if (hiddenNames(v) && !s.shown) {
-      key(C.muted, `hidden: ${hiddenNames(v)} (hatched, still counted)`);
-      items[items.length - 2].hatch = [C.muted, C.track];
-    }
-    if (s.metric === "proj") {
-      key(v.dark ? NEG_COLOR.dark : NEG_COLOR.light, "negative");
-      key(v.dark ? POS_COLOR.dark : POS_COLOR.light, "positive");
-    }
+    // only what the figure draws, coloured sources in their palette order
+    const sources = [...drawn].filter((b) => b.kind === "source" && b.source >= 0).map((b) => b.source)
+      .sort((a, b) => (v.slots[a] - v.slots[b]) || a - b);
+    for (const src of sources) key(v.colorOf(src), labels[src]);
+    if (kinds.has("others")) key(C.neutral, `others (and < ${THRESHOLD * 100}%)`);
+    if (kinds.has("hidden")) key(C.muted, `hidden: ${hiddenNames(v)} (hatched, still counted)`, [C.muted, C.track]);
+    if (kinds.has("neg")) key(kinds.get("neg").color, "negative");
+    if (kinds.has("pos")) key(kinds.get("pos").color, "positive");
   }
   y += 22;
   text(pad, y, `infoflow · ${D.model.id || ""} · worst reconstruction error ${typeof D.worstReconError === "number" ? D.worstReconError.toExponential(1) : "?"} · values stored in 8 bits per cell`,
     { size: 10, fill: C.muted });
   const h = Math.ceil(y + pad);
   items[0] = { t: "rect", x: 0, y: 0, w: W, h, fill: C.bg };
-  return { w: W, h, items, clip: { x: ox, y: oy, w: grid.plotW, h: grid.plotH } };
+  return { w: W, h, items, legend, clip: { x: ox, y: oy, w: grid.plotW, h: grid.plotH } };
 }
 
 /** One <path> per colour for the rectangles, one <text> per label. Text is escaped by the DOM. */

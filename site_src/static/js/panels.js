@@ -59,7 +59,7 @@ function renderCaption(v, box) {
   if (v.traceSrc >= 0) {
     const name = labels[v.traceSrc];
     parts.push(s.heat
-      ? `Heat map of ${name}: each cell's colour is ${name}'s ${s.metric === "proj" ? "signed share (scale in the legend)" : "share (0 light, 100% dark)"}.`
+      ? `Heat map of ${name}: each cell's colour is ${name}'s ${s.metric === "proj" ? "signed share" : "share"}, on a scale that ends at its largest (${heatEnds(v).join(" to ")}; in the legend).`
       : s.metric === "proj"
         ? `Tracing ${name}: a bar grows right of the cell's centre where ${name} pushes the residual, left where it cancels.`
         : `Tracing ${name}: each bar's width is ${name}'s share of that cell.`);
@@ -86,8 +86,10 @@ function renderLegend(v, box) {
       const ramp = s.metric === "proj" ? v.divRamp : v.seqRamp;
       const bar = el("span", { class: "ramp", "aria-hidden": "true" });
       for (const c of ramp) bar.append(swatch(c, "ramp-step"));
-      items.push(el("p", {}, el("span", { text: `Heat map of ${name}: ` }),
-        el("span", { text: s.metric === "proj" ? "\u22121 " : "0% " }), bar, el("span", { text: s.metric === "proj" ? " +1" : " 100%" })));
+      const [lo, hi] = heatEnds(v);
+      items.push(el("p", { class: "heat-scale" }, el("span", { text: `Heat map of ${name}: ` }),
+        el("span", { class: "heat-lo", text: `${lo} ` }), bar, el("span", { class: "heat-hi", text: ` ${hi}` }),
+        el("span", { class: "muted", text: ` (the scale ends at ${name}'s largest ${s.metric === "proj" ? "|signed share|" : "share"})` })));
     } else if (s.metric === "proj") {
       items.push(el("p", {}, el("span", { text: `Tracing ${name}: bars from the centre; ` }),
         swatch(pos), el("span", { text: " positive " }), swatch(neg), el("span", { text: " negative" })));
@@ -116,6 +118,12 @@ function renderLegend(v, box) {
   }
   items.push(ul);
   box.replaceChildren(...items);
+}
+
+/** The heat map's printed ends: ["0%", top] or ["−top", "+top"] (app.js heatTop). */
+export function heatEnds(v) {
+  const top = fmtPct(v.heatTop);
+  return v.state.metric === "proj" ? [`\u2212${top}`, `+${top}`] : ["0%", top];
 }
 
 // ----------------------------------------------------------------------------- predictions
