@@ -12,11 +12,15 @@ import { headBatches } from "./heads.js";
 import { encodeHash, parseHash, renumber, keySource, sourceKey, hiddenMask } from "./state.js";
 import { displayToken, sourceLabels, subscript } from "./format.js";
 import { EXACT_LABEL, computeExact, exactVariant, needsExact } from "./exact-custom.js";
+import { topContributors } from "./answer.js";
 
 const $ = (id) => document.getElementById(id);
 
 /** State keys that change what the cells show (so batches, colours and most panels). */
-const DATA_KEYS = ["metric", "variant", "hidden", "shown", "trace", "heat", "order", "custom", "theme", "head"];
+const DATA_KEYS = ["metric", "variant", "hidden", "shown", "trace", "heat", "order", "custom", "theme", "head",
+  "pred", "predChoice"];           // the shown prediction picks the first colours (answer.js)
+/** How many colours go first to the sources the shown prediction comes from. */
+const ANSWER_COLORS = 5;
 const ALL_KEYS = [...DATA_KEYS, "emph", "view", "pin", "pred", "predChoice", "selection"];
 
 const sameValue = (a, b) => a === b || JSON.stringify(a instanceof Set ? [...a] : a) === JSON.stringify(b instanceof Set ? [...b] : b);
@@ -243,9 +247,13 @@ export class Viewer {
     const V = this.V, D = this.D, s = this.state, theme = this.theme;
     this.traceSrc = keySource(V, s.trace);
     this.hidden = hiddenMask(V, s.hidden, this.traceSrc);
-    const slotKey = `${this.hidden.join("")}|${this.traceSrc}`;    // colours change with these only
+    // the first colours: the sources the shown prediction comes from (at its position, its choice)
+    this.answerPos = s.pred === null ? D.P - 1 : s.pred;
+    this.answerJ = Math.min(this.predChoice || 0, D.k - 1);
+    this.answerSources = V.logitAttr ? topContributors(V, D, this.answerPos, this.answerJ, ANSWER_COLORS, this.hidden) : [];
+    const slotKey = `${this.hidden.join("")}|${this.traceSrc}|${this.answerSources.join(".")}`;    // colours change with these only
     if (!this.slotCache || this.slotCache.V !== V || this.slotCache.key !== slotKey) {
-      this.slotCache = { V, key: slotKey, slots: colorSlots(V, D.L, D.P, this.hidden, this.traceSrc, MAX_COLORS) };
+      this.slotCache = { V, key: slotKey, slots: colorSlots(V, D.L, D.P, this.hidden, this.traceSrc, MAX_COLORS, this.answerSources) };
     }
     this.slots = this.slotCache.slots;
     const palette = this.dark ? PALETTE_DARK : PALETTE;

@@ -29,11 +29,12 @@ class Batch {
 }
 
 /**
- * Which sources get a colour of their own: the `max` visible sources with the largest mean
- * norm share over all cells (ranked on `norm` whatever the metric, so that switching metric
- * keeps the colours), plus the traced source. -> Int16Array(G): palette slot, or -1 (others).
+ * Which sources get a colour of their own: first `lead` (answer.js topContributors: where the
+ * shown prediction comes from), in its order; then, up to `max`, the visible sources with the
+ * largest mean norm share over all cells (ranked on `norm` whatever the metric, so that switching
+ * metric keeps the colours); plus the traced source. -> Int16Array(G): palette slot, or -1 (others).
  */
-export function colorSlots(V, L, P, hidden, traced, max) {
+export function colorSlots(V, L, P, hidden, traced, max, lead = []) {
   const G = V.G, arr = V.norm, total = new Float64Array(G);
   // visible sources present at each position: sources are numbered by first use, so those
   // of position p are the ones with first <= p (plus the bias source, first = 0)
@@ -51,8 +52,9 @@ export function colorSlots(V, L, P, hidden, traced, max) {
     const inv = 1 / sum;
     for (let i = 0; i < m; i++) total[vis[i]] += arr[base + vis[i]] * inv;
   }
-  const ranked = [...Array(G).keys()].filter((s) => !hidden[s] && total[s] > 0)
-    .sort((a, b) => total[b] - total[a] || a - b);
+  const led = lead.filter((s) => !hidden[s]).slice(0, max);
+  const ranked = [...led, ...[...Array(G).keys()].filter((s) => !hidden[s] && total[s] > 0 && !led.includes(s))
+    .sort((a, b) => total[b] - total[a] || a - b)];
   const slot = new Int16Array(G).fill(-1);
   ranked.slice(0, max).forEach((s, i) => { slot[s] = i; });
   if (traced >= 0 && slot[traced] < 0) slot[traced] = ranked.length ? Math.min(max, ranked.length) - 1 : 0;

@@ -66,7 +66,7 @@ function renderCaption(v, box) {
   } else {
     parts.push(`Each bar is one sublayer at one token position; its segments are sources, as wide as their share, `
       + `ordered ${s.order === "size" ? "largest first" : "by source position (left to right, the same in every row)"}. `
-      + `The ${MAX_COLORS} largest sources have colours; grey is all the others.`);
+      + `Colours go first to the sources the shown prediction comes from (see Predictions), then to the largest sources, ${MAX_COLORS} in all; grey is all the others.`);
   }
   parts.push(shareCaption(v));
   parts.push(`Layer 0 is at the bottom. ${METRICS[s.metric]}: ${METRIC_HELP[s.metric]}`);
@@ -96,6 +96,12 @@ function renderLegend(v, box) {
     } else {
       items.push(el("p", {}, swatch(v.colorOf(v.traceSrc)), el("span", { text: ` Tracing ${name}: its share of each cell (Esc clears)` })));
     }
+  }
+  if (v.answerSources && v.answerSources.length) {
+    const D = v.D, what = displayToken(D.strings[D.pred.ids[v.answerPos * D.k + v.answerJ]]);
+    items.push(el("p", { class: "legend-answer muted", text: `First colours: where ${what} comes from, the sources adding most to its logit `
+      + `minus the mean of the top ${D.k} predictions' (a baseline every candidate shares, so the first token's constant part cancels): `
+      + v.answerSources.map((src) => labels[src]).join(" ") }));
   }
   // coloured sources in their order of colour (largest first), then "others"
   const ul = el("ul", { class: "legend-list" });
