@@ -103,7 +103,9 @@ export function buildSkeleton(root, options = {}) {
       el("span", { text: ": shift-click a second token in the strip to select a range, then " }),
       button("group-make", "Group selection"), el("span", { text: " " }), button("group-clear", "Clear groups"),
       options.exactOffer && !options.exactCustom ? el("span", { text: " " }) : null,
-      options.exactOffer && !options.exactCustom ? button("group-exact", "Recompute exactly in your browser") : null,
+      options.exactOffer && !options.exactCustom ? button("group-exact", options.exactMB
+        ? `Recompute exactly in your browser (downloads the model once: ${options.exactMB} MB)` : "Recompute exactly in your browser",
+      "Runs the model in this page: the first time, it downloads the model, then keeps it in this browser's cache") : null,
       el("span", { text: " " }),
       Object.assign(button("group-cancel", "Cancel"), { hidden: true }),
       el("span", { id: "selection-label" })),
