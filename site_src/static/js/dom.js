@@ -61,6 +61,8 @@ function helpDialog() {
     ["Click a token", "trace that source (its share in every cell); click again or Esc to clear"],
     ["Hover a source", "in the legend, the token strip or a bar: highlight it everywhere"],
     ["Click a cell", "pin it: its sources, the logit lens, and the traced source's line chart"],
+    ["Click a column label", "(the tokens under the grid) show the predictions after that position and where they come from; "
+      + "the first colours follow them. To trace a token, click it in the strip above the grid"],
     ["Ctrl/\u2318 + wheel", "zoom at the cursor (plain wheel scrolls the page until you click the grid)"],
     ["Drag", "pan"], ["+ \u2212 0", "zoom in, out, fit"], ["Arrows", "move the focus cell"],
     ["Enter", "pin the focus cell"], ["Esc", "close this, unpin, end trace head, stop tracing, clear focus"], ["?", "this help"],
