@@ -12,6 +12,7 @@ import { displayToken, fmtPct, fmtStored, fmtNum } from "./format.js";
 import { METRICS, METRIC_HELP } from "./state.js";
 import { NEG_COLOR, POS_COLOR, MAX_COLORS } from "./palette.js";
 import { shareCaption, shareColumn, hiddenSentence, hiddenNames, shareOf } from "./share-text.js";
+import { depthPanel } from "./depth.js";
 
 const swatch = (color, cls = "swatch") => {
   const sw = el("span", { class: cls, "aria-hidden": "true" });
@@ -313,6 +314,7 @@ export const PANELS = [
   { id: "controls", deps: ["*"], render: renderControls },
   { id: "token-strip", deps: [...DRAWN, "selection"], render: renderStrip },
   { id: "grid-caption", deps: [...DRAWN], render: renderCaption },
+  depthPanel,
   { id: "legend", title: "Legend", deps: [...DRAWN], render: renderLegend },
   { id: "predictions", title: "Predictions", deps: [...DRAWN, "pred", "predChoice"], render: renderPredictions },
   { id: "cell-detail", title: "Pinned cell", deps: [...DRAWN, "pin"], render: renderCell },
