@@ -10,7 +10,7 @@ import { PANELS, cellContent } from "./panels.js";
 import { bindEvents } from "./events.js";
 import { headBatches } from "./heads.js";
 import { encodeHash, parseHash, renumber, keySource, sourceKey, hiddenMask } from "./state.js";
-import { displayToken, sourceLabels, subscript } from "./format.js";
+import { sourceLabels, subscript, tokenTexts } from "./format.js";
 import { EXACT_LABEL, computeExact, exactVariant, needsExact } from "./exact-custom.js";
 import { topContributors } from "./answer.js";
 
@@ -50,9 +50,9 @@ export class Viewer {
     this.pending = false;
     this.dirtyKeys = new Set();
     this.idleJobs = new Map();
-    const dup = new Map();
+    const dup = new Map(), texts = tokenTexts(D.tokens);    // byte pieces as the characters they form
     for (const t of D.tokens) dup.set(t, (dup.get(t) || 0) + 1);
-    this.tokenLabels = D.tokens.map((t, p) => displayToken(t) + (dup.get(t) > 1 ? subscript(p) : ""));
+    this.tokenLabels = D.tokens.map((t, p) => texts[p] + (dup.get(t) > 1 && !/\u2044/.test(texts[p]) ? subscript(p) : ""));
   }
 
   async start() {
