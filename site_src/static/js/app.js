@@ -2,7 +2,7 @@
 // them. viewer.js mounts it (mountViewer) and boots the gallery pages.
 import { DataError, ensureAll, ensureLens, ensureMetric, METRIC_KEYS } from "./data.js";
 import { Grid } from "./grid.js";
-import { buildBatches, colorSlots, customVariant, heatTop } from "./compute.js";
+import { buildBatches, cellSources, colorSlots, customVariant, heatTop } from "./compute.js";
 import { PALETTE, PALETTE_DARK, MAX_COLORS, sequentialRamp, divergingRamp, NEG_COLOR, POS_COLOR } from "./palette.js";
 import { isDark } from "./theme.js";
 import { buildSkeleton, panelBox, el } from "./dom.js";
@@ -201,6 +201,8 @@ export class Viewer {
       s.view = { ...g.view };
     }
     if (keys.has("pin")) {
+      if (this.announced !== undefined || s.pin) this.announcePin();
+      this.announced = true;
       g.setOverlay({ pin: s.pin });
       if (s.pin && !g.overlay.focus) g.setOverlay({ focus: { ...s.pin } });
       if (!s.pin && this.tipPinned) this.hideTooltip();
@@ -341,6 +343,17 @@ export class Viewer {
     tip.hidden = false;
     this.tipAt = [sx, sy];
     this.positionTooltip();
+  }
+
+  /** Say a pin (or unpin) in the page's aria-live region: the cell and its largest source. */
+  announcePin() {
+    const box = $("announce"), pin = this.state.pin;
+    if (!box) return;
+    if (!pin) { box.textContent = "Unpinned."; return; }
+    const rows = cellSources(this.V, this.D.P, this.state.metric, this.hidden, pin.l, pin.k, pin.p, this.state.shown);
+    const top = rows[0];
+    box.textContent = `Pinned layer ${pin.l} ${pin.k ? "MLP" : "attention"} at position ${pin.p}, ${this.tokenLabels[pin.p]}`
+      + (top ? `: largest source ${this.labels[top.s]}${top.hidden ? " (hidden)" : ""}, ${(top.share * 100).toFixed(1)}%.` : ".");
   }
 
   /** The pinned cell's details next to the cell (touch screens: the panel is off-screen). */

@@ -41,7 +41,7 @@ function toolbar(options) {
     el("option", { value: "whole", text: "the whole residual" }), el("option", { value: "shown", text: "the sources shown" }))),
     el("label", { class: "field" }, el("span", { text: "Order" }), el("select", { id: "order", title: "Order of the segments inside each bar" },
       el("option", { value: "position", text: "by position (stable)" }), el("option", { value: "size", text: "by size" }))),
-    el("div", { class: "buttons" },
+    el("div", { class: "buttons", role: "group", "aria-label": "View and export (arrow keys move between the buttons)" },
       button("emph", "Emphasize MLP rows", "Make the MLP rows the tall ones (the attention rows are by default)", { "aria-pressed": "false" }),
       button("heat", "Heat map", "Heat map of the traced source's share", { "aria-pressed": "false" }),
       button("fit", "Fit", "Reset zoom (0)"),
@@ -61,8 +61,10 @@ function helpDialog() {
     ["Click a token", "trace that source (its share in every cell); click again or Esc to clear"],
     ["Hover a source", "in the legend, the token strip or a bar: highlight it everywhere"],
     ["Click a cell", "pin it: its sources, the logit lens, and the traced source's line chart"],
-    ["Click a column label", "(the tokens under the grid) show the predictions after that position and where they come from; "
-      + "the first colours follow them. To trace a token, click it in the strip above the grid"],
+    ["Click a column label", "(the tokens under the grid) show the predictions after that position and where they come from "
+      + "(the first colours follow them), and trace that token's source"],
+    ["Tab", "one stop per group: the token strip and the toolbar's buttons are each one stop, the arrow keys move inside them; "
+      + "\u201cSkip to the grid\u201d (the page's second link) goes straight to the grid"],
     ["Ctrl/\u2318 + wheel", "zoom at the cursor (plain wheel scrolls the page until you click the grid)"],
     ["Drag", "pan"], ["+ \u2212 0", "zoom in, out, fit"], ["Arrows", "move the focus cell"],
     ["Enter", "pin the focus cell"], ["Esc", "close this, unpin, end trace head, stop tracing, clear focus"], ["?", "this help"],
@@ -120,6 +122,7 @@ export function buildSkeleton(root, options = {}) {
         el("div", { class: "tooltip", id: "tooltip", role: "status", hidden: true })),
       el("aside", { class: "depth-box", id: "depth-chart", "aria-label": "Depth chart: one source's share layer by layer" })),
     el("p", { class: "grid-caption", id: "grid-caption" }),
+    el("p", { class: "visually-hidden", id: "announce", "aria-live": "polite" }),   // pinning, for screen readers
     panels,
     el("div", { class: "visually-hidden" },
       el("table", { id: "summary-table" },

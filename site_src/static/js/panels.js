@@ -13,6 +13,7 @@ import { METRICS, METRIC_HELP } from "./state.js";
 import { NEG_COLOR, POS_COLOR, MAX_COLORS } from "./palette.js";
 import { shareCaption, shareColumn, hiddenSentence, hiddenNames, shareOf } from "./share-text.js";
 import { depthPanel } from "./depth.js";
+import { applyRoving } from "./roving.js";
 
 const swatch = (color, cls = "swatch") => {
   const sw = el("span", { class: cls, "aria-hidden": "true" });
@@ -50,6 +51,7 @@ function renderStrip(v, box) {
   }
   if (V.hasBias) frag.append(tok("b", V.G - 1, "bias", "Trace the constant bias source", ["tok-bias"]));
   box.replaceChildren(frag);
+  applyRoving(box, "button");              // one Tab stop; arrows move between the tokens' buttons
 }
 
 // ----------------------------------------------------------------------------- caption
@@ -297,6 +299,7 @@ function renderControls(v) {
   $("emph").setAttribute("aria-pressed", String(s.emph === "mlp"));
   $("heat").setAttribute("aria-pressed", String(s.heat));
   $("heat").disabled = s.trace === null;
+  applyRoving(document.querySelector("#toolbar .buttons"), "button, a");
   $("heat").title = s.trace === null ? "Trace a source first (click a token)" : "Heat map of the traced source's share";
   $("custom-groups").hidden = s.variant !== "custom";
   $("selection-label").textContent = v.selection ? ` selected tokens ${v.selection[0]}–${v.selection[1]}` : " no selection";
