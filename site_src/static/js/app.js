@@ -9,6 +9,7 @@ import { buildSkeleton, panelBox, el } from "./dom.js";
 import { PANELS, cellContent } from "./panels.js";
 import { bindEvents } from "./events.js";
 import { headBatches } from "./heads.js";
+import "./head-grid.js";                 // the "Attention patterns" panel (registers itself)
 import { encodeHash, parseHash, renumber, keySource, sourceKey, hiddenMask } from "./state.js";
 import { sourceLabels, subscript, tokenTexts } from "./format.js";
 import { EXACT_LABEL, computeExact, exactVariant, needsExact } from "./exact-custom.js";
