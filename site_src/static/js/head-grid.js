@@ -54,7 +54,7 @@ function render(v, box) {
   const seq = (box.seq = (box.seq || 0) + 1);
   HD.pattern().then((A) => {
     if (seq !== box.seq) return;                       // a newer render owns the box
-    const px = Math.max(2, Math.min(8, Math.floor(112 / P)));
+    const px = Math.max(2, Math.min(8, Math.floor(96 / P)));
     const grid = el("div", { class: "head-grid", role: "list", "aria-label": `Layer ${l}: every head's attention pattern` });
     for (let h = 0; h < H; h++) {
       const sc = headScores(A, H, P, l, h, D.tokens);
