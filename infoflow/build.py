@@ -20,7 +20,9 @@ from .datafile import (SCHEMA, DataFileError, content_hash, encode, heads_page_b
                        page_bytes, summarize, thumbnail_norms, unpack_entry)
 from .files import atomic_write, read_regular
 from .gallery_models import gallery_models, has_chat_template, model_label, model_slug, tokenization_differences
+from .about import worked_example
 from .licenses import write_licenses
+from .notes import note_for, note_problem
 from .model import cache_dir, fingerprint
 from .prompts import Prompt, PromptError, load_prompts, span_groups
 from .site import SITE_SRC, palette, render_site, thumbnail_png
@@ -164,6 +166,7 @@ def build(cfg: SiteConfig, *, only: tuple[str, ...] = (), keep_going: bool = Fal
                 recover(out)
                 check_replaceable(out)
                 have = [p for p in prompts if any(p.id in d for d in docs.values())]
+                _check_notes(cfg, models, have, docs)
                 _write_site(cfg, out, models, have, docs, summary)
     except OSError as e:
         raise BuildError(f"could not write {_where(e, cfg)}: {_reason(e)}. The previous site is untouched; "
@@ -181,6 +184,36 @@ def _reason(e: OSError, limit: int = 160) -> str:
     """One short line: the system's words for it, never a whole chained message."""
     text = e.strerror or (str(e).splitlines() or [type(e).__name__])[0]
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _check_notes(cfg: SiteConfig, models: list[str], prompts: list[Prompt], docs: dict[str, dict[str, dict]]) -> None:
+    """Refuse a note that names a layer or head the model it is shown with does not have."""
+    for p in prompts:
+        for model in models:
+            doc = docs[model].get(p.id)
+            if doc is None:
+                continue
+            key = model_slug(model)
+            info = doc["model"]
+            problem = note_problem(note_for(p.note, p.notes, key), int(info.get("layers") or doc["layers"]),
+                                   info.get("heads"))
+            if problem:
+                where = f"{cfg.prompts}, prompt {p.id!r}" + (f" (line {p.line})" if p.line else "")
+                own = "its `notes` entry" if key in p.notes else "its note"
+                raise BuildError(f"{where} on {key}: {own} {problem}; write that model's own note as "
+                                 f'notes = {{ {key} = "..." }} beside `note`.')
+
+
+def _missing_models(p: Prompt, models: list[str], docs: dict[str, dict[str, dict]], summary: BuildSummary) -> list[dict]:
+    """The gallery's models this prompt was not built on, each with why (a ?model= link says so)."""
+    out = []
+    for model in models:
+        if p.id in docs[model]:
+            continue
+        key = model_slug(model)
+        why = next((msg for name, msg in summary.skipped + summary.failed if name in (p.id, f"{p.id} ({key})")), "")
+        out.append({"key": key, "why": why.split(": ", 1)[-1] if why else f"{key} has no result for this prompt"})
+    return out
 
 
 def _refuse_missing(cached_only: bool, summary: BuildSummary) -> None:
@@ -278,10 +311,12 @@ def _write_site(cfg: SiteConfig, out: Path, models: list[str], prompts: list[Pro
                 doc = docs[model][p.id]
                 view, when = _write_prompt_files(staging, p, doc, model_slug(model), model == models[0],
                                                  colours, summary)
+                view["note"] = note_for(p.note, p.notes, model_slug(model))
                 built.append(when)
                 views.append(view)
                 infos.setdefault(model, {**doc["model"], "key": model_slug(model), "label": model_label(doc["model"])})
-            entry = {**p.meta(), **views[0], "page": f"p/{p.id}.html", "models": views}
+            entry = {**p.meta(), **views[0], "page": f"p/{p.id}.html", "models": views,
+                     "missing": _missing_models(p, models, docs, summary)}
             if len(views) > 1:
                 entry["compare"] = f"c/{p.id}.html"
                 entry["tokenization"] = _tokenization_notes(p, [docs[m][p.id] for m in models if p.id in docs[m]], views)
@@ -297,7 +332,7 @@ def _write_site(cfg: SiteConfig, out: Path, models: list[str], prompts: list[Pro
         if cfg.live:
             from .live import export_live_model
             site["live"] = export_live_model(staging, site, model=cfg.model or models[0], cache=cfg.cache)
-        render_site(staging, entries, site)
+        render_site(staging, entries, site, example=worked_example(entries, docs[models[0]]) if models else None)
         write_marker(staging, site_identity(cfg))
     except BaseException:
         discard(staging, out)
@@ -311,7 +346,7 @@ def _write_prompt_files(staging: Path, p: Prompt, doc: dict, key: str, primary: 
     data/<id>.<hash>.msgpack as always, another's under data/<key>/.
     -> (what the index and the page need of it, when it was computed)"""
     slug = None if primary else key
-    body, when = page_bytes(doc, p.meta())
+    body, when = page_bytes(doc, {**p.meta(), "note": note_for(p.note, p.notes, key)})
     data_dir, thumb_dir = staging / "data", staging / "thumbs"
     if slug:
         data_dir, thumb_dir = data_dir / slug, thumb_dir / slug

@@ -363,9 +363,11 @@ def export_live_model(site_dir: Path, site: dict, *, model: str | None = None,
     manifest_name = _content_name("manifest", body, "json")
     (dest / manifest_name).write_bytes(body)
     site["live_manifest"] = f"{LIVE_DIR}/model/{manifest_name}"   # gallery pages: exact custom groups
+    site["live_mb"] = round(manifest["total_bytes"] / 1e6)              # ... which say the download first
+    from .gallery_models import model_slug
     render_live(Path(site_dir), site, manifest=f"model/{manifest_name}",
                 total_mb=manifest["total_bytes"] / 1e6, config=manifest["config"],
-                has_chat=bool(manifest["tokenizer"].get("chat_template")))
+                has_chat=bool(manifest["tokenizer"].get("chat_template")), model_key=model_slug(DEFAULT_MODEL))
     return f"{LIVE_DIR}/index.html"
 
 

@@ -25,6 +25,7 @@ class Prompt:
     text: str
     tags: list[str] = field(default_factory=list)
     note: str | None = None
+    notes: dict[str, str] = field(default_factory=dict)   # model key -> that model's note
     groups: list[str] = field(default_factory=list)   # text spans, each one declared group
     chat: bool = False
     line: int | None = None
@@ -34,7 +35,7 @@ class Prompt:
                 "note": self.note, "chat": self.chat}
 
 
-FIELDS = {"id": str, "title": str, "text": str, "tags": list, "note": str, "groups": list, "chat": bool}
+FIELDS = {"id": str, "title": str, "text": str, "tags": list, "note": str, "notes": dict, "groups": list, "chat": bool}
 REQUIRED = ("id", "title", "text")
 
 
@@ -134,6 +135,9 @@ def _validate(entry, where: str, line: int | None) -> Prompt:
                               f"({value!r}).")
         if want is list and not all(isinstance(x, str) for x in value):
             raise PromptError(f"{where}: `{key}` must be a list of strings.")
+        if want is dict and not all(isinstance(x, str) for x in value.values()):
+            raise PromptError(f"{where}: `{key}` must map model names to notes, e.g. "
+                              'notes = { gemma3-270m = "..." } (beside `note`, the default).')
     if not entry["text"].strip():
         raise PromptError(f"{where}: `text` is empty. Give the prompt some text, or remove the entry.")
     if not entry["title"].strip():
@@ -148,7 +152,7 @@ def _validate(entry, where: str, line: int | None) -> Prompt:
             raise PromptError(f"{where}: group {span!r} does not occur in the text; each group is a "
                               "piece of the prompt text.")
     return Prompt(id=pid, title=entry["title"], text=entry["text"], tags=list(entry.get("tags", [])),
-                  note=entry.get("note"), groups=list(entry.get("groups", [])),
+                  note=entry.get("note"), notes=dict(entry.get("notes", {})), groups=list(entry.get("groups", [])),
                   chat=bool(entry.get("chat", False)), line=line)
 
 

@@ -20,10 +20,12 @@ def environment(src: Path = SITE_SRC) -> jinja2.Environment:
                               trim_blocks=True, lstrip_blocks=True)
 
 
-def render_site(out: Path, entries: list[dict], site: dict, src: Path = SITE_SRC) -> None:
-    """Write index.html, p/<id>.html, c/<id>.html (compare the models) and static/ into `out`
-    (data files are already there)."""
+def render_site(out: Path, entries: list[dict], site: dict, src: Path = SITE_SRC, example: dict | None = None) -> None:
+    """Write index.html, about.html (the method, with `example`: about.py worked_example),
+    p/<id>.html, c/<id>.html (compare the models) and static/ into `out` (data files are already there)."""
     env = environment(src)
+    (out / "about.html").write_text(env.get_template("about.html").render(
+        root="", site=site, example=example), encoding="utf-8")
     tags = sorted({t for e in entries for t in e["tags"]})
     (out / "index.html").write_text(env.get_template("index.html").render(
         root="", site=site, prompts=entries, tags=tags), encoding="utf-8")
@@ -43,12 +45,13 @@ def render_site(out: Path, entries: list[dict], site: dict, src: Path = SITE_SRC
 
 
 def render_live(out: Path, site: dict, *, manifest: str, total_mb: float, config: dict,
-                has_chat: bool, src: Path = SITE_SRC) -> None:
-    """Write live/index.html: the page that decomposes a visitor's prompt in their browser."""
+                has_chat: bool, src: Path = SITE_SRC, model_key: str | None = None) -> None:
+    """Write live/index.html: the page that decomposes a visitor's prompt in their browser. Its
+    footer credits only the model it runs (`model_key`), not every model of the gallery."""
     (out / "live").mkdir(exist_ok=True)
     (out / "live" / "index.html").write_text(environment(src).get_template("live.html").render(
         root="../", site=site, manifest=manifest, total_mb=total_mb, config=config,
-        has_chat=has_chat), encoding="utf-8")
+        has_chat=has_chat, credit_keys=[model_key] if model_key else []), encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- thumbnails

@@ -182,7 +182,8 @@ def sharing_cache(root, source):
     root.mkdir(parents=True, exist_ok=True)
     for shared in ("models", "live"):
         (source / shared).mkdir(parents=True, exist_ok=True)
-        (root / shared).symlink_to(source / shared, target_is_directory=True)
+        if not (root / shared).is_symlink():
+            (root / shared).symlink_to(source / shared, target_is_directory=True)
     return root
 
 
@@ -192,7 +193,10 @@ def test_cache(tmp_path_factory, default_model):
     from infoflow.model import cache_dir, converted_default_model
 
     converted_default_model()
-    return sharing_cache(tmp_path_factory.mktemp("cache"), cache_dir())
+    # INFOFLOW_TEST_CACHE=<dir> keeps the gallery's results between sessions (a viewer change
+    # then rebuilds only the pages: seconds, not minutes); unset, every session starts fresh
+    keep = os.environ.get("INFOFLOW_TEST_CACHE")
+    return sharing_cache(keep or tmp_path_factory.mktemp("cache"), cache_dir())
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,7 @@ def traced_share(pg, i, l, k, p):
         const side = window.infoflowCompare.sides[i], V = side.V, G = V.G, s = side.trace;
         const base = ((l * 2 + k) * side.D.P + p) * G;
         let sum = 0;
-        for (let j = 0; j < G; j++) if (!side.hidden[j] && V.first[j] <= p) sum += V.norm[base + j];
+        for (let j = 0; j < G; j++) if (V.first[j] <= p) sum += V.norm[base + j];   // of the whole (issue 24)
         return {share: V.norm[base + s] / sum, color: side.colors[s].toLowerCase()};
     }""", [i, l, k, p])
 
@@ -182,3 +182,22 @@ def test_unknown_model_in_the_url_says_which_there_are(server, page, two_models)
     page.wait_for_function("() => document.documentElement.dataset.viewerReady")
     msg = page.text_content("#error")
     assert 'no model "nope"' in msg and "tiny-gemma" in msg
+
+
+def test_compare_traces_where_the_top_prediction_comes_from(server, page):
+    """Issue 24 item 5: by default, the source adding most to the first model's top prediction,
+    relative to its other top predictions (not the first token, not the last token's own)."""
+    open_compare(page, server + "c/dursley.html")
+    want = page.evaluate("""() => {
+        const side = window.infoflowCompare.sides[0], V = side.V, D = side.D, G = V.G, k = D.k, p = D.P - 1;
+        let best = -1, bx = 0;
+        for (let s = 0; s < G; s++) {
+            if (V.first[s] > p || s === V.groups[p] || s === V.groups[0] || (side.hidden[s] && s !== side.trace)) continue;
+            let mean = 0;
+            for (let j = 0; j < k; j++) mean += V.logitAttr[(p * k + j) * G + s] / k;
+            const x = V.logitAttr[(p * k) * G + s] - mean;
+            if (x > bx) { bx = x; best = s; }
+        }
+        return side.keys[best];
+    }""")
+    assert want and page.evaluate("window.infoflowCompare.state.trace") == want

@@ -54,9 +54,9 @@ def test_heat_map_colour_of_each_cell_is_the_traced_share(site_server, page, pag
             const v = window.infoflowViewer.viewer, V = v.V, D = v.D, G = V.G, s = v.traceSrc;
             const base = ((l * 2 + k) * D.P + p) * G;
             let sum = 0;
-            for (let j = 0; j < G; j++) if (!v.hidden[j] && V.first[j] <= p) sum += V.norm[base + j];
-            const share = V.norm[base + s] / sum;
-            return {share, color: v.seqRamp[Math.round(share * (v.seqRamp.length - 1))]};
+            for (let j = 0; j < G; j++) if (V.first[j] <= p) sum += V.norm[base + j];   // of the whole (issue 24)
+            const share = V.norm[base + s] / sum;   // the ramp ends at the source's largest share (issue 24)
+            return {share, color: v.seqRamp[Math.round(share / v.heatTop * (v.seqRamp.length - 1))]};
         }""", [l, k, p])
         assert page.evaluate(PIXEL, [l, k, p, 0.5]) == expected["color"], (l, k, p, expected)
         checked += 1
@@ -75,7 +75,7 @@ def test_traced_bar_width_is_the_share(site_server, page, pages):  # noqa: F811
             const v = window.infoflowViewer.viewer, V = v.V, D = v.D, G = V.G, s = v.traceSrc;
             const base = ((l * 2 + k) * D.P + p) * G;
             let sum = 0;
-            for (let j = 0; j < G; j++) if (!v.hidden[j] && V.first[j] <= p) sum += V.norm[base + j];
+            for (let j = 0; j < G; j++) if (V.first[j] <= p) sum += V.norm[base + j];   // of the whole (issue 24)
             const rect = v.grid.cellRect(l, k, p), dpr = v.grid.dpr;
             const y = Math.floor((rect.y + rect.h / 2) * dpr), x0 = Math.round(rect.x * dpr), w = Math.round(rect.w * dpr);
             const d = document.getElementById('grid').getContext('2d').getImageData(x0, y, w, 1).data;
@@ -150,23 +150,22 @@ def test_escape_restores_a_source_that_tracing_showed(site_server, page, pages):
 
 def test_trace_line_chart_and_csv_of_the_view(site_server, page, pages):  # noqa: F811
     _open_viewer(page, site_server + pages["ioi"])
-    assert page.is_disabled("#export-csv")
     page.click('#token-strip .tok-label[data-pos="1"]')
     box = page.locator("#grid").bounding_box()
     page.mouse.click(box["x"] + box["width"] - 40, box["y"] + box["height"] * 0.5)
     assert page.locator("#cell-detail svg.trace-chart path").count() == 2
     with page.expect_download() as dl:
         page.click("#export-csv")
-    text = open(dl.value.path(), encoding="utf-8").read().splitlines()
-    assert text[0] == "source,layer,sublayer,position,token,share"
+    text = [r for r in open(dl.value.path(), encoding="utf-8").read().splitlines() if not r.startswith("#")]
+    assert text[0] == "source,layer,sublayer,position,token,share_of_whole_residual,hidden_share"
     L, P = page.evaluate("[window.infoflowViewer.viewer.D.L, window.infoflowViewer.viewer.D.P]")
     assert len(text) == 1 + 2 * L * (P - 1)                  # from the traced source's position on
     share = page.evaluate("""() => { const v = window.infoflowViewer.viewer, V = v.V, D = v.D, G = V.G;
         const base = ((29 * 2 + 1) * D.P + 13) * G; let sum = 0;
-        for (let j = 0; j < G; j++) if (!v.hidden[j]) sum += V.norm[base + j];
+        for (let j = 0; j < G; j++) sum += V.norm[base + j];
         return V.norm[base + v.traceSrc] / sum; }""")
     row = next(r for r in text if r.split(",")[1:4] == ["29", "mlp", "13"])
-    assert abs(float(row.split(",")[-1]) - share) < 1e-3
+    assert abs(float(row.split(",")[-2]) - share) < 1e-3
 
 
 def test_png_and_svg_figures_carry_title_legend_and_axes(site_server, page, pages):  # noqa: F811

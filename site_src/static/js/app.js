@@ -2,21 +2,26 @@
 // them. viewer.js mounts it (mountViewer) and boots the gallery pages.
 import { DataError, ensureAll, ensureLens, ensureMetric, METRIC_KEYS } from "./data.js";
 import { Grid } from "./grid.js";
-import { buildBatches, colorSlots, customVariant } from "./compute.js";
+import { buildBatches, cellSources, colorSlots, customVariant, heatTop } from "./compute.js";
 import { PALETTE, PALETTE_DARK, MAX_COLORS, sequentialRamp, divergingRamp, NEG_COLOR, POS_COLOR } from "./palette.js";
 import { isDark } from "./theme.js";
 import { buildSkeleton, panelBox, el } from "./dom.js";
 import { PANELS, cellContent } from "./panels.js";
 import { bindEvents } from "./events.js";
 import { headBatches } from "./heads.js";
+import "./head-grid.js";                 // the "Attention patterns" panel (registers itself)
 import { encodeHash, parseHash, renumber, keySource, sourceKey, hiddenMask } from "./state.js";
-import { displayToken, sourceLabels, subscript } from "./format.js";
+import { sourceLabels, subscript, tokenTexts } from "./format.js";
 import { EXACT_LABEL, computeExact, exactVariant, needsExact } from "./exact-custom.js";
+import { topContributors } from "./answer.js";
 
 const $ = (id) => document.getElementById(id);
 
 /** State keys that change what the cells show (so batches, colours and most panels). */
-const DATA_KEYS = ["metric", "variant", "hidden", "trace", "heat", "order", "custom", "theme", "head"];
+const DATA_KEYS = ["metric", "variant", "hidden", "shown", "trace", "heat", "order", "custom", "theme", "head",
+  "pred", "predChoice"];           // the shown prediction picks the first colours (answer.js)
+/** How many colours go first to the sources the shown prediction comes from. */
+const ANSWER_COLORS = 5;
 const ALL_KEYS = [...DATA_KEYS, "emph", "view", "pin", "pred", "predChoice", "selection"];
 
 const sameValue = (a, b) => a === b || JSON.stringify(a instanceof Set ? [...a] : a) === JSON.stringify(b instanceof Set ? [...b] : b);
@@ -47,9 +52,9 @@ export class Viewer {
     this.pending = false;
     this.dirtyKeys = new Set();
     this.idleJobs = new Map();
-    const dup = new Map();
+    const dup = new Map(), texts = tokenTexts(D.tokens);    // byte pieces as the characters they form
     for (const t of D.tokens) dup.set(t, (dup.get(t) || 0) + 1);
-    this.tokenLabels = D.tokens.map((t, p) => displayToken(t) + (dup.get(t) > 1 ? subscript(p) : ""));
+    this.tokenLabels = D.tokens.map((t, p) => texts[p] + (dup.get(t) > 1 && !/\u2044/.test(texts[p]) ? subscript(p) : ""));
   }
 
   async start() {
@@ -199,6 +204,8 @@ export class Viewer {
       s.view = { ...g.view };
     }
     if (keys.has("pin")) {
+      if (this.announced !== undefined || s.pin) this.announcePin();
+      this.announced = true;
       g.setOverlay({ pin: s.pin });
       if (s.pin && !g.overlay.focus) g.setOverlay({ focus: { ...s.pin } });
       if (!s.pin && this.tipPinned) this.hideTooltip();
@@ -245,17 +252,23 @@ export class Viewer {
     const V = this.V, D = this.D, s = this.state, theme = this.theme;
     this.traceSrc = keySource(V, s.trace);
     this.hidden = hiddenMask(V, s.hidden, this.traceSrc);
-    const slotKey = `${this.hidden.join("")}|${this.traceSrc}`;    // colours change with these only
+    // the first colours: the sources the shown prediction comes from (at its position, its choice)
+    this.answerPos = s.pred === null ? D.P - 1 : s.pred;
+    this.answerJ = Math.min(this.predChoice || 0, D.k - 1);
+    this.answerSources = V.logitAttr ? topContributors(V, D, this.answerPos, this.answerJ, ANSWER_COLORS, this.hidden) : [];
+    const slotKey = `${this.hidden.join("")}|${this.traceSrc}|${this.answerSources.join(".")}`;    // colours change with these only
     if (!this.slotCache || this.slotCache.V !== V || this.slotCache.key !== slotKey) {
-      this.slotCache = { V, key: slotKey, slots: colorSlots(V, D.L, D.P, this.hidden, this.traceSrc, MAX_COLORS) };
+      this.slotCache = { V, key: slotKey, slots: colorSlots(V, D.L, D.P, this.hidden, this.traceSrc, MAX_COLORS, this.answerSources) };
     }
     this.slots = this.slotCache.slots;
     const palette = this.dark ? PALETTE_DARK : PALETTE;
     this.colors = Array.from(this.slots, (slot) => (slot >= 0 ? palette[slot] : null));
     this.labels = sourceLabels(V);
+    // the heat map's scale fits the traced source's shares (legend and figure print its end)
+    this.heatTop = s.heat && this.traceSrc >= 0 ? heatTop(V, D.L, D.P, s.metric, this.hidden, this.traceSrc, s.shown) : 1;
     const batches = headBatches(this) || buildBatches(V, D.L, D.P, {
       metric: s.metric, hidden: this.hidden, trace: this.traceSrc, heat: s.heat, order: s.order,
-      colors: this.colors, neutral: theme.neutral, neg: this.dark ? NEG_COLOR.dark : NEG_COLOR.light,
+      shown: s.shown, hatch: [theme.muted, theme.track], heatTop: this.heatTop, colors: this.colors, neutral: theme.neutral, neg: this.dark ? NEG_COLOR.dark : NEG_COLOR.light,
       pos: this.dark ? POS_COLOR.dark : POS_COLOR.light, seqRamp: this.seqRamp, divRamp: this.divRamp,
     });
     const last = D.P - 1, predictions = [];
@@ -333,6 +346,17 @@ export class Viewer {
     tip.hidden = false;
     this.tipAt = [sx, sy];
     this.positionTooltip();
+  }
+
+  /** Say a pin (or unpin) in the page's aria-live region: the cell and its largest source. */
+  announcePin() {
+    const box = $("announce"), pin = this.state.pin;
+    if (!box) return;
+    if (!pin) { box.textContent = "Unpinned."; return; }
+    const rows = cellSources(this.V, this.D.P, this.state.metric, this.hidden, pin.l, pin.k, pin.p, this.state.shown);
+    const top = rows[0];
+    box.textContent = `Pinned layer ${pin.l} ${pin.k ? "MLP" : "attention"} at position ${pin.p}, ${this.tokenLabels[pin.p]}`
+      + (top ? `: largest source ${this.labels[top.s]}${top.hidden ? " (hidden)" : ""}, ${(top.share * 100).toFixed(1)}%.` : ".");
   }
 
   /** The pinned cell's details next to the cell (touch screens: the panel is off-screen). */

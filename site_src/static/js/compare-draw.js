@@ -58,6 +58,7 @@ export function gridData(side, slots, state, theme, dark) {
   const batches = buildBatches(V, D.L, D.P, {
     metric: state.metric, hidden, trace, heat: false, order: "position", colors,
     neutral: theme.neutral, neg: theme.neg, pos: theme.pos, seqRamp: [], divRamp: [],
+    hatch: [theme.muted, theme.track],     // the hidden first token: hatched, still in every share (issue 24)
   });
   const dup = new Map();
   for (const t of D.tokens) dup.set(t, (dup.get(t) || 0) + 1);

@@ -9,6 +9,7 @@ import { loadData, ensureMetric, DataError } from "./data.js";
 import { Grid } from "./grid.js";
 import { METRICS } from "./state.js";
 import { isDark } from "./theme.js";
+import { topContributors } from "./answer.js";
 import { NEG_COLOR, POS_COLOR } from "./palette.js";
 import { charStarts, localKey, portableKey } from "./models.js";
 import { sourceKeys, sharedSlots, gridData, depthSeries, drawChart, traceChoices } from "./compare-draw.js";
@@ -84,10 +85,18 @@ class Compare {
     return p === null || p === "b" ? -1 : side.V.groups[p];
   }
 
-  /** By default, trace the source (not the last token's own) with the largest share of the
-   * first model's last position, averaged over its layers. */
+  /** By default, trace where the first model's top prediction comes from (answer.js: the source,
+   * not the first token nor the last token's own, adding most to its logit relative to the other
+   * top predictions); without a logit attribution, the largest share of its last position. */
   defaultTrace() {
     const { D, V, hidden, keys } = this.sides[0], G = V.G, P = D.P, own = V.groups[P - 1];
+    if (V.logitAttr) {
+      const skip = Uint8Array.from(hidden);
+      skip[own] = 1;
+      skip[V.groups[0]] = 1;
+      const [top] = topContributors(V, D, P - 1, 0, 1, skip);
+      if (top !== undefined) return keys[top];
+    }
     const score = new Float64Array(G);
     for (let c = 0; c < 2 * D.L; c++) {
       const base = (c * P + P - 1) * G;
@@ -101,7 +110,7 @@ class Compare {
   }
 
   async ensure() {
-    const names = [this.state.metric, "norm"];
+    const names = [this.state.metric, "norm", "logitAttr"];   // logitAttr: the default trace (answer.js)
     await Promise.all(this.data.flatMap((D) => D.variants.flatMap((V) => names.map((m) => ensureMetric(V, m)))));
   }
 

@@ -7,9 +7,11 @@ export const at = (P, G, l, k, p, s) => ((l * 2 + k) * P + p) * G + s;
 
 /** Rectangles of one colour: items are (cell, x0, x1, y0, y1), x and y fractions of the cell. */
 class Batch {
-  constructor(color, source = -1) {
+  constructor(color, source = -1, hatch = null, kind = "source") {
     this.color = color;
+    this.kind = kind;         // source | others | hidden | pos | neg | ramp: what a legend calls it
     this.source = source;     // the source it draws, or -1 (others, heat ramp, sign strips)
+    this.hatch = hatch;       // a second colour: drawn as diagonal stripes (hidden sources)
     this.items = new Float32Array(256);
     this.n = 0;
   }
@@ -27,11 +29,12 @@ class Batch {
 }
 
 /**
- * Which sources get a colour of their own: the `max` visible sources with the largest mean
- * norm share over all cells (ranked on `norm` whatever the metric, so that switching metric
- * keeps the colours), plus the traced source. -> Int16Array(G): palette slot, or -1 (others).
+ * Which sources get a colour of their own: first `lead` (answer.js topContributors: where the
+ * shown prediction comes from), in its order; then, up to `max`, the visible sources with the
+ * largest mean norm share over all cells (ranked on `norm` whatever the metric, so that switching
+ * metric keeps the colours); plus the traced source. -> Int16Array(G): palette slot, or -1 (others).
  */
-export function colorSlots(V, L, P, hidden, traced, max) {
+export function colorSlots(V, L, P, hidden, traced, max, lead = []) {
   const G = V.G, arr = V.norm, total = new Float64Array(G);
   // visible sources present at each position: sources are numbered by first use, so those
   // of position p are the ones with first <= p (plus the bias source, first = 0)
@@ -49,8 +52,9 @@ export function colorSlots(V, L, P, hidden, traced, max) {
     const inv = 1 / sum;
     for (let i = 0; i < m; i++) total[vis[i]] += arr[base + vis[i]] * inv;
   }
-  const ranked = [...Array(G).keys()].filter((s) => !hidden[s] && total[s] > 0)
-    .sort((a, b) => total[b] - total[a] || a - b);
+  const led = lead.filter((s) => !hidden[s]).slice(0, max);
+  const ranked = [...led, ...[...Array(G).keys()].filter((s) => !hidden[s] && total[s] > 0 && !led.includes(s))
+    .sort((a, b) => total[b] - total[a] || a - b)];
   const slot = new Int16Array(G).fill(-1);
   ranked.slice(0, max).forEach((s, i) => { slot[s] = i; });
   if (traced >= 0 && slot[traced] < 0) slot[traced] = ranked.length ? Math.min(max, ranked.length) - 1 : 0;
@@ -61,9 +65,12 @@ export function colorSlots(V, L, P, hidden, traced, max) {
  * Batches for the whole grid.
  * opts: {metric: "norm"|"delta"|"proj", hidden: Uint8Array(G) (the traced source is not hidden),
  *        trace: source or -1, heat: bool, order: "position"|"size", colors: [G css colours, null
- *        for a source drawn as "others"], neutral, neg, pos, seqRamp: [hex], divRamp: [hex]}
+ *        for a source drawn as "others"], neutral, neg, pos, seqRamp: [hex], divRamp: [hex],
+ *        shown: bool (shares of the sources shown; default false), hatch: [fg, bg] css colours}
  * A bar holds the coloured sources in `order`, then one grey "others" segment: the uncoloured
- * sources and those under THRESHOLD of the cell.
+ * sources and those under THRESHOLD of the cell, then one hatched segment: the hidden sources.
+ * Hidden sources stay in every share's denominator (issue 24) unless opts.shown, which divides
+ * by the sources shown and draws no hatched segment (the caption then says so).
  * Hot path (P = 128: 7680 cells x 127 sources): typed arrays, no string keys, insertion sort.
  */
 export function buildBatches(V, L, P, opts) {
@@ -73,21 +80,25 @@ export function buildBatches(V, L, P, opts) {
   const bySize = opts.order === "size";
   const srcB = new Array(G).fill(null);
   const rampB = [];
-  let restB = null, posB = null, negB = null;
+  let restB = null, posB = null, negB = null, hideB = null;
   const src = (s) => srcB[s] || (srcB[s] = new Batch(colors[s], s));
-  const rest = () => restB || (restB = new Batch(opts.neutral));
-  const pos = () => posB || (posB = new Batch(opts.pos));
-  const neg = () => negB || (negB = new Batch(opts.neg));
-  const ramp = (colors, i) => rampB[i] || (rampB[i] = new Batch(colors[i]));
+  const rest = () => restB || (restB = new Batch(opts.neutral, -1, null, "others"));
+  const pos = () => posB || (posB = new Batch(opts.pos, -1, null, "pos"));
+  const neg = () => negB || (negB = new Batch(opts.neg, -1, null, "neg"));
+  const ramp = (colors, i) => rampB[i] || (rampB[i] = new Batch(colors[i], -1, null, "ramp"));
+  const hatch = opts.hatch || [opts.neutral, opts.neutral];
+  const hide = () => hideB || (hideB = new Batch(hatch[0], -1, hatch[1], "hidden"));
+  const whole = !opts.shown;             // hidden sources count in the denominator
+  const heatTop = opts.heatTop > 0 ? opts.heatTop : 1;   // the heat map's scale: 0..top, or -top..top
   const t = opts.trace;
   const signed = opts.metric === "proj";
   const idx = new Int32Array(G), val = new Float32Array(G), big = new Int32Array(G);
   // Sources are numbered by first use, so those present at p are a prefix (plus the bias
   // source): visible sources in position order, and for each p how many of them have started.
   const bias = V.hasBias ? G - 1 : -1;
-  const order = Int32Array.from([...Array(G).keys()].filter((s) => !hidden[s] && s !== bias)
+  const order = Int32Array.from([...Array(G).keys()].filter((s) => (whole || !hidden[s]) && s !== bias)
     .sort((a, b) => first[a] - first[b]));
-  const hasBias = bias >= 0 && !hidden[bias];
+  const hasBias = bias >= 0 && (whole || !hidden[bias]);
   const started = new Int32Array(P);      // visible non-bias sources with first <= p
   for (let p = 0, j = 0; p < P; p++) {
     while (j < order.length && first[order[j]] <= p) j++;
@@ -109,14 +120,19 @@ export function buildBatches(V, L, P, opts) {
       for (let p = 0; p < P; p++) {
         const cell = row * P + p;
         const base = ((l * 2 + k) * P + p) * G;
-        let n = 0, sum = 0, abs = 0;
+        let n = 0, sum = 0, abs = 0, hid = 0, hidPos = 0, hidNeg = 0;
         const m = started[p] + (hasBias ? 1 : 0);
-        for (let i = 0; i < m; i++) {       // visible sources present here, in position order
+        for (let i = 0; i < m; i++) {       // sources present here (whole: hidden too), in position order
           const s = i < started[p] ? order[i] : bias;
           const x = arr[base + s];
           if (x === 0) continue;
-          idx[n] = s; val[n] = x; n++;
           sum += x; abs += x < 0 ? -x : x;
+          if (hidden[s]) {                  // whole mode only: kept in the denominator, drawn hatched
+            hid += x;
+            if (x > 0) hidPos += x; else hidNeg -= x;
+            continue;
+          }
+          idx[n] = s; val[n] = x; n++;
         }
         if (t >= 0) {
           if (first[t] > p) continue;
@@ -124,17 +140,20 @@ export function buildBatches(V, L, P, opts) {
           if (signed) {
             const v = Math.max(-1, Math.min(1, x));
             if (opts.heat) {
-              ramp(opts.divRamp, rampIndex(v, -1, 1, opts.divRamp.length)).push(cell, 0, 1, 0, 1);
+              ramp(opts.divRamp, rampIndex(x, -heatTop, heatTop, opts.divRamp.length)).push(cell, 0, 1, 0, 1);
             } else if (v >= 0) pos().push(cell, 0.5, 0.5 + v / 2, 0, 1);
             else neg().push(cell, 0.5 + v / 2, 0.5, 0, 1);
           } else {
             const share = sum > 0 ? x / sum : 0;
-            if (opts.heat) ramp(opts.seqRamp, rampIndex(share, 0, 1, opts.seqRamp.length)).push(cell, 0, 1, 0, 1);
-            else src(t).push(cell, 0, share, 0, 1);
+            if (opts.heat) ramp(opts.seqRamp, rampIndex(share, 0, heatTop, opts.seqRamp.length)).push(cell, 0, 1, 0, 1);
+            else {
+              src(t).push(cell, 0, share, 0, 1);
+              if (hid > 0 && sum > 0) hide().push(cell, 1 - hid / sum, 1, 0, 1);
+            }
           }
           continue;
         }
-        if (n === 0) continue;
+        if (n === 0 && hid === 0) continue;
         if (!signed) {
           if (sum <= 0) continue;
           const cut = THRESHOLD * sum;
@@ -147,12 +166,14 @@ export function buildBatches(V, L, P, opts) {
             src(idx[i]).push(cell, x, x + w, 0, 1);
             x += w;
           }
-          if (x < 0.9999) rest().push(cell, x, 1, 0, 1);
+          const h = hid / sum;
+          if (x < 0.9999 - h) rest().push(cell, x, 1 - h, 0, 1);
+          if (h > 0) hide().push(cell, 1 - h, 1, 0, 1);
         } else {
           if (abs <= 0) continue;
           // negative parts left of zero, positive parts right of it; in position order going
           // outwards, or largest next to zero
-          let negSum = 0;
+          let negSum = hidNeg;
           for (let i = 0; i < n; i++) if (val[i] < 0) negSum -= val[i];
           const zero = negSum / abs;
           const cut = THRESHOLD * abs;
@@ -172,7 +193,8 @@ export function buildBatches(V, L, P, opts) {
             src(idx[i]).push(cell, x, x + w, 0, 1);
             x += w;
           }
-          if (restPos > 0) rest().push(cell, x, 1, 0, 1);
+          if (restPos > 0) rest().push(cell, x, 1 - hidPos / abs, 0, 1);
+          if (hidPos > 0) hide().push(cell, 1 - hidPos / abs, 1, 0, 1);
           const negs = posI.subarray(G - nn, G);
           negs.reverse();                      // back into position order
           if (bySize) {
@@ -189,7 +211,8 @@ export function buildBatches(V, L, P, opts) {
             src(idx[i]).push(cell, x - w, x, 0, 1);
             x -= w;
           }
-          if (restNeg > 0) rest().push(cell, 0, x, 0, 1);
+          if (restNeg > 0) rest().push(cell, hidNeg / abs, x, 0, 1);
+          if (hidNeg > 0) hide().push(cell, 0, hidNeg / abs, 0, 1);
           // diverging sign strips: red under the negative part, blue under the positive part
           if (zero > 0) neg().push(cell, 0, zero, 0.62, 1);
           pos().push(cell, zero, 1, 0.8, 1);
@@ -198,7 +221,21 @@ export function buildBatches(V, L, P, opts) {
     }
   }
   // draw order: remainder, sources, heat, then sign strips on top
-  return [restB, ...srcB, ...rampB, negB, posB].filter(Boolean);
+  return [restB, hideB, ...srcB, ...rampB, negB, posB].filter(Boolean);
+}
+
+/**
+ * The end of the heat map's scale for traced source s: its largest |share| over every cell, so
+ * the ramp fits the data (signed: -top..top, symmetric; otherwise 0..top). 0 when s is absent.
+ */
+export function heatTop(V, L, P, metric, hidden, s, shown = false) {
+  let top = 0;
+  if (s < 0) return top;
+  for (let p = V.first[s]; p < P; p++) {
+    const series = traceSeries(V, L, P, metric, hidden, s, p, shown);
+    for (let l = 0; l < L; l++) top = Math.max(top, Math.abs(series.attn[l]), Math.abs(series.mlp[l]));
+  }
+  return top;
 }
 
 /** The ramp colour index of value v in [lo, hi] (what the heat map and its legend use). */
@@ -209,9 +246,10 @@ export function rampIndex(v, lo, hi, n) {
 
 /**
  * Source s's share of each cell at position p, per layer: {attn: Float32Array(L), mlp: ...},
- * NaN where s has not started yet. Shares as the grid draws them (proj: the signed share).
+ * NaN where s has not started yet. Shares as the grid draws them (proj: the signed share):
+ * of the whole residual, or with `shown` of the sources not hidden.
  */
-export function traceSeries(V, L, P, metric, hidden, s, p) {
+export function traceSeries(V, L, P, metric, hidden, s, p, shown = false) {
   const out = { attn: new Float32Array(L).fill(NaN), mlp: new Float32Array(L).fill(NaN) };
   if (s < 0 || V.first[s] > p) return out;
   const arr = V[metric], G = V.G;
@@ -221,7 +259,7 @@ export function traceSeries(V, L, P, metric, hidden, s, p) {
       let share = arr[base + s];
       if (metric !== "proj") {
         let sum = 0;
-        for (let j = 0; j < G; j++) if (!hidden[j] && V.first[j] <= p) sum += arr[base + j];
+        for (let j = 0; j < G; j++) if ((!shown || !hidden[j]) && V.first[j] <= p) sum += arr[base + j];
         share = sum > 0 ? share / sum : 0;
       }
       (k ? out.mlp : out.attn)[l] = share;
@@ -230,20 +268,41 @@ export function traceSeries(V, L, P, metric, hidden, s, p) {
   return out;
 }
 
-/** Per-source values of one cell: [{s, value, share}] sorted by |share|, largest first. */
-export function cellSources(V, P, metric, hidden, l, k, p) {
+/**
+ * Per-source values of one cell: [{s, value, share, hidden}] sorted by |share|, largest first.
+ * By default every source present is a row (hidden ones marked) and shares are of the whole
+ * residual; with `shown`, hidden sources are left out and shares are of the sources shown.
+ */
+export function cellSources(V, P, metric, hidden, l, k, p, shown = false) {
   const G = V.G, arr = V[metric], base = at(P, G, l, k, p, 0);
   const rows = [];
   let sum = 0;
   for (let s = 0; s < G; s++) {
-    if (hidden[s] || V.first[s] > p) continue;
+    if (V.first[s] > p || (shown && hidden[s])) continue;
     const x = arr[base + s];
-    rows.push({ s, value: x });
+    rows.push({ s, value: x, hidden: !!hidden[s] });
     sum += metric === "proj" ? 0 : x;
   }
   for (const r of rows) r.share = metric === "proj" ? r.value : (sum > 0 ? r.value / sum : 0);
   rows.sort((a, b) => Math.abs(b.share) - Math.abs(a.share));
   return rows;
+}
+
+/**
+ * The hidden sources' share of the whole residual at cell (l, k, p) (proj: their signed share).
+ * What "of the sources shown" leaves out, stated wherever that mode is used.
+ */
+export function hiddenShare(V, P, metric, hidden, l, k, p) {
+  const G = V.G, arr = V[metric], base = at(P, G, l, k, p, 0);
+  let sum = 0, hid = 0;
+  for (let s = 0; s < G; s++) {
+    if (V.first[s] > p) continue;
+    const x = arr[base + s];
+    sum += x;
+    if (hidden[s]) hid += x;
+  }
+  if (metric === "proj") return hid;
+  return sum > 0 ? hid / sum : 0;
 }
 
 /**

@@ -2,6 +2,7 @@
 // actions. Nothing here draws; it calls viewer.set(...) / viewer.grid setters and commit().
 import { exportFigure, exportCsv } from "./export.js";
 import { enableExact } from "./exact-custom.js";
+import { bindRoving } from "./roving.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -11,6 +12,7 @@ function bindToolbar(v) {
   }
   $("grouping").addEventListener("change", (e) => v.setVariant(e.target.value));
   $("order").addEventListener("change", (e) => v.set({ order: e.target.value }));
+  $("share-of").addEventListener("change", (e) => v.set({ shown: e.target.value === "shown" }));
   $("emph").addEventListener("click", () => v.set({ emph: v.state.emph === "attn" ? "mlp" : "attn" }));
   $("heat").addEventListener("click", () => v.set({ heat: !v.state.heat }));
   $("fit").addEventListener("click", () => { v.grid.fit(); v.viewChanged(); });
@@ -60,6 +62,8 @@ function bindStrip(v) {
     v.set({}, { changed: ["predChoice"] });
   });
   for (const id of ["token-strip", "legend", "predictions", "cell-detail", "tooltip"]) bindSourceHover(v, $(id));
+  bindRoving($("token-strip"), "button");
+  bindRoving(document.querySelector("#toolbar .buttons"), "button, a");
 }
 
 function bindPointer(v) {
@@ -200,7 +204,14 @@ function bindWindow(v) {
   matchMedia(`(resolution: ${window.devicePixelRatio}dppx)`).addEventListener("change", relayout, { signal });
 }
 
+/** "Skip to the grid" (prompt pages): focus the grid itself, so the keys work at once. */
+function bindSkip(v) {
+  const skip = $("skip-grid");
+  if (skip) skip.addEventListener("click", (e) => { e.preventDefault(); v.grid.canvas.focus(); });
+}
+
 export function bindEvents(v) {
+  bindSkip(v);
   bindToolbar(v);
   bindStrip(v);
   bindPointer(v);

@@ -4,10 +4,11 @@
 // A figure is first a scene, a flat list of rectangles and texts in CSS px; toSvg and
 // toCanvas render the same scene, so the PNG and the SVG show the same thing.
 import { MARGIN, rowLabel } from "./grid.js";
-import { cellSources, traceSeries, THRESHOLD } from "./compute.js";
+import { cellSources, hiddenShare, traceSeries, THRESHOLD } from "./compute.js";
 import { METRICS } from "./state.js";
+import { hiddenNames, shareCaption, shareCsvColumn, shareOf } from "./share-text.js";
+import { heatEnds } from "./panels.js";
 import { displayToken } from "./format.js";
-import { NEG_COLOR, POS_COLOR } from "./palette.js";
 
 const FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
 
@@ -45,6 +46,10 @@ export function figureScene(v) {
   let what = `${METRICS[s.metric]} · grouping: ${v.V.label} · ${D.model.id || "model"}`;
   if (v.traceSrc >= 0) what += ` · ${s.heat ? "heat map of" : "tracing"} ${labels[v.traceSrc]}`;
   text(pad, y, what, { size: 12 });
+  for (const line of wrapText(shareCaption(v), Math.floor((W - 2 * pad) / 6.2), 2)) {   // what the widths are of
+    y += 16;
+    text(pad, y, line, { size: 11, fill: hiddenNames(v) ? C.fg : C.muted });
+  }
   const top = y + 8;
   // the grid as drawn: visible cells only, clipped to the plot
   const g = grid.geometry(1), P = grid.P;
@@ -53,14 +58,18 @@ export function figureScene(v) {
     if (g.yb[r] <= g.ya[r]) continue;
     for (let p = g.p0; p <= g.p1; p++) if (g.xb[p] > g.xa[p]) rect(ox + g.xa[p], oy + g.ya[r], g.xb[p] - g.xa[p], g.yb[r] - g.ya[r], C.track);
   }
+  const drawn = new Set();               // batches with a rectangle in the figure: the legend lists only these
   for (const b of grid.data.batches) {
-    const it = b.items;
+    const it = b.items, hatch = b.hatch ? [b.color, b.hatch] : null;
     for (let o = 0; o < b.n * 5; o += 5) {
       const cell = it[o], r = (cell / P) | 0, p = cell - r * P;
       if (p < g.p0 || p > g.p1 || g.yb[r] <= g.ya[r]) continue;
       const a = Math.max(g.xa[p], g.cxa[p] + it[o + 1] * g.cwd), z = Math.min(g.xb[p], g.cxa[p] + it[o + 2] * g.cwd);
       const y0 = Math.max(g.ya[r], g.yu[r] + it[o + 3] * g.yh[r]), y1 = Math.min(g.yb[r], g.yu[r] + it[o + 4] * g.yh[r]);
-      if (z > a && y1 > y0) rect(ox + a, oy + y0, z - a, y1 - y0, b.color);
+      if (z > a && y1 > y0) {
+        items.push({ t: "rect", x: ox + a, y: oy + y0, w: z - a, h: y1 - y0, fill: b.color, hatch });
+        drawn.add(b);
+      }
     }
   }
   // row labels, token labels, axis titles
@@ -92,35 +101,44 @@ export function figureScene(v) {
   // legend or colour scale
   y = oy + grid.plotH + 100;
   let x = pad;
-  const key = (color, label) => {
+  const legend = [];
+  const key = (color, label, hatch = null) => {
     const w = 18 + label.length * 6.6;
     if (x + w > W - pad) { x = pad; y += 18; }
-    rect(x, y - 9, 11, 11, color);
+    items.push({ t: "rect", x, y: y - 9, w: 11, h: 11, fill: color, hatch });
     text(x + 15, y, label, { size: 11 });
     x += w + 10;
+    legend.push(label);
   };
+  const kinds = new Map([...drawn].map((b) => [b.kind, b]));
   if (v.traceSrc >= 0 && s.heat) {
     const ramp = s.metric === "proj" ? v.divRamp : v.seqRamp;
+    const [lo, hi] = heatEnds(v);
     text(pad, y, `${labels[v.traceSrc]}'s ${s.metric === "proj" ? "signed share" : "share"}:`, { size: 11 });
     const x0 = pad + 190;
-    text(x0 - 4, y, s.metric === "proj" ? "\u22121" : "0%", { size: 11, anchor: "end" });
+    text(x0 - 4, y, lo, { size: 11, anchor: "end" });
     ramp.forEach((c, i) => rect(x0 + i * 6, y - 9, 6, 11, c));
-    text(x0 + ramp.length * 6 + 4, y, s.metric === "proj" ? "+1" : "100%", { size: 11 });
+    text(x0 + ramp.length * 6 + 4, y, `${hi} (its largest)`, { size: 11 });
+    legend.push(`scale ${lo} to ${hi}`);
+  } else if (s.head) {
+    text(pad, y, `Trace head ${s.head.l}.${s.head.h}: each cell of its layer's attention row is this head's share of the block's write`, { size: 11 });
+    legend.push(`head ${s.head.l}.${s.head.h}`);
   } else {
-    const coloured = [...Array(v.V.G).keys()].filter((i) => v.slots[i] >= 0).sort((a, b) => v.slots[a] - v.slots[b]);
-    for (const src of coloured) key(v.colorOf(src), labels[src]);
-    if (v.traceSrc < 0) key(C.neutral, `others (and < ${THRESHOLD * 100}%)`);
-    if (s.metric === "proj") {
-      key(v.dark ? NEG_COLOR.dark : NEG_COLOR.light, "negative");
-      key(v.dark ? POS_COLOR.dark : POS_COLOR.light, "positive");
-    }
+    // only what the figure draws, coloured sources in their palette order
+    const sources = [...drawn].filter((b) => b.kind === "source" && b.source >= 0).map((b) => b.source)
+      .sort((a, b) => (v.slots[a] - v.slots[b]) || a - b);
+    for (const src of sources) key(v.colorOf(src), labels[src]);
+    if (kinds.has("others")) key(C.neutral, `others (and < ${THRESHOLD * 100}%)`);
+    if (kinds.has("hidden")) key(C.muted, `hidden: ${hiddenNames(v)} (hatched, still counted)`, [C.muted, C.track]);
+    if (kinds.has("neg")) key(kinds.get("neg").color, "negative");
+    if (kinds.has("pos")) key(kinds.get("pos").color, "positive");
   }
   y += 22;
   text(pad, y, `infoflow · ${D.model.id || ""} · worst reconstruction error ${typeof D.worstReconError === "number" ? D.worstReconError.toExponential(1) : "?"} · values stored in 8 bits per cell`,
     { size: 10, fill: C.muted });
   const h = Math.ceil(y + pad);
   items[0] = { t: "rect", x: 0, y: 0, w: W, h, fill: C.bg };
-  return { w: W, h, items, clip: { x: ox, y: oy, w: grid.plotW, h: grid.plotH } };
+  return { w: W, h, items, legend, clip: { x: ox, y: oy, w: grid.plotW, h: grid.plotH } };
 }
 
 /** One <path> per colour for the rectangles, one <text> per label. Text is escaped by the DOM. */
@@ -133,12 +151,32 @@ export function toSvg(scene) {
   svg.setAttribute("viewBox", `0 0 ${scene.w} ${scene.h}`);
   const paths = new Map();
   const f = (x) => +x.toFixed(2);
+  const defs = document.createElementNS(NS, "defs");
+  const patterns = new Map();
+  const fillOf = (it) => {               // a hatched rect (hidden sources) fills with a pattern
+    if (!it.hatch) return it.fill;
+    const k = it.hatch.join(" ");
+    if (!patterns.has(k)) {
+      const id = `hatch${patterns.size}`;
+      const pat = document.createElementNS(NS, "pattern");
+      for (const [a, b] of [["id", id], ["width", 4], ["height", 4], ["patternUnits", "userSpaceOnUse"], ["patternTransform", "rotate(45)"]]) pat.setAttribute(a, b);
+      const bg = document.createElementNS(NS, "rect"), line = document.createElementNS(NS, "rect");
+      for (const [a, b] of [["width", 4], ["height", 4], ["fill", it.hatch[1]]]) bg.setAttribute(a, b);
+      for (const [a, b] of [["width", 1], ["height", 4], ["fill", it.hatch[0]]]) line.setAttribute(a, b);
+      pat.append(bg, line);
+      defs.append(pat);
+      patterns.set(k, `url(#${id})`);
+    }
+    return patterns.get(k);
+  };
   for (const it of scene.items) {
     if (it.t === "rect") {
-      if (!paths.has(it.fill)) paths.set(it.fill, []);
-      paths.get(it.fill).push(`M${f(it.x)} ${f(it.y)}h${f(it.w)}v${f(it.h)}h${f(-it.w)}z`);
+      const fill = fillOf(it);
+      if (!paths.has(fill)) paths.set(fill, []);
+      paths.get(fill).push(`M${f(it.x)} ${f(it.y)}h${f(it.w)}v${f(it.h)}h${f(-it.w)}z`);
     }
   }
+  if (patterns.size) svg.append(defs);
   for (const [fill, d] of paths) {
     const p = document.createElementNS(NS, "path");
     p.setAttribute("fill", fill);
@@ -163,6 +201,18 @@ export function toSvg(scene) {
   return new XMLSerializer().serializeToString(svg);
 }
 
+/** Diagonal stripes for a hatched rect (hidden sources), as the grid draws them. */
+function hatchPattern(ctx, [fg, bg]) {
+  const c = document.createElement("canvas");
+  c.width = c.height = 8;
+  const x = c.getContext("2d");
+  x.fillStyle = bg;
+  x.fillRect(0, 0, 8, 8);
+  x.fillStyle = fg;
+  for (let i = 0; i < 8; i++) { x.fillRect(i, 7 - i, 1, 1); x.fillRect((i + 4) % 8, 7 - i, 1, 1); }
+  return ctx.createPattern(c, "repeat");
+}
+
 export function toCanvas(scene, scale = 2) {
   const c = document.createElement("canvas");
   c.width = Math.round(scene.w * scale);
@@ -171,7 +221,7 @@ export function toCanvas(scene, scale = 2) {
   ctx.scale(scale, scale);
   for (const it of scene.items) {
     if (it.t === "rect") {
-      ctx.fillStyle = it.fill;
+      ctx.fillStyle = it.hatch ? hatchPattern(ctx, it.hatch) : it.fill;
       ctx.fillRect(it.x, it.y, it.w, it.h);
     } else {
       ctx.save();
@@ -218,32 +268,53 @@ export function csvField(x) {
   return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 
-/** The numbers behind the view: the traced source's share per layer and position, or the
- * pinned cell's sources. */
+/** Metadata lines ("# key: value") above the header: what the numbers are (issue 24). */
+function csvMeta(v) {
+  const { D, V, state: s } = v;
+  const lines = [
+    ["prompt", D.prompt.title || v.options.id || ""],
+    ["model", `${D.model.id || "?"} (${D.model.fingerprint || "?"})`],
+    ["metric", `${s.metric}: ${METRICS[s.metric]}`],
+    ["grouping", `${V.name}: ${V.label}${V.exact ? "" : " (approximate, sum of norms)"}`],
+    ["shares", s.metric === "proj" ? "signed share of the whole residual (proj is never renormalised)" : shareOf(v)],
+    ["hidden sources", hiddenNames(v) ? `${hiddenNames(v)} (${s.shown && s.metric !== "proj" ? "left out of the denominator" : "still counted in every share"}); hidden_share column: their share of the whole at that cell` : "none"],
+    ["precision", "values stored in 8 bits per cell (1/255 of the cell's largest value)"],
+    ["tokens", "token column: the token's text as the model's tokenizer gives it; source column: the label the viewer shows (a subscript marks the first position of a repeated text)"],
+  ];
+  return lines.map(([k, x]) => `# ${k}: ${String(x).replace(/[\r\n]+/g, " ")}`);
+}
+
+/** The numbers behind the view: the traced source's share per layer and position, the pinned
+ * cell's sources, or (nothing traced or pinned) every cell's sources. */
 export function csvText(v) {
   const { D, V, state: s, labels } = v;
   const rows = [];
+  const share = shareCsvColumn(v), tok = (p) => v.tokenLabels[p];
   if (v.traceSrc >= 0) {
-    rows.push(["source", "layer", "sublayer", "position", "token", s.metric === "proj" ? "signed_share" : "share"]);
+    rows.push(["source", "layer", "sublayer", "position", "token", share, "hidden_share"]);
     for (let p = V.first[v.traceSrc]; p < D.P; p++) {
-      const series = traceSeries(V, D.L, D.P, s.metric, v.hidden, v.traceSrc, p);
+      const series = traceSeries(V, D.L, D.P, s.metric, v.hidden, v.traceSrc, p, s.shown);
       for (let l = 0; l < D.L; l++) {
-        rows.push([labels[v.traceSrc], l, "attn", p, D.tokens[p], series.attn[l].toPrecision(4)]);
-        rows.push([labels[v.traceSrc], l, "mlp", p, D.tokens[p], series.mlp[l].toPrecision(4)]);
+        rows.push([labels[v.traceSrc], l, "attn", p, tok(p), series.attn[l].toPrecision(4), hiddenShare(V, D.P, s.metric, v.hidden, l, 0, p).toPrecision(4)]);
+        rows.push([labels[v.traceSrc], l, "mlp", p, tok(p), series.mlp[l].toPrecision(4), hiddenShare(V, D.P, s.metric, v.hidden, l, 1, p).toPrecision(4)]);
       }
     }
-  } else if (s.pin) {
-    const { l, k, p } = s.pin;
-    rows.push(["layer", "sublayer", "position", "source", "first_position", s.metric === "proj" ? "signed_share" : "share", s.metric]);
-    for (const r of cellSources(V, D.P, s.metric, v.hidden, l, k, p)) {
-      rows.push([l, k ? "mlp" : "attn", p, labels[r.s], V.first[r.s], r.share.toPrecision(4), r.value.toPrecision(4)]);
+  } else {
+    const cells = [];
+    if (s.pin) cells.push(s.pin);
+    else for (let l = 0; l < D.L; l++) for (let k = 0; k < 2; k++) for (let p = 0; p < D.P; p++) cells.push({ l, k, p });
+    rows.push(["layer", "sublayer", "position", "token", "source", "first_position", "hidden", share, s.metric]);
+    for (const { l, k, p } of cells) {
+      const cs = cellSources(V, D.P, s.metric, v.hidden, l, k, p, s.shown);
+      if (!s.pin) cs.sort((a, b) => V.first[a.s] - V.first[b.s] || a.s - b.s);   // the whole grid: in source order
+      for (const r of cs) {
+        rows.push([l, k ? "mlp" : "attn", p, tok(p), labels[r.s], V.first[r.s], r.hidden ? 1 : 0, r.share.toPrecision(4), r.value.toPrecision(4)]);
+      }
     }
-  } else return null;
-  return rows.map((r) => r.map(csvField).join(",")).join("\n") + "\n";
+  }
+  return [...csvMeta(v), ...rows.map((r) => r.map(csvField).join(","))].join("\n") + "\n";
 }
 
 export function exportCsv(v) {
-  const text = csvText(v);
-  if (!text) { v.status("Trace a source (click a token) or pin a cell first: the CSV holds its numbers."); return; }
-  download(v, new Blob([text], { type: "text/csv" }), "csv");
+  download(v, new Blob([csvText(v)], { type: "text/csv" }), "csv");
 }

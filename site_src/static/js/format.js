@@ -5,7 +5,43 @@
  * A token as shown: a space is "␣" (a lone "·" read as a bullet), a newline "⏎", a tab "⇥".
  */
 export function displayToken(t) {
-  return String(t).replace(/ /g, "\u2423").replace(/\n/g, "\u23ce").replace(/\t/g, "\u21e5");
+  return decodeMarkers(String(t)).replace(/ /g, "\u2423").replace(/\n/g, "\u23ce").replace(/\t/g, "\u21e5");
+}
+
+const MARKER_RUN = /(?:<0x[0-9A-F]{2}>)+/g;
+const markerBytes = (run) => Uint8Array.from(run.match(/[0-9A-F]{2}(?=>)/g), (h) => parseInt(h, 16));
+
+/** Runs of byte pieces (<0xE6><0x88><0x91>) that form whole UTF-8 characters, as those characters. */
+export function decodeMarkers(text) {
+  return text.replace(MARKER_RUN, (run) => {
+    try { return new TextDecoder("utf-8", { fatal: true }).decode(markerBytes(run)); } catch { return run; }
+  });
+}
+
+/**
+ * One label per token, where a character's bytes are spread over several tokens (byte fallback:
+ * "<0xE6>", "<0x88><0x91>"): each such token shows the character it is part of, with its part
+ * as a subscript ("我₁⁄₂", "我₂⁄₂"). Other tokens: displayToken.
+ */
+export function tokenTexts(tokens) {
+  const out = tokens.map(displayToken);
+  const isRun = (t) => /^(?:<0x[0-9A-F]{2}>)+$/.test(t);
+  for (let i = 0; i < tokens.length; i++) {
+    if (!isRun(tokens[i])) continue;
+    // the shortest run of byte tokens from i that decodes as whole characters
+    let bytes = [];
+    for (let j = i; j < tokens.length && isRun(tokens[j]); j++) {
+      bytes = [...bytes, ...markerBytes(tokens[j])];
+      let text = null;
+      try { text = new TextDecoder("utf-8", { fatal: true }).decode(Uint8Array.from(bytes)); } catch { continue; }
+      const n = j - i + 1;
+      const shown = displayToken(text);
+      for (let q = i; q <= j; q++) out[q] = n > 1 ? `${shown}${subscript(q - i + 1)}\u2044${subscript(n)}` : shown;
+      i = j;
+      break;
+    }
+  }
+  return out;
 }
 
 const SUB = "\u2080\u2081\u2082\u2083\u2084\u2085\u2086\u2087\u2088\u2089";

@@ -327,8 +327,9 @@ export class Grid {
       const line = ya[r] * W;
       for (let p = p0; p <= p1; p++) if (xb[p] > xa[p]) buf.fill(track, line + xa[p], line + xb[p]);
     }
-    const partial = [];
+    const partial = [], hatched = [];
     for (const b of this.data.batches) {
+      if (b.hatch) { hatched.push(b); continue; }     // after the rows are copied down
       const color = rgba32(b.color);
       const it = b.items, n = b.n;
       for (let i = 0; i < n; i++) {
@@ -360,6 +361,7 @@ export class Grid {
       if (z <= a) continue;
       for (let y = y0; y < y1; y++) buf.fill(color, y * W + a, y * W + z);
     }
+    for (const b of hatched) drawHatch(buf, W, b, g, P);
     ctx.putImageData(img, Math.round(MARGIN.left * dpr), Math.round(MARGIN.top * dpr));
     drawRowLabels(this, ctx, g);
     drawTokenLabels(this, ctx, g);
@@ -379,6 +381,22 @@ export class Grid {
     return img;
   }
 
+}
+
+/** A hatched batch (hidden sources): diagonal stripes of b.color on b.hatch, 1 px in 4, so the
+ * segment keeps its width (it stays in every share) but reads as "not a source shown". */
+function drawHatch(buf, W, b, g, P) {
+  const fg = rgba32(b.color), bg = rgba32(b.hatch), it = b.items;
+  const { p0, p1, cxa, cwd, xa, xb, ya, yb } = g;
+  for (let o = 0; o < b.n * 5; o += 5) {
+    const cell = it[o], r = (cell / P) | 0, p = cell - r * P;
+    if (p < p0 || p > p1 || yb[r] <= ya[r]) continue;
+    const a = Math.max(xa[p], Math.round(cxa[p] + it[o + 1] * cwd)), z = Math.min(xb[p], Math.round(cxa[p] + it[o + 2] * cwd));
+    for (let y = ya[r]; y < yb[r]; y++) {
+      const line = y * W;
+      for (let x = a; x < z; x++) buf[line + x] = (x + y) % 4 === 0 ? fg : bg;
+    }
+  }
 }
 
 export const rowLabel = (l, k) => (k === 0 ? `L${l} attn` : `L${l} mlp`);

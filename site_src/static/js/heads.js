@@ -115,7 +115,7 @@ async function fetchHeads(url, D) {
  * The per-head data of viewer v, and the current variant's arrays: started on first use, then
  * the viewer redraws what depends on "heads". Returns {HD, H: variant arrays} or null meanwhile.
  */
-function heads(v) {
+export function heads(v) {
   const st = v.headState || (v.headState = { HD: null, error: null, loading: false, variants: new Map() });
   if (st.error) return null;
   if (!st.HD && !st.loading) {

@@ -107,20 +107,41 @@ export function localHash(hash, D) {
  */
 export function pickModel(root, search = location.search) {
   const links = [...document.querySelectorAll("#model-switch .model-choice")];
-  if (!links.length) return null;
   const want = new URLSearchParams(search).get("model");
+  const shown = links.length ? links[0].dataset.model : root.dataset.modelKey;
+  const missing = [...document.querySelectorAll("#model-missing li")].find((li) => li.dataset.model === want);
+  if (want !== null && want !== shown && (missing || !links.length)) {
+    // a model this prompt was not built on: say so, then show the one it was built on
+    notice(`This prompt was not built on ${want}${missing ? ` (${missing.textContent})` : ""}; `
+      + `the page shows ${shown || "its own model"} instead.`);
+    if (!links.length) return null;
+    return chooseModel(root, links, links[0]);
+  }
+  if (!links.length) return null;
   const chosen = want === null ? links[0] : links.find((a) => a.dataset.model === want);
   if (!chosen) {
     throw new Error(`this prompt has no model "${want}" (it has ${links.map((a) => a.dataset.model).join(", ")}); `
       + "pick one above");
   }
+  return chooseModel(root, links, chosen);
+}
+
+function notice(text) {
+  const box = document.getElementById("model-notice");
+  if (!box) return;
+  box.textContent = text;
+  box.hidden = false;
+}
+
+/** Point the page at link `chosen`'s model: its data, its credit line and its note. */
+function chooseModel(root, links, chosen) {
   for (const a of links) {
     if (a === chosen) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
   root.dataset.src = chosen.dataset.src;
   root.dataset.headsSrc = chosen.dataset.headsSrc || "";
   root.dataset.model = chosen.dataset.model;
-  for (const p of document.querySelectorAll(".model-provenance[data-model]")) {
+  for (const p of document.querySelectorAll(".model-provenance[data-model], .prompt-note[data-model]")) {
     p.hidden = p.dataset.model !== chosen.dataset.model;
   }
   return chosen.dataset.model;

@@ -11,12 +11,17 @@ import { cellSources, traceSeries, THRESHOLD } from "./compute.js";
 import { displayToken, fmtPct, fmtStored, fmtNum } from "./format.js";
 import { METRICS, METRIC_HELP } from "./state.js";
 import { NEG_COLOR, POS_COLOR, MAX_COLORS } from "./palette.js";
+import { shareCaption, shareColumn, hiddenSentence, hiddenNames, shareOf } from "./share-text.js";
+import { depthPanel } from "./depth.js";
+import { applyRoving } from "./roving.js";
 
 const swatch = (color, cls = "swatch") => {
   const sw = el("span", { class: cls, "aria-hidden": "true" });
   sw.style.background = color;
   return sw;
 };
+/** The hatched swatch of hidden sources (CSS draws the stripes, as the grid does). */
+const hatchSwatch = () => el("span", { class: "swatch swatch-hatch", "aria-hidden": "true" });
 
 // ----------------------------------------------------------------------------- strip
 
@@ -46,6 +51,7 @@ function renderStrip(v, box) {
   }
   if (V.hasBias) frag.append(tok("b", V.G - 1, "bias", "Trace the constant bias source", ["tok-bias"]));
   box.replaceChildren(frag);
+  applyRoving(box, "button");              // one Tab stop; arrows move between the tokens' buttons
 }
 
 // ----------------------------------------------------------------------------- caption
@@ -56,15 +62,16 @@ function renderCaption(v, box) {
   if (v.traceSrc >= 0) {
     const name = labels[v.traceSrc];
     parts.push(s.heat
-      ? `Heat map of ${name}: each cell's colour is ${name}'s ${s.metric === "proj" ? "signed share (scale in the legend)" : "share (0 light, 100% dark)"}.`
+      ? `Heat map of ${name}: each cell's colour is ${name}'s ${s.metric === "proj" ? "signed share" : "share"}, on a scale that ends at its largest (${heatEnds(v).join(" to ")}; in the legend).`
       : s.metric === "proj"
         ? `Tracing ${name}: a bar grows right of the cell's centre where ${name} pushes the residual, left where it cancels.`
         : `Tracing ${name}: each bar's width is ${name}'s share of that cell.`);
   } else {
     parts.push(`Each bar is one sublayer at one token position; its segments are sources, as wide as their share, `
       + `ordered ${s.order === "size" ? "largest first" : "by source position (left to right, the same in every row)"}. `
-      + `The ${MAX_COLORS} largest sources have colours; grey is all the others.`);
+      + `Colours go first to the sources the shown prediction comes from (see Predictions), then to the largest sources, ${MAX_COLORS} in all; grey is all the others.`);
   }
+  parts.push(shareCaption(v));
   parts.push(`Layer 0 is at the bottom. ${METRICS[s.metric]}: ${METRIC_HELP[s.metric]}`);
   box.textContent = parts.join(" ");
 }
@@ -82,14 +89,22 @@ function renderLegend(v, box) {
       const ramp = s.metric === "proj" ? v.divRamp : v.seqRamp;
       const bar = el("span", { class: "ramp", "aria-hidden": "true" });
       for (const c of ramp) bar.append(swatch(c, "ramp-step"));
-      items.push(el("p", {}, el("span", { text: `Heat map of ${name}: ` }),
-        el("span", { text: s.metric === "proj" ? "\u22121 " : "0% " }), bar, el("span", { text: s.metric === "proj" ? " +1" : " 100%" })));
+      const [lo, hi] = heatEnds(v);
+      items.push(el("p", { class: "heat-scale" }, el("span", { text: `Heat map of ${name}: ` }),
+        el("span", { class: "heat-lo", text: `${lo} ` }), bar, el("span", { class: "heat-hi", text: ` ${hi}` }),
+        el("span", { class: "muted", text: ` (the scale ends at ${name}'s largest ${s.metric === "proj" ? "|signed share|" : "share"})` })));
     } else if (s.metric === "proj") {
       items.push(el("p", {}, el("span", { text: `Tracing ${name}: bars from the centre; ` }),
         swatch(pos), el("span", { text: " positive " }), swatch(neg), el("span", { text: " negative" })));
     } else {
       items.push(el("p", {}, swatch(v.colorOf(v.traceSrc)), el("span", { text: ` Tracing ${name}: its share of each cell (Esc clears)` })));
     }
+  }
+  if (v.answerSources && v.answerSources.length) {
+    const D = v.D, what = displayToken(D.strings[D.pred.ids[v.answerPos * D.k + v.answerJ]]);
+    items.push(el("p", { class: "legend-answer muted", text: `First colours: where ${what} comes from, the sources adding most to its logit `
+      + `minus the mean of the top ${D.k} predictions' (a baseline every candidate shares, so the first token's constant part cancels): `
+      + v.answerSources.map((src) => labels[src]).join(" ") }));
   }
   // coloured sources in their order of colour (largest first), then "others"
   const ul = el("ul", { class: "legend-list" });
@@ -101,13 +116,23 @@ function renderLegend(v, box) {
   const others = V.G - coloured.length - hidden.length;
   ul.append(el("li", { class: "legend-others" }, swatch(v.theme.neutral),
     el("span", { text: ` others (${others} source${others === 1 ? "" : "s"} without a colour, and any segment < ${THRESHOLD * 100}%)` })));
-  if (hidden.length) ul.append(el("li", { class: "is-hidden" }, el("span", { text: `hidden: ${hidden.map((i) => labels[i]).join(" ")}` })));
+  if (hidden.length) {
+    ul.append(el("li", { class: "is-hidden legend-hidden" }, s.shown ? null : hatchSwatch(), el("span", {
+      text: s.shown ? ` hidden: ${hiddenNames(v)} (left out: widths are ${shareOf(v)})`
+        : ` hidden: ${hiddenNames(v)} (hatched; still counted in every share)` })));
+  }
   if (s.metric === "proj" && v.traceSrc < 0) {
     ul.append(el("li", {}, swatch(neg), el("span", { text: " negative part (left of zero)" })));
     ul.append(el("li", {}, swatch(pos), el("span", { text: " positive part" })));
   }
   items.push(ul);
   box.replaceChildren(...items);
+}
+
+/** The heat map's printed ends: ["0%", top] or ["−top", "+top"] (app.js heatTop). */
+export function heatEnds(v) {
+  const top = fmtPct(v.heatTop);
+  return v.state.metric === "proj" ? [`\u2212${top}`, `+${top}`] : ["0%", top];
 }
 
 // ----------------------------------------------------------------------------- predictions
@@ -172,24 +197,27 @@ export function cellContent(v, cell, { chart = false } = {}) {
   frag.append(el("div", { class: "tt-head" },
     el("strong", { text: `Layer ${l} ${k === 0 ? "attention" : "MLP"}` }),
     el("span", { text: ` · position ${p} ` }), el("span", { class: "mono tok-inline", text: v.tokenLabels[p] })));
-  const rows = cellSources(V, D.P, s.metric, v.hidden, l, k, p);
+  const rows = cellSources(V, D.P, s.metric, v.hidden, l, k, p, s.shown);
   const step = cellStep(v, l, k, p);
   const table = el("table", { class: "tt-table" });
   const valueName = s.metric === "proj" ? "proj" : s.metric === "delta" ? "\u2016delta\u2016" : "\u2016norm\u2016";
-  table.append(el("tr", {}, el("th", { text: "source" }), el("th", { text: s.metric === "proj" ? "signed share" : "share" }), el("th", { text: valueName })));
+  table.append(el("tr", {}, el("th", { text: "source" }), el("th", { text: shareColumn(v) }), el("th", { text: valueName })));
   const showRows = rows.slice(0, 6);
   if (v.traceSrc >= 0 && !showRows.some((r) => r.s === v.traceSrc)) {
     const r = rows.find((x) => x.s === v.traceSrc);
     if (r) showRows.push(r);
   }
   for (const r of showRows) {
-    table.append(el("tr", { class: r.s === v.traceSrc ? "is-traced" : "", "data-src": r.s },
-      el("td", { class: "mono" }, swatch(v.colorOf(r.s)), el("span", { text: labels[r.s] })),
+    table.append(el("tr", { class: r.s === v.traceSrc ? "is-traced" : r.hidden ? "is-hidden" : "", "data-src": r.s },
+      el("td", { class: "mono" }, r.hidden ? hatchSwatch() : swatch(v.colorOf(r.s)),
+        el("span", { text: r.hidden ? `${labels[r.s]} (hidden)` : labels[r.s] })),
       el("td", { class: "num", text: fmtPct(r.share) }),
       el("td", { class: "num", text: step ? fmtStored(r.value, step) : fmtNum(r.value) })));
   }
   if (rows.length > showRows.length) table.append(el("tr", {}, el("td", { class: "muted", colspan: 3, text: `… ${rows.length - showRows.length} more sources` })));
   frag.append(table);
+  const hid = hiddenSentence(v, l, k, p);
+  if (hid) frag.append(el("p", { class: "tt-hidden muted", text: hid }));
   frag.append(el("p", { class: "tt-foot muted", text: step
     ? `Stored in 8 bits: values are within ±${fmtStored(step / 2, step / 10)} (1/${s.metric === "proj" ? 254 : 510} of this cell's largest).`
     : (V.exact ? "" : "Custom groups: approximate (sum of norms).") }));
@@ -211,7 +239,7 @@ export function cellContent(v, cell, { chart = false } = {}) {
 /** The traced source's share over the layers at position p: attention and MLP lines (SVG). */
 function traceChart(v, p) {
   const { D, V, state: s } = v;
-  const series = traceSeries(V, D.L, D.P, s.metric, v.hidden, v.traceSrc, p);
+  const series = traceSeries(V, D.L, D.P, s.metric, v.hidden, v.traceSrc, p, s.shown);
   const W = 300, H = 120, m = { l: 34, r: 8, t: 8, b: 22 };
   const lo = s.metric === "proj" ? Math.min(0, ...[...series.attn, ...series.mlp].filter(Number.isFinite)) : 0;
   const hi = Math.max(s.metric === "proj" ? 0.05 : 1e-9, ...[...series.attn, ...series.mlp].filter(Number.isFinite));
@@ -234,7 +262,7 @@ function traceChart(v, p) {
     svgEl("path", { d: path(series.attn), stroke: color, fill: "none", "stroke-width": 2 }),
     svgEl("path", { d: path(series.mlp), stroke: color, fill: "none", "stroke-width": 1.5, "stroke-dasharray": "4 3" }));
   return el("div", { class: "trace-box" },
-    el("p", { class: "muted", text: `${v.labels[v.traceSrc]}: share at position ${p} by layer (solid: attention, dashed: MLP)` }), svg);
+    el("p", { class: "muted", text: `${v.labels[v.traceSrc]}: ${s.metric === "proj" ? "signed share" : shareOf(v)} at position ${p} by layer (solid: attention, dashed: MLP)` }), svg);
 }
 
 function renderCell(v, box) {
@@ -253,7 +281,7 @@ function renderSummary(v, box) {
   const { D, V, labels } = v;
   const frag = document.createDocumentFragment();
   for (let p = 0; p < D.P; p++) {
-    const rows = cellSources(V, D.P, "norm", v.hidden, D.L - 1, 1, p).slice(0, 3);
+    const rows = cellSources(V, D.P, "norm", v.hidden, D.L - 1, 1, p, v.state.shown).filter((r) => !r.hidden).slice(0, 3);
     frag.append(el("tr", {}, el("td", { text: String(p) }), el("td", { text: v.tokenLabels[p] }),
       el("td", { text: rows.map((r) => `${labels[r.s]} ${fmtPct(r.share)}`).join(", ") })));
   }
@@ -267,11 +295,12 @@ function renderControls(v) {
   for (const r of document.querySelectorAll('input[name="metric"]')) r.checked = r.value === s.metric;
   $("grouping").value = s.variant;
   $("order").value = s.order;
+  $("share-of").value = s.shown ? "shown" : "whole";
   $("emph").setAttribute("aria-pressed", String(s.emph === "mlp"));
   $("heat").setAttribute("aria-pressed", String(s.heat));
   $("heat").disabled = s.trace === null;
+  applyRoving(document.querySelector("#toolbar .buttons"), "button, a");
   $("heat").title = s.trace === null ? "Trace a source first (click a token)" : "Heat map of the traced source's share";
-  $("export-csv").disabled = s.trace === null && !s.pin;
   $("custom-groups").hidden = s.variant !== "custom";
   $("selection-label").textContent = v.selection ? ` selected tokens ${v.selection[0]}–${v.selection[1]}` : " no selection";
   const V = v.V;
@@ -283,11 +312,12 @@ function renderControls(v) {
 
 // ----------------------------------------------------------------------------- registry
 
-const DRAWN = ["colors"];
+const DRAWN = ["colors"];   // "shown" is a data key: it marks "colors" too
 export const PANELS = [
   { id: "controls", deps: ["*"], render: renderControls },
   { id: "token-strip", deps: [...DRAWN, "selection"], render: renderStrip },
   { id: "grid-caption", deps: [...DRAWN], render: renderCaption },
+  depthPanel,
   { id: "legend", title: "Legend", deps: [...DRAWN], render: renderLegend },
   { id: "predictions", title: "Predictions", deps: [...DRAWN, "pred", "predChoice"], render: renderPredictions },
   { id: "cell-detail", title: "Pinned cell", deps: [...DRAWN, "pin"], render: renderCell },

@@ -23,8 +23,15 @@ export const METRIC_HELP = {
 export const ORDERS = ["position", "size"];
 export const DEFAULT_ORDER = "position";
 
+/** What a share is a share of. "whole": the whole residual, hidden sources included (drawn
+ * hatched); "shown": the sources not hidden, a mode every caption, tooltip and export names. */
+export const SHARE_OF = {
+  whole: "share of the whole residual",
+  shown: "share of the sources shown",
+};
+
 export const DEFAULT_STATE = () => ({
-  metric: "norm", variant: null, trace: null, hidden: new Set([0]), heat: false, emph: "attn",
+  metric: "norm", variant: null, trace: null, hidden: new Set([0]), shown: false, heat: false, emph: "attn",
   order: DEFAULT_ORDER, view: { z: 1, x: 0, y: 0 }, pin: null, pred: null, custom: null,
   head: null,   // trace head {l, h} (heads.js)
 });
@@ -35,6 +42,7 @@ export function encodeHash(s, defaultVariant) {
   const q = [`m=${s.metric}`, `g=${encodeURIComponent(s.variant || defaultVariant)}`,
     `h=${[...s.hidden].sort(byKey).join(",")}`];
   if (s.trace !== null) q.push(`t=${s.trace}`);
+  if (s.shown) q.push("n=shown");
   if (s.heat) q.push("heat=1");
   if (s.emph !== "attn") q.push(`e=${s.emph}`);
   if (s.order !== DEFAULT_ORDER) q.push(`o=${s.order}`);
@@ -59,6 +67,7 @@ export function parseHash(hash, D, defaultVariant) {
   if (q.has("h")) s.hidden = new Set(q.get("h").split(",").map(key).filter((x) => x !== null));
   if (q.has("t")) s.trace = key(q.get("t"));
   s.heat = q.get("heat") === "1";
+  s.shown = q.get("n") === "shown";
   if (q.get("e") === "mlp") s.emph = "mlp";
   if (ORDERS.includes(q.get("o"))) s.order = q.get("o");
   const z = (q.get("z") || "").split(",").map(Number);

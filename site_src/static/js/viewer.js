@@ -85,6 +85,7 @@ async function boot(root) {
   if (manifest && liveModel && D.prompt && typeof D.prompt.text === "string") {
     // custom groups can be recomputed exactly by the live page's engine (exact-custom.js)
     options.exactOffer = async (onProgress) => (await import("./live/exact-gallery.js")).galleryExact(manifest, D, onProgress);
+    options.exactMB = +root.dataset.liveMb || 0;       // the button says the download before it starts
   }
   const viewer = await mountViewer(root, D, options);
   linkModels(viewer);

@@ -134,12 +134,32 @@ export class LiveTokenizer {
       return cps.length > 0 && inRanges(this.words.space, cps[cps.length - 1].codePointAt(0));
     };
     const groups = [];
-    let g = -1;
+    let g = -1, owed = 0;
     tokens.forEach((text, i) => {
       const prev = i ? tokens[i - 1] : "";
-      if (i === 0 || special[i] || special[i - 1] || startsWord(text) || endsSpace(prev)) g++;
+      const raw = markerBytes(text);                   // a piece of a UTF-8 character joins the piece before it
+      const continues = owed > 0 && raw !== null && raw[0] >= 0x80 && raw[0] <= 0xbf;
+      if (!continues && (i === 0 || special[i] || special[i - 1] || startsWord(text) || endsSpace(prev))) g++;
       groups.push(g);
+      owed = raw !== null ? utf8Owed(raw, owed) : 0;
     });
     return groups;
   }
+}
+
+/** tokens.py marker_bytes: the bytes of a token made of <0xNN> markers only, else null. */
+export function markerBytes(text) {
+  if (!/^(?:<0x[0-9A-F]{2}>)+$/.test(text)) return null;
+  const out = [];
+  for (let i = 0; i < text.length; i += 6) out.push(parseInt(text.slice(i + 3, i + 5), 16));
+  return out;
+}
+
+/** tokens.py utf8_owed: continuation bytes still needed after `raw`. */
+export function utf8Owed(raw, owed) {
+  for (const b of raw) {
+    if (owed && b >= 0x80 && b <= 0xbf) owed--;
+    else owed = b >= 0xf0 ? 3 : b >= 0xe0 ? 2 : b >= 0xc0 ? 1 : 0;
+  }
+  return owed;
 }
