@@ -13,6 +13,7 @@ client's failure modes against fake servers.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from contextlib import contextmanager
@@ -165,6 +166,27 @@ def _one_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
+def _served_models(host: str) -> dict | None:
+    """{model key: repo id} of what the server has deployed (its /status), or None if unknown."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{host}/status", timeout=httpx.Timeout(5.0, read=15.0))
+        r.raise_for_status()
+        deployments = r.json().get("deployments", {})
+        return {v.get("model_key") or name: str(v.get("repo_id") or name)
+                for name, v in deployments.items() if isinstance(v, dict)}
+    except Exception:   # a hint only: no status, no hint
+        return None
+
+
+def _repo_of(model_key: str) -> str:
+    try:
+        return json.loads(model_key.split(":", 1)[1])["repo_id"]
+    except (IndexError, ValueError, KeyError, TypeError):
+        return model_key
+
+
 def _explain(e: BaseException, host: str, timeout: float, model_key: str) -> str:
     """One line for each way a remote request can fail."""
     import websocket
@@ -184,6 +206,11 @@ def _explain(e: BaseException, host: str, timeout: float, model_key: str) -> str
             return f"NDIF at {host} refused the request: {_one_line(msg)} (set NDIF_API_KEY)."
         if msg.startswith("Failed to send request"):
             return f"NDIF at {host} did not take the request: {_one_line(msg)}"
+        served = _served_models(host)
+        if served is not None and model_key not in served:
+            others = ", ".join(sorted(set(served.values()))) or "no model"
+            return (f"NDIF at {host} does not serve {_repo_of(model_key)} (it serves {others}); "
+                    f"the request failed: {_one_line(msg)}")
         return f"NDIF at {host} failed the request for {model_key}: {_one_line(msg)}"
     if isinstance(e, (ConnectionError, OSError)):
         return (f"could not reach NDIF at {host} ({_one_line(str(e)) or type(e).__name__}); "

@@ -2,8 +2,8 @@
 
 It speaks just enough of NDIF's wire: GET /subscribe upgrades to a websocket and sends the
 session id; POST /request answers RECEIVED. What follows on the socket is the scenario:
-"error" sends an ERROR status whose description is a traceback, "close" drops the socket,
-"silent" says nothing more. Anything else is a 404, like a web server that is not NDIF.
+"error" sends an ERROR status whose description is a traceback, "other-model" does the same and
+lists another model in /status, "close" drops the socket, "silent" says nothing more. Anything else is a 404, like a web server that is not NDIF.
 """
 from __future__ import annotations
 
@@ -40,6 +40,16 @@ class FakeNDIF:
                 pass
 
             def do_GET(self):
+                if self.path == "/status" and server.scenario == "other-model":
+                    body = json.dumps({"deployments": {"r1": {
+                        "model_key": 'm.Model:{"repo_id": "org/other"}', "repo_id": "org/other",
+                        "deployment_level": "HOT"}}}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 if self.path != "/subscribe" or server.scenario == "not-ndif":
                     self.send_error(404)
                     return
@@ -53,7 +63,7 @@ class FakeNDIF:
                 self.wfile.write(_frame(json.dumps({"session_id": "s1"})))
                 self.wfile.flush()
                 server.posted.wait(10)
-                if server.scenario == "error":
+                if server.scenario in ("error", "other-model"):
                     self.wfile.write(_frame(json.dumps({"id": "r1", "status": "ERROR",
                                                         "description": TRACEBACK})))
                     self.wfile.flush()

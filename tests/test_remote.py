@@ -92,14 +92,17 @@ def test_host_must_be_a_url(meta_model):
     ("not-ndif", "did not accept NDIF's websocket (HTTP 404)"),
     ("error", "failed the request for nnsight.modeling.transformers.TransformersModel:"),
     ("close", "closed the connection mid-request"),
+    ("other-model", "does not serve /"),
 ])
 def test_server_failures_are_one_line(meta_model, scenario, message):
     with FakeNDIF(scenario) as server, pytest.raises(RemoteError) as e:
         decompose_remote(meta_model, IDS, host=server.url, timeout=10)
     text = str(e.value)
     assert message in text and "\n" not in text and "Traceback" not in text
-    if scenario == "error":
+    if scenario in ("error", "other-model"):
         assert text.endswith("RuntimeError: the model ran out of memory")
+    if scenario == "other-model":
+        assert "SmolLM2-135M-Instruct-f32 (it serves org/other)" in text
 
 
 def test_silent_server_times_out_with_a_message(meta_model):

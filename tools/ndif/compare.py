@@ -100,7 +100,7 @@ def main(model: str, scratch: str) -> None:
         if f.suffix in (".json", ".jinja"):
             shutil.copy(f, other / f.name)
     expect_one_line("another model", [PROMPTS[0][0], "--model", str(other), "--remote", "--timeout", "120"],
-                    f"NDIF at {host}")
+                    "does not serve")
     expect_one_line("unreachable host", [PROMPTS[0][0], "--model", model, "--remote",
                                          "--ndif-host", "http://127.0.0.1:9"], "could not reach NDIF")
 
