@@ -167,23 +167,26 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def _served_models(host: str) -> dict | None:
-    """{model key: repo id} of what the server has deployed (its /status), or None if unknown."""
+    """{deployment: repo id} of what the server has deployed (its /status), or None if unknown.
+
+    NDIF 0.1.2 names a deployment "<replica>:<actor class>:<model key>"."""
     import httpx
 
     try:
         r = httpx.get(f"{host}/status", timeout=httpx.Timeout(5.0, read=15.0))
         r.raise_for_status()
         deployments = r.json().get("deployments", {})
-        return {v.get("model_key") or name: str(v.get("repo_id") or name)
+        return {v.get("model_key") or name: str(v.get("repo_id") or _repo_of(v.get("model_key") or name))
                 for name, v in deployments.items() if isinstance(v, dict)}
     except Exception:   # a hint only: no status, no hint
         return None
 
 
 def _repo_of(model_key: str) -> str:
+    """The repo id (or folder) in a model key: "<class path>:{"repo_id": ..., ...}"."""
     try:
-        return json.loads(model_key.split(":", 1)[1])["repo_id"]
-    except (IndexError, ValueError, KeyError, TypeError):
+        return str(json.loads(model_key[model_key.index("{"):])["repo_id"])
+    except (ValueError, KeyError, TypeError):
         return model_key
 
 
@@ -207,7 +210,7 @@ def _explain(e: BaseException, host: str, timeout: float, model_key: str) -> str
         if msg.startswith("Failed to send request"):
             return f"NDIF at {host} did not take the request: {_one_line(msg)}"
         served = _served_models(host)
-        if served is not None and model_key not in served:
+        if served is not None and not any(model_key in k for k in served):
             others = ", ".join(sorted(set(served.values()))) or "no model"
             return (f"NDIF at {host} does not serve {_repo_of(model_key)} (it serves {others}); "
                     f"the request failed: {_one_line(msg)}")

@@ -41,9 +41,10 @@ class FakeNDIF:
 
             def do_GET(self):
                 if self.path == "/status" and server.scenario == "other-model":
-                    body = json.dumps({"deployments": {"r1": {
-                        "model_key": 'm.Model:{"repo_id": "org/other"}', "repo_id": "org/other",
-                        "deployment_level": "HOT"}}}).encode()
+                    # NDIF 0.1.2's shape: "<replica>:<actor>:<model key>" -> state, no repo id
+                    body = json.dumps({"deployments": {
+                        'ab12c:ModelActor:m.Model:{"repo_id": "org/other", "revision": null}': {
+                            "deployment_level": "HOT"}}}).encode()
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))

@@ -7,7 +7,8 @@
 #   moto_server    S3 endpoint for result blobs (NDIF: RustFS)  127.0.0.1:$BASE+1
 #   gunicorn       NDIF's FastAPI app                            127.0.0.1:$BASE+2
 #   ray (head)     one node declaring 1 GPU, + NDIF's controller 127.0.0.1:$BASE+3..
-# Env: NDIF_CHECK_PORT_BASE (28300), NDIF_CHECK_KEEP_LOGS=1 keeps the log folder.
+# Env: NDIF_CHECK_PORT_BASE (28300), NDIF_CHECK_KEEP_LOGS=1 keeps the log folder,
+#      NDIF_CHECK_SANDBOX=1 runs every request in NDIF's sandbox (tools/ndif/ndif_cpu_actor.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -64,9 +65,22 @@ wait_for() {   # wait_for SECONDS DESCRIPTION COMMAND...
     done
 }
 
-t_start=$SECONDS
-bash tools/ndif/setup.sh
-t_setup=$((SECONDS - t_start))
+# Set up (needs the network the first time), then run the rest in a network namespace of its
+# own with nothing but loopback, where it can be run as root: Ray's gRPC servers listen on
+# every interface and have no setting to stop that, and without a network, nothing can reach
+# the hub or any registry, so the run proves itself offline.
+if [ -z "${NDIF_CHECK_IN_NETNS:-}" ]; then
+    t_start=$SECONDS
+    bash tools/ndif/setup.sh
+    export NDIF_CHECK_SETUP_S=$((SECONDS - t_start))
+    if [ "${NDIF_CHECK_NETNS:-1}" = 1 ] && unshare -n true 2>/dev/null; then
+        rm -rf "$RUN"; trap - EXIT INT TERM
+        exec env NDIF_CHECK_IN_NETNS=1 unshare -n -- bash -c 'ip link set lo up && exec bash "$0"' "$ROOT/tools/ndif/check.sh"
+    fi
+    echo "ndif-check: no private network namespace (needs root; NDIF_CHECK_NETNS=0 skips it): Ray's" \
+         "ports listen on every interface for this run" >&2
+fi
+t_setup=${NDIF_CHECK_SETUP_S:-0}
 
 MODEL=$("$PV/python" -c "from infoflow.model import converted_default_model; print(converted_default_model())")
 export NDIF_HOME=$RUN/home NDIF_REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
@@ -112,6 +126,7 @@ from infoflow.cli import _remote_model
 from infoflow.remote import local_model_key
 m = _remote_model(sys.argv[1]); local_model_key(m); print(m.to_model_key())" "$MODEL" 2>/dev/null)
 SIZE=$(stat -c %s "$MODEL/model.safetensors")
+ACTOR=CPUModelActor; [ "${NDIF_CHECK_SANDBOX:-0}" = 1 ] && ACTOR=CPUSandboxActor
 cat > "$RUN/models.yaml" <<EOF
 models:
   - checkpoint: "$MODEL"
@@ -119,7 +134,7 @@ models:
     task: text-generation
     dtype: float32
     size_bytes: $SIZE
-    actor_class: ndif_cpu_actor.CPUModelActor
+    actor_class: ndif_cpu_actor.$ACTOR
 EOF
 (cd "$RUN" && "$NV/ndif" deploy -f "$RUN/models.yaml") > "$LOGS/deploy.log" 2>&1 || {
     tail -20 "$LOGS/deploy.log" >&2; exit 1; }

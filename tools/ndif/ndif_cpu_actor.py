@@ -50,3 +50,20 @@ class CPUModelDeployment(BaseModelDeployment):
 
 
 CPUModelActor = ray.remote(num_cpus=1, max_restarts=-1)(CPUModelDeployment)
+
+
+# NDIF_CHECK_SANDBOX=1: NDIF's sandboxed actor on the CPU. The public NDIF has authentication
+# on, and an ordinary key's request is untrusted: its block runs in a runner process against a
+# meta-device copy of the model, driven in lockstep with the real one. With authentication off
+# (here) every request is trusted and skips the sandbox, so this actor marks each one untrusted,
+# which is what an ordinary key gets.
+from ndif.services.ray.sandbox.model import SandboxModelDeployment  # noqa: E402
+
+
+class CPUSandboxDeployment(SandboxModelDeployment, CPUModelDeployment):
+    def execute(self, request):
+        request.trusted = False
+        return super().execute(request)
+
+
+CPUSandboxActor = ray.remote(num_cpus=1, max_restarts=-1)(CPUSandboxDeployment)

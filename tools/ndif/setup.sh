@@ -14,7 +14,14 @@ ROOT=$PWD
 DIR=$ROOT/.cache/ndif
 PY312=${NDIF_PYTHON:-$(command -v python3.12 || echo "$HOME/.pyenv/versions/3.12.1/bin/python")}
 
+install_actor() {   # the CPU model actor (docs/ndif.md): for Ray's workers, in this venv only
+    local site
+    site=$("$DIR/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    cp tools/ndif/ndif_cpu_actor.py "$site/ndif_cpu_actor.py"
+}
+
 if [ -f "$DIR/ready" ]; then
+    install_actor   # cheap, and keeps it in step with tools/ndif
     echo "ndif-check: stack already set up in $DIR (rm -r $DIR to redo)"
     exit 0
 fi
@@ -32,9 +39,6 @@ fi
 echo "ndif-check: installing NDIF's stack into $DIR/venv (torch and Ray: several GB, minutes)"
 "$DIR/venv/bin/pip" install -q --disable-pip-version-check -r tools/ndif/requirements.lock \
     2> >(grep -v "WARNING: Location" >&2)
-# The CPU model actor (docs/ndif.md): importable by Ray's workers, in this venv only.
-SITE=$("$DIR/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-cp tools/ndif/ndif_cpu_actor.py "$SITE/ndif_cpu_actor.py"
 
 if [ ! -x "$DIR/redis/usr/bin/redis-server" ]; then
     echo "ndif-check: unpacking Debian's redis-server into $DIR/redis"
@@ -44,6 +48,7 @@ if [ ! -x "$DIR/redis/usr/bin/redis-server" ]; then
     for deb in "$debs"/*.deb; do dpkg -x "$deb" "$DIR/redis"; done
     rm -r "$debs"
 fi
+install_actor
 LD_LIBRARY_PATH=$DIR/redis/usr/lib/x86_64-linux-gnu "$DIR/redis/usr/bin/redis-server" --version >/dev/null
 
 touch "$DIR/ready"
