@@ -98,18 +98,39 @@ start s3 "$NV/moto_server" -H 127.0.0.1 -p "$S3_PORT"
 # One node, declaring one GPU with the machine's memory (NDIF's controller places models only
 # on nodes with a "GPU" resource; the CPU actor then ignores the assignment).
 MEM=$("$NV/python" -c "import psutil; print(psutil.virtual_memory().total)")
-start ray "$NV/ray" start --head --block --disable-usage-stats --node-ip-address=127.0.0.1 \
-    --port="$GCS_PORT" --ray-client-server-port="$CLIENT_PORT" \
-    --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASH_PORT" \
-    --dashboard-agent-grpc-port=$((BASE + 6)) --dashboard-agent-listen-port=$((BASE + 7)) \
-    --metrics-export-port=$((BASE + 8)) --object-manager-port=$((BASE + 9)) \
-    --node-manager-port=$((BASE + 10)) --runtime-env-agent-port=$((BASE + 11)) \
-    --min-worker-port=$((BASE + 20)) --max-worker-port=$((BASE + 99)) \
-    --num-cpus=4 --num-gpus=1 --temp-dir="$RUN/ray" \
-    --resources="{\"head\": 10, \"cuda_memory_bytes\": $MEM, \"cpu_memory_bytes\": $MEM}"
+# Ray gives its raylet a fixed 30 s to register (ray/_private/node.py); on a loaded machine that
+# can pass, and `ray start` exits. Try again, up to three times.
+start_ray() {
+    start ray "$NV/ray" start --head --block --disable-usage-stats --node-ip-address=127.0.0.1 \
+        --port="$GCS_PORT" --ray-client-server-port="$CLIENT_PORT" \
+        --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASH_PORT" \
+        --dashboard-agent-grpc-port=$((BASE + 6)) --dashboard-agent-listen-port=$((BASE + 7)) \
+        --metrics-export-port=$((BASE + 8)) --object-manager-port=$((BASE + 9)) \
+        --node-manager-port=$((BASE + 10)) --runtime-env-agent-port=$((BASE + 11)) \
+        --min-worker-port=$((BASE + 20)) --max-worker-port=$((BASE + 99)) \
+        --num-cpus=4 --num-gpus=1 --temp-dir="$RUN/ray" \
+        --resources="{\"head\": 10, \"cuda_memory_bytes\": $MEM, \"cpu_memory_bytes\": $MEM}"
+}
+ray_up() {   # the node registered, and `ray start --block` still holds it
+    kill -0 "${PGIDS[-1]}" 2>/dev/null || return 2
+    env RAY_ADDRESS="127.0.0.1:$GCS_PORT" "$NV/ray" status 2>/dev/null | grep -q "/1.0 GPU"
+}
+for attempt in 1 2 3; do
+    start_ray
+    t_ray=$SECONDS
+    until ray_up; do
+        if ! kill -0 "${PGIDS[-1]}" 2>/dev/null || ((SECONDS - t_ray > 240)); then break; fi
+        sleep 2
+    done
+    ray_up && break
+    echo "ndif-check: ray did not start (attempt $attempt): $(grep -h Exception "$LOGS/ray.log" | tail -1)" >&2
+    kill -TERM -- "-${PGIDS[-1]}" 2>/dev/null || true; sleep 3; kill -KILL -- "-${PGIDS[-1]}" 2>/dev/null || true
+    unset 'PGIDS[-1]'
+    [ $attempt = 3 ] && exit 1
+    cp "$LOGS/ray.log" "$LOGS/ray-attempt$attempt.log"
+done
 wait_for 30 "redis" env LD_LIBRARY_PATH="$DIR/redis/usr/lib/x86_64-linux-gnu" "$DIR/redis/usr/bin/redis-cli" -p "$REDIS_PORT" ping
 wait_for 60 "moto (S3)" curl -sf "http://127.0.0.1:$S3_PORT/"
-wait_for 180 "ray" env RAY_ADDRESS="127.0.0.1:$GCS_PORT" "$NV/ray" status
 RAY_ADDRESS=127.0.0.1:$GCS_PORT "$NV/python" -m ndif.services.ray.deployments.controller.controller \
     > "$LOGS/controller-launch.log" 2>&1
 start api "$NV/gunicorn" --config python:ndif.services.api.gunicorn_conf \
