@@ -34,16 +34,20 @@ class RemoteError(RuntimeError):
     """Remote execution failed; the message (one line) says what happened and what to do."""
 
 
-def summarize_in_trace(nn_model, top_k: int = 5, dtype=torch.float32, groups=None) -> dict:
+def summarize_in_trace(nn_model, top_k: int = 5, dtype=torch.float32, groups=None, config=None) -> dict:
     """Body of a trace: capture, decompose, reduce. Returns a dict of small tensors.
 
     groups: None (each token its own source) or one source id per position, as
     decompose.resolve_groups makes them (the bias source, if any, is appended here).
+    config: the model's config, read on the client: in NDIF's sandbox the model in the
+    trace has no `.config` (docs/ndif.md).
     """
-    captured = trace.walk(nn_model, arch.recipe_for(nn_model.config))
+    config = nn_model.config if config is None else config
+    captured = trace.walk(nn_model, arch.recipe_for(config))
     final, logits = captured.resid_final, captured.logits
     with torch.no_grad():
-        layers, unembed = weights.extract_weights(nn_model, dtype=dtype, device=final.device)
+        layers, unembed = weights.extract_weights(nn_model, dtype=dtype, device=final.device,
+                                                  config=config)
         bias = weights.has_bias_source(layers, unembed)
         tri = engine.triangle(final.shape[0], bias, device=final.device)
         grouping = None
@@ -249,13 +253,15 @@ def decompose_remote(nn_model, input_ids: torch.Tensor, *, remote: bool = True, 
         nnsight.register(module)
     local_model_key(nn_model)
     model_key = nn_model.to_model_key()
+    config = nn_model.config   # here, outside the trace: see summarize_in_trace
     backend = None
     try:
         with _quiet_with_timeout(timeout):   # the backend reads the display setting when made
             backend = _backend_class()(model_key, host=host, api_key=key, silence=timeout,
                                        env=nn_model._remoteable_get_env())
             with nn_model.trace(input_ids, backend=backend):
-                summary = nnsight.save(summarize_in_trace(nn_model, top_k, groups=groups))
+                summary = nnsight.save(summarize_in_trace(nn_model, top_k, groups=groups,
+                                                          config=config))
     except Exception as e:   # every failure past this point is the server's or the network's
         raise RemoteError(_explain(e, host, timeout, model_key)) from e
     if not isinstance(summary, dict) or "norm" not in summary:
