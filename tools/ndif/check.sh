@@ -98,8 +98,9 @@ start s3 "$NV/moto_server" -H 127.0.0.1 -p "$S3_PORT"
 # One node, declaring one GPU with the machine's memory (NDIF's controller places models only
 # on nodes with a "GPU" resource; the CPU actor then ignores the assignment).
 MEM=$("$NV/python" -c "import psutil; print(psutil.virtual_memory().total)")
-# Ray gives its raylet a fixed 30 s to register (ray/_private/node.py); on a loaded machine that
-# can pass, and `ray start` exits. Try again, up to three times.
+# Ray gives its raylet a fixed 30 s to register (ray/_private/node.py; setup.sh raises it to
+# 300 s in the NDIF venv); on a loaded machine that can pass, and `ray start` exits. Try again,
+# up to three times.
 start_ray() {
     start ray "$NV/ray" start --head --block --disable-usage-stats --node-ip-address=127.0.0.1 \
         --port="$GCS_PORT" --ray-client-server-port="$CLIENT_PORT" \
@@ -112,17 +113,20 @@ start_ray() {
         --resources="{\"head\": 10, \"cuda_memory_bytes\": $MEM, \"cpu_memory_bytes\": $MEM}"
 }
 ray_up() {   # the node registered, and `ray start --block` still holds it
+    local out
     kill -0 "${PGIDS[-1]}" 2>/dev/null || return 2
-    env RAY_ADDRESS="127.0.0.1:$GCS_PORT" "$NV/ray" status 2>/dev/null | grep -q "/1.0 GPU"
+    out=$(env RAY_ADDRESS="127.0.0.1:$GCS_PORT" "$NV/ray" status 2>/dev/null) || return 1
+    [[ $out == *"/1.0 GPU"* ]]
 }
 for attempt in 1 2 3; do
     start_ray
     t_ray=$SECONDS
-    until ray_up; do
-        if ! kill -0 "${PGIDS[-1]}" 2>/dev/null || ((SECONDS - t_ray > 240)); then break; fi
+    up=0
+    while kill -0 "${PGIDS[-1]}" 2>/dev/null && ((SECONDS - t_ray < 300)); do
+        if ray_up; then up=1; break; fi
         sleep 2
     done
-    ray_up && break
+    [ $up = 1 ] && break
     echo "ndif-check: ray did not start (attempt $attempt): $(grep -h Exception "$LOGS/ray.log" | tail -1)" >&2
     kill -TERM -- "-${PGIDS[-1]}" 2>/dev/null || true; sleep 3; kill -KILL -- "-${PGIDS[-1]}" 2>/dev/null || true
     unset 'PGIDS[-1]'

@@ -18,6 +18,10 @@ install_actor() {   # the CPU model actor (docs/ndif.md): for Ray's workers, in 
     local site
     site=$("$DIR/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     cp tools/ndif/ndif_cpu_actor.py "$site/ndif_cpu_actor.py"
+    # The one patch to a dependency (docs/ndif.md): Ray 2.60 gives a starting raylet a fixed
+    # 30 s to register with no setting to change it; a loaded 2-core machine misses that.
+    sed -i 's/^\( *\)raylet_start_wait_time_s = 30$/\1raylet_start_wait_time_s = 300/' \
+        "$site/ray/_private/node.py"
 }
 
 if [ -f "$DIR/ready" ]; then
