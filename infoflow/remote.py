@@ -213,6 +213,10 @@ def _explain(e: BaseException, host: str, timeout: float, model_key: str) -> str
             return f"NDIF at {host} refused the request: {_one_line(msg)} (set NDIF_API_KEY)."
         if msg.startswith("Failed to send request"):
             return f"NDIF at {host} did not take the request: {_one_line(msg)}"
+        if "has attribute 'weight'" in msg:   # measured: NDIF 0.1.2's sandbox, docs/ndif.md
+            return (f"NDIF at {host} ran the request in its sandbox, where the model has no weights "
+                    "to read; the decomposition reads them, so it needs a trusted key (or a server "
+                    f"with authentication off): {_one_line(msg)}")
         served = _served_models(host)
         if served is not None and not any(model_key in k for k in served):
             others = ", ".join(sorted(set(served.values()))) or "no model"

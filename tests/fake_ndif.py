@@ -3,7 +3,8 @@
 It speaks just enough of NDIF's wire: GET /subscribe upgrades to a websocket and sends the
 session id; POST /request answers RECEIVED. What follows on the socket is the scenario:
 "error" sends an ERROR status whose description is a traceback, "other-model" does the same and
-lists another model in /status, "close" drops the socket, "silent" says nothing more. Anything else is a 404, like a web server that is not NDIF.
+lists another model in /status, "sandbox" answers what NDIF's sandbox does when a trace
+reads a weight, "close" drops the socket, "silent" says nothing more. Anything else is a 404, like a web server that is not NDIF.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 TRACEBACK = ("Traceback (most recent call last):\n  File \"<nnsight>\", line 3, in <block>\n"
              "RuntimeError: the model ran out of memory")
+# What NDIF 0.1.2's sandbox answered when the trace read a weight (make ndif-check, NDIF_CHECK_SANDBOX=1).
+SANDBOX = "AttributeError: 'Envoy' object (nor its module) has attribute 'weight'"
 
 
 def _frame(text: str) -> bytes:
@@ -64,9 +67,10 @@ class FakeNDIF:
                 self.wfile.write(_frame(json.dumps({"session_id": "s1"})))
                 self.wfile.flush()
                 server.posted.wait(10)
-                if server.scenario in ("error", "other-model"):
+                if server.scenario in ("error", "other-model", "sandbox"):
+                    text = SANDBOX if server.scenario == "sandbox" else TRACEBACK
                     self.wfile.write(_frame(json.dumps({"id": "r1", "status": "ERROR",
-                                                        "description": TRACEBACK})))
+                                                        "description": text})))
                     self.wfile.flush()
                 elif server.scenario == "silent":
                     server.sockets.append(self.connection)

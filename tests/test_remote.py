@@ -93,6 +93,7 @@ def test_host_must_be_a_url(meta_model):
     ("error", "failed the request for nnsight.modeling.transformers.TransformersModel:"),
     ("close", "closed the connection mid-request"),
     ("other-model", "does not serve /"),
+    ("sandbox", "needs a trusted key"),
 ])
 def test_server_failures_are_one_line(meta_model, scenario, message):
     with FakeNDIF(scenario) as server, pytest.raises(RemoteError) as e:
