@@ -39,12 +39,22 @@ def main():
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
 @click.option("--max-memory", default="4G", show_default=True, help="Working-memory budget, e.g. 512M, 4G.")
 @click.option("--no-lens", is_flag=True, help="Skip the logit lens (the most expensive extra).")
-@click.option("--remote", is_flag=True, help="Run on NDIF through nnsight (needs NDIF_API_KEY and a hub id).")
+@click.option("--remote", is_flag=True,
+              help="Run on NDIF through nnsight (--model: a hub id the server serves, or the folder it was deployed from).")
+@click.option("--ndif-host", default=None, envvar="NDIF_HOST",
+              help="NDIF API to send --remote runs to [env NDIF_HOST; default nnsight's, https://api.ndif.us].")
+@click.option("--timeout", default=None, type=float, envvar="INFOFLOW_NDIF_TIMEOUT",
+              help="--remote: seconds without a word from the server before giving up "
+                   "[env INFOFLOW_NDIF_TIMEOUT; default 600].")
+@click.option("--save-summary", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the summary arrays (norm, delta_norm, proj, recon_error, pred_ids, "
+                   "pred_logits, logit_attr) to this .npz file, local or remote alike.")
 def decompose_cmd(prompt, model, dtype, device, cache, groups, precision, max_tokens, chat, max_memory,
-                  no_lens, remote):
+                  no_lens, remote, ndif_host, timeout, save_summary):
     """Decompose PROMPT and print its tokens, predictions and reconstruction error."""
     if remote:
-        return _decompose_remote(prompt, model)
+        return _decompose_remote(prompt, model, groups=groups, chat=chat, max_tokens=max_tokens,
+                                 host=ndif_host, timeout=timeout, save=save_summary)
     from .config import check_device
     from .decompose import InputError, decompose, get_model
     from .model import ModelError
@@ -76,6 +86,8 @@ def decompose_cmd(prompt, model, dtype, device, cache, groups, precision, max_to
                f"(trace {d.timings['trace']:.2f}, engine {d.timings['decompose']:.2f}"
                + (f", logit lens {d.timings['logit_lens']:.2f}" if 'logit_lens' in d.timings else "") + ")")
     click.echo(f"MLP order  {d.timings['ordering']}")
+    if save_summary:
+        _save_summary(save_summary, local_summary(d))
     click.echo(_why_line(d))
 
 
@@ -90,36 +102,104 @@ def _why_line(d) -> str:
             "(demeaned logit attribution: each source's part of the logit minus the vocabulary's mean)")
 
 
-def _decompose_remote(prompt, model):
-    """--remote: only the config and tokenizer come to this machine; the weights stay on NDIF."""
-    import torch
+def local_summary(d) -> dict:
+    """A Decomposition's arrays in the shape remote.summarize_in_trace returns them."""
+    import numpy as np
 
-    from .remote import RemoteError, decompose_remote
+    return {"norm": np.stack([d.attn_norm, d.mlp_norm], 1),
+            "delta_norm": np.stack([d.attn_delta_norm, d.mlp_delta_norm], 1),
+            "proj": np.stack([d.attn_proj, d.mlp_proj], 1), "recon_error": d.recon_error,
+            "pred_ids": d.pred_ids, "pred_logits": d.pred_logits, "logit_attr": d.logit_attr}
 
-    if not model:
-        raise click.ClickException("--remote needs --model with a Hugging Face id that NDIF serves, "
-                                   "e.g. meta-llama/Llama-3.1-8B.")
-    t0 = time.perf_counter()
-    from .model import ModelError, check_hub_config
+
+def _save_summary(path: Path, summary: dict) -> None:
+    import numpy as np
 
     try:
-        check_hub_config(model)
-        from nnsight import LanguageModel
-        nn_model = LanguageModel(model, attn_implementation="eager", trust_remote_code=False)
-        ids = nn_model.tokenizer(prompt, return_tensors="pt")["input_ids"]
-        summary = decompose_remote(nn_model, ids, remote=True)
-    except (RemoteError, ModelError) as e:
-        raise click.ClickException(str(e))
+        np.savez(path, **{k: np.asarray(v) for k, v in summary.items()})
     except OSError as e:
-        raise click.ClickException(f"could not fetch {model!r}'s config and tokenizer ({e}); "
-                                   "remote runs need network access to the hub and to NDIF.")
+        raise click.ClickException(f"could not write {path}: {e.strerror or e}")
+
+
+def _decompose_remote(prompt, model, *, groups, chat, max_tokens, host, timeout, save):
+    """--remote: only the config and tokenizer come to this machine; the weights stay on NDIF."""
+    from .decompose import InputError, resolve_groups, tokenize
+    from .remote import RemoteError, decompose_remote, resolve_host
+    from .tokens import display_tokens
+
+    if not model:
+        raise click.ClickException("--remote needs --model: a Hugging Face id that NDIF serves (e.g. "
+                                   "meta-llama/Llama-3.1-8B), or the folder your own NDIF was deployed from.")
+    t0 = time.perf_counter()
+    from .model import ModelError, check_folder, check_hub_config
+
+    try:
+        if Path(model).is_dir():                 # a folder's code never runs (issue 26, item 1)
+            check_folder(Path(model))
+        else:
+            check_hub_config(model)
+        host = resolve_host(host)
+        nn_model = _remote_model(model)
+        lm = _TokenizerOnly(nn_model.tokenizer)
+        ids = tokenize(lm, prompt, chat=chat, max_tokens=max_tokens)
+        tokens = display_tokens(nn_model.tokenizer, ids)
+        special_ids = set(getattr(nn_model.tokenizer, "all_special_ids", []) or [])
+        kind, g = resolve_groups(groups, tokens, [i in special_ids for i in ids])
+        info = {}
+        import torch
+        summary = decompose_remote(nn_model, torch.tensor([ids]), remote=True, host=host,
+                                   groups=None if kind == "tokens" else g, timeout=timeout, info=info)
+    except (RemoteError, InputError, ModelError) as e:
+        raise click.ClickException(str(e))
     tok = nn_model.tokenizer
     pred = summary["pred_ids"][-1].tolist()
-    click.echo(f"tokens     {ids.shape[1]}: " + " ".join(repr(tok.decode([i])) for i in ids[0].tolist()))
+    click.echo(f"model      {info['model_key']} on {host}")
+    click.echo(f"tokens     {len(ids)}: " + " ".join(repr(t) for t in tokens))
+    if kind != "tokens":
+        click.echo(f"sources    {max(g) + 1} ({kind})")
     click.echo("next token " + ", ".join(repr(tok.decode([i])) for i in pred))
     click.echo(f"worst reconstruction error {float(summary['recon_error'].max()):.2e}")
+    click.echo(f"wire       {_wire_line(info)}")
     click.echo(f"time       {time.perf_counter() - t0:.1f} s (remote)")
-    del torch
+    if save:
+        _save_summary(save, summary)
+
+
+class _TokenizerOnly:
+    """What decompose.tokenize reads of a loaded model, for a model whose weights stay remote."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.info = {"id": getattr(tokenizer, "name_or_path", "the model")}
+
+
+def _remote_model(model: str):
+    """The model as nnsight's meta-device wrapper: config and tokenizer only, no weights."""
+    import warnings
+
+    from nnsight.modeling.transformers import TransformersModel
+    from transformers import AutoTokenizer
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # The tokenizer is passed in: transformers' pipeline cannot infer one for a
+            # pre-built (meta) model from a local folder.
+            return TransformersModel(model, task="text-generation", attn_implementation="eager",
+                                     trust_remote_code=False,
+                                     tokenizer=AutoTokenizer.from_pretrained(model, trust_remote_code=False))
+    except OSError as e:
+        raise click.ClickException(f"could not load {model!r}'s config and tokenizer ({e}); a hub id "
+                                   "needs network access to the hub, a folder needs config.json and "
+                                   "the tokenizer files.")
+
+
+def _wire_line(info: dict) -> str:
+    """Bytes up and down, and the client-side time from sending to each status and to the result."""
+    at, t0 = info.get("status_at", {}), info.get("start")
+    marks = ", ".join(f"{name.lower()} {at[name] - t0:.2f}" for name in at)
+    done = f", result {info['done'] - t0:.2f} s" if "done" in info else ""
+    return f"up {info.get('up_bytes', 0):,} B, down {info.get('down_bytes', 0):,} B; at {marks}{done}"
 
 
 # ----------------------------------------------------------------------------- site commands

@@ -43,12 +43,14 @@ def _bias(linear, dtype, device):
     return None if b is None else b.detach().to(device=device, dtype=dtype)
 
 
-def extract_weights(hf, dtype=torch.float32, device="cpu") -> tuple[list[LayerWeights], Unembed]:
+def extract_weights(hf, dtype=torch.float32, device="cpu", config=None) -> tuple[list[LayerWeights], Unembed]:
     """Pull the value-path weights out of a Hugging Face decoder, following its family's
-    recipe (arch.py): norm weights (w or 1 + w) folded into the matrix next to them."""
+    recipe (arch.py): norm weights (w or 1 + w) folded into the matrix next to them.
+    config: the model's config, where `hf` cannot give it (an envoy in NDIF's sandbox)."""
     from . import arch
 
-    recipe = arch.recipe_for(hf.config)
+    cfg = hf.config if config is None else config
+    recipe = arch.recipe_for(cfg)
 
     def w(t):
         return t.detach().to(device=device, dtype=dtype)
@@ -61,7 +63,6 @@ def extract_weights(hf, dtype=torch.float32, device="cpu") -> tuple[list[LayerWe
         mod = arch.get(layer, name)
         return (None, None) if mod is None else (w(arch.norm_weight(mod, recipe)), arch.norm_eps(mod))
 
-    cfg = hf.config
     n_heads = cfg.num_attention_heads
     n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
     layers = []
