@@ -144,15 +144,24 @@ READ = """([cells, signed]) => {
 }"""
 
 
-def _expected_index(d, metric: str, l: int, k: int, p: int, hidden: list[int], n: int) -> int:
-    """The heat map's colour index of the traced source at (l, k, p), from the Python result."""
+def _share(d, metric: str, l: int, k: int, p: int) -> float:
+    """The traced source's share of cell (l, k, p), as the viewer defines it: a signed share as
+    stored, a norm over the whole residual (every source present at p, hidden ones included)."""
     if metric == "proj":
-        x = float((d.attn_proj if k == 0 else d.mlp_proj)[l, p, TRACE])
-        return round((min(1, max(-1, x)) + 1) / 2 * (n - 1))
+        return float((d.attn_proj if k == 0 else d.mlp_proj)[l, p, TRACE])
     arr = {"norm": (d.attn_norm, d.mlp_norm), "delta": (d.attn_delta_norm, d.mlp_delta_norm)}[metric][k]
-    visible = [s for s in range(p + 1) if not hidden[s]]
-    share = float(arr[l, p, TRACE] / arr[l, p, visible].sum())
-    return round(min(1, max(0, share)) * (n - 1))
+    total = float(arr[l, p, :p + 1].sum())
+    return float(arr[l, p, TRACE]) / total if total > 0 else 0.0
+
+
+def _expected_index(d, metric: str, l: int, k: int, p: int, hidden: list[int], n: int) -> int:
+    """The heat map's colour index of the traced source at (l, k, p), from the Python result:
+    the ramp runs to the traced source's largest |share| over every cell (symmetric if signed)."""
+    top = max(abs(_share(d, metric, ll, kk, pp)) for ll in range(d.n_layers) for kk in (0, 1)
+              for pp in range(TRACE, d.n_tokens)) or 1.0
+    x = _share(d, metric, l, k, p)
+    f = (x + top) / (2 * top) if metric == "proj" else x / top
+    return round(min(1, max(0, f)) * (n - 1))
 
 
 def _check_drawn(frame, d, metric: str):
