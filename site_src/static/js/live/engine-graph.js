@@ -656,6 +656,13 @@ export async function prepare(model, frozen) {
   return {model: m, frozen, writes: await nodeWrites(m, frozen)};
 }
 
+/** Bytes the kept state will hold for a P-token prompt (frozen scales, patterns, gates, node
+ * writes), before anything is allocated: the worker keeps it only under its budget. */
+export function frozenBytes(cfg, P) {
+  const {n_layers: L, n_heads: H, head_dim: hd, d_ff: ff, d_model: d} = cfg;
+  return 4 * (L * (H * P * P + P * ff + 2 * P + P * (H * hd + 2 * d)) + 2 * P * d);
+}
+
 /** Bytes a prepared state holds (kept between targets). */
 export function stateBytes(state) {
   let n = state.frozen.xFinal.byteLength;
