@@ -118,15 +118,15 @@ export function checkTarget(cfg, P, {token, contrast = null, position = -1}) {
 // ----------------------------------------------------------------------------- layer weights
 
 /** The float32 matrices the graph reads, as kernel Weights: forward (x·Wᵀ) or back (g·W). */
-function graphWeights(raw, cfg, which) {
+function graphWeights(raw, cfg, which, {forward = true, back = true} = {}) {
   const {d_model: d, n_heads: H, n_kv_heads: KV, head_dim: hd, d_ff: ff} = cfg;
   const made = {};
   const shapes = {v: [KV * hd, d, raw.inputNorm], o: [d, H * hd, null], up: [ff, d, raw.postNorm], down: [d, ff, null]};
   try {
     for (const name of which) {
       const [out, inDim, scale] = shapes[name];
-      made[name] = new Weight(raw[name], out, inDim, scale);
-      made[name + "T"] = new Weight(raw[name], inDim, out, null, {transposed: true});   // g · W
+      if (forward) made[name] = new Weight(raw[name], out, inDim, scale);
+      if (back) made[name + "T"] = new Weight(raw[name], inDim, out, null, {transposed: true});   // g · W
     }
   } catch (e) {
     Object.values(made).forEach((w) => w.dispose());
@@ -190,7 +190,7 @@ export async function nodeWrites(model, frozen) {
   const emb = x, O = [], mid = [], mlpW = [];
   for (let l = 0; l < L; l++) {
     const raw = await model.layer(l);
-    const w = graphWeights(raw, cfg, ["v", "o", "up", "down"]);
+    const w = graphWeights(raw, cfg, ["v", "o", "up", "down"], {back: false});
     try {
       const xs = new Float32Array(P * d), s1 = frozen.inv1[l];
       for (let p = 0; p < P; p++) for (let j = 0; j < d; j++) xs[p * d + j] = x[p * d + j] * s1[p];
@@ -255,7 +255,7 @@ export async function gradients(model, frozen, target) {
   const Hx = H + (model.hasOBias ? 1 : 0);
   for (let l = L - 1; l >= 0; l--) {
     const raw = await model.layer(l);
-    const w = graphWeights(raw, cfg, ["v", "o", "up", "down"]);
+    const w = graphWeights(raw, cfg, ["v", "o", "up", "down"], {forward: false});
     try {
       afterMlp[l] = g;
       const back = matmul(g, P, w.downT);                           // (P, ff) W_downᵀ g
@@ -392,17 +392,22 @@ export function allNodes(eff, hasBias) {
  * `share` of Σ|values| (at least one; share ≥ 1 keeps everything): paths.cumulative_keep. */
 export function cumulativeKeep(values, share) {
   const n = values.length, a = Float64Array.from(values, Math.abs);
-  const order = Array.from({length: n}, (_, i) => i).sort((x, y) => a[y] - a[x] || x - y);
-  if (share >= 1) return order;
+  const byIndex = (x, y) => a[y] - a[x] || x - y;
+  if (share >= 1) return Array.from({length: n}, (_, i) => i).sort(byIndex);
+  const sorted = Float64Array.from(a).sort().reverse();            // native sort: ~1e6 edges
   let total = 0;
-  for (let i = 0; i < n; i++) total += a[i];
-  if (total === 0) return order.slice(0, 1);
-  let cum = 0;
-  for (let i = 0; i < n; i++) {
-    cum += a[order[i]];
-    if (cum / total >= share - 1e-12) return order.slice(0, i + 1);
+  for (let i = 0; i < n; i++) total += sorted[i];
+  let m = 1;
+  if (total > 0) {
+    let cum = 0;
+    for (m = 0; m < n;) if ((cum += sorted[m++]) / total >= share - 1e-12) break;
   }
-  return order;
+  // the m largest: every value above the m-th, then its ties by index (as a stable sort)
+  const cut = sorted[m - 1], out = [];
+  let ties = m;
+  for (let i = 0; i < n; i++) if (a[i] > cut) { out.push(i); ties--; }
+  for (let i = 0; i < n && ties > 0; i++) if (a[i] === cut) { out.push(i); ties--; }
+  return out.sort(byIndex);
 }
 
 function select(nodes, idx) {
@@ -530,6 +535,7 @@ export async function prune(eff, reader, target, value, hasBias, nodeThreshold =
   const kept = cumulativeKeep(every.effect, nodeThreshold).sort((a, b) => a - b);
   const nodes = withLogit(select(every, kept), target, value);
   const n = nodes.kind.length;
+  const te = performance.now();
   const E = await edgeMatrix(reader, nodes, eff);
   const dst = [], src = [], wgt = [];
   for (let j = 0; j < n; j++) {
@@ -542,8 +548,10 @@ export async function prune(eff, reader, target, value, hasBias, nodeThreshold =
                  weight: Float64Array.from(keep, (i) => wgt[i])};
   let frozenT = eff.bias;
   for (const v of eff.embed) frozenT += v;
+  const tc = performance.now();
   const c = await completeness(reader, nodes, edges, target);
-  return {nodes, edges, completeness: frozenT ? c / frozenT : NaN, frozenValue: frozenT};
+  return {nodes, edges, completeness: frozenT ? c / frozenT : NaN, frozenValue: frozenT,
+          edgesMs: tc - te, completenessMs: performance.now() - tc};
 }
 
 /**
@@ -585,7 +593,7 @@ export async function completeness(reader, nodes, edges, target) {
     if (kind === HEAD) {
       batch.forEach((j, i) => { rebuilt[j] = applyHead(raw, cfg, frozen, l, nodes.head[j], nodes.position[j], ...gathered[i]); });
     } else {
-      const w = graphWeights(raw, cfg, ["up", "down"]);
+      const w = graphWeights(raw, cfg, ["up", "down"], {back: false});
       try {
         const X = new Float32Array(batch.length * d);
         gathered.forEach(([x], i) => X.set(x, i * d));
@@ -680,10 +688,12 @@ export async function graphFor(state, spec, {nodeThreshold = NODE_THRESHOLD, edg
   const target = targetDirection(model, token, contrast, position);
   const value = realValue(model, frozen, target);
   const grads = await gradients(model, frozen, target);
+  const t1 = performance.now();
   const eff = nodeEffects(model, frozen, grads, writes, target);
   const bias = hasBias ?? Boolean(cfg.attention_bias || cfg.mlp_bias || model.lmHeadBias);
   const reader = new Reader(model, frozen, grads, writes, target);
   const pr = await prune(eff, reader, target, value, bias, nodeThreshold, edgeThreshold);
+  const t2 = performance.now();
   const direct = await directParts(model, frozen, grads, writes, target, eff);
   const {Hx, L} = eff, n = pr.nodes;
   const arr = (shape, data) => ({shape, data});
@@ -704,6 +714,7 @@ export async function graphFor(state, spec, {nodeThreshold = NODE_THRESHOLD, edg
     edges: {src: arr([pr.edges.src.length], pr.edges.src), dst: arr([pr.edges.dst.length], pr.edges.dst),
             weight: arr([pr.edges.weight.length], pr.edges.weight)},
     paths: [],
-    timings: {graph_ms: performance.now() - t0},
+    timings: {graph_ms: performance.now() - t0, gradients_ms: t1 - t0, prune_ms: t2 - t1,
+              edges_ms: pr.edgesMs, completeness_ms: pr.completenessMs},
   };
 }
