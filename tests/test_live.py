@@ -786,3 +786,24 @@ def test_real_model_end_to_end_matches_python(context, live_server, default_mode
     assert page.eval_on_selector_all("#heads table.heads-map tr[data-head]", "rs => rs.length") == Hx
     assert page.evaluate("() => window.infoflowViewer.viewer.headState.HD === window.infoflowLive.D.heads")
 
+    # the attribution graph of the same prompt (worker "graph", engine-graph.js), from the run's
+    # kept state: no new decomposition; T is the real logit difference, the embeddings sum to it
+    first, second = (int(i) for i in py["tokens"].pred_ids[-1, :2])
+    graph = """async (t) => { const r = await window.infoflowLive.graph(t); const g = r.graph;
+      return {value: g.value, frozen: g.frozen_value, completeness: g.completeness, rerun: r.rerun,
+              embed: Array.from(g.embed.data), target: g.target.id, n: g.nodes.kind.data.length,
+              edges: g.edges.src.data.length, ms: g.timings.graph_ms}; }"""
+    out = page.evaluate(graph, {"target": first, "contrast": second, "position": -1})
+    want = float(py["tokens"].pred_logits[-1, 0] - py["tokens"].pred_logits[-1, 1])
+    assert not out["rerun"] and out["target"] == first
+    assert abs(out["value"] - want) <= 1e-4 * abs(want) + 1e-5, (out["value"], want)
+    assert abs(sum(out["embed"]) - out["frozen"]) <= 1e-4 * abs(out["frozen"])
+    assert abs(out["frozen"] - out["value"]) <= 1e-3 * abs(out["value"])
+    assert 0 < out["completeness"] < 2 and out["n"] > 1 and out["edges"] > 0
+    demeaned = page.evaluate(graph, {"target": None, "contrast": None, "position": -1})
+    assert not demeaned["rerun"] and demeaned["target"] == first          # None: the top prediction
+    err = page.evaluate("""async () => { try { await window.infoflowLive.graph({target: " Parisville"}); }
+                           catch (e) { return e.message; } return null; }""")
+    assert err and "tokens on this model" in err, err
+    print(f"\nlive graph: {out['n']} nodes, {out['edges']} edges, {out['ms']:.0f} ms, then {demeaned['ms']:.0f} ms")
+

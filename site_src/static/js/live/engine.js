@@ -87,6 +87,7 @@ import {abortError, logitAttribution} from "./engine-logits.js";
 import {LensStream, defaultThreads, helperMlp, helpersFor, releaseLens, topLogitsThreaded} from "./engine-lens.js";
 import {MLP_ROWS, columns, mlpRows, sliceWeights} from "./engine-mlp.js";
 import {HeadPatterns, HeadStats, headMaps, headsResult, recordHeads} from "./engine-heads.js";
+import {FrozenRecorder} from "./engine-graph.js";
 import {add, addBias, addBiasSource, addInPlace, finalNormed, finalScale, invRms, mulRows, reconDiff,
         scaleRows} from "./engine-ops.js";
 
@@ -103,7 +104,7 @@ export const LENS_PUSH_ROWS = 64;
 
 export async function decompose(model, ids, variants = {main: null}, opts = {}) {
   const {topK = 5, logitLens = true, heads = true, onProgress = null, signal = null,
-         threads = defaultThreads(), kernel = "fused", lensMainShare = LENS_MAIN_SHARE} = opts;
+         threads = defaultThreads(), kernel = "fused", lensMainShare = LENS_MAIN_SHARE, graph = false} = opts;
   const t0 = performance.now(), k0 = kernelTime();
   const cfg = checkConfig(model.config);
   const L = cfg.n_layers, P = ids.length;
@@ -111,6 +112,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
   checkTopK(topK, cfg.vocab);
   const kernelInfo = await initKernel(kernel);
   const run = await startRun(model, cfg, ids, variants, {topK, logitLens, heads, signal, threads, lensMainShare});
+  if (graph) run.frozen = new FrozenRecorder(cfg, P);
   const progress = (step, label) => onProgress && onProgress(step, L + 1, label);
   try {
     for (let l = 0; l < L; l++) {
@@ -152,6 +154,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
     embed_norm: run.embedNorm, recon_error: run.recon, logit_error: top.logit_error,
     pred_ids: top.pred_ids, pred_probs: top.pred_probs, pred_logits: top.pred_logits,
     lens_ids: top.lens_ids, lens_probs: top.lens_probs, variants: out,
+    frozen: run.frozen ? run.frozen.finish(ids, run.x) : null,
     heads: headsResult(run.patterns, run.headStats, run.groupings.map(([name]) => name)),
     timings: {layers_ms: tLayers - t0, logits_ms: tEnd - tLayers, total_ms: tEnd - t0,
               layers_kernel_ms: kLayers - k0, logits_kernel_ms: kernelTime() - kLayers,
@@ -203,6 +206,7 @@ function attentionStep(run, l, w) {
   const {cfg, P, tri, C, buf, stats} = run, d = cfg.d_model;
   const att = attentionForward(run.x, w, cfg, run.rope, P);
   const xMid = add(run.x, att.out);
+  if (run.frozen) run.frozen.attention(l, att.inv, att.pattern);
   const dAttn = decomposeAttention(C, tri, w, att, cfg, buf);
   const rMid = unitForProj(xMid, P, d);
   for (const st of stats) st.record(l, "attn", C, dAttn, rMid);
@@ -228,6 +232,7 @@ async function mlpStep(run, l, w, xMid) {
   const {cfg, P, tri, C, buf, stats, model, lensX} = run, d = cfg.d_model;
   const mlp = mlpForward(xMid, w, cfg, P);
   const x = add(xMid, mlp.out);
+  if (run.frozen) run.frozen.mlp(l, mlp.inv, mlp.gate);
   const dMlp = await decomposeMlp(C, tri, w, mlp, cfg, buf, run.signal, run.mlpPool);
   const rOut = unitForProj(x, P, d);
   for (const st of stats) st.record(l, "mlp", C, dMlp, rOut);

@@ -20,6 +20,8 @@ let shown = null;                // {text, chat} of the result on screen
 let running = null;              // {text, chat} of the prompt being computed
 const recent = new Map();        // promptKey -> {bytes, headsBytes, timings}: the last results, for Back
 const RECENT_MAX = 4;
+let graphSeq = 0;
+const graphJobs = new Map();     // seq -> {resolve, reject}: attribution graphs asked of the worker
 let regroupSeq = 0, regroupJob = null;   // the exact custom grouping in progress: {seq, resolve, reject}
 
 const ui = {
@@ -59,7 +61,13 @@ function onMessage(m) {
     if (m.seq !== countSeq) return;
     lastCount = m.n;
     renderCount(m.error);
+  } else if (m.type === "graph" || (m.type === "error" && graphJobs.has(m.seq))) {
+    const job = graphJobs.get(m.seq);
+    graphJobs.delete(m.seq);
+    if (job && m.type === "graph") job.resolve({ graph: m.graph, rerun: m.rerun, stateBytes: m.stateBytes });
+    else if (job) job.reject(new Error(m.message));
   } else if (m.type === "progress") {
+    if (graphJobs.size && m.phase === "layers" && !busy) return;     // a graph's rerun: not the page's run
     renderProgress(m);
   } else if (m.type === "variant" || (m.type === "error" && regroupJob && m.seq === regroupJob.seq)) {
     endRegroup(m);
@@ -143,6 +151,22 @@ function run(ev) {
   writeHash(text, chat);           // its own history entry; the result on screen stays `shown`
   running = { text, chat };
   worker.postMessage({ type: "run", text, chat, maxTokens: MAX });
+}
+
+/**
+ * The attribution graph of the prompt on screen for one target (worker.js "graph";
+ * engine-graph.js): {target, contrast, position} -> Promise of {graph (one decoded
+ * graphfile.graph_entry), rerun, stateBytes}. target / contrast: a token id or a one-token
+ * string (contrast null: the demeaned logit; target null: the top prediction).
+ */
+export function requestGraph({ target = null, contrast = null, position = -1, nodeThreshold, edgeThreshold } = {}) {
+  if (!worker || !shown) return Promise.reject(new Error("Run a prompt first."));
+  const seq = ++graphSeq;
+  return new Promise((resolve, reject) => {
+    graphJobs.set(seq, { resolve, reject });
+    worker.postMessage({ type: "graph", seq, text: shown.text, chat: shown.chat, target, contrast, position,
+                         nodeThreshold, edgeThreshold });
+  });
 }
 
 const promptKey = (text, chat) => `${chat ? 1 : 0}:${text}`;
@@ -268,7 +292,7 @@ async function showResult(bytes, headsBytes, timings) {
   const blob = (b) => URL.createObjectURL(new Blob([b], { type: "application/octet-stream" }));
   resultUrl = blob(bytes);
   headsUrl = headsBytes ? blob(headsBytes) : null;
-  window.infoflowLive = { bytes, headsBytes, timings, D, dataUrl: resultUrl, headsUrl };
+  window.infoflowLive = { bytes, headsBytes, timings, D, dataUrl: resultUrl, headsUrl, graph: requestGraph };
   ui.result.hidden = false;
   if (viewer) viewer.destroy();
   try {

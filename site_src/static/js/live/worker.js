@@ -9,6 +9,17 @@
 //                                                       prompt with one variant "custom" (groups: one id
 //                                                       per token, by first use; expectIds: refuse other
 //                                                       token ids, e.g. a gallery page's data file)
+//               {type: "graph", seq, text, chat, target, contrast, position, nodeThreshold?, edgeThreshold?}
+//                                                    -> {type: "graph", seq, graph, rerun, stateBytes}: the
+//                                                       attribution graph of the prompt `text` (the
+//                                                       last run's, else decomposed again)
+//                                                       (engine-graph.js; graph: one decoded entry of
+//                                                       graphfile.graph_entry). target / contrast: a token
+//                                                       id or a one-token string (contrast null: the
+//                                                       demeaned logit); position: -1 = the last. The
+//                                                       run's frozen state is kept (GRAPH_KEEP_BYTES at
+//                                                       most) so a new target needs no new decomposition;
+//                                                       rerun: true when it had to decompose again
 //               {type: "cancel"}                     -> the run rejects with "cancelled"
 // Messages out: {type: "progress", phase: "download", loaded, total, cached}
 //               {type: "progress", phase: "layers", step, total, label}
@@ -27,6 +38,12 @@ let manifestP = null;      // Promise of the manifest
 let tokenizerP = null;     // Promise of a LiveTokenizer
 let modelP = null;         // Promise of {live, engineModel}
 let running = null;        // AbortController of the run in progress
+let lastRun = null;        // {text, chat, ids, frozen | null, state | null}: what a "graph" message reads
+
+/** The frozen state (patterns, gates, scales, node writes) kept for new targets at most this big:
+ * ~30 MB at P = 64 on the default model, next to the ~600 MB of weights and the run's own arrays
+ * in the page's 1 GB budget. Above it, a graph request decomposes the prompt again. */
+export const GRAPH_KEEP_BYTES = 256 * 2 ** 20;
 
 class InputError extends Error {}
 
@@ -137,8 +154,11 @@ async function run({ text, chat, maxTokens }) {
     { name: "words", label: "by words", grouping: "words" },
   ];
   const res = await decompose(engine, Int32Array.from(ids), { tokens: null, words: Int32Array.from(words) }, {
-    topK: 5, logitLens: true, signal, onProgress: layerProgress,
+    topK: 5, logitLens: true, signal, onProgress: layerProgress, graph: true,
   });
+  const { frozenBytes } = await import("./engine-graph.js");
+  const keep = frozenBytes(engine.config, ids.length) <= GRAPH_KEEP_BYTES;
+  lastRun = { text, chat: !!chat, ids, frozen: keep ? res.frozen : null, state: null };
   const t2 = performance.now();
   const result = toResult(res, tok, ids, tokens, variantInfo, live);
   const prompt = { id: "live", title: "Your prompt", text, tags: [], note: null, chat: !!chat };
@@ -185,6 +205,82 @@ async function regroup({ text, chat, groups, expectIds = null, maxTokens = null 
   return { bytes, headsBytes: await encodeHeads(result, FILE_NAMES.main) };
 }
 
+/** A target or contrast: a token id, or a string that is one token on this model. */
+function oneToken(tok, value, what, V) {
+  if (Number.isInteger(value)) return value;
+  if (typeof value !== "string" || value === "") throw new InputError(`The ${what} must be a token id or a one-token string.`);
+  const ids = tok.tok.encode(value, { add_special_tokens: false }).ids;
+  if (ids.length !== 1) {
+    throw new InputError(`The ${what} ${JSON.stringify(value)} is ${ids.length} tokens on this model `
+      + `(${ids.map((i) => JSON.stringify(tok.display(i))).join(", ")}); give a single token.`);
+  }
+  if (ids[0] >= V) throw new InputError(`The ${what} is outside the vocabulary.`);
+  return ids[0];
+}
+
+/**
+ * The attribution graph of the last run's prompt for one target (engine-graph.js), from the
+ * run's kept frozen state; where that was not kept (too big), the prompt is decomposed again.
+ */
+async function graph({ text, chat = false, target = null, contrast = null, position = -1, nodeThreshold, edgeThreshold }) {
+  running = new AbortController();
+  const signal = running.signal;
+  const tok = await tokenizer();
+  if (typeof text === "string" && !(lastRun && lastRun.text === text && lastRun.chat === !!chat)) {
+    // the page shows another prompt than the last run's (from its history): this one's state
+    lastRun = { text, chat: !!chat, ids: encodeIds(tok, text, chat), frozen: null, state: null };
+  }
+  if (!lastRun) throw new InputError("Run a prompt first: the graph explains the last run's prediction.");
+  const { engine } = await model(signal);
+  const { prepare, graphFor, stateBytes, checkTarget } = await import("./engine-graph.js");
+  const V = engine.config.vocab, P = lastRun.ids.length;
+  let spec;
+  try {
+    const t = target == null ? null : oneToken(tok, target, "target", V);
+    const c = contrast == null ? null : oneToken(tok, contrast, "contrast", V);
+    spec = checkTarget(engine.config, P, { token: t ?? (c === 0 ? 1 : 0), contrast: null, position });
+    spec.contrast = c;
+    spec.token = t ?? null;
+  } catch (e) {
+    throw e instanceof InputError ? e : new InputError(e.message.charAt(0).toUpperCase() + e.message.slice(1) + ".");
+  }
+  let state = lastRun.state, rerun = false;
+  if (!state) {
+    let frozen = lastRun.frozen;
+    if (!frozen) {                   // not kept (too big for the page's budget): decompose again
+      rerun = true;
+      const { decompose } = await import("./engine.js");
+      frozen = (await decompose(engine, Int32Array.from(lastRun.ids), { main: null }, {
+        topK: 1, logitLens: false, heads: false, graph: true, signal, onProgress: layerProgress,
+      })).frozen;
+    }
+    state = await prepare(engine, frozen);
+    if (!rerun) lastRun.state = state;       // kept: the next target needs neither pass
+  }
+  if (spec.token == null) spec.token = topPrediction(state, engine, spec.position);
+  if (spec.token === spec.contrast) throw new InputError("The target and the contrast are the same token; pick another contrast.");
+  const entry = await graphFor(state, spec, {
+    tokenText: (i) => tok.display(i), ...(nodeThreshold ? { nodeThreshold } : {}), ...(edgeThreshold ? { edgeThreshold } : {}),
+  });
+  return { graph: entry, rerun, stateBytes: stateBytes(state) };
+}
+
+/** target null: the top-1 prediction at that position, from the real final residual. */
+function topPrediction(state, engine, position) {
+  const { d_model: d, vocab: V, rms_eps: eps } = engine.config, x = state.frozen.xFinal;
+  let ss = 0;
+  for (let j = 0; j < d; j++) ss += x[position * d + j] * x[position * d + j];
+  const inv = 1 / Math.sqrt(ss / d + eps), W = engine.lmHead || engine.embed, f = engine.finalNorm;
+  let best = 0, bestLogit = -Infinity;
+  for (let v = 0; v < V; v++) {
+    let s = 0;
+    for (let j = 0; j < d; j++) s += W[v * d + j] * f[j] * x[position * d + j];
+    s = s * inv + (engine.lmHeadBias ? engine.lmHeadBias[v] : 0);
+    if (s > bestLogit) { bestLogit = s; best = v; }
+  }
+  return best;
+}
+
 function report(e, seq) {
   let kind = "engine";
   if (e instanceof InputError) kind = "input";
@@ -193,6 +289,8 @@ function report(e, seq) {
   else if (e instanceof RangeError && /alloc|memory|Array buffer/i.test(e.message)) kind = "memory";
   postMessage({ type: "error", kind, message: e && e.message ? e.message : String(e), chunk: e && e.chunk, seq });
 }
+
+let graphQueue = Promise.resolve();
 
 self.onmessage = async (ev) => {
   const m = ev.data || {};
@@ -209,13 +307,19 @@ self.onmessage = async (ev) => {
     } else if (m.type === "regroup") {
       const { bytes, headsBytes } = await regroup(m);
       postMessage({ type: "variant", seq: m.seq, bytes, headsBytes }, [bytes.buffer, ...(headsBytes ? [headsBytes.buffer] : [])]);
+    } else if (m.type === "graph") {
+      // one graph at a time, after the one before (they share the layers' reused weight arrays)
+      const job = graphQueue.then(() => graph(m));
+      graphQueue = job.catch(() => {});
+      const out = await job;
+      postMessage({ type: "graph", seq: m.seq, ...out });
     } else if (m.type === "cancel") {
       if (running) running.abort();
     }
   } catch (e) {
     if (m.type === "count") postMessage({ type: "count", seq: m.seq, n: null, error: e.message });
-    else report(e, m.type === "regroup" ? m.seq : undefined);
+    else report(e, m.type === "regroup" || m.type === "graph" ? m.seq : undefined);
   } finally {
-    if (m.type === "run" || m.type === "regroup") running = null;
+    if (m.type === "run" || m.type === "regroup" || m.type === "graph") running = null;
   }
 };
