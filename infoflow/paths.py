@@ -176,20 +176,22 @@ class Writes:
     O: list[Tensor]       # L × (P, H·hd)  the heads' outputs, o_proj's input (b_v included)
     mid: list[Tensor]     # L × (P, d)     the residual after attention
     emb: Tensor           # (P, d)
+    mlp: list[Tensor]     # L × (P, d)     the MLP's write
 
 
 def node_writes(captured: Captured, fl: list[FrozenLayer], layers: list[LayerWeights], dtype) -> Writes:
     from .engine import head_outputs
     emb = captured.resid_pre[0].to(dtype=dtype, device=layers[0].Wv.device)
-    x, O, mid = emb, [], []
+    x, O, mid, mlp = emb, [], [], []
     for lw, fz in zip(layers, fl):
         o = head_outputs(x, fz.scale1, fz.pattern, lw)                       # (P, H·hd)
         x = x + o @ lw.Wo.T                                                   # x = x + attn(ln_1(x))
         if lw.bo is not None:
             x = x + (lw.bo if fz.post1 is None else fz.post1.unsqueeze(1) * lw.bo)
         O.append(o), mid.append(x)
-        x = x + mlp_write(x, fz, lw)                                          # x = x + mlp(ln_2(x))
-    return Writes(O, mid, emb)
+        mlp.append(mlp_write(x, fz, lw))
+        x = x + mlp[-1]                                                       # x = x + mlp(ln_2(x))
+    return Writes(O, mid, emb, mlp)
 
 
 def mlp_hidden(x: Tensor, fz: FrozenLayer, lw: LayerWeights) -> Tensor:
@@ -401,7 +403,7 @@ class Reader:
             return lw.Wo[:, h * hd:(h + 1) * hd] @ self.writes.O[l][p, h * hd:(h + 1) * hd]
         if kind == MLP:
             fz = self.fl[l]
-            return mlp_write(self.writes.mid[l][p:p + 1], _row(fz, p), lw)[0]
+            return self.writes.mlp[l][p]
         raise ValueError(kind)
 
     def read_vector(self, kind, l, h, p) -> Tensor:
@@ -428,14 +430,6 @@ class Reader:
             row = (fz.pattern[h, p] * fz.scale1).double().cpu().numpy()
             return row[k_src]
         return (k_src == p).astype(np.float64)
-
-
-def _row(fz: FrozenLayer, p: int) -> FrozenLayer:
-    """The frozen scales of one position, as a one-row FrozenLayer (for the MLP's maps)."""
-    def one(t):
-        return None if t is None else t[p:p + 1]
-    return FrozenLayer(fz.scale1[p:p + 1], fz.pattern, one(fz.post1), fz.gate[p:p + 1],
-                       fz.gate_scale[p:p + 1], one(fz.post2))
 
 
 def edge_matrix(reader: Reader, dst: dict, src: dict, const: Effects) -> np.ndarray:
@@ -597,7 +591,7 @@ class SourceSplit:
 # ----------------------------------------------------------------------------- text
 
 
-def strongest_paths(reader: "Reader", nodes: dict, edges: dict, k: int = 5, beam: int = 256,
+def strongest_paths(reader: "Reader", nodes: dict, edges: dict, k: int = 5, beam: int = 48,
                     max_len: int = 12) -> list[tuple[float, list[int]]]:
     """The k complete paths (an embedding or the bias node → ... → the target) through the
     kept graph with the largest |value|, exactly.
