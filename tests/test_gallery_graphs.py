@@ -187,5 +187,6 @@ def test_graph_command_prints_paths_check_and_circuit_tracer_json(default_model,
 def test_graph_command_errors_are_one_line(default_model, tmp_path):
     for args, words in (([" Dursley"], "3 tokens"), ([" Paris", "--position", "9"], "out of range")):
         result = CliRunner().invoke(main, ["graph", "One day, Mr.", "--target", *args])
-        assert result.exit_code == 1 and words in result.output, result.output
-        assert "Traceback" not in result.output and result.output.count("\n") == 1
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        error = result.output.rsplit("\r", 1)[-1].splitlines()[-1]    # after any loading bar
+        assert error.startswith("Error: ") and words in error and result.output.endswith(error + "\n")
