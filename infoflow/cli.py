@@ -112,6 +112,71 @@ def local_summary(d) -> dict:
             "pred_ids": d.pred_ids, "pred_logits": d.pred_logits, "logit_attr": d.logit_attr}
 
 
+@main.command("graph")
+@click.argument("prompt")
+@click.option("--target", default=None, help="The next token to explain, one token (default: the top prediction).")
+@click.option("--contrast", default=None, help="Measure the target against this token (default: the demeaned logit).")
+@click.option("--position", default=-1, show_default=True, type=int, help="The position predicted from (-1: the last).")
+@model_options
+@click.option("--groups", type=click.Choice(["tokens", "words"]), default="tokens", show_default=True,
+              help="The sources each node's effect is split by.")
+@click.option("--node-threshold", default=0.8, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Keep nodes, largest |effect| first, up to this share of the total.")
+@click.option("--edge-threshold", default=0.98, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Then keep edges among them, largest |weight| first, up to this share.")
+@click.option("--max-tokens", default=DEFAULT_MAX_TOKENS, show_default=True, type=int)
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the pruned graph to FILE in circuit-tracer's graph-file schema.")
+@click.option("--force", is_flag=True, help="Let --json replace an existing file.")
+@click.option("--check", is_flag=True, help="Also run the ablation check in the real model and print it.")
+def graph_cmd(prompt, target, contrast, position, model, dtype, device, cache, groups, node_threshold,
+              edge_threshold, max_tokens, chat, json_path, force, check):
+    """The exact attribution graph of one logit of PROMPT: T and its strongest paths (docs/graph.md)."""
+    from .decompose import InputError, get_model, graph
+    from .model import ModelError
+    from .paths import format_paths
+
+    if json_path is not None:                # refuse before computing anything
+        _check_json_target(json_path, force)
+    try:
+        lm = get_model(model, dtype=dtype, device=device, cache=cache)
+        g = graph(prompt, target=target, contrast=contrast, position=position, model=lm, groups=groups,
+                  chat=chat, max_tokens=max_tokens, node_threshold=node_threshold, edge_threshold=edge_threshold)
+    except (InputError, ModelError) as e:
+        raise click.ClickException(str(e))
+    click.echo(format_paths(g))
+    if check:
+        from .ablate import ablation_check
+        g.check = ablation_check(lm, g)
+        click.echo(g.check.format())
+    if json_path is not None:
+        _write_graph_json(g, json_path)
+        click.echo(f"wrote {json_path} (circuit-tracer's graph-file schema)")
+
+
+def _check_json_target(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} exists; pass --force to replace it, or name another file.")
+    if not path.parent.is_dir():
+        raise click.ClickException(f"{path.parent} is not a folder; create it or name another file.")
+
+
+def _write_graph_json(g, path: Path) -> None:
+    import json
+
+    from .files import atomic_write
+    from .graphfile import to_circuit_tracer
+    try:
+        text = json.dumps(to_circuit_tracer(g), ensure_ascii=False, allow_nan=False)
+    except ValueError as e:                  # a NaN would make a file other tools refuse
+        raise click.ClickException(f"the graph holds a number JSON cannot carry ({e}); nothing written.")
+    try:
+        atomic_write(path, text)
+    except OSError as e:
+        raise click.ClickException(f"could not write {path}: {e.strerror or e}.")
+
+
 def _save_summary(path: Path, summary: dict) -> None:
     import numpy as np
 

@@ -156,9 +156,11 @@ def row_lengths(groups: np.ndarray) -> list[int]:
 
 
 def encode(variants: dict[str, Decomposition], prompt: dict, *, labels: dict[str, str] | None = None,
-           built: str | None = None, heads: bool = False, any_first: bool = False) -> bytes:
+           built: str | None = None, heads: bool = False, any_first: bool = False,
+           extra: dict | None = None) -> bytes:
     """Serialize the variants of one prompt (the first must be the plain `tokens` one, except
-    with any_first: a notebook's view of one grouped result, which infoflow.load never reads)."""
+    with any_first: a notebook's view of one grouped result, which infoflow.load never reads).
+    extra: more top-level fields (the build's cached sidecars: "graph")."""
     labels = labels or {}
     base = next(iter(variants.values()))
     assert any_first or base.grouping == "tokens", "the first variant must be the ungrouped one"
@@ -216,6 +218,7 @@ def encode(variants: dict[str, Decomposition], prompt: dict, *, labels: dict[str
     }
     if heads and base.heads is not None:
         doc["heads"] = heads_document(variants)     # cached with the rest; published apart
+    doc.update(extra or {})
     return msgpack.packb(doc, use_bin_type=True)
 
 
@@ -307,7 +310,7 @@ def page_bytes(doc: dict, prompt: dict) -> tuple[bytes, str]:
     """The bytes of a site's data file: `doc` with the prompt's current metadata (titles, tags and
     notes change without recomputing) and without its compute time, so sharded and single builds
     and repeated publishes give identical files.   -> (bytes, the time `doc` was computed)"""
-    page = {k: v for k, v in doc.items() if k not in ("built", "heads")}
+    page = {k: v for k, v in doc.items() if k not in ("built", "heads", "graph")}   # sidecars: apart
     page["prompt"] = prompt
     return msgpack.packb(page, use_bin_type=True), doc.get("built", "")
 

@@ -688,10 +688,12 @@ def format_paths(g: Graph, k: int = 5) -> str:
 
 @dataclass
 class TargetSpec:
-    """A target as asked for: token strings (None: the top-1 prediction; no contrast: demeaned)."""
+    """A target as asked for: token strings or ids (None: the prediction of rank `rank` at
+    `position`, 0 the top one; no contrast: demeaned)."""
     target: str | int | None = None
     contrast: str | int | None = None
     position: int = -1
+    rank: int = 0
 
 
 def one_token(tokenizer, text, what: str) -> int:
@@ -717,7 +719,13 @@ def resolve_target(spec: TargetSpec, tokenizer, logits: Tensor, unembed: Unembed
         raise InputError(f"position {pos!r} is out of range: the prompt has {P} tokens "
                          f"(use 0 .. {P - 1}, or -1 for the last).")
     pos = int(pos) % P
-    token = int(logits[pos].argmax()) if spec.target is None else one_token(tokenizer, spec.target, "target")
+    if spec.target is None:
+        V = logits.shape[1]
+        if not isinstance(spec.rank, (int, np.integer)) or not 0 <= spec.rank < V:
+            raise InputError(f"rank {spec.rank!r} is out of range: use 0 .. {V - 1} (0: the top prediction).")
+        token = int(logits[pos].topk(int(spec.rank) + 1).indices[-1])
+    else:
+        token = one_token(tokenizer, spec.target, "target")
     contrast = None if spec.contrast is None else one_token(tokenizer, spec.contrast, "contrast")
     if contrast is not None and contrast == token:
         raise InputError("The target and the contrast are the same token; pick another contrast.")

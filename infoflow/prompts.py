@@ -29,13 +29,26 @@ class Prompt:
     groups: list[str] = field(default_factory=list)   # text spans, each one declared group
     chat: bool = False
     line: int | None = None
+    target: str | None = None        # the graph's target token (one token on every model)
+    contrast: str | None = None      # ... and the token it is measured against
+    targets: dict[str, str] = field(default_factory=dict)     # per-model overrides, by model name
+    contrasts: dict[str, str] = field(default_factory=dict)
+
+    def graph_target(self, model: str | None) -> tuple[str | None, str | None]:
+        """(target, contrast) declared for `model` (its name or URL slug): a per-model
+        override, else the prompt's own."""
+        from .gallery_models import model_slug
+        names = {model, model_slug(model)} if model else set()
+        pick = lambda over, default: next((over[n] for n in names if n in over), default)  # noqa: E731
+        return pick(self.targets, self.target), pick(self.contrasts, self.contrast)
 
     def meta(self) -> dict:
         return {"id": self.id, "title": self.title, "text": self.text, "tags": list(self.tags),
                 "note": self.note, "chat": self.chat}
 
 
-FIELDS = {"id": str, "title": str, "text": str, "tags": list, "note": str, "notes": dict, "groups": list, "chat": bool}
+FIELDS = {"id": str, "title": str, "text": str, "tags": list, "note": str, "notes": dict, "groups": list,
+          "chat": bool, "target": str, "contrast": str, "targets": dict, "contrasts": dict}
 REQUIRED = ("id", "title", "text")
 
 
@@ -135,9 +148,14 @@ def _validate(entry, where: str, line: int | None) -> Prompt:
                               f"({value!r}).")
         if want is list and not all(isinstance(x, str) for x in value):
             raise PromptError(f"{where}: `{key}` must be a list of strings.")
-        if want is dict and not all(isinstance(x, str) for x in value.values()):
+        if key == "notes" and not all(isinstance(x, str) for x in value.values()):
             raise PromptError(f"{where}: `{key}` must map model names to notes, e.g. "
                               'notes = { gemma3-270m = "..." } (beside `note`, the default).')
+        if key in ("targets", "contrasts") and not all(isinstance(v, str) and v for v in value.values()):
+            raise PromptError(f"{where}: `{key}` maps model names to one-token strings, e.g. "
+                              f'{key} = {{ gemma3-270m = " m" }}.')
+        if key in ("target", "contrast") and not value:
+            raise PromptError(f"{where}: `{key}` is empty; give one token, e.g. {key} = \" Mary\".")
     if not entry["text"].strip():
         raise PromptError(f"{where}: `text` is empty. Give the prompt some text, or remove the entry.")
     if not entry["title"].strip():
@@ -153,7 +171,9 @@ def _validate(entry, where: str, line: int | None) -> Prompt:
                               "piece of the prompt text.")
     return Prompt(id=pid, title=entry["title"], text=entry["text"], tags=list(entry.get("tags", [])),
                   note=entry.get("note"), notes=dict(entry.get("notes", {})), groups=list(entry.get("groups", [])),
-                  chat=bool(entry.get("chat", False)), line=line)
+                  chat=bool(entry.get("chat", False)), line=line,
+                  target=entry.get("target"), contrast=entry.get("contrast"),
+                  targets=dict(entry.get("targets", {})), contrasts=dict(entry.get("contrasts", {})))
 
 
 def slugify(text: str, taken: set[str] | frozenset = frozenset()) -> str:

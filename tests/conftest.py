@@ -157,6 +157,8 @@ text = "The capital of France is"
 tags = ["factual recall"]
 note = "Paris should win."
 groups = ["The capital of"]
+target = " Paris"
+contrast = " London"
 
 [[prompt]]
 id = "ioi"

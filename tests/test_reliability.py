@@ -79,7 +79,8 @@ def test_publish_refuses_private_files(gallery_site, tmp_path):
 
 def test_corrupt_cache_is_recomputed(gallery, tmp_path):
     from infoflow.build import read_cached, write_cached
-    body = msgpack.packb(read(next((gallery["site"] / "data").glob("capital.*.msgpack"))))
+    graph = msgpack.unpackb(next((gallery["site"] / "data" / "graph").glob("capital.*.msgpack")).read_bytes())
+    body = msgpack.packb({**read(next((gallery["site"] / "data").glob("capital.*.msgpack"))), "graph": graph})
     path = tmp_path / "0123abcd.msgpack"
     write_cached(path, body)
     assert read_cached(path)["prompt"]["id"] == "capital"

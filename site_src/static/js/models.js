@@ -140,6 +140,7 @@ function chooseModel(root, links, chosen) {
   }
   root.dataset.src = chosen.dataset.src;
   root.dataset.headsSrc = chosen.dataset.headsSrc || "";
+  root.dataset.graphSrc = chosen.dataset.graphSrc || "";   // the graph sidecar, for the Paths view
   root.dataset.model = chosen.dataset.model;
   for (const p of document.querySelectorAll(".model-provenance[data-model], .prompt-note[data-model]")) {
     p.hidden = p.dataset.model !== chosen.dataset.model;
