@@ -17,7 +17,8 @@ GRAPH_SCHEMA = 1
 MAX_NODES = 1 << 20          # bounds a reader checks before it allocates (the viewer does too)
 MAX_EDGES = 1 << 22
 MAX_GRAPHS = 16
-BY_SOURCE_NODES = 256    # kept nodes whose per-source split is stored (the largest |effect|)
+BY_SOURCE_NODES = 128    # kept nodes whose per-source split is stored (the largest |effect|)
+STORED_EDGES = 3000      # edges stored per graph: the largest |weight| of the pruned graph's
 
 
 def graph_entry(g) -> dict:
@@ -42,9 +43,7 @@ def graph_entry(g) -> dict:
                   "head": encode_array(np.maximum(n["head"], 0).astype(np.uint16), "u16"),
                   "position": encode_array(np.clip(n["position"], 0, P - 1).astype(np.uint16), "u16"),
                   "effect": encode_array(n["effect"].astype(np.float32), "f32")},
-        "edges": {"src": encode_array(g.edges["src"].astype(np.uint32), "u32"),
-                  "dst": encode_array(g.edges["dst"].astype(np.uint32), "u32"),
-                  "weight": encode_array(g.edges["weight"].astype(np.float32), "f32")},
+        "edges": _stored_edges(g.edges),
         "paths": [{"value": float(v), "nodes": [int(i) for i in path]} for v, path in g.paths],
     }
     if g.heads_by_source is not None:     # the per-source split of the largest kept nodes
@@ -56,6 +55,19 @@ def graph_entry(g) -> dict:
     if g.check is not None:
         entry["check"] = g.check.to_dict()
     return entry
+
+
+def _stored_edges(edges: dict) -> dict:
+    """The pruned graph's edges, at most STORED_EDGES of them (the largest |weight|), with the
+    share of the pruned graph's Σ|weight| they hold and how many there were, so that a view
+    can say what it leaves out."""
+    w = np.abs(edges["weight"])
+    keep = np.sort(np.argsort(-w, kind="stable")[:STORED_EDGES])
+    total = float(w.sum())
+    return {"src": encode_array(edges["src"][keep].astype(np.uint32), "u32"),
+            "dst": encode_array(edges["dst"][keep].astype(np.uint32), "u32"),
+            "weight": encode_array(edges["weight"][keep].astype(np.float32), "f32"),
+            "pruned_count": int(len(w)), "stored_share": float(w[keep].sum() / total) if total else 1.0}
 
 
 def _node_split(g, i: int) -> np.ndarray:
