@@ -88,6 +88,10 @@ async function boot(root) {
   }
   const viewer = await mountViewer(root, D, options);
   linkModels(viewer);
+  // the Paths panel, where the build wrote a graph file (its code loads only then)
+  if (root.dataset.graphSrc) {
+    import("./paths-panel.js").then((m) => m.attachPaths(viewer), (e) => console.warn(e));
+  }
 }
 
 const root = $("viewer");
