@@ -148,12 +148,12 @@ def test_thresholds_filter_the_stored_graph_and_live_in_the_url(site_server, pag
     page.dispatch_event("#paths-nodes", "input")
     draw = page.evaluate(f"async () => await ({DRAWN})()")
     assert len(draw["nodes"]) == len(g.nodes["kind"])
-    assert "pn=" not in page.evaluate("location.hash") or "pn=100" in page.evaluate("location.hash")
+    page.wait_for_function("() => !location.hash.includes('pn=50')")      # the URL follows the slider once it rests
     page.select_option("#paths-target", "1")
     draw = page.evaluate(f"async () => await ({DRAWN})()")
     g1 = ioi_graphs["graphs"][1]
     assert draw["target"] == 1 and len(draw["nodes"]) <= len(g1.nodes["kind"])
-    assert "pt=1" in page.evaluate("location.hash")
+    page.wait_for_function("() => location.hash.includes('pt=1')")
     # the link reopens the same view
     url = page.evaluate("location.href")
     page.goto("about:blank")
@@ -203,7 +203,7 @@ def test_hover_click_pin_and_heads_panel(site_server, page, pages, ioi_graphs): 
     assert pin == {"l": best["layer"], "k": 0, "p": best["position"]}
     page.wait_for_selector('#heads tr.is-picked')
     assert page.get_attribute("#heads tr.is-picked", "data-head") == str(best["head"])
-    assert f"ps=1.{best['layer']}.{best['head']}.{best['position']}" in page.evaluate("location.hash")
+    page.wait_for_function("(k) => location.hash.includes('ps=' + k)", f"1.{best['layer']}.{best['head']}.{best['position']}")
     assert page.errors == []
 
 

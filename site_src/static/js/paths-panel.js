@@ -36,10 +36,11 @@ function pinNode(viewer, node) {
 }
 
 /**
- * Add the Paths panel to `viewer` (app.js's Viewer) when its root names a graph file.
+ * Add the Paths panel to `viewer` (app.js's Viewer) when its root names a graph file. `firstHash`:
+ * the URL hash the page opened with (the viewer rewrites it with its own keys as it starts).
  * Returns the panel controller {section, open(), view (once mounted)} or null.
  */
-export function attachPaths(viewer) {
+export function attachPaths(viewer, firstHash = location.hash) {
   const url = viewer.root.dataset.graphSrc;
   if (!url) return null;
   const body = el("div", { class: "paths-body", id: "paths-root" });
@@ -54,7 +55,7 @@ export function attachPaths(viewer) {
   else viewer.root.append(section);
 
   const ctl = { section, view: null, loading: null };
-  let hashState = parsePathsHash(location.hash);
+  let hashState = parsePathsHash(firstHash);
   viewer.hashParts = viewer.hashParts || [];
   viewer.hashParts.push(() => (section.open && ctl.view ? encodePathsHash(ctl.view.state) : section.open ? "pv=1" : ""));
 
@@ -66,7 +67,8 @@ export function attachPaths(viewer) {
       ctl.view = mountPaths(body, G, {
         state: hashState || {}, id: viewer.options.id, title: viewer.D.prompt && viewer.D.prompt.title,
         tokenIds: viewer.D.tokenIds, onSelect: (node) => pinNode(viewer, node),
-        onState: () => viewer.writeHash(false),
+        // a slider sends many states: the URL follows once it rests (browsers throttle replaceState)
+        onState: () => { clearTimeout(ctl.hashTimer); ctl.hashTimer = setTimeout(() => viewer.writeHash(false), 150); },
       });
       viewer.paths = ctl.view;
       viewer.writeHash(false);

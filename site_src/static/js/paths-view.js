@@ -24,12 +24,12 @@ import {
 } from "./paths-model.js";
 import { NEG_COLOR, POS_COLOR } from "./palette.js";
 import { isDark } from "./theme.js";
-import { displayToken, fmtNum } from "./format.js";
+import { displayToken, fmtNum, subscript } from "./format.js";
 
 const FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
 export const FROZEN_NOTE = "Attention patterns, gates and norm scales are frozen, so edges follow the value path only: "
   + "a head that feeds another head's queries or keys (query/key composition, e.g. a previous-token head feeding an induction head) gets no edge.";
-const TOP_SOURCES = 5, TOP_EDGES = 3;
+const TOP_SOURCES = 5, TOP_EDGES = 3, NAMED_NODES = 10;
 const SHAPES = { [KIND.EMBED]: "square", [KIND.HEAD]: "circle", [KIND.MLP]: "diamond", [KIND.BIAS]: "triangle", [KIND.TARGET]: "hexagon" };
 
 const sgn = (x) => (x >= 0 ? "+" : "\u2212");
@@ -106,6 +106,17 @@ function graphScene(view, { dx = 0, dy = 0 } = {}) {
       fill: e >= 0 ? C.pos : C.neg, stroke: n.kind[i] === KIND.TARGET || (view.selected === i) ? C.fg : C.bg,
       alpha: focus && !focus.nodes.has(i) ? 0.2 : 1, lineWidth: view.selected === i ? 2 : 0.8 });
   }
+  // names of the largest heads and MLPs beside them, where they do not overlap each other
+  const placed = [];
+  const named = Array.from(drawn.nodes).filter((i) => n.kind[i] === KIND.HEAD || n.kind[i] === KIND.MLP)
+    .sort((a, b) => Math.abs(n.effect[b]) - Math.abs(n.effect[a])).slice(0, NAMED_NODES);
+  for (const i of named) {
+    const s = n.kind[i] === KIND.HEAD ? `${n.layer[i]}.${G.labels[n.head[i]]}` : `MLP${n.layer[i]}`;
+    const x = lay.X[i] + lay.R[i] + 2, y = lay.Y[i] + 3.5, w = s.length * 5.6;
+    if (placed.some((b) => x < b.x + b.w && b.x < x + w && Math.abs(b.y - y) < 10) || x + w > lay.w) continue;
+    placed.push({ x, y, w });
+    text(x, y, s, { size: 9.5, fill: C.fg, halo: C.bg, alpha: focus && !focus.nodes.has(i) ? 0.3 : 1 });
+  }
   // the target's label above it
   const t = n.n - 1;
   text(Math.min(lay.w - 4, Math.max(MARGIN.left, lay.X[t])), lay.Y[t] - lay.R[t] - 5,
@@ -159,11 +170,18 @@ export function drawScene(ctx, items) {
       ctx.globalAlpha = 1;
     } else if (it.t === "text") {
       ctx.save();
+      ctx.globalAlpha = it.alpha === undefined ? 1 : it.alpha;
       ctx.translate(it.x, it.y);
       if (it.rot) ctx.rotate((it.rot * Math.PI) / 180);
       ctx.font = `${it.weight === "bold" ? "bold " : ""}${it.size}px ${FONT}`;
       ctx.fillStyle = it.fill;
       ctx.textAlign = it.anchor === "middle" ? "center" : it.anchor === "end" ? "right" : "left";
+      if (it.halo) {                                   // a label over edges: a background rim first
+        ctx.strokeStyle = it.halo;
+        ctx.lineWidth = 3;
+        ctx.lineJoin = "round";
+        ctx.strokeText(it.text, 0, 0);
+      }
       ctx.fillText(it.text, 0, 0);
       ctx.restore();
     }
@@ -188,7 +206,8 @@ export function sceneSvg(items, w, h, bg) {
     } else if (it.t === "text") {
       const t = svgEl("text", { x: f(it.x), y: f(it.y), "font-family": FONT, "font-size": it.size, fill: it.fill,
         "text-anchor": it.anchor === "start" ? null : it.anchor, "font-weight": it.weight === "bold" ? "bold" : null,
-        transform: it.rot ? `rotate(${it.rot} ${f(it.x)} ${f(it.y)})` : null, "xml:space": "preserve" });
+        transform: it.rot ? `rotate(${it.rot} ${f(it.x)} ${f(it.y)})` : null, opacity: it.alpha === undefined || it.alpha === 1 ? null : it.alpha,
+        stroke: it.halo || null, "stroke-width": it.halo ? 3 : null, "paint-order": it.halo ? "stroke" : null, "xml:space": "preserve" });
       t.textContent = it.text;
       svg.append(t);
     }
@@ -224,6 +243,22 @@ export function summaryLines(view) {
   return lines;
 }
 
+/** One label per source: a text that two sources share gets the source's position as a
+ * subscript where the sources are the tokens (G = P, + the bias), else its occurrence (#2). */
+function sourceNames(G) {
+  if (G.sourceNames) return G.sourceNames;
+  const byToken = G.G === G.P || (G.G === G.P + 1 && G.sources[G.P] === "bias");
+  const count = new Map(), seen = new Map();
+  for (const t of G.sources) count.set(t, (count.get(t) || 0) + 1);
+  G.sourceNames = G.sources.map((t, s) => {
+    const k = (seen.get(t) || 0) + 1;
+    seen.set(t, k);
+    if (count.get(t) < 2 || (byToken && s === G.P)) return displayToken(t);
+    return byToken ? displayToken(t) + subscript(s) : `${displayToken(t)} #${k}`;
+  });
+  return G.sourceNames;
+}
+
 /** The top sources of node i from the stored per-source split, or why there are none. */
 function sourceRows(view, i) {
   const { G, entry } = view, bs = entry.bySource;
@@ -232,7 +267,8 @@ function sourceRows(view, i) {
   if (r === undefined) return { note: `Per-source split not stored below |effect| ${fmtNum(bs.floor)}.` };
   const vals = bs.values.subarray(r * bs.G, (r + 1) * bs.G);
   const idx = [...vals.keys()].sort((a, b) => Math.abs(vals[b]) - Math.abs(vals[a])).slice(0, TOP_SOURCES).filter((s) => vals[s] !== 0);
-  return { rows: idx.map((s) => [displayToken(G.sources[s]), vals[s]]) };
+  const names = sourceNames(G);
+  return { rows: idx.map((s) => [names[s], vals[s]]) };
 }
 
 function strongestEdges(view, i, dir) {
@@ -294,7 +330,7 @@ class PathsView {
     const ro = new ResizeObserver(() => { clearTimeout(this.resizeTimer); this.resizeTimer = setTimeout(() => this.relayout(), 60); });
     ro.observe(this.wrap);
     this.lifetime.signal.addEventListener("abort", () => ro.disconnect());
-    window.addEventListener("infoflow-theme", () => { this.C = themeColors(); this.draw(); }, { signal: this.lifetime.signal });
+    window.addEventListener("infoflow-theme", () => { this.C = themeColors(); this.draw(); this.renderText(); }, { signal: this.lifetime.signal });
   }
 
   on(event, cb) {
