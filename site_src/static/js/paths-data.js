@@ -172,6 +172,7 @@ async function decodeEntry(e, w, dims) {
     position: e.position, value: e.value, frozenValue: e.frozen_value, completeness: e.completeness,
     nodeThreshold: finite(e.node_threshold) ? e.node_threshold : null, edgeThreshold: finite(e.edge_threshold) ? e.edge_threshold : null,
     bias: finite(e.bias) ? e.bias : 0,
+    role: typeof e.role === "string" ? e.role.slice(0, 60) : null,       // optional: "declared", "top-2 prediction", ...
     nodes: { kind, layer, head, position, effect, n }, edges: { src, dst, weight, m },
     direct: null, bySource: null, paths: [], check: null,
   };

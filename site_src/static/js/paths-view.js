@@ -227,7 +227,7 @@ export function summaryLines(view) {
   const full = drawn.nodes.length === entry.nodes.n && drawn.edges.length === entry.edges.m;
   lines.push(`Completeness: T recomputed through the stored graph alone (${stored}, kept at ${fmtPct0(entry.nodeThreshold)} of \u03a3|effect| `
     + `and ${fmtPct0(entry.edgeThreshold)} of \u03a3|weight|) is ${entry.completeness.toFixed(3)} of T (1 = nothing lost). `
-    + (full ? "That is what is drawn." : "What is drawn is a part of it: its own completeness needs the model's weights (the live page computes it)."));
+    + (full ? "That is what is drawn." : "What is drawn is a part of it; the completeness of that part needs the model's weights, which this page does not load."));
   const c = entry.check;
   if (c) {
     const part = (s, name) => (s.n ? `${name} (top ${s.n}): \u03c1 = ${fmtRho(s.rho)}, signs agree ${fmtPct0(s.signs)}; direct effect alone \u03c1 = ${fmtRho(s.rho_direct)}, signs ${fmtPct0(s.signs_direct)}` : null);
@@ -347,7 +347,9 @@ class PathsView {
     const G = this.G, id = (x) => `${this.options.idPrefix || "paths"}-${x}`;
     this.targetSelect = el("select", { id: id("target"), "aria-label": "Target" });
     G.graphs.forEach((e, i) => {
-      this.targetSelect.append(el("option", { value: i, text: `${targetLabel(e)} at ${displayToken(G.tokens[e.position])} (${e.position}): T = ${fmtSigned(e.value)}${i === 0 ? " (first stored)" : ""}` }));
+      const notes = [e.role, e.check ? "ablation-checked" : null].filter(Boolean);
+      this.targetSelect.append(el("option", { value: i, text: `${targetLabel(e)} at ${displayToken(G.tokens[e.position])} (${e.position}): `
+        + `T = ${fmtSigned(e.value)}${notes.length ? ` (${notes.join(", ")})` : ""}` }));
     });
     const slider = (name, label, value) => {
       const input = el("input", { type: "range", id: id(name), min: 5, max: 100, step: 1, value: Math.round(value * 100) });
@@ -362,7 +364,9 @@ class PathsView {
     this.overlay = el("canvas", { class: "paths-overlay", "aria-hidden": "true" });
     this.tooltip = el("div", { class: "tooltip paths-tooltip", role: "status", hidden: true });
     this.inner = el("div", { class: "paths-inner" }, this.canvas, this.overlay);
-    this.wrap = el("div", { class: "paths-wrap", id: id("wrap") }, this.inner, this.tooltip);
+    this.wrap = el("div", { class: "paths-wrap", id: id("wrap") }, this.inner);
+    // the tooltip lives outside the scrolling wrap, so that the wrap never clips it
+    this.stage = el("div", { class: "paths-stage" }, this.wrap, this.tooltip);
     this.summary = el("div", { class: "paths-summary", id: id("summary"), "aria-live": "polite" });
     this.status = el("p", { class: "paths-status muted", id: id("status"), "aria-live": "polite" });
     this.legend = el("p", { class: "paths-legend", id: id("legend") });
@@ -374,7 +378,7 @@ class PathsView {
           button("svg", "SVG", "Download the graph as drawn, with legend and caption, as SVG", () => this.exportSvg()),
           button("png", "PNG", "Download the graph as drawn, with legend and caption, as PNG (2x)", () => this.exportPng()),
           button("json", "JSON", "Download the drawn graph in circuit-tracer's graph-file schema", () => this.exportJson()))),
-      this.wrap, this.legend, this.status, this.summary);
+      this.stage, this.legend, this.status, this.summary);
     this.targetSelect.value = String(this.state.target);
     this.targetSelect.addEventListener("change", () => this.set({ target: +this.targetSelect.value, selected: null }));
     for (const [s, key] of [[this.nodeSlider, "nodeShare"], [this.edgeSlider, "edgeShare"]]) {
@@ -526,7 +530,7 @@ class PathsView {
     const left = x - wrap.scrollLeft, vis = wrap.clientWidth;
     let tx = left + 16, ty = y + 16;
     if (tx + tw > vis) tx = Math.max(0, Math.min(vis - tw, left - tw - 12));
-    if (ty + th > this.lay.h) ty = Math.max(0, y - th - 12);
+    if (ty + th > Math.max(this.lay.h, th + 16) && y - th - 12 >= 0) ty = y - th - 12;
     this.tooltip.style.left = `${tx}px`;
     this.tooltip.style.top = `${ty}px`;
   }
