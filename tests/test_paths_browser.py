@@ -193,7 +193,7 @@ def test_hover_click_pin_and_heads_panel(site_server, page, pages, ioi_graphs): 
         assert "top sources" in text
     small = next(d for d in heads if d["index"] not in set(node[top3].tolist()))
     page.mouse.move(box["x"] + small["x"], box["y"] + small["y"])
-    page.wait_for_function("(i) => document.querySelector('.paths-tooltip').textContent.includes('not stored below')", small["index"])
+    page.wait_for_function("() => document.querySelector('.paths-tooltip').textContent.includes('not stored below')")
     # click: the node's paths are highlighted, the grid pins its cell and the heads panel opens on the head
     page.mouse.click(box["x"] + best["x"], box["y"] + best["y"])
     draw = page.evaluate(f"async () => await ({DRAWN})()")
@@ -203,7 +203,7 @@ def test_hover_click_pin_and_heads_panel(site_server, page, pages, ioi_graphs): 
     assert pin == {"l": best["layer"], "k": 0, "p": best["position"]}
     page.wait_for_selector('#heads tr.is-picked')
     assert page.get_attribute("#heads tr.is-picked", "data-head") == str(best["head"])
-    page.wait_for_function("(k) => location.hash.includes('ps=' + k)", f"1.{best['layer']}.{best['head']}.{best['position']}")
+    page.wait_for_function("(k) => location.hash.includes('ps=' + k)", arg=f"1.{best['layer']}.{best['head']}.{best['position']}")
     assert page.errors == []
 
 
