@@ -81,15 +81,8 @@ export function layoutGraph(doc, entry, drawn, width, { maxHeight = 760, minRow 
   let hasBias = false;
   for (const i of drawn.nodes) if (nodes.kind[i] === KIND.BIAS) hasBias = true;
   const cols = P + (hasBias ? 1 : 0), rows = 2 * L + 2;
-  const colW = Math.max(MIN_COL, (width - MARGIN.left - MARGIN.right) / cols);
-  const rotate = colW < 60;                     // token labels turn when columns are narrow
-  const bottom = rotate ? MARGIN.bottom : 30;
-  const rowH = Math.max(minRow, Math.min(22, (maxHeight - MARGIN.top - bottom) / rows));
-  const w = Math.ceil(MARGIN.left + MARGIN.right + cols * colW), h = Math.ceil(MARGIN.top + bottom + rows * rowH);
-  const colX = (c) => MARGIN.left + (c + 0.5) * colW;
-  const rowY = (r) => MARGIN.top + (rows - 1 - r + 0.5) * rowH;
   const col = (i) => (nodes.kind[i] === KIND.BIAS ? 0 : nodes.position[i] + (hasBias ? 1 : 0));
-  // heads that share a cell: spread in head order
+  // heads that share a cell spread across its column: a column with many gets more room (up to 4x)
   const cell = new Map();
   for (const i of drawn.nodes) {
     if (nodes.kind[i] !== KIND.HEAD) continue;
@@ -97,12 +90,29 @@ export function layoutGraph(doc, entry, drawn, width, { maxHeight = 760, minRow 
     if (!cell.has(key)) cell.set(key, []);
     cell.get(key).push(i);
   }
+  const weight = new Float64Array(cols).fill(1);
+  for (const list of cell.values()) {
+    const c = col(list[0]);
+    weight[c] = Math.max(weight[c], 1 + Math.min(3, (list.length - 1) / 3));
+  }
+  const totalWeight = weight.reduce((a, b) => a + b, 0);
+  const colW = Math.max(MIN_COL, (width - MARGIN.left - MARGIN.right) / totalWeight);   // one unit of width
+  const left = new Float64Array(cols + 1);
+  for (let c = 0; c < cols; c++) left[c + 1] = left[c] + weight[c] * colW;
+  const plotW = left[cols];
+  const rotate = colW < 60;                     // token labels turn when columns are narrow
+  const bottom = rotate ? MARGIN.bottom : 30;
+  const rowH = Math.max(minRow, Math.min(22, (maxHeight - MARGIN.top - bottom) / rows));
+  const w = Math.ceil(MARGIN.left + MARGIN.right + plotW), h = Math.ceil(MARGIN.top + bottom + rows * rowH);
+  const colX = (c) => MARGIN.left + (left[c] + left[c + 1]) / 2;
+  const rowY = (r) => MARGIN.top + (rows - 1 - r + 0.5) * rowH;
   const X = new Float64Array(nodes.n), Y = new Float64Array(nodes.n), R = new Float64Array(nodes.n);
   let maxCell = 1;
   for (const list of cell.values()) {
     list.sort((a, b) => nodes.head[a] - nodes.head[b]);
     maxCell = Math.max(maxCell, list.length);
-    list.forEach((i, k) => { X[i] = MARGIN.left + col(i) * colW + ((k + 0.5) / list.length) * colW; });
+    const c = col(list[0]), cw = left[c + 1] - left[c];
+    list.forEach((i, k) => { X[i] = MARGIN.left + left[c] + ((k + 0.5) / list.length) * cw; });
   }
   let top = 0;
   for (const i of drawn.nodes) if (nodes.kind[i] !== KIND.TARGET) top = Math.max(top, Math.abs(nodes.effect[i]));
@@ -113,7 +123,7 @@ export function layoutGraph(doc, entry, drawn, width, { maxHeight = 760, minRow 
     Y[i] = rowY(nodeRow(k, nodes.layer[i], L));
     R[i] = k === KIND.TARGET ? rMax : rMin + (rMax - rMin) * Math.sqrt(top > 0 ? Math.abs(nodes.effect[i]) / top : 0);
   }
-  return { w, h, rows, cols, rowH, colW, hasBias, rotate, bottom, colX, rowY, X, Y, R, rMax, topEffect: top };
+  return { w, h, rows, cols, rowH, colW, plotW, hasBias, rotate, bottom, colX, rowY, X, Y, R, rMax, topEffect: top };
 }
 
 /** Upstream and downstream of node `i` along the drawn edges. -> {nodes: Set, edges: Set} */

@@ -61,7 +61,7 @@ function graphScene(view, { dx = 0, dy = 0 } = {}) {
   const labelEvery = Math.max(1, Math.ceil(12 / (2 * lay.rowH)));
   for (let r = 0; r < lay.rows; r++) {
     const y = lay.rowY(r), l = (r - 1) >> 1, mlp = r > 0 && r < lay.rows - 1 && (r - 1) & 1;
-    items.push({ t: "rect", x: MARGIN.left + dx, y: y - 0.5 + dy, w: lay.cols * lay.colW, h: 1, fill: C.grid, alpha: mlp ? 0.5 : 1 });
+    items.push({ t: "rect", x: MARGIN.left + dx, y: y - 0.5 + dy, w: lay.plotW, h: 1, fill: C.grid, alpha: mlp ? 0.5 : 1 });
     let label = null;
     if (r === 0) label = "embeddings";
     else if (r === lay.rows - 1) label = "target";
