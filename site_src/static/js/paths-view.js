@@ -427,6 +427,14 @@ class PathsView {
     }
     this.inner.style.width = `${this.lay.w}px`;
     this.inner.style.height = `${this.lay.h}px`;
+    // wider than the screen (a long prompt on a phone): the wrap scrolls sideways; start where
+    // the target is, since that is where the paths end
+    const t = this.entry.nodes.n - 1, visible = this.wrap.clientWidth;
+    if (this.lay.w > visible + 1 && this.scrolledFor !== this.state.target) {
+      this.wrap.scrollLeft = Math.max(0, this.lay.X[t] - visible * 0.7);
+      this.scrolledFor = this.state.target;
+    }
+    this.wrap.title = this.lay.w > visible + 1 ? "Scroll sideways for the other positions" : "";
     this.draw();
   }
 
