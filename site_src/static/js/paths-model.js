@@ -66,7 +66,7 @@ export function nodeRow(kind, layer, L) {
   return 2 * L + 1;
 }
 
-export const MARGIN = { left: 70, right: 14, top: 34, bottom: 78 };
+export const MARGIN = { left: 70, right: 34, top: 34, bottom: 78 };   // right: room for a name beside the last column
 const MIN_COL = 18;
 export const R_MIN = 1.6;        // the smallest node's radius: still visible, still hoverable
 
