@@ -52,6 +52,7 @@ export class Viewer {
     this.pending = false;
     this.dirtyKeys = new Set();
     this.idleJobs = new Map();
+    this.hashParts = [];     // () => "k=v&..." | "": other views' keys in the URL hash (paths-panel.js)
     const dup = new Map(), texts = tokenTexts(D.tokens);    // byte pieces as the characters they form
     for (const t of D.tokens) dup.set(t, (dup.get(t) || 0) + 1);
     this.tokenLabels = D.tokens.map((t, p) => texts[p] + (dup.get(t) > 1 && !/\u2044/.test(texts[p]) ? subscript(p) : ""));
@@ -243,7 +244,8 @@ export class Viewer {
   }
 
   hash() {
-    const h = encodeHash(this.state, this.defaultVariant);
+    let h = encodeHash(this.state, this.defaultVariant);
+    for (const part of this.hashParts.map((f) => f()).filter(Boolean)) h += `&${part}`;
     return this.options.hashPrefix ? `#${this.options.hashPrefix}&${h.slice(1)}` : h;
   }
 

@@ -48,6 +48,7 @@ function api(viewer) {
 
 async function boot(root) {
   const loading = $("loading");
+  const firstHash = location.hash;      // the viewer rewrites the hash with its own keys when it starts
   if (location.protocol === "file:") {
     showError(root, new DataError("This page was opened from a file (file://), and browsers do not let such a page read its "
       + "data file. Serve the site folder instead: run `infoflow serve` (or `python3 -m http.server` in the folder), "
@@ -89,6 +90,10 @@ async function boot(root) {
   }
   const viewer = await mountViewer(root, D, options);
   linkModels(viewer);
+  // the Paths panel, where the build wrote a graph file (its code loads only then)
+  if (root.dataset.graphSrc) {
+    import("./paths-panel.js").then((m) => m.attachPaths(viewer, firstHash), (e) => console.warn(e));
+  }
 }
 
 const root = $("viewer");
