@@ -11,14 +11,9 @@ from infoflow.decompose import InputError
 
 from .conftest import tiny_model
 from .naive import naive_graph
+from .test_families import FAMILIES as _DECOMPOSED, PROMPT, rel
 
-PROMPT = "tiny test!"     # 11 tokens with BOS
-FAMILIES = ["gqa", "mha", "llama-bias", "mistral", "qwen2", "qwen3", "gemma3", "gemma3-bias", "phi3", "olmo2"]
-
-
-def rel(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+FAMILIES = ["llama-bias"] + _DECOMPOSED      # every tiny family, the Llama with every bias too
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
