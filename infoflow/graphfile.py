@@ -31,7 +31,8 @@ def graph_entry(g) -> dict:
         "target": {"id": int(g.target), "text": g.target_text},
         "contrast": None if g.contrast is None else {"id": int(g.contrast), "text": g.contrast_text},
         "position": int(g.position), "value": float(g.value), "frozen_value": float(g.frozen_value),
-        "completeness": float(g.completeness), "node_threshold": float(g.node_threshold),
+        # None where it is undefined: a frozen T of exactly 0
+        "completeness": float(g.completeness) if math.isfinite(g.completeness) else None, "node_threshold": float(g.node_threshold),
         "edge_threshold": float(g.edge_threshold), "bias": float(g.bias),
         "embed": encode_array(g.embed, "f32"), "heads": encode_array(g.heads, "f32"),
         "mlp": encode_array(g.mlp, "f32"),
@@ -44,6 +45,8 @@ def graph_entry(g) -> dict:
                   "position": encode_array(np.clip(n["position"], 0, P - 1).astype(np.uint16), "u16"),
                   "effect": encode_array(n["effect"].astype(np.float32), "f32")},
         "edges": _stored_edges(g.edges),
+        "edges_pruned": int(len(g.edges["weight"])),                      # before the sidecar's cap
+        "edges_stored_share": _stored_share(g.edges),
         "paths": [{"value": float(v), "nodes": [int(i) for i in path]} for v, path in g.paths],
     }
     if g.heads_by_source is not None:     # the per-source split of the largest kept nodes
@@ -58,16 +61,24 @@ def graph_entry(g) -> dict:
 
 
 def _stored_edges(edges: dict) -> dict:
-    """The pruned graph's edges, at most STORED_EDGES of them (the largest |weight|), with the
-    share of the pruned graph's Σ|weight| they hold and how many there were, so that a view
-    can say what it leaves out."""
-    w = np.abs(edges["weight"])
-    keep = np.sort(np.argsort(-w, kind="stable")[:STORED_EDGES])
-    total = float(w.sum())
+    """The pruned graph's edges, at most STORED_EDGES of them (the largest |weight|); the entry
+    also says how many there were and the share of their Σ|weight| stored, so that a view can
+    say what it leaves out."""
+    keep = stored_edge_index(edges)
     return {"src": encode_array(edges["src"][keep].astype(np.uint32), "u32"),
             "dst": encode_array(edges["dst"][keep].astype(np.uint32), "u32"),
-            "weight": encode_array(edges["weight"][keep].astype(np.float32), "f32"),
-            "pruned_count": int(len(w)), "stored_share": float(w[keep].sum() / total) if total else 1.0}
+            "weight": encode_array(edges["weight"][keep].astype(np.float32), "f32")}
+
+
+def stored_edge_index(edges: dict) -> np.ndarray:
+    """Which of the pruned graph's edges the sidecar stores, in their order."""
+    return np.sort(np.argsort(-np.abs(edges["weight"]), kind="stable")[:STORED_EDGES])
+
+
+def _stored_share(edges: dict) -> float:
+    w = np.abs(edges["weight"])
+    total = float(w.sum())
+    return float(w[stored_edge_index(edges)].sum() / total) if total else 1.0
 
 
 def _node_split(g, i: int) -> np.ndarray:
@@ -111,6 +122,8 @@ def check_graph_document(doc) -> None:
     for i, e in enumerate(graphs):
         need(isinstance(e, dict), f"graphs[{i}] is not a map")
         for key in ("value", "frozen_value", "completeness"):
+            if key == "completeness" and e.get(key) is None:
+                continue
             need(isinstance(e.get(key), (int, float)) and math.isfinite(e[key]), f"graphs[{i}].{key} is not a finite number")
         nodes, edges = e.get("nodes") or {}, e.get("edges") or {}
         n = _length(nodes.get("kind"))

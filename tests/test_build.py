@@ -82,7 +82,7 @@ URL_ATTR = re.compile(r"""(?:href|src|action|content)\s*=\s*["']([^"']*)["']""",
 
 def test_pages_are_self_contained(gallery_site):
     pages = list(gallery_site.rglob("*.html"))
-    assert len(pages) == 5      # index, 3 prompts, live/index.html
+    assert len(pages) == 6      # index, about, 3 prompts, live/index.html
     for page in pages:
         html = page.read_text()
         for url in URL_ATTR.findall(html):

@@ -37,6 +37,9 @@ def ioi_graphs(default_model):
     gs = d.graphs
     gs[0].check = ablate.ablation_check(default_model, gs[0], n=4)
     doc = graphfile.graph_document(gs, prompt_id="ioi")
+    for g in gs:            # what the page gets: the sidecar's edges (at most STORED_EDGES)
+        keep = graphfile.stored_edge_index(g.edges)
+        g.edges = {k: v[keep] for k, v in g.edges.items()}
     return {"graphs": gs, "doc": doc, "bytes": msgpack.packb(doc, use_bin_type=True)}
 
 

@@ -121,7 +121,10 @@ function checkDocument(doc) {
 /** One entry's declared sizes -> the number of elements its arrays hold. */
 function checkEntry(e, w, { P, L, Hx, G }) {
   need(isMap(e), `${w} is not a map`);
-  for (const key of ["value", "frozen_value", "completeness"]) need(finite(e[key]), `${w}.${key} is not a finite number`);
+  for (const key of ["value", "frozen_value", "completeness"]) {
+    if (key === "completeness" && e[key] === null) continue;    // undefined: the frozen T is 0
+    need(finite(e[key]), `${w}.${key} is not a finite number`);
+  }
   need(isMap(e.nodes) && isMap(e.edges), `${w} has no nodes or edges`);
   const n = length1(e.nodes.kind), m = length1(e.edges.src);
   need(n >= 0 && m >= 0, `${w}'s nodes or edges are not arrays`);

@@ -226,7 +226,7 @@ export function summaryLines(view) {
     + (drawn.capped.nodes || drawn.capped.edges ? `; the ${drawn.capped.nodes} weakest nodes and ${drawn.capped.edges} weakest edges past the drawing limit are left out.` : "."));
   const full = drawn.nodes.length === entry.nodes.n && drawn.edges.length === entry.edges.m;
   lines.push(`Completeness: T recomputed through the stored graph alone (${stored}, kept at ${fmtPct0(entry.nodeThreshold)} of \u03a3|effect| `
-    + `and ${fmtPct0(entry.edgeThreshold)} of \u03a3|weight|) is ${entry.completeness.toFixed(3)} of T (1 = nothing lost). `
+    + `and ${fmtPct0(entry.edgeThreshold)} of \u03a3|weight|) is ${entry.completeness === null ? "undefined (the frozen T is 0)" : entry.completeness.toFixed(3) + " of T (1 = nothing lost)"}. `
     + (full ? "That is what is drawn." : "What is drawn is a part of it; the completeness of that part needs the model's weights, which this page does not load."));
   const c = entry.check;
   if (c) {
