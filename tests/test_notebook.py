@@ -168,7 +168,7 @@ def _check_drawn(frame, d, metric: str):
     """Every cell at and after the traced position: the drawn colour is the data's value's."""
     frame.wait_for_function("() => document.documentElement.dataset.viewerReady", timeout=60_000)
     assert frame.evaluate("document.documentElement.dataset.viewerReady") == "1", frame.text_content("#error")
-    frame.wait_for_function("() => window.infoflowViewer.idle")
+    frame.wait_for_function("() => window.infoflowViewer.idle", timeout=90_000)   # a loaded 2-core machine
     cells = [(l, k, p) for l in range(d.n_layers) for k in (0, 1) for p in range(TRACE, d.n_tokens, 7)]
     r = frame.evaluate(READ, [cells, metric == "proj"])
     assert r["state"]["metric"] == metric and r["state"]["trace"] == TRACE and r["state"]["heat"]
