@@ -1,0 +1,51 @@
+"""What the attribution graph (paths.py) adds to a decomposition, measured side by side.
+
+Alternates, on the same prompt and the same loaded model: decompose_variants without a graph,
+with one graph (a contrast pair) and with four (the gallery's: the declared target and the top
+three predictions), then the ablation check alone (its real forward passes are a separate step).
+Prints medians and the ratios to the plain decomposition. Not a test: the machine is shared.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_graph.py --reps 3
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+TEXT = ("When Mary and John went to the store, John gave a drink to Mary. Then Alice and Bob "
+        "met at the park near the river, where Bob handed a small blue book to Alice, and later "
+        "that evening Carol and Dave walked home while Dave gave an umbrella to")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--model", default=None)
+    args = ap.parse_args()
+    from infoflow import ablate, paths
+    from infoflow.decompose import decompose_variants, get_model, tokenize
+    lm = get_model(args.model)
+    P = len(tokenize(lm, TEXT))
+    one = [paths.TargetSpec(" Carol", " Dave")]
+    four = one + [paths.TargetSpec(None)] * 3
+    runs = {"decompose": None, "+ 1 graph": one, "+ 4 graphs": four}
+    times = {k: [] for k in runs}
+    check = []
+    for _ in range(args.reps):
+        for name, specs in runs.items():
+            t = time.perf_counter()
+            d = decompose_variants(TEXT, lm, {"tokens": None}, graphs=specs)["tokens"]
+            times[name].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        ablate.ablation_check(lm, d.graphs[0])
+        check.append(time.perf_counter() - t)
+    base = statistics.median(times["decompose"])
+    print(f"P = {P}, {args.reps} reps, medians (best):")
+    for name, ts in times.items():
+        print(f"  {name:12s} {statistics.median(ts):7.2f} s ({min(ts):.2f})   x{statistics.median(ts) / base:.2f}")
+    print(f"  ablation check alone (40 real forward passes): {statistics.median(check):.2f} s ({min(check):.2f})")
+
+
+if __name__ == "__main__":
+    main()
