@@ -246,19 +246,14 @@ def node_effects(captured: Captured, fl, layers, grads: Gradients, writes: Write
             e = (grads.after_attn[l] * ob).sum(-1)
             heads[l, H] = head_const[l, H] = e.double().cpu().numpy()
             head_direct[l, H, p_star] = float((dvec * (ob if ob.dim() == 1 else ob[p_star])).sum())
-        hidden = mlp_hidden(writes.mid[l], fz, lw)                            # (P, d_ff)
         back = grads.after_mlp[l] @ lw.Wdown                                 # (P, d_ff)
         const = (back * (lw.bup * fz.gate)).sum(-1) if lw.bup is not None else back.new_zeros(P)
         if lw.bdown is not None:
             bd = grads.after_mlp[l] @ lw.bdown                               # (P,)
             const = const + (bd if fz.post2 is None else bd * fz.post2)
-        e = (back * hidden).sum(-1) + const - ((back * (lw.bup * fz.gate)).sum(-1) if lw.bup is not None else 0)
-        mlp[l] = e.double().cpu().numpy()
+        mlp[l] = (grads.after_mlp[l] * writes.mlp[l]).sum(-1).double().cpu().numpy()
         mlp_const[l] = const.double().cpu().numpy()
-        write_p = hidden[p_star] @ lw.Wdown.T
-        if lw.bdown is not None:
-            write_p = write_p + (lw.bdown if fz.post2 is None else lw.bdown * fz.post2[p_star])
-        mlp_direct[l, p_star] = float((dvec * write_p).sum())
+        mlp_direct[l, p_star] = float((dvec * writes.mlp[l][p_star]).sum())
     embed = (grads.embed * writes.emb).sum(-1).double().cpu().numpy()
     embed_direct = np.zeros(P)
     embed_direct[p_star] = float((dvec * writes.emb[p_star]).sum())
