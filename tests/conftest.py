@@ -218,3 +218,20 @@ def gallery(tmp_path_factory, test_cache):
 @pytest.fixture(scope="session")
 def gallery_site(gallery):
     return gallery["site"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory):
+    """A tiny random Llama with the default model's tokenizer, saved as a local model folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from infoflow.model import converted_default_model
+    folder = tmp_path_factory.mktemp("tiny-model")
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(converted_default_model())
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
