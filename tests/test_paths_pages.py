@@ -153,3 +153,38 @@ def test_compare_crafted_graph_file_gets_a_message(server, browser, two_model_si
             assert pg.evaluate("1 + 1") == 2 and pg.errors == []           # the tab answers
         finally:
             ctx.close()
+
+
+def test_stored_edge_cap_and_per_source_floor_are_stated(server, page, two_model_site):  # noqa: F811
+    """A sidecar that stored only part of the pruned graph's edges (graphfile.STORED_EDGES) and
+    the per-source split of its largest nodes only (BY_SOURCE_NODES): the view says both, under
+    the graph and in the exported figure's caption."""
+    site = two_model_site["site"]
+    v = _manifest_entry(site, "dursley")["models"][0]
+    doc = _sidecar(site, v)
+    g = doc["graphs"][0]
+    m = len(decode_array(g["edges"]["src"]))
+    g["edges_pruned"], g["edges_stored_share"] = m + 250, 0.8125
+    n = len(decode_array(g["nodes"]["kind"])) - 1
+    from infoflow.datafile import encode_array
+    bs = g["by_source"]
+    node, values = decode_array(bs["node"]), decode_array(bs["values"])
+    k = 3                                         # as if BY_SOURCE_NODES were 3
+    top = np.sort(np.argsort(-np.abs(decode_array(g["nodes"]["effect"])[node]), kind="stable")[:k])
+    bs["node"], bs["values"] = encode_array(node[top], "u32"), encode_array(values[top], "f32")
+    assert n > k
+    name = v["graph"].split("/")[-1]
+    page.route(re.compile(r".*/" + re.escape(name) + "$"),
+               lambda r: r.fulfill(status=200, body=msgpack.packb(doc, use_bin_type=True)))
+    _open(page, server + "c/dursley.html#pv=1")
+    page.evaluate("async () => await window.infoflowCompare.paths.loading")
+    summary = page.text_content("#paths-a-summary")
+    want = f"{m} of {m + 250} edges stored (81.3 % of |weight|)"
+    assert want in summary
+    assert f"Per-source splits are stored for the {k} of {n} nodes with the largest |effect| only" in summary
+    caption = page.evaluate("""() => { const svg = new DOMParser().parseFromString(window.infoflowCompare.paths.views[0].exportSvg(), "image/svg+xml");
+        return [...svg.querySelectorAll("text")].map((t) => t.textContent).join(" "); }""")
+    assert want in caption
+    # the file as built: every pruned edge stored, no such line
+    assert "edges stored (" not in page.text_content("#paths-b-summary")
+    assert page.errors == []
