@@ -50,6 +50,9 @@ export async function ablatedValues(model, ids, spec, ablations, {signal = null,
   for (let p = 0; p < P; p++) base.set(model.embed.subarray(ids[p] * d, (ids[p] + 1) * d), p * d);
   const runs = ablations.map(() => null);            // each ablated pass's residual, from its layer on
   for (let l = 0; l < L; l++) {
+    // a macrotask between layers, so that the worker reads a "cancel" message meanwhile (the
+    // layer arrays may come from memory, whose await alone would not let it in)
+    await new Promise((resolve) => setTimeout(resolve, 0));
     if (signal && signal.aborted) throw abortError();
     if (onProgress) onProgress(l, L);
     const w = layerWeights(await model.layer(l), cfg);
