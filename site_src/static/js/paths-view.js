@@ -12,7 +12,8 @@
 //
 // options: {state: {target, nodeShare, edgeShare, selected} (e.g. parsePathsHash), onState(state)
 // (the page keeps it in its URL), onSelect(node | null), id (export file names), title,
-// tokenIds (for circuit-tracer's node ids)}. Returns the view: {on(event, cb), state, set(patch),
+// tokenIds (for circuit-tracer's node ids), idPrefix (element ids; default "paths"),
+// targetPicker (false: no picker over G.graphs, where the page has its own)}. Returns the view: {on(event, cb), state, set(patch),
 // drawn, layout, exportSvg(), exportPng(), exportJson(), destroy()}; on("draw", cb) gets
 // {nodes: [{index, kind, layer, head, position, effect, x, y, r, color}], edges: [{index, src, dst,
 // weight, width, color}], nodeMass, edgeMass, w, h} after each drawing (for tests and pages).
@@ -392,7 +393,8 @@ class PathsView {
     this.legend = el("p", { class: "paths-legend", id: id("legend") });
     this.root.replaceChildren(
       el("div", { class: "toolbar paths-controls" },
-        el("label", { class: "field" }, el("span", { text: "Target" }), this.targetSelect),
+        // a page with its own target pickers (the live page) hides this one
+        el("label", { class: "field", hidden: this.options.targetPicker === false }, el("span", { text: "Target" }), this.targetSelect),
         this.nodeSlider.box, this.edgeSlider.box,
         el("div", { class: "buttons" },
           button("svg", "SVG", "Download the graph as drawn, with legend and caption, as SVG", () => this.exportSvg()),

@@ -71,7 +71,9 @@ export function attachLivePaths(container, D, predIds, calls) {
       ctl.view.destroy();
     }
     ctl.doc = doc;
-    ctl.view = mountPaths(body, doc, { idPrefix: "live-paths", id: "live", title: "Your prompt", tokenIds: D.tokenIds, state: { ...ctl.shares } });
+    ctl.view = mountPaths(body, doc, { idPrefix: "live-paths", id: "live", title: "Your prompt", tokenIds: D.tokenIds,
+      state: { ...ctl.shares }, targetPicker: false });
+    status.textContent = doc.status;
     checkBtn.disabled = false;
     checkStatus.textContent = doc.graphs[0].check ? "Checked (see under the graph)." : "";
     return ctl.view;
@@ -97,7 +99,7 @@ export function attachLivePaths(container, D, predIds, calls) {
       doc.rerun = r.rerun;
       cache.set(key, doc);
       if (cache.size > KEEP_GRAPHS) cache.delete(cache.keys().next().value);
-      status.textContent = `Computed in ${((performance.now() - t0) / 1000).toFixed(1)} s. ` + (r.rerun
+      doc.status = `Computed in ${((performance.now() - t0) / 1000).toFixed(1)} s. ` + (r.rerun
         ? `The worker had to decompose the prompt again for it: the run's frozen state (${mb(r.stateBytes)}) is over what this page keeps for new targets, so each new target costs a decomposition.`
         : `From the run's frozen state, kept in the worker for new targets (${mb(r.stateBytes)}): no new decomposition.`);
       return show(doc);
