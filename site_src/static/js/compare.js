@@ -14,6 +14,7 @@ import { NEG_COLOR, POS_COLOR } from "./palette.js";
 import { charStarts, localKey, portableKey } from "./models.js";
 import { sourceKeys, sharedSlots, gridData, depthSeries, drawChart, traceChoices } from "./compare-draw.js";
 import { el } from "./dom.js";
+import { bindCompareKeys, refreshCompareTip } from "./compare-keys.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -140,6 +141,7 @@ class Compare {
     this.chart = drawChart($("chart"), this.series, { color, theme, relative: s.relative,
       width: $("compare-chart").clientWidth, dpr: window.devicePixelRatio || 1, signed: s.metric === "proj" });
     this.legend(color);
+    refreshCompareTip(this);
     this.writeHash();
     document.documentElement.dataset.compareReady = "1";
   }
@@ -238,6 +240,7 @@ async function boot(root) {
     await cmp.ensure();
     cmp.render();
     cmp.bind();
+    bindCompareKeys(cmp);
     window.infoflowCompare = cmp;
   } catch (e) {
     console.warn(e);

@@ -3,7 +3,7 @@
 import { displayToken } from "./format.js";
 import { MARGIN, rowLabel } from "./grid.js";
 
-const truncate = (t, n = 14) => (t.length > n ? t.slice(0, n - 1) + "\u2026" : t);
+const truncate = (t, n = 13) => (t.length > n ? t.slice(0, n - 1) + "\u2026" : t);
 
 export function drawRowLabels(grid, ctx, g) {
   const C = grid.colors, R = 2 * grid.L;
@@ -13,15 +13,19 @@ export function drawRowLabels(grid, ctx, g) {
   ctx.clip();
   ctx.textAlign = "right";
   ctx.textBaseline = "middle";
-  // which rows get a label (at least 10 px apart), then one font at a time
-  const rows = [];
-  let lastY = Infinity;
+  // which rows get a label, then one font at a time: layer 0 and every fifth layer's first
+  // row always (issue 24, item 3), then any other row at least 10 px from the labels kept
+  const rows = [], mid = (r) => g.ry[r] + g.rh[r] / 2;
+  const kept = [];
+  for (let r = 0; r < R; r += 2) {
+    if ((r >> 1) % 5 === 0 && !Number.isNaN(g.ry[r])) kept.push(mid(r));
+  }
   for (let r = 0; r < R; r++) {
     if (Number.isNaN(g.ry[r])) continue;
-    const y = g.ry[r] + g.rh[r] / 2;
-    if (lastY - y < 10) continue;
+    const y = mid(r), always = (r & 1) === 0 && (r >> 1) % 5 === 0;
+    if (!always && kept.some((ky) => Math.abs(ky - y) < 10)) continue;
+    if (!always) kept.push(y);
     rows.push([r, y]);
-    lastY = y;
   }
   for (const emph of [true, false]) {
     ctx.font = `${emph ? "bold 10.5" : "9.5"}px system-ui, sans-serif`;
@@ -99,7 +103,8 @@ export function drawPredictions(grid, ctx, colW) {
   // the box points at the last column; when that column is out of view, it says so
   const lastX = MARGIN.left + grid.P * colW - grid.view.x;
   const inView = lastX <= MARGIN.left + grid.plotW + 1;
-  const lineH = 14, n = Math.min(preds.length, 5), boxW = 150;
+  // three lines, to keep the grid short enough for one screen; the Predictions panel lists all
+  const lineH = 14, n = Math.min(preds.length, 3), boxW = 150;
   const right = Math.max(MARGIN.left + boxW, Math.min(grid.cssW - 2, lastX));
   const y0 = MARGIN.top - 8 - n * lineH;
   ctx.save();
