@@ -27,6 +27,7 @@ export function drawRowLabels(grid, ctx, g) {
     if (!always) kept.push(y);
     rows.push([r, y]);
   }
+  grid.labelledRows = rows.map(([r]) => r);   // for the tests: which rows carry a label
   for (const emph of [true, false]) {
     ctx.font = `${emph ? "bold 10.5" : "9.5"}px system-ui, sans-serif`;
     ctx.fillStyle = emph ? C.fg : C.muted;
@@ -104,7 +105,7 @@ export function drawPredictions(grid, ctx, colW) {
   const lastX = MARGIN.left + grid.P * colW - grid.view.x;
   const inView = lastX <= MARGIN.left + grid.plotW + 1;
   // three lines, to keep the grid short enough for one screen; the Predictions panel lists all
-  const lineH = 14, n = Math.min(preds.length, 3), boxW = 150;
+  const lineH = 12, n = Math.min(preds.length, 3), boxW = 150;
   const right = Math.max(MARGIN.left + boxW, Math.min(grid.cssW - 2, lastX));
   const y0 = MARGIN.top - 8 - n * lineH;
   ctx.save();

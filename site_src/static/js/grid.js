@@ -17,7 +17,7 @@ import { drawRowLabels, drawTokenLabels, drawAxisTitles, drawPredictions } from 
 import { drawOverlay } from "./grid-overlay.js";
 
 // top: the next-token box (3 predictions); bottom: the rotated token labels
-export const MARGIN = { left: 80, right: 12, top: 64, bottom: 80 };
+export const MARGIN = { left: 80, right: 12, top: 56, bottom: 80 };
 /** Readable rows (issue 24, item 3): never under 10 CSS px per layer, so with the 60/40 split
  * no row is under 4 px (the emphasized one 6 px), whatever room the page leaves. */
 export const MIN_LAYER_PX = 10;
