@@ -58,6 +58,23 @@ export function drawAxisTitles(grid, ctx) {
   ctx.restore();
 }
 
+/** `t`, cut with an ellipsis to `room` CSS px in the current font (so the clip never cuts its
+ * start off); memoized per font, as the grid redraws its labels on every pan and zoom. */
+function fitLabel(grid, ctx, t, room) {
+  const key = `${ctx.font}|${room}|${t}`, memo = grid.labelFit || (grid.labelFit = new Map());
+  let out = memo.get(key);
+  if (out !== undefined) return out;
+  out = t;
+  if (ctx.measureText(t).width > room) {
+    const chars = Array.from(t);                  // by code point: never half an emoji
+    while (chars.length > 1 && ctx.measureText(chars.join("") + "\u2026").width > room) chars.pop();
+    out = chars.join("") + "\u2026";
+  }
+  if (memo.size > 4096) memo.clear();
+  memo.set(key, out);
+  return out;
+}
+
 export function drawTokenLabels(grid, ctx, g) {
   const C = grid.colors, d = grid.data;
   const { p0, p1, colW, cw } = g;
@@ -67,6 +84,7 @@ export function drawTokenLabels(grid, ctx, g) {
   ctx.rect(MARGIN.left - 2, top - 3, grid.plotW + 4, MARGIN.bottom - 14);
   ctx.clip();
   const step = colW >= 9 ? 1 : Math.ceil(9 / colW);
+  const room = (MARGIN.bottom - 14 - 11) / Math.sin(Math.PI / 2.6);   // a rotated label's length inside the clip
   // one font per style, set only when it changes (parsing a font string per label is slow)
   const normal = `${Math.min(12, Math.max(9, colW * 0.9))}px system-ui, sans-serif`, bold = `bold ${normal}`;
   let font = normal;
@@ -89,7 +107,7 @@ export function drawTokenLabels(grid, ctx, g) {
     ctx.translate(x + cw / 2, top + 11);
     ctx.rotate(-Math.PI / 2.6);
     ctx.fillStyle = C.fg;
-    const t = truncate(d.tokenLabels ? d.tokenLabels[p] : displayToken(d.tokens[p]));
+    const t = fitLabel(grid, ctx, truncate(d.tokenLabels ? d.tokenLabels[p] : displayToken(d.tokens[p])), room);
     ctx.fillText(t, 0, 0);
     if (p === d.predPos) ctx.fillRect(-ctx.measureText(t).width, 6, ctx.measureText(t).width, 1.5);
     ctx.setTransform(base);
