@@ -15,6 +15,7 @@ import { charStarts, localKey, portableKey } from "./models.js";
 import { sourceKeys, sharedSlots, gridData, depthSeries, drawChart, traceChoices } from "./compare-draw.js";
 import { el } from "./dom.js";
 import { attachComparePaths } from "./compare-paths.js";
+import { bindCompareKeys, refreshCompareTip } from "./compare-keys.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -143,6 +144,7 @@ class Compare {
     this.chart = drawChart($("chart"), this.series, { color, theme, relative: s.relative,
       width: $("compare-chart").clientWidth, dpr: window.devicePixelRatio || 1, signed: s.metric === "proj" });
     this.legend(color);
+    refreshCompareTip(this);
     this.writeHash();
     document.documentElement.dataset.compareReady = "1";
   }
@@ -241,6 +243,7 @@ async function boot(root) {
     await cmp.ensure();
     cmp.render();
     cmp.bind();
+    bindCompareKeys(cmp);
     // closed until opened: the graph files are fetched then
     cmp.paths = attachComparePaths($("compare-chart"), models, data, { id: root.dataset.id || "compare", open: cmp.state.paths,
       onToggle: (open) => { cmp.state.paths = open; cmp.writeHash(); } });
