@@ -14,8 +14,9 @@ import statistics
 import time
 
 TEXT = ("When Mary and John went to the store, John gave a drink to Mary. Then Alice and Bob "
-        "met at the park near the river, where Bob handed a small blue book to Alice, and later "
-        "that evening Carol and Dave walked home while Dave gave an umbrella to")
+        "met at the park near the river, where Bob handed a small blue book to Alice. The next "
+        "morning Erin and Frank cooked a breakfast together, and later "
+        "that evening Carol and Dave walked home while Dave gave an umbrella to")     # P = 64 on SmolLM2
 
 
 def main():
@@ -28,7 +29,7 @@ def main():
     lm = get_model(args.model)
     P = len(tokenize(lm, TEXT))
     one = [paths.TargetSpec(" Carol", " Dave")]
-    four = one + [paths.TargetSpec(None)] * 3
+    four = one + [paths.TargetSpec(None, rank=r) for r in range(3)]     # as the gallery
     runs = {"decompose": None, "+ 1 graph": one, "+ 4 graphs": four}
     times = {k: [] for k in runs}
     check = []
