@@ -57,7 +57,7 @@ def main() -> None:
     with sync_playwright() as p:
         # Two halves, each in a fresh browser with the pages opened in the other order: in one
         # browser the page opened first measured ~5 % faster, even with the same site twice
-        # (an A/A run, docs/performance.md), whichever build it was.
+        # (an A/A run, docs/history/performance-2026.md, tenth session), whichever build it was.
         for half, first in enumerate((0, 1)):
             profile = tempfile.mkdtemp(prefix="live-ab-profile-")   # its weights cache: ~0.4 GB, removed below
             try:

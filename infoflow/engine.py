@@ -590,7 +590,7 @@ LATE_MARGIN = 2.0   # measured: at 1× break-even the per-position gathers and s
 def first_late_position(d: int, d_ff: int, tri: Triangle) -> int:
     """The first position whose source count (p + 1, + 1 with a bias source) is past
     LATE_MARGIN × break-even. SmolLM2: 2 × 355 sources, so prompts up to ~709 tokens stay direct
-    (docs/performance.md has the measurement)."""
+    (docs/history/performance-2026.md, "Long prompts", has the measurement)."""
     bias = int(tri.S > tri.P)
     return max(0, math.floor(LATE_MARGIN * mlp_break_even(d, d_ff)) - bias)
 

@@ -6,7 +6,8 @@
 import {Weight, lensProducts} from "./kernel.js";
 
 export const VOCAB_BLOCK = 256;    // vocabulary columns per product: a 576 KB block of W_U stays in L2
-                                   // (measured 8–10 GFLOP/s vs 5.6 at 4096 columns, docs/performance.md)
+                                   // (measured 8–10 GFLOP/s vs 5.6 at 4096 columns,
+                                   // docs/history/performance-2026.md, "In-browser kernels")
 
 /**
  * W_U (V, d) packed into the kernel's memory as Weights of VOCAB_BLOCK vocabulary rows each.

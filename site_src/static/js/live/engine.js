@@ -95,7 +95,8 @@ import {add, addBias, addBiasSource, addInPlace, finalNormed, finalScale, invRms
 export {releaseLens} from "./engine-lens.js";
 
 // The calling thread's share of the vocabulary when the helpers stream the logit lens: they
-// unembed while it does the layers, so it takes a small share at the end (docs/performance.md).
+// unembed while it does the layers, so it takes a small share at the end (measured in
+// docs/history/performance-2026.md, sixth, ninth and tenth sessions).
 export const LENS_MAIN_SHARE = 0.25;
 
 // Lens rows go to the helpers in sends of at least this many (a few layers at once for short

@@ -105,8 +105,9 @@
   ;; float64's, as Math.exp summed in JS. The exp is written out in the loop (not a call), four
   ;; vectors a step (16 columns, then the rest 4 at a time): one exp is a chain of ~20 dependent
   ;; operations, and four independent chains keep the FPU busy. With the constants in locals
-  ;; and pmax for the clamp, this runs 2.4× the one-vector loop's rate (docs/performance.md,
-  ;; tenth session), and the sums are the same bits: the same operations, in the same order.
+  ;; and pmax for the clamp, this runs 2.4× the one-vector loop's rate
+  ;; (docs/history/performance-2026.md, tenth session), and the sums are the same bits: the
+  ;; same operations, in the same order.
   (func (export "expsum") (param $x i32) (param $rows i32) (param $cols i32) (param $ld i32) (param $m i32) (param $out i32)
     (local $r i32) (local $c i32) (local $px i32) (local $mv v128)
     (local $ex v128) (local $n v128) (local $t v128) (local $y v128) (local $tiny v128) (local $e v128) (local $acc0 v128) (local $acc1 v128)
@@ -114,7 +115,8 @@
     (local $lo v128) (local $log2e v128) (local $half v128) (local $ln2hi v128) (local $ln2lo v128) (local $bias v128)
     (local $p0 v128) (local $p1 v128) (local $p2 v128) (local $p3 v128) (local $p4 v128) (local $p5 v128) (local $one v128)
     ;; the constants once, outside the loops: V8 builds a v128.const from immediates each time it
-    ;; is met, which in the loop cost more than the exp's arithmetic (docs/performance.md)
+    ;; is met, which in the loop cost more than the exp's arithmetic
+    ;; (docs/history/performance-2026.md, tenth session)
     (local.set $lo (v128.const f32x4 -87.3 -87.3 -87.3 -87.3))
     (local.set $log2e (v128.const f32x4 1.44269504088896341 1.44269504088896341 1.44269504088896341 1.44269504088896341))
     (local.set $half (v128.const f32x4 0.5 0.5 0.5 0.5))

@@ -10,7 +10,7 @@
  * default), else kernel-sgemm.wasm (mul then add, the same bits on every machine): two builds of
  * one 4 × 8 register-blocked WebAssembly SIMD sgemm (source and build commands in
  * kernel-sgemm.wat), one thread. Chosen by measurement over
- * @tensorflow/tfjs-backend-wasm (docs/performance.md, "In-browser kernels"): on resident
+ * @tensorflow/tfjs-backend-wasm (docs/history/performance-2026.md, "In-browser kernels"): on resident
  * weights the two run at about the same rate, but the engine uses each layer weight for only
  * two products (the forward pass and the decomposition), and tfjs/XNNPACK spends more time
  * uploading, transposing and packing a weight than those products take at small prompts. Here
@@ -134,7 +134,8 @@ function free(block) {
  *   q4_1:   w is given as W's GGUF Q4_1 blocks (Uint8Array, 20 bytes per 32 values, rows of W
  *           in order): they are dequantized straight into the kernel's memory and packed from
  *           there, the same values as dequantizeFast() then a Float32Array W, without the two
- *           copies of W through JavaScript (~110 ms of a P = 16 run, docs/performance.md)
+ *           copies of W through JavaScript (~110 ms of a P = 16 run, docs/history/performance-2026.md,
+ *           ninth session)
  * dispose() frees it; a layer's weights live only while that layer is computed.
  */
 export class Weight {
@@ -311,7 +312,8 @@ function unpackQ4_1(bytes, at, dst) {
  * of n rows i, out[3i] = Σ_j a[i, j]², out[3i + 1] = Σ_j b[i, j]², out[3i + 2] = Σ_j a[i, j]·
  * r[rOffset + ri[i]·ldr + j].   a, b: Float32Array (n, d); r: Float32Array; ri: Int32Array (n)
  * -> Float64Array (3n). The engine's statistics (norms and shares) ran as JavaScript loops at
- * ~3 ns an element; this is the same float64 arithmetic in SIMD lanes (docs/performance.md).
+ * ~3 ns an element; this is the same float64 arithmetic in SIMD lanes
+ * (docs/history/performance-2026.md, tenth session).
  */
 export function rowStats(a, b, r, ri, n, d, {ldr = d, rOffset = 0} = {}) {
   let rows = 0;
