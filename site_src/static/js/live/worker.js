@@ -108,6 +108,7 @@ function toResult(res, tok, ids, tokens, variantInfo, live) {
   const L = res.n_layers, P = res.n_tokens, k = res.top_k;
   const used = new Set(res.pred_ids);
   if (res.lens_ids) for (const i of res.lens_ids) used.add(i);
+  if (res.lens_last) for (const i of res.lens_last.ids) used.add(i);
   const token_text = new Map([...used].sort((a, b) => a - b).map((i) => [i, tok.display(i)]));
   const variants = variantInfo.map(({ name, label, grouping }) => {
     const v = res.variants[name];
@@ -123,7 +124,7 @@ function toResult(res, tok, ids, tokens, variantInfo, live) {
     L, P, k, tokens, token_ids: ids, embed_norm: res.embed_norm, recon_error: res.recon_error,
     logit_error: res.logit_error, pred_ids: res.pred_ids, pred_probs: res.pred_probs,
     pred_logits: res.pred_logits, lens_ids: res.lens_ids, lens_probs: res.lens_probs,
-    token_text, variants, heads: res.heads, model: live.manifest.model, precision: "float32",
+    lens_last: res.lens_last, token_text, variants, heads: res.heads, model: live.manifest.model, precision: "float32",
     generator: { ...live.manifest.generator, runtime: "browser" },
   };
 }
