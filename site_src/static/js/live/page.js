@@ -22,6 +22,7 @@ const recent = new Map();        // promptKey -> {bytes, headsBytes, timings}: t
 const RECENT_MAX = 4;
 let graphSeq = 0;
 const graphJobs = new Map();     // seq -> {resolve, reject}: attribution graphs asked of the worker
+const lensJobs = new Map();      // seq -> {resolve, reject}: the logit lens of other tokens (lens.js)
 let regroupSeq = 0, regroupJob = null;   // the exact custom grouping in progress: {seq, resolve, reject}
 
 const ui = {
@@ -66,6 +67,10 @@ function onMessage(m) {
     graphJobs.delete(m.seq);
     if (job && m.type === "graph") job.resolve({ graph: m.graph, rerun: m.rerun, stateBytes: m.stateBytes });
     else if (job) job.reject(new Error(m.message));
+  } else if (m.type === "lensToken" || m.type === "lensTokenError") {
+    const job = lensJobs.get(m.seq);
+    lensJobs.delete(m.seq);
+    if (job) (m.type === "lensToken" ? job.resolve(m) : job.reject(new Error(m.message)));
   } else if (m.type === "progress") {
     if (graphJobs.size && m.phase === "layers" && !busy) return;     // a graph's rerun: not the page's run
     renderProgress(m);
@@ -166,6 +171,16 @@ export function requestGraph({ target = null, contrast = null, position = -1, no
     graphJobs.set(seq, { resolve, reject });
     worker.postMessage({ type: "graph", seq, text: shown.text, chat: shown.chat, target, contrast, position,
                          nodeThreshold, edgeThreshold });
+  });
+}
+
+/** The logit lens of any one-token text at the last position of the prompt on screen (lens.js). */
+export function requestLensToken(token) {
+  if (!worker || !shown) return Promise.reject(new Error("Run a prompt first."));
+  const seq = ++graphSeq;
+  return new Promise((resolve, reject) => {
+    lensJobs.set(seq, { resolve, reject });
+    worker.postMessage({ type: "lensToken", seq, text: shown.text, chat: shown.chat, token });
   });
 }
 
@@ -299,7 +314,7 @@ async function showResult(bytes, headsBytes, timings) {
     viewer = await mountResult(ui.result, D, { dataUrl: resultUrl, fileName: "live.msgpack",
                                                headsUrl, headsFileName: "live.heads.msgpack",
                                                hashPrefix: hashParams(shown.text, shown.chat).toString(),
-                                               ownsHash: isShownPrompt, exactCustom });
+                                               ownsHash: isShownPrompt, exactCustom, lensToken: requestLensToken });
   } catch (e) {
     showError(`The viewer failed: ${e.message}`);
     return;

@@ -38,7 +38,7 @@ let manifestP = null;      // Promise of the manifest
 let tokenizerP = null;     // Promise of a LiveTokenizer
 let modelP = null;         // Promise of {live, engineModel}
 let running = null;        // AbortController of the run in progress
-let lastRun = null;        // {text, chat, ids, frozen | null, state | null}: what a "graph" message reads
+let lastRun = null;        // {text, chat, ids, frozen | null, state | null, lensRows | null}: what "graph" and "lensToken" read
 
 /** The frozen state (patterns, gates, scales, node writes) kept for new targets at most this big:
  * ~30 MB at P = 64 on the default model, next to the ~600 MB of weights and the run's own arrays
@@ -159,7 +159,8 @@ async function run({ text, chat, maxTokens }) {
   });
   const { frozenBytes } = await import("./engine-graph.js");
   const keep = frozenBytes(engine.config, ids.length) <= GRAPH_KEEP_BYTES;
-  lastRun = { text, chat: !!chat, ids, frozen: keep ? res.frozen : null, state: null };
+  lastRun = { text, chat: !!chat, ids, frozen: keep ? res.frozen : null, state: null,
+              lensRows: res.lens_last ? res.lens_last.rows : null };
   const t2 = performance.now();
   const result = toResult(res, tok, ids, tokens, variantInfo, live);
   const prompt = { id: "live", title: "Your prompt", text, tags: [], note: null, chat: !!chat };
@@ -266,6 +267,25 @@ async function graph({ text, chat = false, target = null, contrast = null, posit
   return { graph: entry, rerun, stateBytes: stateBytes(state) };
 }
 
+/**
+ * The logit lens of any one-token text at the last position of the last run (issue 24 item 6):
+ * its probability and rank after every sublayer, from the run's kept final-normed residuals
+ * there (engine.js lensTrack), as the data file's lens_last rows.
+ */
+async function lensToken({ text, chat = false, token }) {
+  const tok = await tokenizer();
+  if (!lastRun || lastRun.text !== text || lastRun.chat !== !!chat || !lastRun.lensRows) {
+    throw new InputError("Run this prompt again to look up other tokens: the residuals of another run are kept.");
+  }
+  const { engine } = await model(null);
+  const { n_layers: L, d_model: d, vocab: V } = engine.config;
+  const id = oneToken(tok, token, "token", V);
+  const { trackTokens, defaultThreads } = await import("./engine-lens.js");
+  const r = await trackTokens(lastRun.lensRows, 2 * L, engine.lmHead || engine.embed, V, d, [id],
+                              { bias: engine.lmHeadBias, threads: defaultThreads() });
+  return { id, text: tok.display(id), probs: r.probs, ranks: r.ranks };
+}
+
 /** target null: the top-1 prediction at that position, from the real final residual. */
 function topPrediction(state, engine, position) {
   const { d_model: d, vocab: V, rms_eps: eps } = engine.config, x = state.frozen.xFinal;
@@ -314,11 +334,14 @@ self.onmessage = async (ev) => {
       graphQueue = job.catch(() => {});
       const out = await job;
       postMessage({ type: "graph", seq: m.seq, ...out });
+    } else if (m.type === "lensToken") {
+      postMessage({ type: "lensToken", seq: m.seq, ...(await lensToken(m)) });
     } else if (m.type === "cancel") {
       if (running) running.abort();
     }
   } catch (e) {
     if (m.type === "count") postMessage({ type: "count", seq: m.seq, n: null, error: e.message });
+    else if (m.type === "lensToken") postMessage({ type: "lensTokenError", seq: m.seq, message: e.message });
     else report(e, m.type === "regroup" || m.type === "graph" ? m.seq : undefined);
   } finally {
     if (m.type === "run" || m.type === "regroup" || m.type === "graph") running = null;
