@@ -160,14 +160,14 @@ function render(v, box) {
   const rankKey = el("span", { class: "lens-key-rank", text: "rank" });
   probKey.style.color = v.theme.accent;
   rankKey.style.color = v.theme.fg;
-  box.replaceChildren(
+  box.replaceChildren(...[
     el("p", { class: "depth-title" }, el("strong", { text: "Logit lens" }),
       el("span", { text: ` of the last position (${v.tokenLabels ? v.tokenLabels[D.P - 1] : D.tokens[D.P - 1]}) after every sublayer: ` }),
       probKey, el("span", { text: " (top, linear) and " }), rankKey,
       el("span", { text: " among all tokens (bottom, log scale)" })),
     el("p", {}, picker(v, tokens, current, redraw)),
     v.options && typeof v.options.lensToken === "function" ? anyToken(v, redraw) : null,
-    canvas, readout);
+    canvas, readout].filter(Boolean));
 }
 
 export const lensPanel = { id: "lens-chart", deps: ["colors", "pred", "predChoice"], render };
