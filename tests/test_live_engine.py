@@ -838,10 +838,13 @@ def test_default_model_matches_python_engine(harness, default_model_folder):
     """~25–45 s here: the browser fetches all 540 MB of float32 weights from the local server."""
     root, run = harness
     lm = get_model(None)
-    py, js, _ = run_both(run, root, "default", lm, "The capital of France is")
-    worst = compare(py, js)
+    other = lm.tokenizer.encode(" banana", add_special_tokens=False)[0]
+    py, js, _ = run_both(run, root, "default", lm, "The capital of France is", lens_target=other)
+    worst = compare(py, js)                                 # lens_last: the top 5 and " banana"
+    assert py["main"].lens_target == 5
     assert js["timings"]["unembedding_threads"] >= 2       # navigator.hardwareConcurrency here: 2
     assert js["timings"]["lens_streamed"] and js["timings"]["mlp_threads"] == 1   # the helper unembeds meanwhile
     print(f"\ndefault model, P={js['n_tokens']}: worst norm rel {worst['norm_rel']:.2e}, "
           f"proj {worst['proj_abs']:.2e}, recon {max(js['recon_error']):.2e}, "
-          f"browser {js['wall_ms']:.0f} ms")
+          f"browser {js['wall_ms']:.0f} ms, lens_last {js['timings']['lens_last_ms']:.0f} ms "
+          f"(prob error {worst['lens_last_prob_abs']:.2e}), logit_mean error {worst['logit_mean_abs']:.2e}")

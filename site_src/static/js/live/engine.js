@@ -149,8 +149,10 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
       logit_mean: meanLogitLast(run.C, run.tri, top.scaleF, run.W_U, cfg.vocab, model.lmHeadBias, g, st.G, cfg.d_model),
     };
   });
+  const tTrack = performance.now();
   const lensLast = run.lensX ? await lensTrack(run, top.pred_ids.slice((P - 1) * topK, P * topK), lensTarget,
                                                {threads, signal}) : null;
+  const trackMs = performance.now() - tTrack;
   progress(L + 1, "done");
   const tEnd = performance.now();
   return {
@@ -165,7 +167,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
               kernel_bytes: kernelMemory(), unembedding_threads: top.threads,
               mlp_threads: run.mlpPool ? run.mlpPool.helpers.length + 1 : 1, lens_streamed: Boolean(run.stream),
               lens_helper_ms: top.helperMs || 0, lens_helper_kernel_ms: top.helperKernelMs || 0,
-              heads_ms: run.headsMs, kernel: kernelInfo.variant},
+              heads_ms: run.headsMs, kernel: kernelInfo.variant, lens_last_ms: trackMs},
   };
 }
 
