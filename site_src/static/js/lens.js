@@ -9,8 +9,8 @@
 import { el } from "./dom.js";
 import { displayToken, fmtPct } from "./format.js";
 
-const W = 260, H = 190, M = { l: 40, r: 10, t: 10, b: 26 }, GAP = 14;
-const PROB_H = 78;                       // the probability plot's height; the rank plot takes the rest
+const W = 260, H = 150, M = { l: 40, r: 10, t: 8, b: 24 }, GAP = 12;
+const PROB_H = 56;                       // the probability plot's height; the rank plot takes the rest
 
 /** The tokens the chart can show: [{text, probs, ranks (Float32Array / Int32Array (L·2)), target, computed}]. */
 export function lensTokens(v) {
@@ -162,10 +162,9 @@ function render(v, box) {
   rankKey.style.color = v.theme.fg;
   box.replaceChildren(...[
     el("p", { class: "depth-title" }, el("strong", { text: "Logit lens" }),
-      el("span", { text: ` of the last position (${v.tokenLabels ? v.tokenLabels[D.P - 1] : D.tokens[D.P - 1]}) after every sublayer: ` }),
-      probKey, el("span", { text: " (top, linear) and " }), rankKey,
-      el("span", { text: " among all tokens (bottom, log scale)" })),
-    el("p", {}, picker(v, tokens, current, redraw)),
+      el("span", { text: ` at ${v.tokenLabels ? v.tokenLabels[D.P - 1] : D.tokens[D.P - 1]} (last position), every sublayer: ` }),
+      probKey, el("span", { text: " (top, linear), " }), rankKey, el("span", { text: " of all tokens (bottom, log)" })),
+    el("p", { class: "lens-pick-row" }, el("span", { class: "muted", text: "Token " }), picker(v, tokens, current, redraw)),
     v.options && typeof v.options.lensToken === "function" ? anyToken(v, redraw) : null,
     canvas, readout].filter(Boolean));
 }
