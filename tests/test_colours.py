@@ -45,3 +45,16 @@ def test_first_colours_go_to_where_the_shown_prediction_comes_from(site_server, 
         legend = page.inner_text("#legend .legend-answer")
         assert all(labels[s] in legend for s in top)
         assert "demeaned logit" in legend and "mean logit over the vocabulary" in legend
+
+
+def test_other_positions_fall_back_to_the_top_k_mean_and_say_so(site_server, page, pages):  # noqa: F811
+    """Only the last position stores the vocabulary mean: a picked position ranks by the top-k
+    predictions' mean, and the legend names that baseline instead."""
+    _open_viewer(page, site_server + pages["ioi"])
+    page.evaluate("window.infoflowViewer.viewer.set({pred: 9})")
+    page.wait_for_function("() => window.infoflowViewer.idle")
+    top = page.evaluate(CONTRAST, [9, 0, 5])
+    slots = page.evaluate("Array.from(window.infoflowViewer.viewer.slots)")
+    assert top and [slots[s] for s in top] == list(range(len(top)))
+    legend = page.inner_text("#legend .legend-answer")
+    assert "mean of the top 5 predictions'" in legend and "demeaned" not in legend

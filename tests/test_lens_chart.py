@@ -4,15 +4,18 @@ data file as Python reads it; the ticks every 5 layers, the hover readout, the t
 declared target, and the default following the shown prediction."""
 from __future__ import annotations
 
+import base64
 import json
 import math
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 
 from infoflow import datafile
 from tests.test_browser import _open_viewer, browser, page, pages, site_server  # noqa: F401  (fixtures)
+from tests.test_viewer_reader import _decode, harness  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -98,3 +101,45 @@ def test_declared_target_is_offered(site_server, page, pages):  # noqa: F811
     assert target["text"] == " Paris"
     options = page.eval_on_selector_all("#lens-chart select.lens-pick option", "os => os.map(o => o.textContent)")
     assert len(options) == s["m"] and options[s["target"]].endswith("(declared target)")
+
+
+# ----------------------------------------------------------------------------- the JS reader
+
+
+def _ioi_doc(gallery_site) -> dict:
+    manifest = json.loads((Path(gallery_site) / "data" / "manifest.json").read_text())
+    entry = next(e for e in manifest["prompts"] if e["id"] == "ioi")
+    return msgpack.unpackb((Path(gallery_site) / entry["data"]).read_bytes(), raw=False)
+
+
+def _f32(shape):
+    return {"dtype": "f32", "shape": shape, "data": bytes(4 * int(np.prod(shape)))}
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda d: d["lens_last"].update(ids={**d["lens_last"]["ids"], "shape": [7]}), "expected 1 to 6"),
+    (lambda d: d["lens_last"].update(probs=_f32([5, 3, 2])), "lens_last.probs has shape"),
+    (lambda d: d["lens_last"].update(ranks={**d["lens_last"]["ranks"], "shape": [5, 1 << 20, 2]}), "lens_last.ranks has shape"),
+    (lambda d: d["lens_last"].update(target=5), "not one of its tokens"),
+    (lambda d: d.update(lens_last=[1]), "lens_last is not a map"),
+    (lambda d: d["variants"][0].update(logit_mean=_f32([3])), "logit_mean has shape"),
+])
+def test_js_reader_refuses_crafted_sizes(harness, gallery_site, edit, words):  # noqa: F811
+    doc = _ioi_doc(gallery_site)
+    ok = _decode(harness, msgpack.packb(doc, use_bin_type=True))
+    assert ok["ok"], ok
+    edit(doc)
+    r = _decode(harness, msgpack.packb(doc, use_bin_type=True))
+    assert not r["ok"] and r["name"] == "DataError" and words in r["message"], r
+
+
+def test_js_reader_reads_older_files_without_them(harness, gallery_site):  # noqa: F811
+    doc = _ioi_doc(gallery_site)
+    del doc["lens_last"]
+    for v in doc["variants"]:
+        v.pop("logit_mean", None)
+    r = harness.evaluate("""async (b64) => {
+        const D = await T.data.decodeData(T.b64(b64).buffer);
+        return {lens: D.lensLast, means: D.variants.map((V) => V.logitMean)};
+    }""", base64.b64encode(msgpack.packb(doc, use_bin_type=True)).decode())
+    assert r["lens"] is None and r["means"] == [None] * len(doc["variants"])
