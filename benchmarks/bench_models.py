@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_models.py [--sizes 32 64] [--repeats 2]
 
-For the default model and Gemma 3 270M (needs `bash setup.sh --gemma`), at prompts of
+For the default model and Gemma 3 270M (installed by `bash setup.sh` unless `--no-gemma`), at prompts of
 exactly P tokens, interleaved run by run in one process: the engine (`decompose_stack` and
 the logits, `timings["decompose"]`) and the logit lens (`timings["logit_lens"]`) of one
 `decompose()` call, best of --repeats after one warm-up, each next to its FLOP floor (the

@@ -283,7 +283,7 @@ def _graph_job(lm, captured, layers, unembed, tri, grouping, specs, fdtype) -> d
     logits = captured.logits.to(fdtype)
     targets = [paths.resolve_target(s, lm.tokenizer, logits, unembed) for s in specs]
     prep = paths.prepare(captured, layers, fdtype)
-    grads = [paths.gradients(prep.fl, layers, unembed, tg, captured.resid_final.to(fdtype)) for tg in targets]
+    grads = paths.gradients(prep.fl, layers, unembed, targets, captured.resid_final.to(fdtype))
     G = tri.S if grouping is None else int(grouping.max()) + 1
     split = paths.SourceSplit(grads, layers, tri, grouping, G)
     return {"targets": targets, "prep": prep, "grads": grads, "split": split,

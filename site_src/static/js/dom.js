@@ -28,20 +28,27 @@ export function svgEl(tag, attrs = {}, ...children) {
   return e;
 }
 
+/** The toolbar's controls in Tab order, its metric radios as one (the checked radio): a roving group (roving.js). */
+export function toolbarControls(box) {
+  const radio = box.querySelector('input[name="metric"]:checked') || box.querySelector('input[name="metric"]');
+  return [radio, ...box.querySelectorAll("select, .buttons button, .buttons a")];
+}
+
 const button = (id, text, title, extra = {}) => el("button", { type: "button", id, title, text, ...extra });
 
 function toolbar(options) {
   const metric = el("fieldset", { class: "seg", id: "metric" }, el("legend", { text: "Metric" }),
     ...Object.entries({ norm: "cumulative norm share", delta: "block write (delta)", proj: "signed projection" })
       .map(([value, text]) => el("label", {}, el("input", { type: "radio", name: "metric", value }), el("span", { text: ` ${text}` }))));
-  return el("div", { class: "toolbar", id: "toolbar" }, metric,
+  return el("div", { class: "toolbar", id: "toolbar", role: "toolbar",
+    "aria-label": "View settings and exports (one Tab stop: Left and Right move between the controls, Up and Down change a choice)" }, metric,
     el("label", { class: "field" }, el("span", { text: "Grouping" }), el("select", { id: "grouping" })),
     el("label", { class: "field" }, el("span", { text: "Shares of" }), el("select", { id: "share-of",
       title: "What a share is divided by: the whole residual (hidden sources drawn hatched, still counted) or only the sources shown" },
     el("option", { value: "whole", text: "the whole residual" }), el("option", { value: "shown", text: "the sources shown" }))),
     el("label", { class: "field" }, el("span", { text: "Order" }), el("select", { id: "order", title: "Order of the segments inside each bar" },
       el("option", { value: "position", text: "by position (stable)" }), el("option", { value: "size", text: "by size" }))),
-    el("div", { class: "buttons", role: "group", "aria-label": "View and export (arrow keys move between the buttons)" },
+    el("div", { class: "buttons", role: "group", "aria-label": "View and export" },
       button("emph", "Emphasize MLP rows", "Make the MLP rows the tall ones (the attention rows are by default)", { "aria-pressed": "false" }),
       button("heat", "Heat map", "Heat map of the traced source's share", { "aria-pressed": "false" }),
       button("fit", "Fit", "Reset zoom (0)"),
@@ -63,7 +70,8 @@ function helpDialog() {
     ["Click a cell", "pin it: its sources, the logit lens, and the traced source's line chart"],
     ["Click a column label", "(the tokens under the grid) show the predictions after that position and where they come from "
       + "(the first colours follow them), and trace that token's source"],
-    ["Tab", "one stop per group: the token strip and the toolbar's buttons are each one stop, the arrow keys move inside them; "
+    ["Tab", "one stop per group: the site links, the model switch, the toolbar and the token strip are each one stop; "
+      + "the arrow keys move inside them (in the toolbar Left and Right, as Up and Down change a choice); "
       + "\u201cSkip to the grid\u201d (the page's second link) goes straight to the grid"],
     ["Ctrl/\u2318 + wheel", "zoom at the cursor (plain wheel scrolls the page until you click the grid)"],
     ["Drag", "pan"], ["+ \u2212 0", "zoom in, out, fit"], ["Arrows", "move the focus cell"],

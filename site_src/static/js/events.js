@@ -2,7 +2,8 @@
 // actions. Nothing here draws; it calls viewer.set(...) / viewer.grid setters and commit().
 import { exportFigure, exportCsv } from "./export.js";
 import { enableExact } from "./exact-custom.js";
-import { bindRoving } from "./roving.js";
+import { applyRoving, bindRoving } from "./roving.js";
+import { toolbarControls } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -63,7 +64,14 @@ function bindStrip(v) {
   });
   for (const id of ["token-strip", "legend", "predictions", "cell-detail", "tooltip"]) bindSourceHover(v, $(id));
   bindRoving($("token-strip"), "button");
-  bindRoving(document.querySelector("#toolbar .buttons"), "button, a");
+  bindRoving($("toolbar"), toolbarControls, { horizontal: true });
+  const models = $("model-switch");                 // the page's model choices and its compare link: one stop
+  if (models) {
+    const links = [...models.querySelectorAll("a")];
+    models.dataset.roving = String(Math.max(0, links.findIndex((a) => a.getAttribute("aria-current") === "page")));
+    applyRoving(models, "a");
+    bindRoving(models, "a");
+  }
 }
 
 function bindPointer(v) {

@@ -3,7 +3,7 @@
 import { displayToken } from "./format.js";
 import { MARGIN, rowLabel } from "./grid.js";
 
-const truncate = (t, n = 14) => (t.length > n ? t.slice(0, n - 1) + "\u2026" : t);
+const truncate = (t, n = 13) => (t.length > n ? t.slice(0, n - 1) + "\u2026" : t);
 
 export function drawRowLabels(grid, ctx, g) {
   const C = grid.colors, R = 2 * grid.L;
@@ -13,16 +13,21 @@ export function drawRowLabels(grid, ctx, g) {
   ctx.clip();
   ctx.textAlign = "right";
   ctx.textBaseline = "middle";
-  // which rows get a label (at least 10 px apart), then one font at a time
-  const rows = [];
-  let lastY = Infinity;
+  // which rows get a label, then one font at a time: layer 0 and every fifth layer's first
+  // row always (issue 24, item 3), then any other row at least 10 px from the labels kept
+  const rows = [], mid = (r) => g.ry[r] + g.rh[r] / 2;
+  const kept = [];
+  for (let r = 0; r < R; r += 2) {
+    if ((r >> 1) % 5 === 0 && !Number.isNaN(g.ry[r])) kept.push(mid(r));
+  }
   for (let r = 0; r < R; r++) {
     if (Number.isNaN(g.ry[r])) continue;
-    const y = g.ry[r] + g.rh[r] / 2;
-    if (lastY - y < 10) continue;
+    const y = mid(r), always = (r & 1) === 0 && (r >> 1) % 5 === 0;
+    if (!always && kept.some((ky) => Math.abs(ky - y) < 10)) continue;
+    if (!always) kept.push(y);
     rows.push([r, y]);
-    lastY = y;
   }
+  grid.labelledRows = rows.map(([r]) => r);   // for the tests: which rows carry a label
   for (const emph of [true, false]) {
     ctx.font = `${emph ? "bold 10.5" : "9.5"}px system-ui, sans-serif`;
     ctx.fillStyle = emph ? C.fg : C.muted;
@@ -53,6 +58,23 @@ export function drawAxisTitles(grid, ctx) {
   ctx.restore();
 }
 
+/** `t`, cut with an ellipsis to `room` CSS px in the current font (so the clip never cuts its
+ * start off); memoized per font, as the grid redraws its labels on every pan and zoom. */
+function fitLabel(grid, ctx, t, room) {
+  const key = `${ctx.font}|${room}|${t}`, memo = grid.labelFit || (grid.labelFit = new Map());
+  let out = memo.get(key);
+  if (out !== undefined) return out;
+  out = t;
+  if (ctx.measureText(t).width > room) {
+    const chars = Array.from(t);                  // by code point: never half an emoji
+    while (chars.length > 1 && ctx.measureText(chars.join("") + "\u2026").width > room) chars.pop();
+    out = chars.join("") + "\u2026";
+  }
+  if (memo.size > 4096) memo.clear();
+  memo.set(key, out);
+  return out;
+}
+
 export function drawTokenLabels(grid, ctx, g) {
   const C = grid.colors, d = grid.data;
   const { p0, p1, colW, cw } = g;
@@ -62,6 +84,7 @@ export function drawTokenLabels(grid, ctx, g) {
   ctx.rect(MARGIN.left - 2, top - 3, grid.plotW + 4, MARGIN.bottom - 14);
   ctx.clip();
   const step = colW >= 9 ? 1 : Math.ceil(9 / colW);
+  const room = (MARGIN.bottom - 14 - 11) / Math.sin(Math.PI / 2.6);   // a rotated label's length inside the clip
   // one font per style, set only when it changes (parsing a font string per label is slow)
   const normal = `${Math.min(12, Math.max(9, colW * 0.9))}px system-ui, sans-serif`, bold = `bold ${normal}`;
   let font = normal;
@@ -84,7 +107,7 @@ export function drawTokenLabels(grid, ctx, g) {
     ctx.translate(x + cw / 2, top + 11);
     ctx.rotate(-Math.PI / 2.6);
     ctx.fillStyle = C.fg;
-    const t = truncate(d.tokenLabels ? d.tokenLabels[p] : displayToken(d.tokens[p]));
+    const t = fitLabel(grid, ctx, truncate(d.tokenLabels ? d.tokenLabels[p] : displayToken(d.tokens[p])), room);
     ctx.fillText(t, 0, 0);
     if (p === d.predPos) ctx.fillRect(-ctx.measureText(t).width, 6, ctx.measureText(t).width, 1.5);
     ctx.setTransform(base);
@@ -99,7 +122,8 @@ export function drawPredictions(grid, ctx, colW) {
   // the box points at the last column; when that column is out of view, it says so
   const lastX = MARGIN.left + grid.P * colW - grid.view.x;
   const inView = lastX <= MARGIN.left + grid.plotW + 1;
-  const lineH = 14, n = Math.min(preds.length, 5), boxW = 150;
+  // three lines, to keep the grid short enough for one screen; the Predictions panel lists all
+  const lineH = 12, n = Math.min(preds.length, 3), boxW = 150;
   const right = Math.max(MARGIN.left + boxW, Math.min(grid.cssW - 2, lastX));
   const y0 = MARGIN.top - 8 - n * lineH;
   ctx.save();

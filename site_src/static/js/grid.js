@@ -16,7 +16,12 @@
 import { drawRowLabels, drawTokenLabels, drawAxisTitles, drawPredictions } from "./grid-labels.js";
 import { drawOverlay } from "./grid-overlay.js";
 
-export const MARGIN = { left: 80, right: 12, top: 92, bottom: 96 };
+// top: the next-token box (3 predictions); bottom: the rotated token labels
+export const MARGIN = { left: 80, right: 12, top: 56, bottom: 80 };
+/** Readable rows (issue 24, item 3): never under 10 CSS px per layer, so with the 60/40 split
+ * no row is under 4 px (the emphasized one 6 px), whatever room the page leaves. */
+export const MIN_LAYER_PX = 10;
+const BIG_SHARE = 0.6;
 const MAX_ZOOM = 64;
 
 const COLOR32 = new Map();
@@ -142,12 +147,12 @@ export class Grid {
 
   layout() {
     const L = Math.max(1, this.L);
-    // as tall as 21 px per layer asks, but no taller than the room we were given (item: fit
-    // the viewport), and never below 5 px per layer
+    // as tall as 21 px per layer asks, but no taller than the room we were given (fit the
+    // viewport), and never below MIN_LAYER_PX per layer (readable rows beat fitting)
     let target = Math.max(180, Math.min(660, L * 21));
-    if (this.height > 0) target = Math.max(Math.max(120, L * 5), Math.min(target, this.height - MARGIN.top - MARGIN.bottom));
+    if (this.height > 0) target = Math.max(Math.max(120, L * MIN_LAYER_PX), Math.min(target, this.height - MARGIN.top - MARGIN.bottom));
     const unit = target / L;
-    const big = unit * 0.64, small = unit - big;
+    const big = unit * BIG_SHARE, small = unit - big;
     this.rowH = new Float32Array(2 * L);
     this.rowTop = new Float32Array(2 * L);
     for (let r = 0; r < 2 * L; r++) {

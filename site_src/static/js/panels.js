@@ -6,7 +6,7 @@
 // Panels with a title get a box in the panels row. To add one (e.g. a "heads" panel), call
 // registerPanel({id: "heads", title: "Heads", deps: ["pin", "variant"], render}) before
 // mountViewer; render(viewer, box) reads viewer.D, viewer.V, viewer.state, viewer.labels.
-import { el, svgEl } from "./dom.js";
+import { el, svgEl, toolbarControls } from "./dom.js";
 import { cellSources, traceSeries, THRESHOLD } from "./compute.js";
 import { displayToken, fmtPct, fmtStored, fmtNum } from "./format.js";
 import { METRICS, METRIC_HELP } from "./state.js";
@@ -300,7 +300,7 @@ function renderControls(v) {
   $("emph").setAttribute("aria-pressed", String(s.emph === "mlp"));
   $("heat").setAttribute("aria-pressed", String(s.heat));
   $("heat").disabled = s.trace === null;
-  applyRoving(document.querySelector("#toolbar .buttons"), "button, a");
+  applyRoving($("toolbar"), toolbarControls);      // one Tab stop (roving.js)
   $("heat").title = s.trace === null ? "Trace a source first (click a token)" : "Heat map of the traced source's share";
   $("custom-groups").hidden = s.variant !== "custom";
   $("selection-label").textContent = v.selection ? ` selected tokens ${v.selection[0]}–${v.selection[1]}` : " no selection";

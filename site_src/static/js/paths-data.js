@@ -151,10 +151,24 @@ function checkEntry(e, w, { P, L, Hx, G }) {
 
 /** Decode one checked entry and check every index and number in it. */
 async function decodeEntry(e, w, dims) {
-  const { P, L, Hx, G } = dims;
   const [kind, layer, head, position, effect, src, dst, weight] = await Promise.all([
     ...["kind", "layer", "head", "position", "effect"].map((k) => decoded(e.nodes[k], `${w}.nodes.${k}`)),
     ...["src", "dst", "weight"].map((k) => decoded(e.edges[k], `${w}.edges.${k}`))]);
+  let direct = null, bySource = null;
+  if (e.direct) {
+    const [dh, dm] = await Promise.all([decoded(e.direct.heads, `${w}.direct.heads`), decoded(e.direct.mlp, `${w}.direct.mlp`)]);
+    direct = { embed: e.direct.embed, heads: dh, mlp: dm };
+  }
+  if (e.by_source) {
+    const [node, values] = await Promise.all([decoded(e.by_source.node, `${w}.by_source.node`), decoded(e.by_source.values, `${w}.by_source.values`)]);
+    bySource = { node, values, floor: e.by_source.floor };
+  }
+  return buildEntry(e, { kind, layer, head, position, effect, src, dst, weight, direct, bySource }, w, dims);
+}
+
+/** An entry's decoded arrays, every index and number checked, -> the view's entry. */
+function buildEntry(e, a, w, { P, L, Hx, G }) {
+  const { kind, layer, head, position, effect, src, dst, weight } = a;
   const n = kind.length, m = src.length;
   for (let i = 0; i < n; i++) {
     const k = kind[i];
@@ -170,6 +184,12 @@ async function decodeEntry(e, w, dims) {
     need(src[j] !== dst[j], `${w}: edge ${j} joins a node to itself`);
     need(Number.isFinite(weight[j]), `${w}: edge ${j}'s weight is not a finite number`);
   }
+  // the sidecar stores at most graphfile.STORED_EDGES edges: how many the pruned graph had, and
+  // the share of their Σ|weight| stored (absent: all of them are stored)
+  const pruned = e.edges_pruned === undefined || e.edges_pruned === null ? m : e.edges_pruned;
+  need(isCount(pruned) && pruned >= m, `${w}.edges_pruned is not a count of at least its ${m} stored edges`);
+  const share = e.edges_stored_share === undefined || e.edges_stored_share === null ? 1 : e.edges_stored_share;
+  need(finite(share) && share >= 0 && share <= 1 + 1e-6, `${w}.edges_stored_share is not a share`);
   const out = {
     target: tokenRef(e.target, `${w}.target`, false), contrast: tokenRef(e.contrast, `${w}.contrast`, true),
     position: e.position, value: e.value, frozenValue: e.frozen_value, completeness: e.completeness,
@@ -177,21 +197,24 @@ async function decodeEntry(e, w, dims) {
     bias: finite(e.bias) ? e.bias : 0,
     role: typeof e.role === "string" ? e.role.slice(0, 60) : null,       // optional: "declared", "top-2 prediction", ...
     nodes: { kind, layer, head, position, effect, n }, edges: { src, dst, weight, m },
+    edgesPruned: pruned, edgesStoredShare: Math.min(1, share),
     direct: null, bySource: null, paths: [], check: null,
   };
   need(isCount(e.position) && e.position < P, `${w}.position is out of range`);
-  if (e.direct) {
-    const [dh, dm] = await Promise.all([decoded(e.direct.heads, `${w}.direct.heads`), decoded(e.direct.mlp, `${w}.direct.mlp`)]);
+  if (a.direct) {
+    const { heads: dh, mlp: dm } = a.direct;
+    need(finite(a.direct.embed) && dh.length === L * Hx && dm.length === L, `${w}.direct is malformed`);
     need(dh.every(Number.isFinite) && dm.every(Number.isFinite), `${w}.direct holds a number that is not finite`);
-    out.direct = { embed: e.direct.embed, heads: dh, mlp: dm };
+    out.direct = a.direct;
   }
-  if (e.by_source) {
-    const [node, values] = await Promise.all([decoded(e.by_source.node, `${w}.by_source.node`), decoded(e.by_source.values, `${w}.by_source.values`)]);
+  if (a.bySource) {
+    const { node, values } = a.bySource;
+    need(values.length === node.length * G, `${w}.by_source is malformed`);
     need(node.every((i) => i < n - 1), `${w}.by_source names a node that does not exist`);
     need(values.every(Number.isFinite), `${w}.by_source holds a number that is not finite`);
     const row = new Map();
     node.forEach((i, r) => row.set(i, r));
-    out.bySource = { row, values, G, floor: e.by_source.floor };
+    out.bySource = { row, values, G, floor: a.bySource.floor };
   }
   out.paths = readPaths(e.paths, n, w);
   out.check = readCheck(e.check, w);
@@ -321,4 +344,41 @@ export async function loadGraph(url) {
     if (e instanceof DataError) throw e;
     throw graphError(`${e.name}: ${e.message}`);
   }
+}
+
+/**
+ * The live page's graphs (engine-graph.js graphFor: one decoded graphfile.graph_entry each, its
+ * arrays {shape, data} with typed data) -> the same object decodeGraph makes, through the same
+ * checks: {tokens, layers, labels, model, prompt, graphs: [entry]}. The engine computes no
+ * per-source split, so `sources` is the tokens and no entry has one.
+ */
+export function engineGraphDocument({ tokens, layers, labels, model = "", prompt = "", graphs }) {
+  const P = tokens.length, L = layers, Hx = labels.length, G = P;
+  need(P > 0 && P <= GRAPH_LIMITS.tokens && isCount(L) && L > 0 && Hx > 0, "the prompt or the model has no size");
+  need(Array.isArray(graphs) && graphs.length > 0 && graphs.length <= GRAPH_LIMITS.graphs, "it holds no graphs or too many");
+  const typed = (x, len, what) => {
+    need(isMap(x) && ArrayBuffer.isView(x.data) && (len === null || x.data.length === len), `${what} is not an array of ${len}`);
+    return x.data;
+  };
+  const out = graphs.map((e, i) => {
+    const w = `graphs[${i}]`;
+    need(isMap(e) && isMap(e.nodes) && isMap(e.edges), `${w} has no nodes or edges`);
+    for (const key of ["value", "frozen_value"]) need(finite(e[key]), `${w}.${key} is not a finite number`);
+    need(e.completeness === null || finite(e.completeness), `${w}.completeness is not a finite number`);
+    const kind = typed(e.nodes.kind, null, `${w}.nodes.kind`), n = kind.length;
+    const src = typed(e.edges.src, null, `${w}.edges.src`), m = src.length;
+    need(n >= 1 && n <= GRAPH_LIMITS.nodes && m <= GRAPH_LIMITS.edges, `${w} has ${n} nodes and ${m} edges`);
+    const a = { kind, src };
+    for (const key of ["layer", "head", "position", "effect"]) a[key] = typed(e.nodes[key], n, `${w}.nodes.${key}`);
+    for (const key of ["dst", "weight"]) a[key] = typed(e.edges[key], m, `${w}.edges.${key}`);
+    a.direct = e.direct ? { embed: e.direct.embed, heads: typed(e.direct.heads, L * Hx, `${w}.direct.heads`),
+      mlp: typed(e.direct.mlp, L, `${w}.direct.mlp`) } : null;
+    a.bySource = null;
+    const entry = buildEntry(e, a, w, { P, L, Hx, G });
+    // the full node effects, for the ablation check's top nodes (paths.Graph.heads / .mlp)
+    entry.effects = { heads: typed(e.heads, L * Hx * P, `${w}.heads`), mlp: typed(e.mlp, L * P, `${w}.mlp`) };
+    return entry;
+  });
+  return { prompt, model, tokens: tokens.slice(), sources: tokens.slice(), labels: labels.slice(), P, L, Hx, G, graphs: out,
+    splitNote: "The browser engine does not split a node's effect by source token; infoflow.graph in Python does." };
 }

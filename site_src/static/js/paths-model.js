@@ -279,6 +279,7 @@ export function toCircuitTracer(doc, entry, drawn, { tokenIds = null, slug = "in
   const links = Array.from(drawn.edges, (j) => ({ source: ids.get(src[j]), target: ids.get(dst[j]), weight: weight[j] }));
   const meta = { slug, scan: doc.model || "infoflow", transcoder_list: [], prompt_tokens: [...doc.tokens], prompt: doc.tokens.join(""),
     node_threshold: entry.nodeThreshold, schema_version: 1,
-    info: { generator: "infoflow", value: entry.value, completeness: entry.completeness, edge_threshold: entry.edgeThreshold } };
+    info: { generator: "infoflow", value: entry.value, completeness: entry.completeness, edge_threshold: entry.edgeThreshold,
+      edges_pruned: entry.edgesPruned, edges_stored_share: entry.edgesStoredShare } };
   return { metadata: meta, qParams: { pinnedIds: [], supernodes: [], linkType: "both", clickedId: "", sg_pos: "" }, nodes, links };
 }

@@ -10,7 +10,7 @@ import { encodePathsHash, parsePathsHash } from "./paths-model.js";
 import { DataError } from "./arrays.js";
 
 /** The decoded graph must describe the viewer's prompt: same tokens, same depth. */
-function checkMatches(G, D) {
+export function checkMatches(G, D) {
   if (G.P !== D.P || G.L !== D.L || G.tokens.some((t, p) => t !== D.tokens[p])) {
     throw new DataError(`The graph file describes a different prompt or model (${G.P} tokens, ${G.L} layers; this page: ${D.P} tokens, ${D.L} layers). Rebuild the site.`);
   }

@@ -12,7 +12,8 @@
 //
 // options: {state: {target, nodeShare, edgeShare, selected} (e.g. parsePathsHash), onState(state)
 // (the page keeps it in its URL), onSelect(node | null), id (export file names), title,
-// tokenIds (for circuit-tracer's node ids)}. Returns the view: {on(event, cb), state, set(patch),
+// tokenIds (for circuit-tracer's node ids), idPrefix (element ids; default "paths"),
+// targetPicker (false: no picker over G.graphs, where the page has its own)}. Returns the view: {on(event, cb), state, set(patch),
 // drawn, layout, exportSvg(), exportPng(), exportJson(), destroy()}; on("draw", cb) gets
 // {nodes: [{index, kind, layer, head, position, effect, x, y, r, color}], edges: [{index, src, dst,
 // weight, width, color}], nodeMass, edgeMass, w, h} after each drawing (for tests and pages).
@@ -220,14 +221,15 @@ export function sceneSvg(items, w, h, bg) {
 /** The lines under the graph: completeness, the ablation check, the frozen-pattern caveat. */
 export function summaryLines(view) {
   const { entry, drawn } = view, lines = [];
-  const stored = `${entry.nodes.n - 1} nodes and ${entry.edges.m} edges`;
+  const kept = `${entry.nodes.n - 1} nodes and ${entry.edgesPruned} edges`;
   lines.push(`Drawn: ${drawn.nodes.length - 1} of the stored graph's ${entry.nodes.n - 1} nodes (${fmtPct0(drawn.nodeMass)} of their \u03a3|effect|) `
     + `and ${drawn.edges.length} of the ${drawn.storedEdges} edges among them (${fmtPct0(drawn.edgeMass)} of their \u03a3|weight|)`
     + (drawn.capped.nodes || drawn.capped.edges ? `; the ${drawn.capped.nodes} weakest nodes and ${drawn.capped.edges} weakest edges past the drawing limit are left out.` : "."));
   const full = drawn.nodes.length === entry.nodes.n && drawn.edges.length === entry.edges.m;
-  lines.push(`Completeness: T recomputed through the stored graph alone (${stored}, kept at ${fmtPct0(entry.nodeThreshold)} of \u03a3|effect| `
+  lines.push(`Completeness: T recomputed through the stored graph alone (${kept}, kept at ${fmtPct0(entry.nodeThreshold)} of \u03a3|effect| `
     + `and ${fmtPct0(entry.edgeThreshold)} of \u03a3|weight|) is ${entry.completeness === null ? "undefined (the frozen T is 0)" : entry.completeness.toFixed(3) + " of T (1 = nothing lost)"}. `
     + (full ? "That is what is drawn." : "What is drawn is a part of it; the completeness of that part needs the model's weights, which this page does not load."));
+  lines.push(...storedLines(view.G, entry));
   const c = entry.check;
   if (c) {
     const part = (s, name) => (s.n ? `${name} (top ${s.n}): \u03c1 = ${fmtRho(s.rho)}, signs agree ${fmtPct0(s.signs)}; direct effect alone \u03c1 = ${fmtRho(s.rho_direct)}, signs ${fmtPct0(s.signs_direct)}` : null);
@@ -237,9 +239,28 @@ export function summaryLines(view) {
     const worst = [...(c.heads.worst || []), ...(c.mlps.worst || [])].slice(0, 4);
     if (worst.length) lines.push(`Largest misses: ${worst.map((w) => `${w.node} predicted ${fmtSigned(w.predicted)}, measured ${fmtSigned(w.actual)}`).join("; ")}.`);
   } else {
-    lines.push(view.G.graphs[0].check ? "The ablation check is stored for the first target only; pick it to see \u03c1." : "No ablation check is stored for this graph.");
+    lines.push(view.G.checkNote ? view.G.checkNote : view.G.graphs[0].check ? "The ablation check is stored for the first target only; pick it to see \u03c1." : "No ablation check is stored for this graph.");
   }
   lines.push(FROZEN_NOTE);
+  return lines;
+}
+
+const fmtShare = (x) => (x < 1 && x * 100 > 99.9 ? ">99.9 %" : `${(x * 100).toFixed(1)} %`);
+
+/** What the file leaves out of the pruned graph: edges past graphfile.STORED_EDGES, and the
+ * per-source splits of all but the largest nodes (graphfile.BY_SOURCE_NODES). */
+export function storedLines(G, entry) {
+  const lines = [];
+  if (entry.edgesPruned > entry.edges.m) {
+    lines.push(`${entry.edges.m} of ${entry.edgesPruned} edges stored (${fmtShare(entry.edgesStoredShare)} of |weight|): `
+      + `the file keeps the pruned graph's ${entry.edges.m} largest edges; the other ${entry.edgesPruned - entry.edges.m} are not drawn, `
+      + "and the completeness above counts them (it is that of the whole pruned graph).");
+  }
+  const bs = entry.bySource;
+  if (bs && bs.row.size < entry.nodes.n - 1) {
+    lines.push(`Per-source splits are stored for the ${bs.row.size} of ${entry.nodes.n - 1} nodes with the largest |effect| only `
+      + `(|effect| \u2265 ${fmtNum(bs.floor)}); a smaller node's tooltip names no sources.`);
+  } else if (!bs && G.splitNote) lines.push(G.splitNote);
   return lines;
 }
 
@@ -262,7 +283,7 @@ function sourceNames(G) {
 /** The top sources of node i from the stored per-source split, or why there are none. */
 function sourceRows(view, i) {
   const { G, entry } = view, bs = entry.bySource;
-  if (!bs) return { note: "No per-source split is stored in this graph file." };
+  if (!bs) return { note: G.splitNote || "No per-source split is stored in this graph file." };
   const r = bs.row.get(i);
   if (r === undefined) return { note: `Per-source split not stored below |effect| ${fmtNum(bs.floor)}.` };
   const vals = bs.values.subarray(r * bs.G, (r + 1) * bs.G);
@@ -372,7 +393,8 @@ class PathsView {
     this.legend = el("p", { class: "paths-legend", id: id("legend") });
     this.root.replaceChildren(
       el("div", { class: "toolbar paths-controls" },
-        el("label", { class: "field" }, el("span", { text: "Target" }), this.targetSelect),
+        // a page with its own target pickers (the live page) hides this one
+        el("label", { class: "field", hidden: this.options.targetPicker === false }, el("span", { text: "Target" }), this.targetSelect),
         this.nodeSlider.box, this.edgeSlider.box,
         el("div", { class: "buttons" },
           button("svg", "SVG", "Download the graph as drawn, with legend and caption, as SVG", () => this.exportSvg()),

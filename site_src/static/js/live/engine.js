@@ -311,8 +311,10 @@ async function unembed(model, cfg, C, tri, x, lensX, k, {signal, threads, stream
 
 // ----------------------------------------------------------------------------- forward pass
 
-/** Attention of one layer over the real residual x (P, d); freezes rms1 and the pattern. */
-function attentionForward(x, w, cfg, rope, P) {
+/** Attention of one layer over the real residual x (P, d); freezes rms1 and the pattern.
+ * zeroHead {h, p}: that head's slice of o_proj's input at that position is zeroed (the ablation
+ * check, engine-ablate.js, as infoflow/ablate.py's o_proj pre-hook). */
+export function attentionForward(x, w, cfg, rope, P, zeroHead = null) {
   const {d_model: d, n_heads: H, n_kv_heads: KV, head_dim: hd} = cfg;
   const inv = invRms(x, P, d, cfg.rms_eps);                      // (P,)  1 / rms1
   const xhat = scaleRows(x, inv, P, d);                           // the norm's weight is in W
@@ -345,12 +347,17 @@ function attentionForward(x, w, cfg, rope, P) {
       }
     }
   }
-  const out = addBias(matmul(heads, P, w.o), w.oBias, P);        // (P, d)
+  let into = heads;
+  if (zeroHead) {                              // a copy: `heads` stays the real one for the caller
+    into = heads.slice();
+    into.fill(0, zeroHead.p * H * hd + zeroHead.h * hd, zeroHead.p * H * hd + (zeroHead.h + 1) * hd);
+  }
+  const out = addBias(matmul(into, P, w.o), w.oBias, P);         // (P, d)
   return {inv, pattern, heads, out};
 }
 
 /** SwiGLU MLP of one layer over x_mid (P, d); freezes rms2 and the gate act(gate_proj(x)). */
-function mlpForward(xMid, w, cfg, P) {
+export function mlpForward(xMid, w, cfg, P) {
   const {d_model: d, d_ff: ff} = cfg;
   const inv = invRms(xMid, P, d, cfg.rms_eps);                   // (P,)  1 / rms2
   const xhat = scaleRows(xMid, inv, P, d);

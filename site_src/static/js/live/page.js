@@ -3,6 +3,7 @@
 import { decodeData, ensureAll, DataError } from "../data.js";
 import { decodeHeads } from "../heads.js";
 import { mountResult } from "./view.js";
+import { attachLivePaths } from "./paths-live.js";
 
 const $ = (id) => document.getElementById(id);
 const root = $("live");
@@ -20,10 +21,12 @@ let shown = null;                // {text, chat} of the result on screen
 let running = null;              // {text, chat} of the prompt being computed
 const recent = new Map();        // promptKey -> {bytes, headsBytes, timings}: the last results, for Back
 const RECENT_MAX = 4;
-let graphSeq = 0;
+let jobSeq = 0;                  // one numbering for graph, ablation and regroup requests (their errors carry it)
 const graphJobs = new Map();     // seq -> {resolve, reject}: attribution graphs asked of the worker
+const ablateJobs = new Map();    // seq -> {resolve, reject, onProgress}: ablation checks
+let regroupJob = null;           // the exact custom grouping in progress: {seq, resolve, reject}
+let paths = null;                // the Paths panel of the result on screen (paths-live.js)
 const lensJobs = new Map();      // seq -> {resolve, reject}: the logit lens of other tokens (lens.js)
-let regroupSeq = 0, regroupJob = null;   // the exact custom grouping in progress: {seq, resolve, reject}
 
 const ui = {
   form: $("live-form"), text: $("prompt"), chat: $("chat"), run: $("run"), cancel: $("cancel"),
@@ -66,7 +69,14 @@ function onMessage(m) {
     const job = graphJobs.get(m.seq);
     graphJobs.delete(m.seq);
     if (job && m.type === "graph") job.resolve({ graph: m.graph, rerun: m.rerun, stateBytes: m.stateBytes });
-    else if (job) job.reject(new Error(m.message));
+    else if (job) job.reject(m.kind === "cancelled" ? new DOMException("cancelled", "AbortError") : new Error(m.message));
+  } else if (m.type === "ablated" || (m.type === "error" && ablateJobs.has(m.seq)) || (m.type === "progress" && m.phase === "ablate")) {
+    const job = ablateJobs.get(m.seq);
+    if (!job) return;
+    if (m.type === "progress") { job.onProgress(m.step, m.total); return; }
+    ablateJobs.delete(m.seq);
+    if (m.type === "ablated") job.resolve(m.values);
+    else job.reject(m.kind === "cancelled" ? new DOMException("cancelled", "AbortError") : new Error(m.message));
   } else if (m.type === "lensToken" || m.type === "lensTokenError") {
     const job = lensJobs.get(m.seq);
     lensJobs.delete(m.seq);
@@ -79,8 +89,8 @@ function onMessage(m) {
   } else if (m.type === "done") {
     finish();
     shown = running;
-    remember(shown.text, shown.chat, m.bytes, m.headsBytes, m.timings);
-    showResult(m.bytes, m.headsBytes, m.timings);
+    remember(shown.text, shown.chat, m.bytes, m.headsBytes, m.timings, m.predIds);
+    showResult(m.bytes, m.headsBytes, m.timings, m.predIds);
   } else if (m.type === "error") {
     finish();
     if (m.kind === "cancelled") {
@@ -152,6 +162,11 @@ function run(ev) {
   setState("loading");
   ui.notice.hidden = true;
   startBusy("Layers", "Working…");
+  // the graph or check of the result on screen would hold the worker first: the new run goes now
+  if (graphJobs.size || ablateJobs.size) {
+    worker.postMessage({ type: "cancel", job: "graph" });
+    worker.postMessage({ type: "cancel", job: "ablate" });
+  }
   const chat = !!(ui.chat && ui.chat.checked);
   writeHash(text, chat);           // its own history entry; the result on screen stays `shown`
   running = { text, chat };
@@ -166,7 +181,7 @@ function run(ev) {
  */
 export function requestGraph({ target = null, contrast = null, position = -1, nodeThreshold, edgeThreshold } = {}) {
   if (!worker || !shown) return Promise.reject(new Error("Run a prompt first."));
-  const seq = ++graphSeq;
+  const seq = ++jobSeq;
   return new Promise((resolve, reject) => {
     graphJobs.set(seq, { resolve, reject });
     worker.postMessage({ type: "graph", seq, text: shown.text, chat: shown.chat, target, contrast, position,
@@ -177,19 +192,33 @@ export function requestGraph({ target = null, contrast = null, position = -1, no
 /** The logit lens of any one-token text at the last position of the prompt on screen (lens.js). */
 export function requestLensToken(token) {
   if (!worker || !shown) return Promise.reject(new Error("Run a prompt first."));
-  const seq = ++graphSeq;
+  const seq = ++jobSeq;
   return new Promise((resolve, reject) => {
     lensJobs.set(seq, { resolve, reject });
     worker.postMessage({ type: "lensToken", seq, text: shown.text, chat: shown.chat, token });
   });
 }
 
+/**
+ * The ablation check of the prompt on screen (worker.js "ablate", engine-ablate.js): {target,
+ * contrast, position, nodes} -> Promise of T (Float64Array: unablated, then each node zeroed);
+ * onProgress(step, total) per layer. Rejects with an AbortError when cancelled.
+ */
+export function requestAblation({ target, contrast = null, position = -1, nodes }, onProgress = () => {}) {
+  if (!worker || !shown) return Promise.reject(new Error("Run a prompt first."));
+  const seq = ++jobSeq;
+  return new Promise((resolve, reject) => {
+    ablateJobs.set(seq, { resolve, reject, onProgress });
+    worker.postMessage({ type: "ablate", seq, text: shown.text, chat: shown.chat, target, contrast, position, nodes });
+  });
+}
+
 const promptKey = (text, chat) => `${chat ? 1 : 0}:${text}`;
 
-function remember(text, chat, bytes, headsBytes, timings) {
+function remember(text, chat, bytes, headsBytes, timings, predIds) {
   const key = promptKey(text, chat);
   recent.delete(key);
-  recent.set(key, { bytes: bytes.slice(), headsBytes: headsBytes && headsBytes.slice(), timings });
+  recent.set(key, { bytes: bytes.slice(), headsBytes: headsBytes && headsBytes.slice(), timings, predIds });
   while (recent.size > RECENT_MAX) recent.delete(recent.keys().next().value);
 }
 
@@ -208,11 +237,13 @@ function historyMoved() {
   const kept = recent.get(promptKey(text, chat));
   if (kept) {
     shown = { text, chat };
-    showResult(kept.bytes.slice(), kept.headsBytes && kept.headsBytes.slice(), kept.timings);
+    showResult(kept.bytes.slice(), kept.headsBytes && kept.headsBytes.slice(), kept.timings, kept.predIds);
     return;
   }
   if (viewer) viewer.destroy();
+  if (paths) paths.destroy();
   viewer = null;
+  paths = null;
   shown = null;
   ui.result.replaceChildren();
   ui.result.hidden = true;
@@ -268,7 +299,7 @@ function exactCustom(groups) {
   if (busy) return Promise.reject(new Error("another computation is running; wait for it or cancel it"));
   startBusy("Custom grouping", "Computing the custom grouping exactly in your browser…");
   setState("regrouping");
-  const seq = ++regroupSeq;
+  const seq = ++jobSeq;
   return new Promise((resolve, reject) => {
     regroupJob = { seq, resolve, reject };
     worker.postMessage({ type: "regroup", seq, text: shown.text, chat: shown.chat, groups });
@@ -293,7 +324,7 @@ function endRegroup(m) {
 
 const own = (bytes) => (bytes.buffer.byteLength === bytes.byteLength ? bytes.buffer : bytes.slice().buffer);
 
-async function showResult(bytes, headsBytes, timings) {
+async function showResult(bytes, headsBytes, timings, predIds) {
   let D;
   try {
     D = await decodeData(own(bytes));
@@ -307,9 +338,11 @@ async function showResult(bytes, headsBytes, timings) {
   const blob = (b) => URL.createObjectURL(new Blob([b], { type: "application/octet-stream" }));
   resultUrl = blob(bytes);
   headsUrl = headsBytes ? blob(headsBytes) : null;
-  window.infoflowLive = { bytes, headsBytes, timings, D, dataUrl: resultUrl, headsUrl, graph: requestGraph };
+  window.infoflowLive = { bytes, headsBytes, timings, D, dataUrl: resultUrl, headsUrl, graph: requestGraph, ablate: requestAblation };
   ui.result.hidden = false;
   if (viewer) viewer.destroy();
+  if (paths) paths.destroy();
+  paths = null;
   try {
     viewer = await mountResult(ui.result, D, { dataUrl: resultUrl, fileName: "live.msgpack",
                                                headsUrl, headsFileName: "live.heads.msgpack",
@@ -318,6 +351,12 @@ async function showResult(bytes, headsBytes, timings) {
   } catch (e) {
     showError(`The viewer failed: ${e.message}`);
     return;
+  }
+  if (predIds && predIds.length === D.P * D.k) {
+    // after the viewer, so the first view never waits for it; the graph goes after the run in the worker
+    paths = attachLivePaths(ui.result, D, predIds, { graph: requestGraph, ablate: requestAblation,
+      cancel: (job) => worker.postMessage({ type: "cancel", job }) });
+    window.infoflowLive.paths = paths;
   }
   const secs = (ms) => (ms / 1000).toFixed(1);
   status(`Done: model ready in ${secs(timings.load)} s, decomposition ${secs(timings.engine)} s, ` +

@@ -3,7 +3,8 @@
 // Messages in:  {type: "init", manifest}             the manifest URL (fetched now: ~60 KB)
 //               {type: "count", seq, text, chat}     -> {type: "count", seq, n} or {type: "error"}
 //               {type: "run", text, chat, maxTokens} -> progress..., then {type: "done", bytes,
-//                                                       headsBytes, timings}
+//                                                       headsBytes, predIds (P·k token ids of the top-k
+//                                                       predictions, for the Paths panel's pickers), timings}
 //               {type: "regroup", seq, text, chat, groups, expectIds?, maxTokens?} -> progress..., then
 //                                                       {type: "variant", seq, bytes, headsBytes}: the
 //                                                       prompt with one variant "custom" (groups: one id
@@ -20,7 +21,16 @@
 //                                                       run's frozen state is kept (GRAPH_KEEP_BYTES at
 //                                                       most) so a new target needs no new decomposition;
 //                                                       rerun: true when it had to decompose again
-//               {type: "cancel"}                     -> the run rejects with "cancelled"
+//               {type: "ablate", seq, text, chat, target, contrast, position, nodes}
+//                                                    -> {type: "progress", phase: "ablate", seq, step, total}...,
+//                                                       then {type: "ablated", seq, values}: the ablation check's
+//                                                       T (Float64Array: unablated, then each node zeroed;
+//                                                       engine-ablate.js) in the real model, on the last
+//                                                       run's prompt; not part of the run
+//               {type: "cancel", job?}               -> the computations queued or running (of kind `job`:
+//                                                       "run", "regroup", "graph", "ablate") reject with
+//                                                       "cancelled"
+// run, regroup, graph and ablate go one at a time, in the order asked (queued()).
 // Messages out: {type: "progress", phase: "download", loaded, total, cached}
 //               {type: "progress", phase: "layers", step, total, label}
 //               {type: "error", kind, message, chunk?}   kind: input | download | memory | engine | cancelled
@@ -37,7 +47,8 @@ let manifestUrl = null;
 let manifestP = null;      // Promise of the manifest
 let tokenizerP = null;     // Promise of a LiveTokenizer
 let modelP = null;         // Promise of {live, engineModel}
-let running = null;        // AbortController of the run in progress
+const jobs = new Set();    // {kind, ctl} of the computations queued or in progress (see queued())
+let queue = Promise.resolve();
 let lastRun = null;        // {text, chat, ids, frozen | null, state | null, lensRows | null}: what "graph" and "lensToken" read
 
 /** The frozen state (patterns, gates, scales, node writes) kept for new targets at most this big:
@@ -129,9 +140,7 @@ function toResult(res, tok, ids, tokens, variantInfo, live) {
   };
 }
 
-async function run({ text, chat, maxTokens }) {
-  running = new AbortController();
-  const signal = running.signal;
+async function run({ text, chat, maxTokens }, signal) {
   const t0 = performance.now();
   const tok = await tokenizer();
   const ids = encodeIds(tok, text, chat);
@@ -167,7 +176,7 @@ async function run({ text, chat, maxTokens }) {
   const bytes = await encodeDocument(result, prompt);
   const headsBytes = await encodeHeads(result, FILE_NAMES.main);
   const t3 = performance.now();
-  return { bytes, headsBytes, timings: { load: t1 - t0, engine: t2 - t1, encode: t3 - t2, ...res.timings } };
+  return { bytes, headsBytes, predIds: Int32Array.from(res.pred_ids), timings: { load: t1 - t0, engine: t2 - t1, encode: t3 - t2, ...res.timings } };
 }
 
 function layerProgress(step, total, label) {
@@ -179,9 +188,7 @@ function layerProgress(step, total, label) {
  * exact, as infoflow.decompose(text, groups=[...]) computes it (the weights are usually still in
  * this worker). No logit lens: it does not depend on the grouping, and the page has it.
  */
-async function regroup({ text, chat, groups, expectIds = null, maxTokens = null }) {
-  running = new AbortController();
-  const signal = running.signal;
+async function regroup({ text, chat, groups, expectIds = null, maxTokens = null }, signal) {
   const tok = await tokenizer();
   const ids = encodeIds(tok, text, chat);
   if (expectIds && (expectIds.length !== ids.length || expectIds.some((id, i) => id !== ids[i]))) {
@@ -224,9 +231,7 @@ function oneToken(tok, value, what, V) {
  * The attribution graph of the last run's prompt for one target (engine-graph.js), from the
  * run's kept frozen state; where that was not kept (too big), the prompt is decomposed again.
  */
-async function graph({ text, chat = false, target = null, contrast = null, position = -1, nodeThreshold, edgeThreshold }) {
-  running = new AbortController();
-  const signal = running.signal;
+async function graph({ text, chat = false, target = null, contrast = null, position = -1, nodeThreshold, edgeThreshold }, signal) {
   const tok = await tokenizer();
   if (typeof text === "string" && !(lastRun && lastRun.text === text && lastRun.chat === !!chat)) {
     // the page shows another prompt than the last run's (from its history): this one's state
@@ -311,7 +316,36 @@ function report(e, seq) {
   postMessage({ type: "error", kind, message: e && e.message ? e.message : String(e), chunk: e && e.chunk, seq });
 }
 
-let graphQueue = Promise.resolve();
+/**
+ * The ablation check of the last run's prompt (engine-ablate.js): T in the real model, unablated
+ * and with each node zeroed. nodes: [{kind, layer, head, position}] (paths-check.js topNodes).
+ * Its forward passes are not the run's: nothing of them is kept.
+ */
+async function ablate({ seq, text, chat = false, target, contrast = null, position = -1, nodes }, signal) {
+  if (!lastRun || lastRun.text !== text || lastRun.chat !== !!chat) throw new InputError("Run this prompt first: the check ablates the last run's prompt.");
+  if (!Array.isArray(nodes) || nodes.length > 256) throw new InputError("The check takes a list of at most 256 nodes.");
+  const { engine } = await model(signal);
+  const { ablatedValues } = await import("./engine-ablate.js");
+  return ablatedValues(engine, Int32Array.from(lastRun.ids), { token: target, contrast, position }, nodes, {
+    signal, onProgress: (step, total) => postMessage({ type: "progress", phase: "ablate", seq, step, total }),
+  });
+}
+
+/**
+ * fn(signal) after every computation asked for before it: they share the model's layer arrays
+ * and the kernel, so one at a time. A "cancel" aborts the queued and running ones (of one kind
+ * with `job`).
+ */
+function queued(kind, fn) {
+  const job = { kind, ctl: new AbortController() };
+  jobs.add(job);
+  const out = queue.then(() => {
+    if (job.ctl.signal.aborted) throw new DOMException("cancelled", "AbortError");
+    return fn(job.ctl.signal);
+  });
+  queue = out.catch(() => {});
+  return out.finally(() => jobs.delete(job));
+}
 
 self.onmessage = async (ev) => {
   const m = ev.data || {};
@@ -323,27 +357,25 @@ self.onmessage = async (ev) => {
       const n = m.text ? tok.encode(m.text, { chat: !!m.chat }).length : 0;
       postMessage({ type: "count", seq: m.seq, n });
     } else if (m.type === "run") {
-      const { bytes, headsBytes, timings } = await run(m);
-      postMessage({ type: "done", bytes, headsBytes, timings }, [bytes.buffer, ...(headsBytes ? [headsBytes.buffer] : [])]);
+      const { bytes, headsBytes, predIds, timings } = await queued("run", (signal) => run(m, signal));
+      postMessage({ type: "done", bytes, headsBytes, predIds, timings }, [bytes.buffer, ...(headsBytes ? [headsBytes.buffer] : [])]);
     } else if (m.type === "regroup") {
-      const { bytes, headsBytes } = await regroup(m);
+      const { bytes, headsBytes } = await queued("regroup", (signal) => regroup(m, signal));
       postMessage({ type: "variant", seq: m.seq, bytes, headsBytes }, [bytes.buffer, ...(headsBytes ? [headsBytes.buffer] : [])]);
     } else if (m.type === "graph") {
-      // one graph at a time, after the one before (they share the layers' reused weight arrays)
-      const job = graphQueue.then(() => graph(m));
-      graphQueue = job.catch(() => {});
-      const out = await job;
+      const out = await queued("graph", (signal) => graph(m, signal));
       postMessage({ type: "graph", seq: m.seq, ...out });
+    } else if (m.type === "ablate") {
+      const values = await queued("ablate", (signal) => ablate(m, signal));
+      postMessage({ type: "ablated", seq: m.seq, values }, [values.buffer]);
     } else if (m.type === "lensToken") {
-      postMessage({ type: "lensToken", seq: m.seq, ...(await lensToken(m)) });
+      postMessage({ type: "lensToken", seq: m.seq, ...(await queued("lensToken", () => lensToken(m))) });
     } else if (m.type === "cancel") {
-      if (running) running.abort();
+      for (const job of jobs) if (!m.job || job.kind === m.job) job.ctl.abort();
     }
   } catch (e) {
     if (m.type === "count") postMessage({ type: "count", seq: m.seq, n: null, error: e.message });
     else if (m.type === "lensToken") postMessage({ type: "lensTokenError", seq: m.seq, message: e.message });
-    else report(e, m.type === "regroup" || m.type === "graph" ? m.seq : undefined);
-  } finally {
-    if (m.type === "run" || m.type === "regroup" || m.type === "graph") running = null;
+    else report(e, m.type === "regroup" || m.type === "graph" || m.type === "ablate" ? m.seq : undefined);
   }
 };

@@ -1,0 +1,186 @@
+// The live page's Paths panel (issue 23, items 4 and 5): after a run, the exact attribution
+// graph of the top prediction at the last position, computed by the worker (engine-graph.js) from
+// the run's kept state and drawn by the gallery's Paths view (paths-view.js mountPaths). Pickers
+// ask the worker for another target: any top-k prediction at any position, against the mean
+// logit or another prediction there. The ablation check runs on request (a button): the worker
+// runs the real model with each of the graph's top 20 head and top 20 MLP nodes zeroed
+// (engine-ablate.js, as infoflow/ablate.py), with a progress bar and Cancel; its passes are not
+// part of the run. Every string goes through textContent.
+import { el } from "../dom.js";
+import { displayToken } from "../format.js";
+import { engineGraphDocument } from "../paths-data.js";
+import { mountPaths, showPathsError } from "../paths-view.js";
+import { checkFromValues, topNodes } from "../paths-check.js";
+
+const CHECK_NODES = 20;          // head nodes, and MLP nodes, ablated by the check (ablate.py's n)
+const KEEP_GRAPHS = 16;          // computed graphs kept in the page, for going back to a target
+const mb = (b) => `${(b / 2 ** 20).toFixed(1)} MB`;
+const CHECK_NOTE = "The ablation check runs on request: press \u201cCheck against the real model\u201d under the graph "
+  + `(the real model in your browser with each of the top ${CHECK_NODES} head and top ${CHECK_NODES} MLP nodes zeroed; not part of the run).`;
+
+/** The label of a prediction in a picker: the token, its rank and probability at that position. */
+function predLabel(D, p, j) {
+  const s = D.strings[D.pred.ids[p * D.k + j]];
+  return `${displayToken(s)} (top ${j + 1}, ${(100 * D.pred.probs[p * D.k + j]).toFixed(1)}%)`;
+}
+
+const select = (id, label) => {
+  const s = el("select", { id });
+  return { s, box: el("label", { class: "field" }, el("span", { text: label }), s) };
+};
+
+class LivePaths {
+  constructor(container, D, predIds, calls) {
+    Object.assign(this, { D, predIds, calls, view: null, doc: null, seq: 0, shares: {}, checking: null });
+    this.cache = new Map();        // "p.t.c" -> decoded document (one graph, its check once made)
+    this.build(container);
+    this.pos.s.addEventListener("change", () => { this.fillTargets(); this.draw(); });
+    this.tgt.s.addEventListener("change", () => this.draw());
+    this.con.s.addEventListener("change", () => this.draw());
+    this.checkBtn.addEventListener("click", () => { this.checking = this.check(); });
+    this.cancelBtn.addEventListener("click", () => calls.cancel("ablate"));
+    this.fillTargets();
+    this.ready = this.draw();
+  }
+
+  build(container) {
+    const D = this.D;
+    this.pos = select("live-paths-position", "Position");
+    this.tgt = select("live-paths-target", "Target");
+    this.con = select("live-paths-contrast", "Contrast");
+    for (let p = D.P - 1; p >= 0; p--) this.pos.s.append(el("option", { value: p, text: `${p}: ${displayToken(D.tokens[p])}` }));
+    this.status = el("p", { class: "paths-status muted", id: "live-paths-status", "aria-live": "polite" });
+    this.body = el("div", { class: "paths-body", id: "live-paths-root" });
+    this.checkBtn = el("button", { type: "button", id: "live-check-run", text: "Check against the real model",
+      title: `Ablate each of the top ${CHECK_NODES} head and ${CHECK_NODES} MLP nodes in the real model, one at a time, and compare with the graph's predictions` });
+    this.cancelBtn = el("button", { type: "button", id: "live-check-cancel", text: "Cancel", hidden: true });
+    this.bar = el("progress", { id: "live-check-bar", max: 1, value: 0, hidden: true });
+    this.checkStatus = el("span", { class: "muted", id: "live-check-status", "aria-live": "polite" });
+    this.section = el("details", { class: "panel paths-panel", id: "live-paths", open: true },
+      el("summary", {}, el("h2", { text: "Paths: which heads and MLPs carried the prediction" })),
+      el("p", { class: "muted paths-intro", text: "The exact attribution graph of one logit, computed in your browser from the run: "
+        + "every node's effect on it, split among the nodes that feed it. Pick a prediction at any position, and a contrast." }),
+      el("div", { class: "toolbar live-paths-controls" }, this.pos.box, this.tgt.box, this.con.box),
+      this.status, this.body,
+      el("div", { class: "live-check" }, this.checkBtn, " ", this.bar, " ", this.cancelBtn, " ", this.checkStatus));
+    container.append(this.section);
+  }
+
+  /** The target and contrast pickers: the top-k predictions at the picked position. */
+  fillTargets() {
+    const { D, predIds, pos, tgt, con } = this, p = +pos.s.value, t = tgt.s.value, c = con.s.value;
+    const options = () => Array.from({ length: D.k }, (_, j) => el("option", { value: predIds[p * D.k + j], text: predLabel(D, p, j) }));
+    tgt.s.replaceChildren(...options());
+    con.s.replaceChildren(el("option", { value: "", text: "none: the mean logit (demeaned)" }), ...options());
+    if ([...tgt.s.options].some((o) => o.value === t)) tgt.s.value = t;
+    if ([...con.s.options].some((o) => o.value === c)) con.s.value = c;
+  }
+
+  spec() {
+    const c = this.con.s.value;
+    return { position: +this.pos.s.value, target: +this.tgt.s.value, contrast: c === "" ? null : +c };
+  }
+
+  show(doc) {
+    if (this.view) {
+      this.shares = { nodeShare: this.view.state.nodeShare, edgeShare: this.view.state.edgeShare };
+      this.view.destroy();
+    }
+    this.doc = doc;
+    this.view = mountPaths(this.body, doc, { idPrefix: "live-paths", id: "live", title: "Your prompt", tokenIds: this.D.tokenIds,
+      state: { ...this.shares }, targetPicker: false });
+    this.status.textContent = doc.status;
+    this.checkBtn.disabled = false;
+    this.checkStatus.textContent = doc.graphs[0].check ? "Checked (see under the graph)." : "";
+    return this.view;
+  }
+
+  /** The graph of the picked target: from the page's cache, else from the worker. */
+  async draw() {
+    const s = this.spec(), key = `${s.position}.${s.target}.${s.contrast}`, seq = ++this.seq;
+    if (s.target === s.contrast) {
+      this.status.textContent = "The target and the contrast are the same token: pick another contrast.";
+      return null;
+    }
+    if (this.cache.has(key)) return this.show(this.cache.get(key));
+    this.status.textContent = "Computing the graph in your browser\u2026";
+    this.checkBtn.disabled = true;
+    const t0 = performance.now();
+    try {
+      const r = await this.calls.graph(s);
+      if (seq !== this.seq) return null;                    // another target was picked meanwhile
+      const doc = this.document(r, performance.now() - t0);
+      this.cache.set(key, doc);
+      if (this.cache.size > KEEP_GRAPHS) this.cache.delete(this.cache.keys().next().value);
+      return this.show(doc);
+    } catch (e) {
+      if (seq !== this.seq) return null;
+      if (e && e.name === "AbortError") {
+        this.status.textContent = "The graph was not computed: a new run or Cancel stopped it. Pick a target to compute it.";
+        this.checkBtn.disabled = !this.doc;
+        return null;
+      }
+      this.status.textContent = "";
+      showPathsError(this.body, e);
+      return null;
+    }
+  }
+
+  /** The worker's answer {graph, rerun, stateBytes} -> the view's document, with its status line. */
+  document(r, ms) {
+    const D = this.D, Hx = r.graph.heads.shape[1];
+    const labels = D.heads && D.heads.Hx === Hx ? D.heads.labels : Array.from({ length: Hx }, (_, h) => String(h));
+    const doc = engineGraphDocument({ tokens: D.tokens, layers: D.L, labels, model: (D.model && D.model.id) || "", prompt: "live", graphs: [r.graph] });
+    doc.checkNote = CHECK_NOTE;
+    doc.rerun = r.rerun;
+    doc.status = `Computed in ${(ms / 1000).toFixed(1)} s. ` + (r.rerun
+      ? `The worker had to decompose the prompt again for it: the run's frozen state (${mb(r.stateBytes)}) is over what this page keeps for new targets, so each new target costs a decomposition.`
+      : `From the run's frozen state, kept in the worker for new targets (${mb(r.stateBytes)}): no new decomposition.`);
+    return doc;
+  }
+
+  /** The ablation check of the graph on screen, in the worker; its result goes under the graph. */
+  async check() {
+    const doc = this.doc, entry = doc && doc.graphs[0];
+    if (!entry) return null;
+    const nodes = topNodes(doc, entry, CHECK_NODES), { bar } = this;
+    this.checkBtn.disabled = true;
+    this.cancelBtn.hidden = false;
+    bar.hidden = false;
+    bar.value = 0;
+    this.checkStatus.textContent = `Running the real model with each of ${nodes.length} nodes zeroed\u2026`;
+    const t0 = performance.now();
+    try {
+      const values = await this.calls.ablate({ target: entry.target.id, contrast: entry.contrast ? entry.contrast.id : null, position: entry.position,
+        nodes: nodes.map(({ kind, layer, head, position }) => ({ kind, layer, head, position })) }, (step, total) => { bar.max = total; bar.value = step; });
+      entry.check = checkFromValues(nodes, values);
+      this.checkStatus.textContent = `Checked in ${((performance.now() - t0) / 1000).toFixed(1)} s: ${nodes.length} ablated forward passes of the real model, nothing frozen (see under the graph).`;
+      if (this.doc === doc) this.view.renderText();
+      return entry.check;
+    } catch (e) {
+      this.checkStatus.textContent = e && e.name === "AbortError" ? "Check cancelled." : `The check failed: ${e && e.message}`;
+      return null;
+    } finally {
+      this.checkBtn.disabled = false;
+      this.cancelBtn.hidden = true;
+      bar.hidden = true;
+    }
+  }
+
+  destroy() {
+    this.seq++;
+    if (this.view) this.view.destroy();
+    this.section.remove();
+  }
+}
+
+/**
+ * Add the panel to `container` for the live result D (data.js), `predIds` (P·k token ids of
+ * D.pred) and the page's worker calls: graph({target, contrast, position}) -> {graph, rerun,
+ * stateBytes}; ablate({target, contrast, position, nodes}, onProgress) -> Float64Array; cancel(job).
+ * Returns the panel: {section, view, ready (Promise of the first view), checking (Promise of
+ * the last check), draw(), check(), destroy()}.
+ */
+export function attachLivePaths(container, D, predIds, calls) {
+  return new LivePaths(container, D, predIds, calls);
+}

@@ -1,0 +1,109 @@
+"""The live page's Paths panel (issue 23, items 4 and 5) with the real default model in headless
+Chromium: after a run, the graph of the top prediction at the last position is drawn from the
+worker's graph, and what is drawn is Python's graph (infoflow.graph) on the same prompt; another
+target and contrast from the pickers; the ablation check on request, against ablate.py's."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import infoflow
+from infoflow import ablate
+from tests.test_browser import browser  # noqa: F401  (the session's one shared Chromium)
+from tests.test_live import _open_live, _wait_state, context, live_server  # noqa: F401  (fixtures)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+IOI = "When Mary and John went to the store, John gave a drink to"
+RTOL = 1e-4
+VIEW = "() => window.infoflowLive.paths.view"
+# everything the worker's graph holds, drawn (both sliders at 100 %): the view's last drawing
+ALL = "() => { const v = window.infoflowLive.paths.view; v.set({nodeShare: 1, edgeShare: 1}); return v.lastDraw; }"
+
+
+def _keys(g):
+    n = g.nodes
+    L, P = g.heads.shape[0], len(g.tokens)
+    layer = np.where(n["kind"] == 4, L, np.maximum(n["layer"], 0))
+    return list(zip(n["kind"].tolist(), layer.tolist(), np.maximum(n["head"], 0).tolist(), np.clip(n["position"], 0, P - 1).tolist()))
+
+
+def _same_graph(draw, g):
+    """The drawn nodes and edges are Python's graph: the same nodes, effects and edge weights."""
+    nodes = sorted(draw["nodes"], key=lambda d: d["index"])
+    assert [(d["kind"], d["layer"], d["head"], d["position"]) for d in nodes] == _keys(g)
+    eff = g.nodes["effect"]
+    scale = np.abs(eff[:-1]).max()
+    got = np.array([d["effect"] for d in nodes])
+    assert np.abs(got - eff).max() <= RTOL * max(scale, abs(g.value)), np.abs(got - eff).max()
+    py = {(int(s), int(d)): w for s, d, w in zip(g.edges["src"], g.edges["dst"], g.edges["weight"])}
+    js = {(e["src"], e["dst"]): e["weight"] for e in draw["edges"]}
+    assert set(js) == set(py)
+    top = max(abs(w) for w in py.values())
+    assert max(abs(js[k] - py[k]) for k in py) <= 1e-3 * top
+
+
+def _run(context, live_server, text):
+    page = _open_live(context.new_page(), live_server + "live/index.html")
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.fill("#prompt", text)
+    page.click("#run")
+    assert _wait_state(page, ["error", "done"], timeout=300_000) == "done", page.text_content("#live-error")
+    page.wait_for_function("() => window.infoflowLive && window.infoflowLive.paths")
+    assert page.evaluate("async () => !!(await window.infoflowLive.paths.ready)"), page.text_content("#live-paths")
+    return page, errors
+
+
+def test_live_paths_panel_draws_pythons_graph_and_checks_it(context, live_server, default_model):  # noqa: F811
+    page, errors = _run(context, live_server, IOI)
+    # the first graph: the top prediction at the last position, demeaned, from the run's kept state
+    g = infoflow.graph(IOI, target=None, position=-1, model=default_model)
+    _same_graph(page.evaluate(ALL), g)
+    status = page.text_content("#live-paths-status")
+    assert "no new decomposition" in status and " MB)" in status
+    summary = page.text_content("#live-paths-summary")
+    assert f"{g.completeness:.3f}" in summary and "runs on request" in summary
+    assert "does not split a node's effect by source" in summary
+    # another target and a contrast: the second prediction at position 5, against the first
+    P = len(g.tokens)
+    page.select_option("#live-paths-position", "5")
+    ids = page.eval_on_selector_all("#live-paths-target option", "os => os.map((o) => +o.value)")
+    page.select_option("#live-paths-contrast", str(ids[0]))
+    page.select_option("#live-paths-target", str(ids[1]))
+    page.wait_for_function(f"() => {VIEW[6:]} && {VIEW[6:]}.entry.target.id === {ids[1]} && {VIEW[6:]}.entry.position === 5")
+    g2 = infoflow.graph(IOI, target=ids[1], contrast=ids[0], position=5, model=default_model)
+    assert (g2.target, g2.contrast, g2.position) == (ids[1], ids[0], 5) and P > 5
+    _same_graph(page.evaluate(ALL), g2)
+    assert "no new decomposition" in page.text_content("#live-paths-status")
+    # back to the first graph (kept in the page), then the ablation check on request
+    page.select_option("#live-paths-position", str(P - 1))
+    page.select_option("#live-paths-contrast", "")
+    page.select_option("#live-paths-target", str(g.target))
+    page.wait_for_function(f"() => {VIEW[6:]}.entry.position === {P - 1} && !{VIEW[6:]}.entry.contrast")
+    page.click("#live-check-run")
+    check = page.evaluate("async () => await window.infoflowLive.paths.checking")
+    assert check, page.text_content("#live-check-status")
+    want = ablate.ablation_check(default_model, g)
+    # the same 40 nodes, and the measured ΔT within 1e-3 of the largest one
+    assert [(r["kind"], r["layer"], r["head"], r["position"]) for r in check["rows"]] == \
+        [(r.kind, r.layer, r.head, r.position) for r in want.rows]
+    got, exp = np.array([r["actual"] for r in check["rows"]]), np.array([r.actual for r in want.rows])
+    assert np.abs(got - exp).max() <= 1e-3 * np.abs(exp).max(), np.abs(got - exp).max() / np.abs(exp).max()
+    assert abs(check["value"] - want.value) <= 1e-3 * abs(want.value)
+    for kind, key in (("head", "heads"), ("mlp", "mlps")):
+        s = want.stats(kind)
+        assert check[key]["n"] == s["n"]
+        assert check[key]["rho"] == pytest.approx(s["rho"], abs=0.02)
+        assert check[key]["rho_direct"] == pytest.approx(s["rho_direct"], abs=0.02)
+    summary = page.text_content("#live-paths-summary")
+    assert f"\u03c1 = {'+' if check['heads']['rho'] >= 0 else chr(0x2212)}{abs(check['heads']['rho']):.2f}" in summary
+    assert "Largest misses" in summary and "direct effect alone" in summary
+    assert page.text_content("#live-check-status").startswith("Checked in")
+    print("\n" + page.text_content("#live-check-status"))
+    # a second check, cancelled: it says so, and the graph stays
+    page.click("#live-check-run")
+    page.click("#live-check-cancel")
+    page.wait_for_function("() => document.getElementById('live-check-status').textContent.includes('cancelled')")
+    assert page.evaluate(f"() => !!{VIEW[6:]}")
+    assert errors == []
