@@ -54,8 +54,9 @@ class BuildError(Exception):
 # ----------------------------------------------------------------------------- cache
 
 
-CACHE_FORMAT = 3     # 2: entries are [key, document] (datafile.pack_entry); 1-entries are never read
+CACHE_FORMAT = 4     # 2: entries are [key, document] (datafile.pack_entry); 1-entries are never read
                      # 3: the document holds the graph sidecar (gallery_graphs.py) under "graph"
+                     # 4: and the last position's lens track and vocabulary-mean parts (issue 24)
 
 
 def result_key(model_fingerprint: str, p: Prompt, cfg: SiteConfig) -> str:
@@ -113,8 +114,9 @@ def compute(p: Prompt, lm, cfg: SiteConfig, model: str | None = None) -> bytes:
             raise InputError(f"could not line up the declared groups {p.groups!r} with the tokens")
         variants["prompt"], labels["prompt"] = groups, "declared groups"
     specs = graph_specs(p, lm, model)           # refuses a multi-token target before computing
+    declared = specs[0].target if specs and isinstance(specs[0].target, int) else None
     results = decompose_variants(p.text, lm, variants, top_k=cfg.top_k, chat=p.chat,
-                                 max_tokens=cfg.max_tokens, graphs=specs)
+                                 max_tokens=cfg.max_tokens, graphs=specs, lens_target=declared)
     graph = graph_sidecar(next(iter(results.values())), lm, p.id)
     return encode(results, p.meta(), labels=labels, heads=True, extra={"graph": graph})
 

@@ -167,6 +167,7 @@ def encode(variants: dict[str, Decomposition], prompt: dict, *, labels: dict[str
     L, P, k = base.n_layers, base.n_tokens, base.pred_ids.shape[1]
 
     ids = sorted(base.token_text)
+    assert base.lens_track_ids is None or set(base.lens_track_ids.tolist()) <= set(ids)
     index = {i: n for n, i in enumerate(ids)}
     idx_dtype = "u16" if len(ids) < 1 << 16 else "u32"
     to_index = np.vectorize(index.__getitem__, otypes=[np.int64])
@@ -191,6 +192,8 @@ def encode(variants: dict[str, Decomposition], prompt: dict, *, labels: dict[str
                 norm=metric(d, "norm", False), delta=metric(d, "delta_norm", False),
                 proj=metric(d, "proj", True),
                 logit_attr=encode_array(d.logit_attr, "f16"))
+            if d.logit_mean_last is not None:
+                entry["logit_mean"] = encode_array(d.logit_mean_last, "f32")
         out_variants.append(entry)
 
     doc = {
@@ -214,6 +217,11 @@ def encode(variants: dict[str, Decomposition], prompt: dict, *, labels: dict[str
         "lens": None if base.lens_ids is None else {
             "ids": encode_array(to_index(base.lens_ids), idx_dtype),
             "probs": encode_array(base.lens_probs, "f16")},
+        "lens_last": None if base.lens_track_ids is None else {
+            "ids": encode_array(to_index(base.lens_track_ids), idx_dtype),
+            "probs": encode_array(base.lens_track_probs, "f32"),
+            "ranks": encode_array(base.lens_track_ranks, "u32"),
+            "target": base.lens_target},
         "variants": out_variants,
     }
     if heads and base.heads is not None:
@@ -396,13 +404,27 @@ def check_document(doc) -> None:
         need(isinstance(lens, dict), "`lens` is not a map")
         for key in ("ids", "probs"):
             _expect(lens.get(key), [L, 2, P, k], f"lens.{key}")
+    track = doc.get("lens_last")
+    if track is not None:
+        need(isinstance(track, dict), "`lens_last` is not a map")
+        check_array(track.get("ids"), "lens_last.ids")
+        m = track["ids"]["shape"][0] if len(track["ids"]["shape"]) == 1 else -1
+        need(1 <= m <= k + 1, f"`lens_last.ids` holds {m} tokens, expected 1 .. top_k + 1 = {k + 1}")
+        _expect(track["ids"], [m], "lens_last.ids")
+        for key in ("probs", "ranks"):
+            _expect(track.get(key), [m, L, 2], f"lens_last.{key}")
+        t = track.get("target")
+        need(t is None or (_is_count(t) and t < m), f"`lens_last.target` is {t!r}, not a row of lens_last.ids")
+        total_track = 2 * m * L * 2
+    else:
+        total_track = 0
     variants = doc.get("variants")
     need(isinstance(variants, list) and variants and all(isinstance(v, dict) and isinstance(v.get("name"), str)
                                                          for v in variants), "`variants` is not a list of named maps")
     need(len(variants) <= LIMITS["variants"], f"`variants` has more than {LIMITS['variants']} entries")
     names = {v["name"] for v in variants}
     need({"tokens", "words"} <= names, "the tokens or words variant is missing")
-    total = (2 * L * 2 * P * k if lens is not None else 0) + 3 * P * k
+    total = (2 * L * 2 * P * k if lens is not None else 0) + 3 * P * k + total_track
     for v in variants:
         name = v["name"]
         if "same_as" in v:
@@ -419,6 +441,8 @@ def check_document(doc) -> None:
         _expect(v["logit_attr"], [P, k, G], f"variants[{name}].logit_attr")
         _expect(v["groups"], [P], f"variants[{name}].groups")
         _expect(v["first"], [G], f"variants[{name}].first")
+        if v.get("logit_mean") is not None:              # absent from files written before it
+            _expect(v["logit_mean"], [G], f"variants[{name}].logit_mean")
         total += 3 * L * 2 * P * G + P * k * G
     need(total <= LIMITS["total"], f"its arrays total {total} values, more than infoflow reads "
          f"(at most {LIMITS['total']})")
@@ -437,7 +461,7 @@ def check_decoded(d: Decomposition, doc: dict) -> None:
     if d.groups.size and (d.groups.min() < 0 or d.groups.max() >= G):
         raise DataFileError(f"malformed document: `groups` names source {int(d.groups.max())}, "
                             f"but the variant has {G} sources")
-    for what, ids in (("predictions.ids", d.pred_ids), ("lens.ids", d.lens_ids)):
+    for what, ids in (("predictions.ids", d.pred_ids), ("lens.ids", d.lens_ids), ("lens_last.ids", d.lens_track_ids)):
         if ids is not None and ids.size and ids.max() >= strings:
             raise DataFileError(f"malformed document: `{what}` names string {int(ids.max())}, but the "
                                 f"string table has {strings}")
@@ -505,7 +529,8 @@ def _to_decomposition(doc: dict, name: str) -> Decomposition:
     # token_text maps those indices to text, so d.token_text[d.pred_ids[p, j]] still works.
     strings = doc["strings"]
     norm, delta, proj = (decode_array(v[key], f"variants[{name}].{key}") for key in ("norm", "delta", "proj"))
-    lens = doc.get("lens")
+    lens, track = doc.get("lens"), doc.get("lens_last")
+    mean = v.get("logit_mean")
     return Decomposition(
         prompt=doc["prompt"]["text"], tokens=list(doc["tokens"]),
         token_ids=decode_array(doc["token_ids"], "token_ids").astype(np.int64),
@@ -521,5 +546,10 @@ def _to_decomposition(doc: dict, name: str) -> Decomposition:
         lens_ids=None if lens is None else decode_array(lens["ids"], "lens.ids").astype(np.int64),
         lens_probs=None if lens is None else decode_array(lens["probs"], "lens.probs").astype(np.float32),
         token_text=dict(enumerate(strings)),
+        logit_mean_last=None if mean is None else decode_array(mean, f"variants[{name}].logit_mean"),
+        lens_track_ids=None if track is None else decode_array(track["ids"], "lens_last.ids").astype(np.int64),
+        lens_track_probs=None if track is None else decode_array(track["probs"], "lens_last.probs"),
+        lens_track_ranks=None if track is None else decode_array(track["ranks"], "lens_last.ranks").astype(np.int64),
+        lens_target=None if track is None else track.get("target"),
         model=dict(doc["model"]), precision=doc["precision"], version=doc["generator"]["infoflow"],
         has_bias=bool(v["has_bias"]))

@@ -8,7 +8,7 @@ import torch
 
 from .config import DEFAULT_MAX_TOKENS
 from .engine import decompose_stack, triangle
-from .logits import (LENS_VOCAB_BLOCK, final_scale, logit_attribution, logit_lens, mean_logit_parts,
+from .logits import (LENS_VOCAB_BLOCK, final_scale, lens_track, logit_attribution, logit_lens, mean_logit_parts,
                      reconstructed_logits)
 from .model import LoadedModel, load_model
 from .result import Decomposition, Heads
@@ -168,13 +168,16 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
                        max_tokens: int = DEFAULT_MAX_TOKENS,
                        max_memory: int | None = DEFAULT_MAX_MEMORY,
                        late_from: int | None = None, heads: bool = True,
-                       graphs=None, graph_options: dict | None = None) -> dict[str, Decomposition]:
+                       graphs=None, graph_options: dict | None = None,
+                       lens_target: int | None = None) -> dict[str, Decomposition]:
     """One forward pass, several groupings of the sources: {name: groups} -> {name: Decomposition}.
 
     late_from: first position whose MLP goes through the precomputed per-position map
     (None: where that is cheaper, see engine.mlp_break_even).
     graphs: paths.TargetSpec list; the first variant's Decomposition gets `.graphs`, one
     attribution graph each (paths.py), split by that variant's sources.
+    lens_target: a token id (the prompt's declared target) whose logit lens at the last position
+    is kept beside the top-k predictions' (Decomposition.lens_track_*).
     """
     if dtype not in PRECISIONS:
         raise InputError(f"dtype must be 'float32' or 'float64', not {dtype!r}.")
@@ -222,9 +225,10 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
     pred_probs = torch.exp(top_logits - torch.logsumexp(logits, -1, keepdim=True))
     logit_error = float((reconstructed_logits(result.final, tri, scale, unembed) - logits).abs().max())
     attributions = [logit_attribution(result.final, tri, scale, unembed, pred_ids, g) for g in groupings]
-    # the top prediction's demeaned attribution, (P, G) per grouping (logits.mean_logit_parts)
-    top_demeaned = [a[:, 0] - mean_logit_parts(result.final, tri, scale, unembed, g)
-                    for a, g in zip(attributions, groupings)]
+    # the vocabulary-mean logit's part per source, (P, G) per grouping (logits.mean_logit_parts):
+    # the top prediction's attribution minus it is its demeaned attribution
+    mean_parts = [mean_logit_parts(result.final, tri, scale, unembed, g) for g in groupings]
+    top_demeaned = [a[:, 0] - m for a, m in zip(attributions, mean_parts)]
     del result.final
     timings["logits"] = time.perf_counter() - t2
 
@@ -233,9 +237,10 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
         t3 = time.perf_counter()
         lens_ids, lens_probs = _logit_lens(captured, unembed, top_k)
         timings["logit_lens"] = time.perf_counter() - t3
+    track = _lens_track(captured, unembed, pred_ids[-1].tolist(), lens_target) if logit_lens else None
     timings["total"] = time.perf_counter() - t0
 
-    used = set(pred_ids.flatten().tolist())
+    used = set(pred_ids.flatten().tolist()) | set(track["lens_track_ids"].tolist() if track else [])
     if lens_ids is not None:
         used |= set(np.unique(lens_ids).tolist())
     used = sorted(used)
@@ -243,8 +248,8 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
 
     head_data = _heads(result, captured, layers) if heads else [None] * len(groupings)
     out = {}
-    for (name, (kind, g)), st, attr, hd, dm in zip(resolved.items(), result.stats, attributions, head_data,
-                                                   top_demeaned):
+    for (name, (kind, g)), st, attr, hd, dm, mp in zip(resolved.items(), result.stats, attributions, head_data,
+                                                       top_demeaned, mean_parts):
         sources = _source_labels(tokens, g) + (["bias"] if bias else [])
         arr = {k: getattr(st, k).numpy() for k in ("norm", "delta_norm", "proj")}
         out[name] = Decomposition(
@@ -256,7 +261,8 @@ def decompose_variants(prompt: str, model, variants: dict[str, object], *, dtype
             embed_norm=result.embed_norm.numpy(),
             pred_ids=pred_ids.cpu().numpy(), pred_probs=pred_probs.float().cpu().numpy(),
             pred_logits=top_logits.float().cpu().numpy(), logit_attr=attr.float().cpu().numpy(),
-            top_attr_demeaned=dm.float().cpu().numpy(),
+            top_attr_demeaned=dm.float().cpu().numpy(), logit_mean_last=mp[-1].float().cpu().numpy(),
+            **(track or {}),
             recon_error=result.recon_error.numpy(), logit_error=logit_error,
             lens_ids=lens_ids, lens_probs=lens_probs, token_text=token_text,
             model=dict(lm.info), precision=dtype, has_bias=bias, timings=dict(timings), head_data=hd)
@@ -341,6 +347,20 @@ def _logit_lens(captured, unembed, k: int) -> tuple[np.ndarray, np.ndarray]:
         i, p = logit_lens(rows[a:a + LENS_ROWS], unembed, k)
         ids[a:a + LENS_ROWS], probs[a:a + LENS_ROWS] = i.cpu(), p.float().cpu()
     return ids.view(L, 2, P, k).numpy(), probs.view(L, 2, P, k).numpy()
+
+
+def _lens_track(captured, unembed, top: list[int], target: int | None) -> dict:
+    """The logit lens of the last position's top-k predictions (then the target, where it is not
+    one of them) at every sublayer: Decomposition.lens_track_* fields."""
+    L = len(captured.resid_mid)
+    rows = torch.stack([r[-1] for l in range(L) for r in (
+        captured.resid_mid[l], captured.resid_pre[l + 1] if l + 1 < L else captured.resid_final)])
+    ids = list(top) + ([int(target)] if target is not None and int(target) not in top else [])
+    probs, ranks = lens_track(rows.to(unembed.W_U.device), unembed, ids)
+    return {"lens_track_ids": np.array(ids, dtype=np.int64),
+            "lens_track_probs": probs.float().cpu().numpy().reshape(len(ids), L, 2),
+            "lens_track_ranks": ranks.cpu().numpy().astype(np.int64).reshape(len(ids), L, 2),
+            "lens_target": None if target is None else ids.index(int(target))}
 
 
 # Per-model caches: the nnsight wrapper and the weights in each precision.

@@ -108,3 +108,22 @@ def _block_topk(logits: Tensor, k: int, group: int) -> tuple[Tensor, Tensor]:
     cand = (sets.unsqueeze(-1) + torch.arange(group, device=logits.device) * n_sets).view(N, -1)
     top, pick = logits.gather(1, cand).topk(k, dim=-1)                 # (N, k)
     return top, cand.gather(1, pick)
+
+
+def lens_track(resid: Tensor, unembed: Unembed, token_ids: list[int]) -> tuple[Tensor, Tensor]:
+    """Probability and rank of each of `token_ids` in the logit lens of every row.
+
+    (N, d) residuals (one position, every sublayer: N = 2L) -> probs (m, N), ranks (m, N).
+    rank = 1 + the number of tokens with a strictly larger lens logit (1: the lens's top token).
+    The N rows' full logits are formed at once: N · V values (60 × 49152 × 4 B = 12 MB for the
+    default model), small beside the logit lens itself.
+    """
+    x = resid.to(unembed.W_U.dtype)
+    logits = (x * final_scale(x, unembed)) @ unembed.W_U.T                 # (N, V)
+    if unembed.b_U is not None:
+        logits = logits + unembed.b_U
+    ids = torch.as_tensor(token_ids, dtype=torch.int64, device=logits.device)
+    picked = logits[:, ids]                                                 # (N, m)
+    probs = torch.exp(picked - torch.logsumexp(logits, -1, keepdim=True))
+    ranks = 1 + (logits.unsqueeze(1) > picked.unsqueeze(2)).sum(-1)        # (N, m)
+    return probs.T, ranks.T

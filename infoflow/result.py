@@ -67,6 +67,16 @@ class Decomposition:
     # u = W_U[t] − mean_v W_U[v], summing to the logit minus the mean logit (logits.mean_logit_parts). Not in
     # data files: None from infoflow.load.
     top_attr_demeaned: np.ndarray | None = None
+    # (G,) each source's part of the mean logit over the vocabulary at the last position: the
+    # logit_attr of a last-position prediction minus this is its demeaned attribution. In data
+    # files (each variant's `logit_mean`); None from files written before it.
+    logit_mean_last: np.ndarray | None = None
+    # The logit lens of a few tokens at the last position, after every sublayer: the top-k
+    # predictions there, then the declared target where it is not one of them. None without the lens.
+    lens_track_ids: np.ndarray | None = None        # (m,) token ids (keys of token_text)
+    lens_track_probs: np.ndarray | None = None      # (m, L, 2) probability, [token, layer, attn=0 / mlp=1]
+    lens_track_ranks: np.ndarray | None = None      # (m, L, 2) 1 + tokens with a larger lens logit
+    lens_target: int | None = None                  # row of the declared target in lens_track_ids
     # Heads, None (not computed) or, from a data file, a function that reads them: see `heads`.
     head_data: object = field(default=None, repr=False)
     graphs: list = field(default_factory=list, repr=False)   # paths.Graph, when asked for
@@ -115,7 +125,10 @@ class Decomposition:
     def top_sources(self, position: int = -1, n: int = 3) -> list[tuple[int, float]]:
         """The n sources that most favour the top prediction at `position` over the rest of the
         vocabulary (demeaned logit attribution): [(source index, logit), ...], largest first."""
-        if self.top_attr_demeaned is None:
+        if self.top_attr_demeaned is not None:
+            row = self.top_attr_demeaned[position]
+        elif self.logit_mean_last is not None and position % self.n_tokens == self.n_tokens - 1:
+            row = self.logit_attr[-1, 0] - self.logit_mean_last      # from a data file: the last position
+        else:
             return []
-        row = self.top_attr_demeaned[position]
         return [(int(s), float(row[s])) for s in np.argsort(-row, kind="stable")[:n]]

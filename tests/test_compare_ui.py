@@ -185,19 +185,19 @@ def test_unknown_model_in_the_url_says_which_there_are(server, page, two_models)
 
 
 def test_compare_traces_where_the_top_prediction_comes_from(server, page):
-    """Issue 24 item 5: by default, the source adding most to the first model's top prediction,
-    relative to its other top predictions (not the first token, not the last token's own)."""
+    """Issue 24 item 5: by default, the source adding most to the first model's top prediction's
+    demeaned logit (minus the vocabulary mean, from the stored `logit_mean`), and the chart says so."""
     open_compare(page, server + "c/dursley.html")
     want = page.evaluate("""() => {
         const side = window.infoflowCompare.sides[0], V = side.V, D = side.D, G = V.G, k = D.k, p = D.P - 1;
         let best = -1, bx = 0;
         for (let s = 0; s < G; s++) {
-            if (V.first[s] > p || s === V.groups[p] || s === V.groups[0] || (side.hidden[s] && s !== side.trace)) continue;
-            let mean = 0;
-            for (let j = 0; j < k; j++) mean += V.logitAttr[(p * k + j) * G + s] / k;
-            const x = V.logitAttr[(p * k) * G + s] - mean;
+            if (V.first[s] > p || (side.hidden[s] && s !== side.trace)) continue;
+            const x = V.logitAttr[(p * k) * G + s] - V.logitMean[s];
             if (x > bx) { bx = x; best = s; }
         }
         return side.keys[best];
     }""")
+    assert page.evaluate("window.infoflowCompare.sides[0].V.logitMean !== null")
     assert want and page.evaluate("window.infoflowCompare.state.trace") == want
+    assert "Traced by default" in page.inner_text("#chart-legend") and "demeaned logit" in page.inner_text("#chart-legend")

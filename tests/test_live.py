@@ -419,7 +419,8 @@ def test_encode_js_writes_what_infoflow_load_reads(default_model, tmp_path):
     from infoflow.datafile import encode, heads_page_bytes, page_bytes
     from infoflow.decompose import decompose_variants
     text = "When Mary and John went to the store, John gave a drink to"
-    res = decompose_variants(text, default_model, {"tokens": None, "words": "words"})
+    res = decompose_variants(text, default_model, {"tokens": None, "words": "words"},
+                             lens_target=default_model.tokenizer.encode(" Paris", add_special_tokens=False)[0])
     prompt = {"id": "live", "title": "Your prompt", "text": text, "tags": [], "note": None, "chat": False}
     doc_bytes = encode(res, prompt, labels={"tokens": "none (each token)", "words": "by words"}, heads=True)
     doc = msgpack.unpackb(doc_bytes, raw=False, strict_map_key=False)
@@ -444,6 +445,10 @@ def test_encode_js_writes_what_infoflow_load_reads(default_model, tmp_path):
             "heads": {"n_heads": base.heads.pattern.shape[1], "labels": base.heads.labels}}
     for key in ("write_norm", "write_proj", "pattern"):
         put(f"heads.{key}", getattr(base.heads, key), "<f4")
+    put("lens_last.ids", base.lens_track_ids, "<i4")               # issue 24 item 6
+    put("lens_last.probs", base.lens_track_probs, "<f4")
+    put("lens_last.ranks", base.lens_track_ranks, "<i4")
+    meta["lens_target"] = base.lens_target
     for name, label in (("tokens", "none (each token)"), ("words", "by words")):
         d = res[name]
         v = {"name": name, "label": label, "grouping": d.grouping, "sources": d.sources, "has_bias": d.has_bias,
@@ -451,6 +456,7 @@ def test_encode_js_writes_what_infoflow_load_reads(default_model, tmp_path):
         for key in ("attn_norm", "mlp_norm", "attn_delta_norm", "mlp_delta_norm", "attn_proj", "mlp_proj",
                     "logit_attr"):
             put(f"{name}.{key}", getattr(d, key), "<f4")
+        put(f"{name}.logit_mean", d.logit_mean_last, "<f4")
         for key in ("norm", "proj"):
             put(f"heads.{name}.{key}", getattr(d.heads, key), "<f4")
         meta["variants"].append(v)
@@ -467,9 +473,11 @@ for (const k of ["token_ids", "pred_ids", "lens_ids"]) r[k] = arr(k, Int32Array)
 for (const k of ["embed_norm", "recon_error", "pred_probs", "pred_logits", "lens_probs"]) r[k] = arr(k, Float32Array);
 r.variants = meta.variants.map((v) => {
   const o = { ...v, groups: Int32Array.from(v.groups) };
-  for (const k of ["attn_norm", "mlp_norm", "attn_delta_norm", "mlp_delta_norm", "attn_proj", "mlp_proj", "logit_attr"]) o[k] = arr(v.name + "." + k, Float32Array);
+  for (const k of ["attn_norm", "mlp_norm", "attn_delta_norm", "mlp_delta_norm", "attn_proj", "mlp_proj", "logit_attr", "logit_mean"]) o[k] = arr(v.name + "." + k, Float32Array);
   return o;
 });
+r.lens_last = { ids: arr("lens_last.ids", Int32Array), probs: arr("lens_last.probs", Float32Array),
+                ranks: arr("lens_last.ranks", Int32Array), target: meta.lens_target };
 writeFileSync(dir + "/js.msgpack", await encodeDocument(r, meta.prompt));
 const { encodeHeads } = await import(pathToFileURL(mod.replace(/encode[.]js$/, "encode-heads.js")).href);
 r.heads = { ...meta.heads, variants: {} };
@@ -486,11 +494,18 @@ writeFileSync(dir + "/js.heads.msgpack", await encodeHeads(r, "js.msgpack"));
                     "logit_attr", "recon_error", "lens_ids", "lens_probs"):
             assert np.array_equal(getattr(js, key), getattr(py, key)), (variant, key)
         assert js.token_text == py.token_text and js.logit_error == py.logit_error
+        for key in ("logit_mean_last", "lens_track_ids", "lens_track_probs", "lens_track_ranks"):
+            assert np.array_equal(getattr(js, key), getattr(py, key)), (variant, key)
+        assert js.lens_target == py.lens_target
         # the per-head file (encode-heads.js), found beside the main file as the live page saves it
         jh, ph = js.heads, py.heads
         assert jh.labels == ph.labels
         for key in ("norm", "proj", "write_norm", "write_proj", "pattern"):
             assert np.array_equal(getattr(jh, key), getattr(ph, key)), (variant, "heads", key)
+    main_js = msgpack.unpackb((tmp_path / "js.msgpack").read_bytes(), raw=False)
+    main_py = msgpack.unpackb((tmp_path / "py.msgpack").read_bytes(), raw=False)
+    assert [k for k in main_js if k != "built"] == list(main_py)       # same keys, same order (py: page_bytes)
+    assert [list(v) for v in main_js["variants"]] == [list(v) for v in main_py["variants"]]
     jdoc = msgpack.unpackb((tmp_path / "js.heads.msgpack").read_bytes(), raw=False)
     pdoc = msgpack.unpackb((tmp_path / "py.heads.msgpack").read_bytes(), raw=False)
     assert list(jdoc) == list(pdoc) and jdoc["main"] == "js.msgpack"        # same keys, same order
@@ -746,7 +761,8 @@ def test_real_model_end_to_end_matches_python(context, live_server, default_mode
     path = tmp_path / "live.msgpack"
     dl.value.save_as(path)
 
-    py = decompose_variants(text, default_model, {"tokens": None, "words": "words"})
+    london = default_model.tokenizer.encode(" London", add_special_tokens=False)[0]
+    py = decompose_variants(text, default_model, {"tokens": None, "words": "words"}, lens_target=london)
     (tmp_path / "py.msgpack").write_bytes(encode(py, {"id": "live", "title": "", "text": text, "tags": [],
                                                       "note": None, "chat": False}))
     for variant in ("tokens", "words"):
@@ -763,7 +779,31 @@ def test_real_model_end_to_end_matches_python(context, live_server, default_mode
         assert np.allclose(js.embed_norm, exact.embed_norm, rtol=1e-4, atol=0)
         assert js.worst_recon_error <= 1e-5
         assert js.recon_error.shape == (exact.n_layers, 2)
+        # issue 24 items 5, 6: the vocabulary mean's parts, the last position's lens (unquantized)
+        assert np.abs(js.logit_mean_last - exact.logit_mean_last).max() <= 1e-4 * np.abs(exact.pred_logits).max()
+        k = exact.pred_ids.shape[1]
+        assert js.lens_target is None and [js.token_text[i] for i in js.lens_track_ids] == \
+            [exact.token_text[i] for i in exact.lens_track_ids[:k]]
+        assert np.abs(js.lens_track_probs - exact.lens_track_probs[:k]).max() <= 1e-4
+        assert (js.lens_track_ranks == exact.lens_track_ranks[:k]).all()
     assert page.evaluate("() => window.infoflowLive.D.P") == len(py["tokens"].tokens)
+
+    # the lens overview's "any token" box: the worker computes " London" from the run's residuals
+    if page.is_visible("#first-hint"):
+        page.click("#first-hint-close")
+    page.fill("#lens-chart input.lens-any", "\u2423London")
+    page.click("#lens-chart button.lens-any-go")
+    page.wait_for_function("() => { const c = document.querySelector('#lens-chart canvas'); "
+                           "return c && c.lensDrawn && c.lensDrawn.token === ' London'; }", timeout=60_000)
+    drawn = page.evaluate("document.querySelector('#lens-chart canvas').lensDrawn.points")
+    row = py["tokens"].lens_target
+    want_p, want_r = py["tokens"].lens_track_probs[row].reshape(-1), py["tokens"].lens_track_ranks[row].reshape(-1)
+    assert max(abs(pt["prob"] - p) for pt, p in zip(drawn, want_p)) <= 1e-4
+    assert [pt["rank"] for pt in drawn] == want_r.tolist()
+    assert "(computed here)" in page.inner_text("#lens-chart select.lens-pick")
+    page.fill("#lens-chart input.lens-any", " Londonderryville")
+    page.click("#lens-chart button.lens-any-go")
+    page.wait_for_function("() => /tokens on this model/.test(document.querySelector('#lens-chart .lens-any-note').textContent)")
 
     # per-head data: the "Heads file" download, read by infoflow.load(...).heads beside the main file
     with page.expect_download() as dl:

@@ -205,6 +205,7 @@ self.onmessage = async (e) => {
       const controller = new AbortController();
       const opts = {topK: run.topK, logitLens: run.logitLens, signal: controller.signal,
         ...(run.threads ? {threads: run.threads} : {}), ...(run.kernel ? {kernel: run.kernel} : {}),
+        ...(run.lensTarget != null ? {lensTarget: run.lensTarget} : {}),
         onProgress: (step, total, label) => {
           progress.push([step, total, label]);
           if (run.abortAt !== undefined && step === run.abortAt) controller.abort();
@@ -403,16 +404,18 @@ def llama3_rope_model(seed: int = 3) -> LoadedModel:
 
 
 def run_both(run, root: Path, name: str, lm: LoadedModel, prompt: str, *, top_k: int = 5,
-             logit_lens: bool = True, threads: int | None = None, kernel: str | None = None):
-    """The Python engine's variants {main, words} and the browser engine's result for `prompt`."""
+             logit_lens: bool = True, threads: int | None = None, kernel: str | None = None,
+             lens_target: int | None = None):
+    """The Python engine's variants {main, words} and the browser engine's result for `prompt`
+    (lens_target: a token id whose last-position lens both keep, as a prompt's declared target)."""
     folder = root / name
     if not (folder / "model.safetensors").exists():
         write_weights(lm.hf, folder)
     py = decompose_variants(prompt, lm, {"main": None, "words": "words"}, top_k=top_k,
-                            logit_lens=logit_lens)
+                            logit_lens=logit_lens, lens_target=lens_target)
     msg = {"config": engine_config(lm.hf), "runs": [{
         "ids": py["main"].token_ids.tolist(), "topK": top_k, "logitLens": logit_lens, "threads": threads,
-        "kernel": kernel,
+        "kernel": kernel, "lensTarget": lens_target,
         "variants": {"main": None, "words": py["words"].groups.tolist()}}]}
     reply = run(name, msg)["results"][0]
     assert reply["ok"], reply
@@ -464,6 +467,10 @@ def compare(py: dict, js: dict, *, logit_lens: bool = True) -> dict:
         # the attribution sums to the logit it explains
         np.testing.assert_allclose(attr.sum(-1), np.array(js["pred_logits"]).reshape(P, k),
                                    atol=NORM_RTOL * scale, rtol=0)
+        # issue 24 item 5: the vocabulary-mean logit's parts at the last position
+        mean = np.array(v["logit_mean"])
+        np.testing.assert_allclose(mean, d.logit_mean_last, atol=NORM_RTOL * scale, rtol=0)
+        worst["logit_mean_abs"] = max(worst.get("logit_mean_abs", 0.0), float(np.abs(mean - d.logit_mean_last).max()))
 
     compare_heads(py, js, close_norms, worst)
 
@@ -481,9 +488,28 @@ def compare(py: dict, js: dict, *, logit_lens: bool = True) -> dict:
         np.testing.assert_allclose(lens_probs[..., 0], main.lens_probs[..., 0], rtol=NORM_RTOL, atol=1e-6)
         # the last cell of the lens is the model's own prediction
         assert (lens_ids[-1, 1] == pred_ids).all()
+        compare_lens_last(main, js["lens_last"], worst)
     else:
-        assert js["lens_ids"] is None and js["lens_probs"] is None
+        assert js["lens_ids"] is None and js["lens_probs"] is None and js["lens_last"] is None
     return worst
+
+
+LENS_LAST_ATOL = 1e-4      # issue 24 item 6: probabilities within 1e-4 of the Python engine's
+
+
+def compare_lens_last(main, jl: dict, worst: dict) -> None:
+    """The last position's lens of the top-k and the target (lens_last): the same tokens, the
+    probabilities within LENS_LAST_ATOL, the ranks equal (a rank may differ by the tokens whose
+    logits are within float error of the token's: none here, asserted)."""
+    L = main.n_layers
+    assert jl["ids"] == main.lens_track_ids.tolist() and jl["target"] == main.lens_target
+    probs = np.array(jl["probs"]).reshape(-1, L, 2)
+    err = float(np.abs(probs - main.lens_track_probs).max())
+    worst["lens_last_prob_abs"] = max(worst.get("lens_last_prob_abs", 0.0), err)
+    assert err <= LENS_LAST_ATOL, f"lens_last.probs: worst error {err:.2e}"
+    ranks = np.array(jl["ranks"]).reshape(-1, L, 2)
+    assert (ranks == main.lens_track_ranks).all(), (ranks, main.lens_track_ranks)
+    assert len(jl["rows"]) == 2 * L * main.model["d_model"]
 
 
 def compare_heads(py: dict, js: dict, close_norms, worst: dict) -> None:
@@ -696,6 +722,21 @@ def test_threaded_unembedding_matches(harness):
     np.testing.assert_allclose(js["lens_probs"], js1["lens_probs"], rtol=1e-6)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_lens_last_with_a_target_matches(harness, threads):
+    """Issue 24 item 6: the last position's lens of the top-k and of a target outside them, on
+    one thread and counted over the helpers' vocabulary slices (counts add up across slices)."""
+    root, run = harness
+    lm = tiny_model("llama-bias", layers=3, seed=1)
+    py, js, _ = run_both(run, root, "tiny-llama-bias", lm, TINY_PROMPTS[1], threads=threads, lens_target=7)
+    worst = compare(py, js)
+    main = py["main"]
+    assert main.lens_target == 5 and js["lens_last"]["target"] == 5       # 7 is not in the top 5 here
+    assert main.lens_track_ranks[5].max() > 5                              # so its ranks go past k
+    print(f"\nthreads={threads}: lens_last prob error {worst['lens_last_prob_abs']:.2e}, "
+          f"logit_mean {worst['logit_mean_abs']:.2e}")
+
+
 def test_llama3_rope_scaling_matches(harness):
     root, run = harness
     py, js, _ = run_both(run, root, "tiny-llama3", llama3_rope_model(), TINY_PROMPTS[1])
@@ -797,10 +838,13 @@ def test_default_model_matches_python_engine(harness, default_model_folder):
     """~25–45 s here: the browser fetches all 540 MB of float32 weights from the local server."""
     root, run = harness
     lm = get_model(None)
-    py, js, _ = run_both(run, root, "default", lm, "The capital of France is")
-    worst = compare(py, js)
+    other = lm.tokenizer.encode(" banana", add_special_tokens=False)[0]
+    py, js, _ = run_both(run, root, "default", lm, "The capital of France is", lens_target=other)
+    worst = compare(py, js)                                 # lens_last: the top 5 and " banana"
+    assert py["main"].lens_target == 5
     assert js["timings"]["unembedding_threads"] >= 2       # navigator.hardwareConcurrency here: 2
     assert js["timings"]["lens_streamed"] and js["timings"]["mlp_threads"] == 1   # the helper unembeds meanwhile
     print(f"\ndefault model, P={js['n_tokens']}: worst norm rel {worst['norm_rel']:.2e}, "
           f"proj {worst['proj_abs']:.2e}, recon {max(js['recon_error']):.2e}, "
-          f"browser {js['wall_ms']:.0f} ms")
+          f"browser {js['wall_ms']:.0f} ms, lens_last {js['timings']['lens_last_ms']:.0f} ms "
+          f"(prob error {worst['lens_last_prob_abs']:.2e}), logit_mean error {worst['logit_mean_abs']:.2e}")

@@ -9,11 +9,12 @@ import { loadData, ensureMetric, DataError } from "./data.js";
 import { Grid } from "./grid.js";
 import { METRICS } from "./state.js";
 import { isDark } from "./theme.js";
-import { topContributors } from "./answer.js";
+import { topContributors, rankingText } from "./answer.js";
 import { NEG_COLOR, POS_COLOR } from "./palette.js";
 import { charStarts, localKey, portableKey } from "./models.js";
 import { sourceKeys, sharedSlots, gridData, depthSeries, drawChart, traceChoices } from "./compare-draw.js";
 import { el } from "./dom.js";
+import { displayToken } from "./format.js";
 import { attachComparePaths } from "./compare-paths.js";
 import { bindCompareKeys, refreshCompareTip } from "./compare-keys.js";
 
@@ -89,17 +90,20 @@ class Compare {
     return p === null || p === "b" ? -1 : side.V.groups[p];
   }
 
-  /** By default, trace where the first model's top prediction comes from (answer.js: the source,
-   * not the first token nor the last token's own, adding most to its logit relative to the other
-   * top predictions); without a logit attribution, the largest share of its last position. */
+  /** By default, trace where the first model's top prediction comes from (answer.js: the source
+   * adding most to its demeaned logit, its logit minus the vocabulary mean, at the last position;
+   * files without the vocabulary mean: minus the top-k predictions' mean); without a logit
+   * attribution, the largest share of its last position. Sets this.defaultWhy (said under the chart). */
   defaultTrace() {
     const { D, V, hidden, keys } = this.sides[0], G = V.G, P = D.P, own = V.groups[P - 1];
+    this.defaultWhy = null;
     if (V.logitAttr) {
-      const skip = Uint8Array.from(hidden);
-      skip[own] = 1;
-      skip[V.groups[0]] = 1;
-      const [top] = topContributors(V, D, P - 1, 0, 1, skip);
-      if (top !== undefined) return keys[top];
+      const [top] = topContributors(V, D, P - 1, 0, 1, hidden);
+      if (top !== undefined) {
+        this.defaultWhy = { key: keys[top], text: `Traced by default: the source adding most to ${this.models[0].label}'s top `
+          + `prediction ${displayToken(D.strings[D.pred.ids[(P - 1) * D.k]])}, ranked by ${rankingText(V, D, P - 1)}.` };
+        return keys[top];
+      }
     }
     const score = new Float64Array(G);
     for (let c = 0; c < 2 * D.L; c++) {
@@ -169,7 +173,8 @@ class Compare {
       const what = side.trace >= 0 ? ` (traced: ${JSON.stringify(side.V.sources[side.trace])})` : " (the traced text is not a source here)";
       return el("span", { class: "legend-model" }, sw, el("span", { text: `${m.label}, ${side.D.L} layers${what}` }));
     });
-    box.replaceChildren(...items);
+    const why = this.defaultWhy && this.defaultWhy.key === this.state.trace ? this.defaultWhy.text : "";
+    box.replaceChildren(...items, el("span", { class: "legend-why muted", id: "chart-why", text: why ? ` ${why}` : "" }));
   }
 
   bind() {

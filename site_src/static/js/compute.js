@@ -308,7 +308,8 @@ export function hiddenShare(V, P, metric, hidden, l, k, p) {
 /**
  * A browser-made grouping from the `tokens` variant: values are summed over the members of a
  * group. For norms that is a sum of norms (an upper bound, not the norm of the summed vector),
- * so the variant is marked approximate. proj and logit attribution are linear, so exact.
+ * so the variant is marked approximate. proj, the logit attribution and the vocabulary mean's
+ * parts are linear, so exact.
  */
 export function customVariant(T, P, L, k, groupOf) {
   const G0 = T.G, bias = T.hasBias ? 1 : 0;
@@ -337,5 +338,6 @@ export function customVariant(T, P, L, k, groupOf) {
     sources, hasBias: T.hasBias, G, groups: Uint16Array.from(groupOf), first,
     norm: sumInto(T.norm, cells), delta: sumInto(T.delta, cells), proj: sumInto(T.proj, cells),
     logitAttr: sumInto(T.logitAttr, P * k),
+    logitMean: T.logitMean ? sumInto(T.logitMean, 1) : null,      // linear too: exact (answer.js)
   };
 }

@@ -63,14 +63,21 @@ async function decodeVariant(v, L, P, k) {
   checkArray(rawAttr, `${name}.logit_attr`);
   store.raw.logitAttr = rawAttr;             // decoded on first use too: ensureMetric(V, "logitAttr")
   store.logitAttr = null;
-  const [groups, first] = await Promise.all([
+  const rawMean = v.logit_mean == null ? null : v.logit_mean;      // absent from older files
+  if (rawMean) {
+    expectShape(rawMean, [G], `${name}.logit_mean`);
+    checkArray(rawMean, `${name}.logit_mean`);
+  }
+  const [groups, first, mean] = await Promise.all([
     decodeArray(need(v, "groups", name), `${name}.groups`),
-    decodeArray(need(v, "first", name), `${name}.first`)]);
+    decodeArray(need(v, "first", name), `${name}.first`),
+    rawMean && decodeArray(rawMean, `${name}.logit_mean`)]);
   if (groups.data.length !== P || first.data.length !== G) throw damaged(`${name}'s groups / first have the wrong length`);
   for (const g of groups.data) if (g >= G) throw damaged(`${name}'s groups name a source it does not have`);
   const out = {
     name, label: typeof v.label === "string" ? v.label : name, grouping: v.grouping || "custom", sources,
     hasBias: !!v.has_bias, exact: true, G, groups: groups.data, first: first.data, store,
+    logitMean: mean ? mean.data : null,
   };
   for (const m of [...METRIC_KEYS, "logitAttr"]) Object.defineProperty(out, m, { get: () => store[m], enumerable: true });
   Object.defineProperty(out, "quant", { get: () => store.quant, enumerable: true });
@@ -115,6 +122,30 @@ export function ensureLens(D) {
   return D.lensPending;
 }
 
+/** lens_last's declared sizes (m tokens, m <= k + 1, each (L, 2)) -> m, 0 where there is none. */
+function checkLensLast(t, L, k) {
+  if (t == null) return 0;
+  if (typeof t !== "object" || Array.isArray(t)) throw damaged("lens_last is not a map");
+  const ids = need(t, "ids", "lens_last"), s = ids && ids.shape;
+  const m = Array.isArray(s) && s.length === 1 && isCount(s[0]) ? s[0] : -1;
+  if (m < 1 || m > k + 1) throw damaged(`lens_last names ${m < 0 ? "no list of" : m} tokens, expected 1 to ${k + 1}`);
+  expectShape(need(t, "probs", "lens_last"), [m, L, 2], "lens_last.probs");
+  expectShape(need(t, "ranks", "lens_last"), [m, L, 2], "lens_last.ranks");
+  for (const key of ["ids", "probs", "ranks"]) checkArray(t[key], `lens_last.${key}`);
+  if (t.target != null && !(isCount(t.target) && t.target < m)) throw damaged("lens_last.target is not one of its tokens");
+  return m;
+}
+
+/** Decode lens_last: {ids (m) indices into strings, probs Float32Array (m·L·2), ranks, target} or null. */
+async function decodeLensLast(t, strings, L) {
+  if (t == null) return null;
+  const [ids, probs, ranks] = await Promise.all(["ids", "probs", "ranks"].map((key) => decodeArray(t[key], `lens_last.${key}`)));
+  checkIds(ids.data, strings, "lens_last");
+  const m = ids.data.length;
+  if (probs.data.length !== m * L * 2 || ranks.data.length !== m * L * 2) throw damaged("lens_last has the wrong size");
+  return { ids: ids.data, probs: probs.data, ranks: ranks.data, target: t.target == null ? null : t.target };
+}
+
 /** Check the sizes a document declares, all together, before decoding any array. */
 function checkDocument(doc) {
   const L = count(doc, "layers", LIMITS.layers);
@@ -138,7 +169,7 @@ function checkDocument(doc) {
     const G = Array.isArray(v.sources) ? v.sources.length : 0;
     total += METRIC_KEYS.length * L * 2 * P * G + P * k * G;
   }
-  total += (doc.lens ? 2 * L * 2 * P * k : 0) + 3 * P * k;
+  total += (doc.lens ? 2 * L * 2 * P * k : 0) + 3 * P * k + 2 * 2 * L * checkLensLast(doc.lens_last, L, k);
   if (total > LIMITS.total) throw tooBig("the total size of its arrays", total, LIMITS.total);
   return { L, P, k, tokens, strings };
 }
@@ -158,6 +189,8 @@ function checkDocument(doc) {
  *     pred: {ids: (P, k) indices into strings, probs: Float32Array(P*k), logits: Float32Array(P*k)},
  *     lens: {ids: (L, 2, P, k), probs: Float32Array(L*2*P*k)} | null: null until `await ensureLens(D)`
  *           (lensRaw: the file's lens, null when it has none),
+ *     lensLast: {ids: (m) indices into strings, probs, ranks: (m, L, 2), target: row | null} | null:
+ *           the last position's logit lens of its top-k predictions and the declared target (lens.js),
  *     variants: [V],                    // the first is "tokens"
  *     // loadData adds: url, bytes (file size), timings: {download, decode} (ms)
  *   }
@@ -165,6 +198,7 @@ function checkDocument(doc) {
  *     name, label, grouping: "tokens" | "words" | "custom", sources: string[G], hasBias, exact: true, G,
  *     groups: Uint16Array(P) (source of each position), first: Uint16Array(G) (first position of each source),
  *     logitAttr: Float32Array(P*k*G), null until `await ensureMetric(V, "logitAttr")` (eager variants: decoded),
+ *     logitMean: Float32Array(G) | null: each source's part of the vocabulary-mean logit at the last position (answer.js),
  *     norm, delta, proj: Float32Array(L*2*P*G) [layer, attn=0 / mlp=1, position, source],
  *                       null until `await ensureMetric(V, name)` (decodeData decodes `eager` ones),
  *     quant: {norm|delta|proj: {scale: Float32Array(L*2*P), q}}: a value is within scale/(2q) of the engine's,
@@ -235,6 +269,7 @@ export async function decodeData(buffer, { eager = [["words", "norm"]] } = {}) {
     throw damaged("the predictions have the wrong size");
   }
   await firstView;
+  const lensLast = await decodeLensLast(doc.lens_last, strings, L);
   return {
     schema: doc.schema, generator: doc.generator || {}, built: doc.built || "", prompt: doc.prompt || {},
     model: doc.model || {}, precision: doc.precision || "", L, P, k, tokens,
@@ -244,6 +279,7 @@ export async function decodeData(buffer, { eager = [["words", "norm"]] } = {}) {
     // the logit lens is read only by tooltips and the pinned cell: decoded after the first
     // draw (ensureLens), so the first view does not wait for it. null until then.
     lens: null, lensRaw: lens || null, lensPending: null,
+    lensLast,
     variants,
   };
 }

@@ -8,6 +8,7 @@ import { el, svgEl } from "./dom.js";
 import { traceSeries } from "./compute.js";
 import { fmtPct } from "./format.js";
 import { shareOf } from "./share-text.js";
+import { hasVocabMean } from "./answer.js";
 
 const W = 260, H = 170, M = { l: 40, r: 10, t: 10, b: 30 };
 
@@ -97,7 +98,7 @@ function render(v, box) {
   });
   box.replaceChildren(
     el("p", { class: "depth-title" }, el("strong", { class: "mono", text: name }),
-      el("span", { text: ` ${what} at position ${p}${v.traceSrc >= 0 ? " (traced)" : " (top source of the prediction)"}` })),
+      el("span", { text: ` ${what} at position ${p}${v.traceSrc >= 0 ? " (traced)" : ` (top source of the prediction, by ${hasVocabMean(v.V, D, p) ? "demeaned logit" : `logit minus the top-${D.k} mean`})`}` })),
     el("p", { class: "depth-arrival", text: arr ? `arrives at layer ${arr.l} (${arr.k ? "MLP" : "attention"}): half of its final ${fmtPct(ok[ok.length - 1].y)}` : "" }),
     svg, readout);
 }

@@ -128,7 +128,9 @@ export function buildSkeleton(root, options = {}) {
         el("div", { class: "wheel-hint", id: "wheel-hint", hidden: true, "aria-hidden": "true",
           text: "Ctrl + wheel (\u2318 + wheel) zooms; or click the grid first" }),
         el("div", { class: "tooltip", id: "tooltip", role: "status", hidden: true })),
-      el("aside", { class: "depth-box", id: "depth-chart", "aria-label": "Depth chart: one source's share layer by layer" })),
+      el("div", { class: "side-charts", id: "side-charts" },      // depth.js, then the logit lens overview (lens.js)
+        el("aside", { class: "depth-box", id: "depth-chart", "aria-label": "Depth chart: one source's share layer by layer" }),
+        el("aside", { class: "depth-box lens-box", id: "lens-chart", "aria-label": "Logit lens of one token at the last position, layer by layer" }))),
     el("p", { class: "grid-caption", id: "grid-caption" }),
     el("p", { class: "visually-hidden", id: "announce", "aria-live": "polite" }),   // pinning, for screen readers
     panels,

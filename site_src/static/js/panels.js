@@ -13,6 +13,8 @@ import { METRICS, METRIC_HELP } from "./state.js";
 import { NEG_COLOR, POS_COLOR, MAX_COLORS } from "./palette.js";
 import { shareCaption, shareColumn, hiddenSentence, hiddenNames, shareOf } from "./share-text.js";
 import { depthPanel } from "./depth.js";
+import { lensPanel } from "./lens.js";
+import { rankingText } from "./answer.js";
 import { applyRoving } from "./roving.js";
 
 const swatch = (color, cls = "swatch") => {
@@ -102,9 +104,8 @@ function renderLegend(v, box) {
   }
   if (v.answerSources && v.answerSources.length) {
     const D = v.D, what = displayToken(D.strings[D.pred.ids[v.answerPos * D.k + v.answerJ]]);
-    items.push(el("p", { class: "legend-answer muted", text: `First colours: where ${what} comes from, the sources adding most to its logit `
-      + `minus the mean of the top ${D.k} predictions' (a baseline every candidate shares, so the first token's constant part cancels): `
-      + v.answerSources.map((src) => labels[src]).join(" ") }));
+    items.push(el("p", { class: "legend-answer muted", text: `First colours: where ${what} comes from, the sources adding most to `
+      + `${rankingText(V, D, v.answerPos)}: ` + v.answerSources.map((src) => labels[src]).join(" ") }));
   }
   // coloured sources in their order of colour (largest first), then "others"
   const ul = el("ul", { class: "legend-list" });
@@ -318,6 +319,7 @@ export const PANELS = [
   { id: "token-strip", deps: [...DRAWN, "selection"], render: renderStrip },
   { id: "grid-caption", deps: [...DRAWN], render: renderCaption },
   depthPanel,
+  lensPanel,
   { id: "legend", title: "Legend", deps: [...DRAWN], render: renderLegend },
   { id: "predictions", title: "Predictions", deps: [...DRAWN, "pred", "predChoice"], render: renderPredictions },
   { id: "cell-detail", title: "Pinned cell", deps: [...DRAWN, "pin"], render: renderCell },

@@ -120,9 +120,10 @@ function stack2(attn, mlp, L, P, G) {
 /**
  * r: the browser result (see worker.js toResult): L, P, k, tokens, token_ids, embed_norm,
  * recon_error, logit_error, pred_ids, pred_probs, pred_logits, lens_ids, lens_probs,
+ * lens_last ({ids, probs (m, L, 2), ranks, target} or null: engine.js lensTrack),
  * token_text (Map id -> display string), variants [{name, label, grouping, groups, sources,
  * has_bias, attn_norm, mlp_norm, attn_delta_norm, mlp_delta_norm, attn_proj, mlp_proj,
- * logit_attr}] (flat typed arrays, C order), model, precision, generator.
+ * logit_attr, logit_mean}] (flat typed arrays, C order), model, precision, generator.
  * prompt: {id, title, text, tags, note, chat}. Returns the msgpack bytes.
  */
 export async function encodeDocument(r, prompt, { built } = {}) {
@@ -156,6 +157,7 @@ export async function encodeDocument(r, prompt, { built } = {}) {
         proj: await metric("proj", true),
         logit_attr: await encodeArray(v.logit_attr, [P, k, G], "f16"),
       });
+      if (v.logit_mean) entry.logit_mean = await encodeArray(v.logit_mean, [G], "f32");
     }
     outVariants.push(entry);
   }
@@ -185,6 +187,12 @@ export async function encodeDocument(r, prompt, { built } = {}) {
     lens: r.lens_ids == null ? null : {
       ids: await encodeArray(toIndex(r.lens_ids), [L, 2, P, k], idxDtype),
       probs: await encodeArray(r.lens_probs, [L, 2, P, k], "f16"),
+    },
+    lens_last: r.lens_last == null ? null : {
+      ids: await encodeArray(toIndex(r.lens_last.ids), [r.lens_last.ids.length], idxDtype),
+      probs: await encodeArray(r.lens_last.probs, [r.lens_last.ids.length, L, 2], "f32"),
+      ranks: await encodeArray(r.lens_last.ranks, [r.lens_last.ids.length, L, 2], "u32"),
+      target: r.lens_last.target,
     },
     variants: outVariants,
   };

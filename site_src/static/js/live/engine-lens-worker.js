@@ -33,10 +33,12 @@ self.onmessage = async (e) => {
     } else if (msg.kind === "rows") {
       const {blocks, v0, n, d, bias} = slice;
       const t0 = performance.now(), k0 = kernelTime();
-      const r = topLogits(msg.X, msg.N, blocks, n, d, msg.k, {absRows: msg.absRows, bias});
+      const above = msg.above ? {...msg.above, v0} : null;
+      const r = topLogits(msg.X, msg.N, blocks, n, d, msg.k, {absRows: msg.absRows, bias, above});
       Object.assign(r, {ms: performance.now() - t0, kernelMs: kernelTime() - k0});   // the helper's busy time
       for (let i = 0; i < r.ids.length; i++) r.ids[i] += v0;
-      self.postMessage({ok: true, id: msg.id, ...r}, [r.ids.buffer, r.logits.buffer, r.logZ.buffer]);
+      self.postMessage({ok: true, id: msg.id, ...r}, [r.ids.buffer, r.logits.buffer, r.logZ.buffer,
+                                                      ...(r.above ? [r.above.buffer] : [])]);
     }
   } catch (err) {
     self.postMessage({ok: false, id: msg.id, message: String((err && err.message) || err)});

@@ -11,7 +11,7 @@
  * model with the engine's share, engine.js LENS_MAIN_SHARE = 1/4). The rows X are copied to each helper per call (9 MB at P = 64 with
  * the lens).
  */
-import {abortError, packedBlocks, topLogits} from "./engine-logits.js";
+import {abortError, packedBlocks, tokenLogits, topLogits} from "./engine-logits.js";
 import {kernelVariant} from "./kernel.js";
 
 const pools = new WeakMap();   // W_U -> Promise<{helpers, bounds}>
@@ -110,15 +110,16 @@ export async function releaseLens(W_U) {
 }
 
 /** topLogits() over the whole vocabulary on `threads` threads; same result object. */
-export async function topLogitsThreaded(X, N, W_U, V, d, k, {absRows = 0, signal = null, bias = null, threads = 1} = {}) {
+export async function topLogitsThreaded(X, N, W_U, V, d, k, {absRows = 0, signal = null, bias = null, threads = 1,
+                                                              above = null} = {}) {
   const pool = await helpersFor(W_U, V, d, bias, threads);
-  if (!pool) return {...topLogits(X, N, packedBlocks(W_U, V, d), V, d, k, {absRows, signal, bias}), threads: 1};
+  if (!pool) return {...topLogits(X, N, packedBlocks(W_U, V, d), V, d, k, {absRows, signal, bias, above}), threads: 1};
   const {helpers, bounds} = pool;
-  const pending = helpers.map((w) => call(w, {kind: "rows", X, N, k, absRows}));
+  const pending = helpers.map((w) => call(w, {kind: "rows", X, N, k, absRows, above}));
   pending.forEach((p) => p.catch(() => {}));
   let parts;
   try {
-    parts = [...ownPart(X, N, W_U, bounds[0], d, k, {absRows, signal, bias}), ...(await Promise.all(pending))];
+    parts = [...ownPart(X, N, W_U, bounds[0], d, k, {absRows, signal, bias, above}), ...(await Promise.all(pending))];
   } catch (e) {
     await releaseLens(W_U);                            // a helper may still be busy: start afresh
     throw e;
@@ -128,10 +129,10 @@ export async function topLogitsThreaded(X, N, W_U, V, d, k, {absRows = 0, signal
 }
 
 /** The calling thread's topLogits() over its vocabulary slice [v0, v1), as a list of 0 or 1 parts. */
-function ownPart(X, N, W_U, [v0, v1], d, k, {absRows, signal, bias}) {
+function ownPart(X, N, W_U, [v0, v1], d, k, {absRows, signal, bias, above = null}) {
   if (v1 === v0) return [];
   return [topLogits(X, N, packedBlocks(W_U.subarray(v0 * d, v1 * d), v1 - v0, d), v1 - v0, d, k,
-                    {absRows, signal, bias: bias && bias.subarray(v0, v1)})];
+                    {absRows, signal, bias: bias && bias.subarray(v0, v1), above: above && {...above, v0}})];
 }
 
 /**
@@ -205,8 +206,32 @@ function merge(parts, nTop, k, threads) {
     for (const r of parts) s += Math.exp(r.logZ[row] - m);
     logZ[row] = m + Math.log(s);
   }
+  let above;                                       // counts per slice add up (trackTokens)
+  if (parts[0].above) {
+    above = new Int32Array(parts[0].above.length);
+    for (const r of parts) for (let i = 0; i < above.length; i++) above[i] += r.above[i];
+  }
   const helperMs = Math.max(0, ...parts.map((r) => r.ms || 0));
   const helperKernelMs = Math.max(0, ...parts.map((r) => r.kernelMs || 0));
   return {ids, logits, logZ, absMax: Math.max(...parts.map((r) => r.absMax)), threads,
-          helperMs, helperKernelMs};
+          helperMs, helperKernelMs, ...(above ? {above} : {})};
+}
+
+/**
+ * The logit lens of a few tokens over rows X (N, d), already final-normed (the last position
+ * after every sublayer): probability and rank of each, as logits.lens_track (Python). One pass
+ * over the vocabulary (on the helpers where there are some) counts the tokens above each.
+ *   ids: token ids (m) -> {probs Float32Array (m, N), ranks Int32Array (m, N)}
+ */
+export async function trackTokens(X, N, W_U, V, d, ids, {bias = null, threads = 1, signal = null} = {}) {
+  const m = ids.length, thr = tokenLogits(X, N, W_U, d, ids, bias);
+  const top = await topLogitsThreaded(X, N, W_U, V, d, 1, {bias, threads, signal, above: {ids: Int32Array.from(ids), thr}});
+  const probs = new Float32Array(m * N), ranks = new Int32Array(m * N);
+  for (let r = 0; r < N; r++) {
+    for (let i = 0; i < m; i++) {
+      probs[i * N + r] = Math.exp(thr[r * m + i] - top.logZ[r]);
+      ranks[i * N + r] = 1 + top.above[r * m + i];
+    }
+  }
+  return {probs, ranks};
 }

@@ -50,18 +50,23 @@ function releasePacked() {
  *   absRows the last `absRows` rows are differences; for them only max_v |logit| is kept
  *   signal  AbortSignal, checked once per vocabulary block
  *   bias    optional lm_head bias (V,), added to every row but the differences
- * -> {ids Int32Array (N, k), logits Float32Array (N, k), logZ Float64Array (N), absMax number}
+ *   above   optional {ids Int32Array (m) token ids, thr Float32Array (N, m) their logits, v0}: also
+ *           count, per row and token, the other tokens of this slice (ids v0 + j) with a larger
+ *           logit (trackTokens below: the rank)
+ * -> {ids Int32Array (N, k), logits Float32Array (N, k), logZ Float64Array (N), absMax number,
+ *     above Int32Array (N, m) where asked}
  *
  * Per row, the vocabulary is walked in blocks with an online log-sum-exp (running max m,
  * running Σ exp(l − m)), like logits.logit_lens (Python).
  */
-export function topLogits(X, N, blocks, V, d, k, {absRows = 0, signal = null, bias = null} = {}) {
+export function topLogits(X, N, blocks, V, d, k, {absRows = 0, signal = null, bias = null, above = null} = {}) {
   const ids = new Int32Array(N * k);
   const best = new Float32Array(N * k).fill(-Infinity);
   const m = new Float64Array(N).fill(-Infinity);
   const total = new Float64Array(N);
   const nTop = N - absRows;
   let absMax = 0;
+  const counts = above ? new Int32Array(N * above.ids.length) : null;
   const blockMax = new Float64Array(N), mNew = new Float64Array(N), sums = new Float64Array(N);
   lensProducts(X, N, blocks, {mPrev: m, blockMax, mNew, sums, bias, biasRows: nTop}, (b, r0, n, F, off, ld) => {
     if (signal && signal.aborted) throw abortError();
@@ -85,11 +90,25 @@ export function topLogits(X, N, blocks, V, d, k, {absRows = 0, signal = null, bi
       }
       total[row] = total[row] * Math.exp(m[row] - mNew[row]) + sums[row];
       m[row] = mNew[row];
+      if (counts) countAbove(F, o, B, v0 + (above.v0 || 0), row, above, counts);
     }
   });
   const logZ = new Float64Array(N);
   for (let row = 0; row < nTop; row++) logZ[row] = m[row] + Math.log(total[row]);
-  return {ids, logits: best, logZ, absMax};
+  const out = {ids, logits: best, logZ, absMax};
+  if (counts) out.above = counts;
+  return out;
+}
+
+/** For each tracked token, the tokens of this block (ids id0 ..) other than it with a larger logit. */
+function countAbove(F, o, B, id0, row, {ids, thr}, counts) {
+  const m = ids.length;
+  for (let i = 0; i < m; i++) {
+    const t = thr[row * m + i], own = ids[i] - id0;
+    let n = 0;
+    for (let j = 0; j < B; j++) if (F[o + j] > t && j !== own) n++;
+    counts[row * m + i] += n;
+  }
 }
 
 /** Insert (x, id) into the row's sorted top-k list starting at `top`. */
@@ -130,6 +149,58 @@ export function logitAttribution(C, tri, scaleF, W_U, lmBias, predIds, k, groupi
     }
   }
   return Float32Array.from(out);
+}
+
+/**
+ * Each source's part of the mean logit over the vocabulary at the last position, as
+ * logits.mean_logit_parts (Python) takes it there: ⟨c[P-1, s] ⊙ scaleF[P-1], mean_v W_U[v]⟩ summed
+ * within each group (+ mean lm_head bias for the bias group). A last-position prediction's
+ * logitAttribution minus this is its demeaned attribution.   -> Float32Array (G)
+ */
+export function meanLogitLast(C, tri, scaleF, W_U, V, lmBias, grouping, G, d) {
+  const uMean = vocabMean(W_U, V, d), p = tri.P - 1, out = new Float64Array(G);
+  for (let row = 0; row < tri.T; row++) {
+    if (tri.pos[row] !== p) continue;
+    const g = grouping ? grouping[tri.src[row]] : tri.src[row];
+    let acc = 0;
+    for (let j = 0; j < d; j++) acc += Math.fround(C[row * d + j] * scaleF[p * d + j]) * uMean[j];
+    out[g] += acc;
+  }
+  if (lmBias) {
+    let b = 0;
+    for (let v = 0; v < V; v++) b += lmBias[v];
+    out[G - 1] += b / V;
+  }
+  return Float32Array.from(out);
+}
+
+const vocabMeans = new WeakMap();    // W_U -> Float64Array (d): one pass over W_U, kept
+
+function vocabMean(W_U, V, d) {
+  if (!vocabMeans.has(W_U)) {
+    const u = new Float64Array(d);
+    for (let v = 0; v < V; v++) for (let j = 0; j < d; j++) u[j] += W_U[v * d + j];
+    for (let j = 0; j < d; j++) u[j] /= V;
+    vocabMeans.set(W_U, u);
+  }
+  return vocabMeans.get(W_U);
+}
+
+/**
+ * The logit of each token in `ids` for every row of X (N, d), already final-normed, as a direct
+ * product (float64 sums), plus the lm_head bias.   -> Float32Array (N, m)
+ */
+export function tokenLogits(X, N, W_U, d, ids, bias = null) {
+  const m = ids.length, out = new Float32Array(N * m);
+  for (let r = 0; r < N; r++) {
+    for (let i = 0; i < m; i++) {
+      let acc = 0;
+      const u = ids[i] * d;
+      for (let j = 0; j < d; j++) acc += X[r * d + j] * W_U[u + j];
+      out[r * m + i] = acc + (bias ? bias[ids[i]] : 0);
+    }
+  }
+  return out;
 }
 
 export function abortError() {

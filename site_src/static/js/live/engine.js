@@ -83,8 +83,8 @@ import {initKernel, kernelMemory, kernelTime, matmul, mixHeads} from "./kernel.j
 import {applyRope, checkConfig, checkIds, checkTopK, layerWeights, ropeTables, sourceGrouping,
         tokenGroups} from "./engine-model.js";
 import {SublayerStats, reconError, rowNorms, triangle, unitForProj} from "./engine-stats.js";
-import {abortError, logitAttribution} from "./engine-logits.js";
-import {LensStream, defaultThreads, helperMlp, helpersFor, releaseLens, topLogitsThreaded} from "./engine-lens.js";
+import {abortError, logitAttribution, meanLogitLast} from "./engine-logits.js";
+import {LensStream, defaultThreads, helperMlp, helpersFor, releaseLens, topLogitsThreaded, trackTokens} from "./engine-lens.js";
 import {MLP_ROWS, columns, mlpRows, sliceWeights} from "./engine-mlp.js";
 import {HeadPatterns, HeadStats, headMaps, headsResult, recordHeads} from "./engine-heads.js";
 import {FrozenRecorder} from "./engine-graph.js";
@@ -105,7 +105,8 @@ export const LENS_PUSH_ROWS = 64;
 
 export async function decompose(model, ids, variants = {main: null}, opts = {}) {
   const {topK = 5, logitLens = true, heads = true, onProgress = null, signal = null,
-         threads = defaultThreads(), kernel = "fused", lensMainShare = LENS_MAIN_SHARE, graph = false} = opts;
+         threads = defaultThreads(), kernel = "fused", lensMainShare = LENS_MAIN_SHARE, graph = false,
+         lensTarget = null} = opts;
   const t0 = performance.now(), k0 = kernelTime();
   const cfg = checkConfig(model.config);
   const L = cfg.n_layers, P = ids.length;
@@ -146,15 +147,20 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
       attn_proj: st.attn_proj, mlp_proj: st.mlp_proj,
       logit_attr: logitAttribution(run.C, run.tri, top.scaleF, run.W_U, model.lmHeadBias, top.pred_ids, topK, g,
                                    st.G, cfg.d_model),
+      logit_mean: meanLogitLast(run.C, run.tri, top.scaleF, run.W_U, cfg.vocab, model.lmHeadBias, g, st.G, cfg.d_model),
     };
   });
+  const tTrack = performance.now();
+  const lensLast = run.lensX ? await lensTrack(run, top.pred_ids.slice((P - 1) * topK, P * topK), lensTarget,
+                                               {threads, signal}) : null;
+  const trackMs = performance.now() - tTrack;
   progress(L + 1, "done");
   const tEnd = performance.now();
   return {
     n_layers: L, n_tokens: P, top_k: topK, has_bias: run.bias, token_ids: Int32Array.from(ids),
     embed_norm: run.embedNorm, recon_error: run.recon, logit_error: top.logit_error,
     pred_ids: top.pred_ids, pred_probs: top.pred_probs, pred_logits: top.pred_logits,
-    lens_ids: top.lens_ids, lens_probs: top.lens_probs, variants: out,
+    lens_ids: top.lens_ids, lens_probs: top.lens_probs, lens_last: lensLast, variants: out,
     frozen: run.frozen ? run.frozen.finish(ids, run.x) : null,
     heads: headsResult(run.patterns, run.headStats, run.groupings.map(([name]) => name)),
     timings: {layers_ms: tLayers - t0, logits_ms: tEnd - tLayers, total_ms: tEnd - t0,
@@ -162,8 +168,25 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
               kernel_bytes: kernelMemory(), unembedding_threads: top.threads,
               mlp_threads: run.mlpPool ? run.mlpPool.helpers.length + 1 : 1, lens_streamed: Boolean(run.stream),
               lens_helper_ms: top.helperMs || 0, lens_helper_kernel_ms: top.helperKernelMs || 0,
-              heads_ms: run.headsMs, kernel: kernelInfo.variant},
+              heads_ms: run.headsMs, kernel: kernelInfo.variant, lens_last_ms: trackMs},
   };
+}
+
+/**
+ * The last position's logit lens of its top-k predictions, then of `target` where it is not one
+ * of them, after every sublayer (decompose._lens_track in Python): {ids Int32Array (m),
+ * probs Float32Array (m, L, 2), ranks Int32Array (m, L, 2), target (row of the target or null),
+ * rows Float32Array (2L, d): the final-normed residuals, for other tokens (lensRowsTrack)}.
+ */
+async function lensTrack(run, top, target, {threads, signal}) {
+  const {cfg, P, lensX, model} = run, {n_layers: L, d_model: d} = cfg;
+  const rows = new Float32Array(2 * L * d);
+  for (let c = 0; c < 2 * L; c++) rows.set(lensX.subarray((c * P + P - 1) * d, (c * P + P) * d), c * d);
+  const ids = Array.from(top);
+  if (target != null && !ids.includes(target)) ids.push(target);
+  const t = await trackTokens(rows, 2 * L, run.W_U, cfg.vocab, d, ids, {bias: model.lmHeadBias, threads, signal});
+  return {ids: Int32Array.from(ids), probs: t.probs, ranks: t.ranks, rows,
+          target: target == null ? null : ids.indexOf(target)};
 }
 
 /**

@@ -26,6 +26,7 @@ const graphJobs = new Map();     // seq -> {resolve, reject}: attribution graphs
 const ablateJobs = new Map();    // seq -> {resolve, reject, onProgress}: ablation checks
 let regroupJob = null;           // the exact custom grouping in progress: {seq, resolve, reject}
 let paths = null;                // the Paths panel of the result on screen (paths-live.js)
+const lensJobs = new Map();      // seq -> {resolve, reject}: the logit lens of other tokens (lens.js)
 
 const ui = {
   form: $("live-form"), text: $("prompt"), chat: $("chat"), run: $("run"), cancel: $("cancel"),
@@ -76,6 +77,10 @@ function onMessage(m) {
     ablateJobs.delete(m.seq);
     if (m.type === "ablated") job.resolve(m.values);
     else job.reject(m.kind === "cancelled" ? new DOMException("cancelled", "AbortError") : new Error(m.message));
+  } else if (m.type === "lensToken" || m.type === "lensTokenError") {
+    const job = lensJobs.get(m.seq);
+    lensJobs.delete(m.seq);
+    if (job) (m.type === "lensToken" ? job.resolve(m) : job.reject(new Error(m.message)));
   } else if (m.type === "progress") {
     if (graphJobs.size && m.phase === "layers" && !busy) return;     // a graph's rerun: not the page's run
     renderProgress(m);
@@ -181,6 +186,16 @@ export function requestGraph({ target = null, contrast = null, position = -1, no
     graphJobs.set(seq, { resolve, reject });
     worker.postMessage({ type: "graph", seq, text: shown.text, chat: shown.chat, target, contrast, position,
                          nodeThreshold, edgeThreshold });
+  });
+}
+
+/** The logit lens of any one-token text at the last position of the prompt on screen (lens.js). */
+export function requestLensToken(token) {
+  if (!worker || !shown) return Promise.reject(new Error("Run a prompt first."));
+  const seq = ++jobSeq;
+  return new Promise((resolve, reject) => {
+    lensJobs.set(seq, { resolve, reject });
+    worker.postMessage({ type: "lensToken", seq, text: shown.text, chat: shown.chat, token });
   });
 }
 
@@ -332,7 +347,7 @@ async function showResult(bytes, headsBytes, timings, predIds) {
     viewer = await mountResult(ui.result, D, { dataUrl: resultUrl, fileName: "live.msgpack",
                                                headsUrl, headsFileName: "live.heads.msgpack",
                                                hashPrefix: hashParams(shown.text, shown.chat).toString(),
-                                               ownsHash: isShownPrompt, exactCustom });
+                                               ownsHash: isShownPrompt, exactCustom, lensToken: requestLensToken });
   } catch (e) {
     showError(`The viewer failed: ${e.message}`);
     return;

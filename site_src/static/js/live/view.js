@@ -69,7 +69,7 @@ export async function mountResult(container, D, options) {
   if (mod && typeof mod.mountViewer === "function") {
     const viewer = await mod.mountViewer(host, D, { id: "live", dataUrl: options.dataUrl, hash: true,
                                                     hashPrefix: options.hashPrefix, ownsHash: options.ownsHash,
-                                                    exactCustom: options.exactCustom });
+                                                    exactCustom: options.exactCustom, lensToken: options.lensToken });
     const link = document.getElementById("download-data");
     if (link) nameDataLink(link, options);
     return viewer;

@@ -49,7 +49,7 @@ let tokenizerP = null;     // Promise of a LiveTokenizer
 let modelP = null;         // Promise of {live, engineModel}
 const jobs = new Set();    // {kind, ctl} of the computations queued or in progress (see queued())
 let queue = Promise.resolve();
-let lastRun = null;        // {text, chat, ids, frozen | null, state | null}: what a "graph" message reads
+let lastRun = null;        // {text, chat, ids, frozen | null, state | null, lensRows | null}: what "graph" and "lensToken" read
 
 /** The frozen state (patterns, gates, scales, node writes) kept for new targets at most this big:
  * ~30 MB at P = 64 on the default model, next to the ~600 MB of weights and the run's own arrays
@@ -119,6 +119,7 @@ function toResult(res, tok, ids, tokens, variantInfo, live) {
   const L = res.n_layers, P = res.n_tokens, k = res.top_k;
   const used = new Set(res.pred_ids);
   if (res.lens_ids) for (const i of res.lens_ids) used.add(i);
+  if (res.lens_last) for (const i of res.lens_last.ids) used.add(i);
   const token_text = new Map([...used].sort((a, b) => a - b).map((i) => [i, tok.display(i)]));
   const variants = variantInfo.map(({ name, label, grouping }) => {
     const v = res.variants[name];
@@ -134,7 +135,7 @@ function toResult(res, tok, ids, tokens, variantInfo, live) {
     L, P, k, tokens, token_ids: ids, embed_norm: res.embed_norm, recon_error: res.recon_error,
     logit_error: res.logit_error, pred_ids: res.pred_ids, pred_probs: res.pred_probs,
     pred_logits: res.pred_logits, lens_ids: res.lens_ids, lens_probs: res.lens_probs,
-    token_text, variants, heads: res.heads, model: live.manifest.model, precision: "float32",
+    lens_last: res.lens_last, token_text, variants, heads: res.heads, model: live.manifest.model, precision: "float32",
     generator: { ...live.manifest.generator, runtime: "browser" },
   };
 }
@@ -167,7 +168,8 @@ async function run({ text, chat, maxTokens }, signal) {
   });
   const { frozenBytes } = await import("./engine-graph.js");
   const keep = frozenBytes(engine.config, ids.length) <= GRAPH_KEEP_BYTES;
-  lastRun = { text, chat: !!chat, ids, frozen: keep ? res.frozen : null, state: null };
+  lastRun = { text, chat: !!chat, ids, frozen: keep ? res.frozen : null, state: null,
+              lensRows: res.lens_last ? res.lens_last.rows : null };
   const t2 = performance.now();
   const result = toResult(res, tok, ids, tokens, variantInfo, live);
   const prompt = { id: "live", title: "Your prompt", text, tags: [], note: null, chat: !!chat };
@@ -270,6 +272,25 @@ async function graph({ text, chat = false, target = null, contrast = null, posit
   return { graph: entry, rerun, stateBytes: stateBytes(state) };
 }
 
+/**
+ * The logit lens of any one-token text at the last position of the last run (issue 24 item 6):
+ * its probability and rank after every sublayer, from the run's kept final-normed residuals
+ * there (engine.js lensTrack), as the data file's lens_last rows.
+ */
+async function lensToken({ text, chat = false, token }) {
+  const tok = await tokenizer();
+  if (!lastRun || lastRun.text !== text || lastRun.chat !== !!chat || !lastRun.lensRows) {
+    throw new InputError("Run this prompt again to look up other tokens: the residuals of another run are kept.");
+  }
+  const { engine } = await model(null);
+  const { n_layers: L, d_model: d, vocab: V } = engine.config;
+  const id = oneToken(tok, token, "token", V);
+  const { trackTokens, defaultThreads } = await import("./engine-lens.js");
+  const r = await trackTokens(lastRun.lensRows, 2 * L, engine.lmHead || engine.embed, V, d, [id],
+                              { bias: engine.lmHeadBias, threads: defaultThreads() });
+  return { id, text: tok.display(id), probs: r.probs, ranks: r.ranks };
+}
+
 /** target null: the top-1 prediction at that position, from the real final residual. */
 function topPrediction(state, engine, position) {
   const { d_model: d, vocab: V, rms_eps: eps } = engine.config, x = state.frozen.xFinal;
@@ -347,11 +368,14 @@ self.onmessage = async (ev) => {
     } else if (m.type === "ablate") {
       const values = await queued("ablate", (signal) => ablate(m, signal));
       postMessage({ type: "ablated", seq: m.seq, values }, [values.buffer]);
+    } else if (m.type === "lensToken") {
+      postMessage({ type: "lensToken", seq: m.seq, ...(await queued("lensToken", () => lensToken(m))) });
     } else if (m.type === "cancel") {
       for (const job of jobs) if (!m.job || job.kind === m.job) job.ctl.abort();
     }
   } catch (e) {
     if (m.type === "count") postMessage({ type: "count", seq: m.seq, n: null, error: e.message });
+    else if (m.type === "lensToken") postMessage({ type: "lensTokenError", seq: m.seq, message: e.message });
     else report(e, m.type === "regroup" || m.type === "graph" || m.type === "ablate" ? m.seq : undefined);
   }
 };
