@@ -1,6 +1,6 @@
 // The live page's Paths panel (issue 23, items 4 and 5): after a run, the exact attribution
-// graph of the top prediction at the last position, computed by the worker (engine-graph.js) from
-// the run's kept state and drawn by the gallery's Paths view (paths-view.js mountPaths). Pickers
+// graph of the top prediction at the last position, computed by the worker (engine-graph.js) out
+// of the run's kept state and drawn by the gallery's Paths view (paths-view.js mountPaths). Pickers
 // ask the worker for another target: any top-k prediction at any position, against the mean
 // logit or another prediction there. The ablation check runs on request (a button): the worker
 // runs the real model with each of the graph's top 20 head and top 20 MLP nodes zeroed
