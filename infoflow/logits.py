@@ -43,7 +43,7 @@ def mean_logit_parts(C: Tensor, tri: Triangle, scale: Tensor, unembed: Unembed,
     alike; it sums to the logit minus the mean logit. One (T, d) · (d,) product.
     """
     G = tri.S if grouping is None else int(grouping.max()) + 1
-    per_row = (C * scale[tri.pos]) @ unembed.W_U.mean(0)               # (T,)
+    per_row = (C * scale[tri.pos]) @ unembed.W_U_mean               # (T,)
     gsrc = tri.src if grouping is None else grouping[tri.src]
     out = C.new_zeros(tri.P * G).index_add_(0, tri.pos * G + gsrc, per_row).view(tri.P, G)
     if unembed.b_U is not None:

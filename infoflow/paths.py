@@ -63,7 +63,7 @@ class Target:
 
 def target_direction(unembed: Unembed, token: int, contrast: int | None, position: int) -> Target:
     W = unembed.W_U
-    u = W[token] - (W[contrast] if contrast is not None else W.mean(0))
+    u = W[token] - (W[contrast] if contrast is not None else unembed.W_U_mean)
     b = 0.0
     if unembed.b_U is not None:
         b = float(unembed.b_U[token] - (unembed.b_U[contrast] if contrast is not None else unembed.b_U.mean()))

@@ -36,6 +36,12 @@ class Unembed:
     eps: float
     W_U: Tensor            # (V, d)
     b_U: Tensor | None     # (V,)
+    W_U_mean: Tensor | None = None   # (d,) mean_v W_U[v]: the demeaned targets' common row,
+                                     # formed once per model (V·d adds: 0.12 s on Gemma's 262k)
+
+    def __post_init__(self):
+        if self.W_U_mean is None:
+            self.W_U_mean = self.W_U.mean(0)
 
 
 def _bias(linear, dtype, device):
