@@ -7,7 +7,29 @@ import sys
 import types
 
 __version__ = "0.1.0"
-ENGINE_VERSION = "2"  # bump when the numbers a decomposition produces change
+
+# The modules whose code decides the numbers a result holds and the bytes it is stored as: the
+# forward pass and what it captures, the decomposition, the lens, the graph and its check, and
+# the encoders. ENGINE_VERSION is a hash of their sources, so that a change to any of them makes
+# every cached result stale by itself, where a version bumped by hand was once forgotten.
+# tests/test_engine_version.py fails when a module these import is neither here nor in
+# NOT_NUMERIC. (build.compute's choice of variants is keyed by build.CACHE_FORMAT, bumped by hand.)
+ENGINE_SOURCES = ("arch.py", "weights.py", "model.py", "trace.py", "tokens.py", "engine.py",
+                  "logits.py", "decompose.py", "result.py", "paths.py", "ablate.py",
+                  "datafile.py", "graphfile.py", "gallery_graphs.py")
+NOT_NUMERIC = ("config.py", "files.py")     # imported by them, but writing files and settings only
+
+
+def _engine_version() -> str:
+    import hashlib
+    from pathlib import Path
+    here, h = Path(__file__).parent, hashlib.sha256()
+    for name in ENGINE_SOURCES:
+        h.update(name.encode() + b"\0" + (here / name).read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+ENGINE_VERSION = _engine_version()
 
 from .result import Decomposition  # noqa: E402
 
