@@ -58,7 +58,7 @@ def screen_site(gallery, test_cache, tmp_path_factory):  # noqa: ARG001  (galler
             f'notes = {{ {GEMMA} = {json.dumps(e["notes"]["gemma3-270m"])} }}\n')
     (root / "prompts.toml").write_text(toml, encoding="utf-8")
     cfg = SiteConfig(prompts=root / "prompts.toml", out=root / "site", cache=str(test_cache),
-                     models=(DEFAULT_MODEL, str(gemma)), live=False)
+                     models=(DEFAULT_MODEL, str(gemma)), live=True)    # the published head has the live link
     build(cfg, progress=False, log=lambda *a: None)
     srv, url = _serve(root / "site")
     yield url
