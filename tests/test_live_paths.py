@@ -107,3 +107,41 @@ def test_live_paths_panel_draws_pythons_graph_and_checks_it(context, live_server
     page.wait_for_function("() => document.getElementById('live-check-status').textContent.includes('cancelled')")
     assert page.evaluate(f"() => !!{VIEW[6:]}")
     assert errors == []
+
+
+def _restored(page):
+    page.reload()
+    page.wait_for_function("() => document.documentElement.dataset.liveState")
+    page.click("#run")
+    assert _wait_state(page, ["error", "done"], timeout=300_000) == "done", page.text_content("#live-error")
+    page.wait_for_function("() => window.infoflowLive && window.infoflowLive.paths")
+    return page
+
+
+def test_live_paths_state_rides_in_the_hash_and_a_reload_restores_it(context, live_server):  # noqa: F811
+    page, errors = _run(context, live_server, IOI)
+    page.select_option("#live-paths-position", "5")
+    ids = page.eval_on_selector_all("#live-paths-target option", "os => os.map((o) => +o.value)")
+    page.select_option("#live-paths-contrast", str(ids[0]))
+    page.select_option("#live-paths-target", str(ids[2]))
+    page.wait_for_function(f"() => {VIEW[6:]} && {VIEW[6:]}.entry.target.id === {ids[2]}")
+    page.evaluate(f"() => {VIEW[6:]}.set({{nodeShare: 0.5}})")
+    page.wait_for_function("() => location.hash.includes('pn=50')")
+    q = dict(x.split("=", 1) for x in page.evaluate("() => location.hash.slice(1)").split("&"))
+    assert (q["pv"], q["lp"], q["lt"], q["lc"], q["pn"]) == ("1", "5", str(ids[2]), str(ids[0]), "50"), q
+    assert "text" in q and "m" in q       # the prompt's and the viewer's keys stay
+    # a reload with that hash: after the run, the same pickers, shares and graph
+    _restored(page)
+    assert page.evaluate("async () => !!(await window.infoflowLive.paths.ready)")
+    assert page.input_value("#live-paths-position") == "5"
+    assert page.input_value("#live-paths-target") == str(ids[2])
+    assert page.input_value("#live-paths-contrast") == str(ids[0])
+    got = page.evaluate(f"() => {{ const v = {VIEW[6:]}; return [v.entry.position, v.entry.target.id, v.entry.contrast.id, v.state.nodeShare]; }}")
+    assert got == [5, ids[2], ids[0], 0.5]
+    assert page.evaluate("() => document.getElementById('live-paths').open")
+    # closed: pv=0, and a reload keeps it closed
+    page.evaluate("() => { document.getElementById('live-paths').open = false; }")
+    page.wait_for_function("() => new URLSearchParams(location.hash.slice(1)).get('pv') === '0'")
+    _restored(page)
+    assert not page.evaluate("() => document.getElementById('live-paths').open")
+    assert errors == []

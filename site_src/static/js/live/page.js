@@ -3,7 +3,7 @@
 import { decodeData, ensureAll, DataError } from "../data.js";
 import { decodeHeads } from "../heads.js";
 import { mountResult } from "./view.js";
-import { attachLivePaths } from "./paths-live.js";
+import { attachLivePaths, encodeLivePathsHash, parseLivePathsHash } from "./paths-live.js";
 
 const $ = (id) => document.getElementById(id);
 const root = $("live");
@@ -340,6 +340,9 @@ async function showResult(bytes, headsBytes, timings, predIds) {
   headsUrl = headsBytes ? blob(headsBytes) : null;
   window.infoflowLive = { bytes, headsBytes, timings, D, dataUrl: resultUrl, headsUrl, graph: requestGraph, ablate: requestAblation };
   ui.result.hidden = false;
+  // the Paths panel's state in the hash (a shared link or a reload): read before the viewer
+  // rewrites the hash with its own keys
+  const pathsHash = isShownPrompt(location.hash) ? parseLivePathsHash(location.hash) : null;
   if (viewer) viewer.destroy();
   if (paths) paths.destroy();
   paths = null;
@@ -354,8 +357,15 @@ async function showResult(bytes, headsBytes, timings, predIds) {
   }
   if (predIds && predIds.length === D.P * D.k) {
     // after the viewer, so the first view never waits for it; the graph goes after the run in the worker
+    const v = viewer;
     paths = attachLivePaths(ui.result, D, predIds, { graph: requestGraph, ablate: requestAblation,
-      cancel: (job) => worker.postMessage({ type: "cancel", job }) });
+      cancel: (job) => worker.postMessage({ type: "cancel", job }) },
+    { hashState: pathsHash, onHash: () => { if (v) v.writeHash(false); } });
+    if (viewer) {
+      const panel = paths;
+      viewer.hashParts.push(() => encodeLivePathsHash(panel));
+      viewer.writeHash(false);
+    }
     window.infoflowLive.paths = paths;
   }
   const secs = (ms) => (ms / 1000).toFixed(1);

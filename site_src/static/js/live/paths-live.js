@@ -11,12 +11,40 @@ import { displayToken } from "../format.js";
 import { engineGraphDocument } from "../paths-data.js";
 import { mountPaths, showPathsError } from "../paths-view.js";
 import { checkFromValues, topNodes } from "../paths-check.js";
+import { encodePathsHash, parsePathsHash } from "../paths-model.js";
 
 const CHECK_NODES = 20;          // head nodes, and MLP nodes, ablated by the check (ablate.py's n)
 const KEEP_GRAPHS = 16;          // computed graphs kept in the page, for going back to a target
 const mb = (b) => `${(b / 2 ** 20).toFixed(1)} MB`;
 const CHECK_NOTE = "The ablation check runs on request: press \u201cCheck against the real model\u201d under the graph "
   + `(the real model in your browser with each of the top ${CHECK_NODES} head and top ${CHECK_NODES} MLP nodes zeroed; not part of the run).`;
+
+// ----------------------------------------------------------------------------- hash
+// The panel's state in the live page's URL hash, after the prompt and the viewer's keys: the
+// prompt page's keys (paths-model.js: pv=1 open, pn / pe shares, ps node) and the pickers', lp
+// (position), lt (target token id), lc (contrast token id; absent: the mean logit). pv=0: closed.
+
+/** The panel's part of the hash. */
+export function encodeLivePathsHash(panel) {
+  if (!panel.section.open) return "pv=0";
+  const s = panel.spec(), state = panel.view ? panel.view.state : { nodeShare: 0.8, edgeShare: 0.9, ...panel.shares };
+  let h = `${encodePathsHash({ ...state, target: 0 })}&lp=${s.position}&lt=${s.target}`;
+  if (s.contrast !== null) h += `&lc=${s.contrast}`;
+  return h;
+}
+
+/** The panel's state a hash describes: null (no Paths keys), {open: false}, or {open: true,
+ * position, target, contrast, nodeShare, edgeShare, selected}; the caller checks them against
+ * the run (a position or token that is not among its pickers' options falls back). */
+export function parseLivePathsHash(hash) {
+  const q = new URLSearchParams(String(hash || "").replace(/^#/, ""));
+  if (q.get("pv") === "0") return { open: false };
+  const view = parsePathsHash(hash);
+  if (!view) return null;
+  const int = (k) => (/^\d{1,9}$/.test(q.get(k) || "") ? +q.get(k) : null);
+  return { open: true, position: int("lp"), target: int("lt"), contrast: int("lc"),
+           nodeShare: view.nodeShare, edgeShare: view.edgeShare, selected: view.selected };
+}
 
 /** The label of a prediction in a picker: the token, its rank and probability at that position. */
 function predLabel(D, p, j) {
@@ -30,17 +58,32 @@ const select = (id, label) => {
 };
 
 class LivePaths {
-  constructor(container, D, predIds, calls) {
-    Object.assign(this, { D, predIds, calls, view: null, doc: null, seq: 0, shares: {}, checking: null });
+  constructor(container, D, predIds, calls, { hashState = null, onHash = () => {} } = {}) {
+    Object.assign(this, { D, predIds, calls, view: null, doc: null, seq: 0, shares: {}, checking: null, onHash });
     this.cache = new Map();        // "p.t.c" -> decoded document (one graph, its check once made)
     this.build(container);
-    this.pos.s.addEventListener("change", () => { this.fillTargets(); this.draw(); });
-    this.tgt.s.addEventListener("change", () => this.draw());
-    this.con.s.addEventListener("change", () => this.draw());
+    const changed = () => { this.draw(); onHash(); };
+    this.pos.s.addEventListener("change", () => { this.fillTargets(); changed(); });
+    this.tgt.s.addEventListener("change", changed);
+    this.con.s.addEventListener("change", changed);
+    this.section.addEventListener("toggle", () => onHash());
     this.checkBtn.addEventListener("click", () => { this.checking = this.check(); });
     this.cancelBtn.addEventListener("click", () => calls.cancel("ablate"));
-    this.fillTargets();
+    this.restore(hashState);
     this.ready = this.draw();
+  }
+
+  /** The pickers, shares and open state a URL hash asked for, where the run has them. */
+  restore(h) {
+    const { D, pos, tgt, con } = this;
+    if (h && h.open === false) this.section.open = false;
+    if (h && h.open && h.position !== null && h.position < D.P) pos.s.value = String(h.position);
+    this.fillTargets();
+    if (!h || !h.open) return;
+    const has = (s, v) => v !== null && [...s.options].some((o) => o.value === String(v));
+    if (has(tgt.s, h.target)) tgt.s.value = String(h.target);
+    if (h.contrast === null || has(con.s, h.contrast)) con.s.value = h.contrast === null ? "" : String(h.contrast);
+    this.shares = { nodeShare: h.nodeShare, edgeShare: h.edgeShare, selected: h.selected };
   }
 
   build(container) {
@@ -87,8 +130,11 @@ class LivePaths {
       this.view.destroy();
     }
     this.doc = doc;
+    // a slider sends many states: the URL follows once it rests (browsers throttle replaceState)
+    const onState = () => { clearTimeout(this.hashTimer); this.hashTimer = setTimeout(this.onHash, 150); };
     this.view = mountPaths(this.body, doc, { idPrefix: "live-paths", id: "live", title: "Your prompt", tokenIds: this.D.tokenIds,
-      state: { ...this.shares }, targetPicker: false });
+      state: { ...this.shares }, targetPicker: false, onState });
+    this.onHash();
     this.status.textContent = doc.status;
     this.checkBtn.disabled = false;
     this.checkStatus.textContent = doc.graphs[0].check ? "Checked (see under the graph)." : "";
@@ -169,6 +215,7 @@ class LivePaths {
 
   destroy() {
     this.seq++;
+    clearTimeout(this.hashTimer);
     if (this.view) this.view.destroy();
     this.section.remove();
   }
@@ -178,9 +225,11 @@ class LivePaths {
  * Add the panel to `container` for the live result D (data.js), `predIds` (P·k token ids of
  * D.pred) and the page's worker calls: graph({target, contrast, position}) -> {graph, rerun,
  * stateBytes}; ablate({target, contrast, position, nodes}, onProgress) -> Float64Array; cancel(job).
+ * options: {hashState (parseLivePathsHash of the hash the result opened with), onHash() (the
+ * panel's state changed: the page rewrites its hash, reading encodeLivePathsHash(panel))}.
  * Returns the panel: {section, view, ready (Promise of the first view), checking (Promise of
  * the last check), draw(), check(), destroy()}.
  */
-export function attachLivePaths(container, D, predIds, calls) {
-  return new LivePaths(container, D, predIds, calls);
+export function attachLivePaths(container, D, predIds, calls, options = {}) {
+  return new LivePaths(container, D, predIds, calls, options);
 }
