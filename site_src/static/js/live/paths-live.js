@@ -22,7 +22,8 @@ const CHECK_NOTE = "The ablation check runs on request: press \u201cCheck agains
 // ----------------------------------------------------------------------------- hash
 // The panel's state in the live page's URL hash, after the prompt and the viewer's keys: the
 // prompt page's keys (paths-model.js: pv=1 open, pn / pe shares, ps node) and the pickers', lp
-// (position), lt (target token id), lc (contrast token id; absent: the mean logit). pv=0: closed.
+// (position), lt (target token id), lc (contrast token id; absent: the mean logit), ls=1 (split
+// by source). pv=0: closed.
 
 /** The panel's part of the hash. */
 export function encodeLivePathsHash(panel) {
@@ -30,7 +31,7 @@ export function encodeLivePathsHash(panel) {
   const s = panel.spec(), state = panel.view ? panel.view.state : { nodeShare: 0.8, edgeShare: 0.9, ...panel.shares };
   let h = `${encodePathsHash({ ...state, target: 0 })}&lp=${s.position}&lt=${s.target}`;
   if (s.contrast !== null) h += `&lc=${s.contrast}`;
-  return h;
+  return s.split ? `${h}&ls=1` : h;
 }
 
 /** The panel's state a hash describes: null (no Paths keys), {open: false}, or {open: true,
@@ -42,7 +43,7 @@ export function parseLivePathsHash(hash) {
   const view = parsePathsHash(hash);
   if (!view) return null;
   const int = (k) => (/^\d{1,9}$/.test(q.get(k) || "") ? +q.get(k) : null);
-  return { open: true, position: int("lp"), target: int("lt"), contrast: int("lc"),
+  return { open: true, position: int("lp"), target: int("lt"), contrast: int("lc"), split: q.get("ls") === "1",
            nodeShare: view.nodeShare, edgeShare: view.edgeShare, selected: view.selected };
 }
 
@@ -66,6 +67,7 @@ class LivePaths {
     this.pos.s.addEventListener("change", () => { this.fillTargets(); changed(); });
     this.tgt.s.addEventListener("change", changed);
     this.con.s.addEventListener("change", changed);
+    this.split.addEventListener("change", changed);
     this.section.addEventListener("toggle", () => onHash());
     this.checkBtn.addEventListener("click", () => { this.checking = this.check(); });
     this.cancelBtn.addEventListener("click", () => calls.cancel("ablate"));
@@ -84,6 +86,7 @@ class LivePaths {
     if (has(tgt.s, h.target)) tgt.s.value = String(h.target);
     if (h.contrast === null || has(con.s, h.contrast)) con.s.value = h.contrast === null ? "" : String(h.contrast);
     this.shares = { nodeShare: h.nodeShare, edgeShare: h.edgeShare, selected: h.selected };
+    this.split.checked = h.split;
   }
 
   build(container) {
@@ -92,6 +95,10 @@ class LivePaths {
     this.tgt = select("live-paths-target", "Target");
     this.con = select("live-paths-contrast", "Contrast");
     for (let p = D.P - 1; p >= 0; p--) this.pos.s.append(el("option", { value: p, text: `${p}: ${displayToken(D.tokens[p])}` }));
+    this.split = el("input", { type: "checkbox", id: "live-paths-split" });
+    const splitBox = el("label", { class: "field", title: "Each node's effect split among the source tokens, shown on hover: "
+      + "the browser decomposes the prompt once more for each graph with it (the parts exist only during a decomposition)" },
+    this.split, el("span", { text: " Split by source" }));
     this.status = el("p", { class: "paths-status muted", id: "live-paths-status", "aria-live": "polite" });
     this.body = el("div", { class: "paths-body", id: "live-paths-root" });
     this.checkBtn = el("button", { type: "button", id: "live-check-run", text: "Check against the real model",
@@ -102,8 +109,9 @@ class LivePaths {
     this.section = el("details", { class: "panel paths-panel", id: "live-paths", open: true },
       el("summary", {}, el("h2", { text: "Paths: which heads and MLPs carried the prediction" })),
       el("p", { class: "muted paths-intro", text: "The exact attribution graph of one logit, computed in your browser from the run: "
-        + "every node's effect on it, split among the nodes that feed it. Pick a prediction at any position, and a contrast." }),
-      el("div", { class: "toolbar live-paths-controls" }, this.pos.box, this.tgt.box, this.con.box),
+        + "every node's effect on it, split among the nodes that feed it. Pick a prediction at any position, and a contrast; "
+        + "tick \u201cSplit by source\u201d for each node's effect by source token (one more decomposition per graph)." }),
+      el("div", { class: "toolbar live-paths-controls" }, this.pos.box, this.tgt.box, this.con.box, splitBox),
       this.status, this.body,
       el("div", { class: "live-check" }, this.checkBtn, " ", this.bar, " ", this.cancelBtn, " ", this.checkStatus));
     container.append(this.section);
@@ -121,7 +129,7 @@ class LivePaths {
 
   spec() {
     const c = this.con.s.value;
-    return { position: +this.pos.s.value, target: +this.tgt.s.value, contrast: c === "" ? null : +c };
+    return { position: +this.pos.s.value, target: +this.tgt.s.value, contrast: c === "" ? null : +c, split: this.split.checked };
   }
 
   show(doc) {
@@ -143,13 +151,14 @@ class LivePaths {
 
   /** The graph of the picked target: from the page's cache, else from the worker. */
   async draw() {
-    const s = this.spec(), key = `${s.position}.${s.target}.${s.contrast}`, seq = ++this.seq;
+    const s = this.spec(), key = `${s.position}.${s.target}.${s.contrast}.${s.split}`, seq = ++this.seq;
     if (s.target === s.contrast) {
       this.status.textContent = "The target and the contrast are the same token: pick another contrast.";
       return null;
     }
     if (this.cache.has(key)) return this.show(this.cache.get(key));
-    this.status.textContent = "Computing the graph in your browser\u2026";
+    this.status.textContent = s.split ? "Computing the graph, then decomposing the prompt again for the per-source split\u2026"
+      : "Computing the graph in your browser\u2026";
     this.checkBtn.disabled = true;
     const t0 = performance.now();
     try {
@@ -179,9 +188,12 @@ class LivePaths {
     const doc = engineGraphDocument({ tokens: D.tokens, layers: D.L, labels, model: (D.model && D.model.id) || "", prompt: "live", graphs: [r.graph] });
     doc.checkNote = CHECK_NOTE;
     doc.rerun = r.rerun;
+    const split = r.split ? ` The split by source took one more decomposition of the prompt (${(r.graph.timings.split_ms / 1000).toFixed(1)} s `
+      + "of it): the parts it needs exist only while the prompt is decomposed. Hover a node for its top sources." : "";
     doc.status = `Computed in ${(ms / 1000).toFixed(1)} s. ` + (r.rerun
       ? `The worker had to decompose the prompt again for it: the run's frozen state (${mb(r.stateBytes)}) is over what this page keeps for new targets, so each new target costs a decomposition.`
-      : `From the run's frozen state, kept in the worker for new targets (${mb(r.stateBytes)}): no new decomposition.`);
+      : `From the run's frozen state, kept in the worker for new targets (${mb(r.stateBytes)})`
+        + (r.split ? "." : ": no new decomposition.")) + split;
     return doc;
   }
 
