@@ -35,7 +35,8 @@ FLOOR = 1e-2     # values below this share of the graph's largest are compared a
 GRAPH_WORKER = HARNESS_WORKER.split("async function kernelCheck")[0].replace(
     'import {decompose} from "/static/js/live/engine.js";',
     'import {decompose} from "/static/js/live/engine.js";\n'
-    'import {prepare, graphFor, stateBytes} from "/static/js/live/engine-graph.js";') + r"""
+    'import {prepare, graphFor, stateBytes} from "/static/js/live/engine-graph.js";\n'
+    'import {SourceSplit} from "/static/js/live/engine-split.js";') + r"""
 self.onmessage = async (e) => {
   const {url, config, runs} = e.data;
   try {
@@ -51,7 +52,16 @@ self.onmessage = async (e) => {
       const state = await prepare(model, res.frozen);
       const t2 = performance.now();
       const graphs = [];
-      for (const t of targets) graphs.push(plain(await graphFor(state, t, options || {})));
+      for (const t of targets) {
+        // t.split: each node's effect by source, from a decomposition with the observer
+        const split = t.split ? async (grads, hasOBias) => {
+          const s = new SourceSplit(model.config, grads, null, hasOBias);
+          await decompose(model, Int32Array.from(ids), {main: null},
+                          {topK: 1, logitLens: false, heads: false, threads: 1, observers: [s]});
+          return s;
+        } : null;
+        graphs.push(plain(await graphFor(state, t, {...(options || {}), split})));
+      }
       out.push({graphs, decompose_ms: t1 - t0, prepare_ms: t2 - t1, state_bytes: stateBytes(state)});
     }
     self.postMessage({ok: true, runs: out});
@@ -211,3 +221,56 @@ def test_default_model_graph_matches_python(graph_harness, default_folder):
         t, js = targets[0], reply["graphs"][0]
         py = python_graph(prompt, lm, t["token"], t["contrast"], t["position"])
         report(f"default {prompt!r}", compare_graph(py, js, prompt), js)
+
+
+def compare_split(py, js, what: str) -> dict:
+    """The browser's by_source against Python's (graphfile.graph_entry's, from
+    infoflow.graph's heads_by_source / mlp_by_source): the same nodes, the same values within
+    RTOL of the largest, and each node's split summing to its effect."""
+    from infoflow.graphfile import BY_SOURCE_NODES, _node_split
+
+    bs = js["by_source"]
+    which = np.asarray(bs["node"]["data"], np.int64)
+    vals = arr(bs["values"])
+    eff = np.abs(py.nodes["effect"][:-1])
+    want = np.sort(np.argsort(-eff, kind="stable")[:BY_SOURCE_NODES])
+    assert which.tolist() == want.tolist(), f"{what}: the split nodes differ"
+    G = len(py.sources)
+    assert vals.shape == (len(which), G)
+    exp = np.stack([_node_split(py, int(i)) for i in which])
+    top = np.abs(exp).max()
+    worst = {"split": float(np.abs(vals - exp).max() / top)}
+    assert worst["split"] <= RTOL, f"{what}: split differs by {worst['split']:.2e} of the largest value"
+    # each node's split sums to its effect (the browser's own effect, and Python's)
+    js_eff = arr(js["nodes"]["effect"])[which]
+    sums = vals.astype(np.float64).sum(1)
+    scale = np.abs(py.nodes["effect"][:-1]).max()
+    worst["sum"] = float(np.abs(sums - js_eff).max() / scale)
+    assert worst["sum"] <= RTOL, f"{what}: a node's split sums {worst['sum']:.2e} (of the largest effect) off its effect"
+    assert bs["floor"] == pytest.approx(float(eff[which].min()), rel=RTOL)
+    # the full arrays against Python's, not only the stored rows
+    assert np.abs(py.heads_by_source.sum(-1) - py.heads).max() <= RTOL * scale     # Python's own identity
+    worst["n_split"] = len(which)
+    return worst
+
+
+@pytest.mark.parametrize("kind", ["gqa", "llama-bias"])
+def test_tiny_split_by_source_matches_python(graph_harness, kind):
+    """Each node's effect by source token (paths.SourceSplit) from a second decomposition with
+    the observer: Python's split, within 1e-4 of the largest value; with biases, the o_proj
+    bias 'head' and the bias source."""
+    root, run = graph_harness
+    lm = tiny_model(kind, layers=3, seed=1)
+    prompt = "When Mary and John went to the"
+    targets = [{"token": 5, "contrast": 9, "position": -1, "split": True},
+               {"token": 7, "contrast": None, "position": 4, "split": True}]
+    reply = js_graphs(run, root, f"tiny-{kind}", lm, {prompt: targets})[0]
+    for t, js in zip(targets, reply["graphs"]):
+        py = python_graph(prompt, lm, t["token"], t["contrast"], t["position"])
+        assert py.heads_by_source is not None
+        worst = compare_split(py, js, f"{kind} {t}")
+        if kind == "llama-bias":            # the bias source is a column, and carries part of the split
+            assert len(py.sources) == len(py.tokens) + 1
+            assert np.abs(arr(js["by_source"]["values"])[:, -1]).max() > 1e-3
+        print(f"\n{kind} {t}: " + ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in worst.items())
+              + f"; split {js['timings']['split_ms']:.0f} ms of graph {js['timings']['graph_ms']:.0f} ms")

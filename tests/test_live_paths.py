@@ -64,7 +64,7 @@ def test_live_paths_panel_draws_pythons_graph_and_checks_it(context, live_server
     assert "no new decomposition" in status and " MB)" in status
     summary = page.text_content("#live-paths-summary")
     assert f"{g.completeness:.3f}" in summary and "runs on request" in summary
-    assert "does not split a node's effect by source" in summary
+    assert "no per-source split" in summary and "Split by source" in summary
     # another target and a contrast: the second prediction at position 5, against the first
     P = len(g.tokens)
     page.select_option("#live-paths-position", "5")
@@ -106,4 +106,87 @@ def test_live_paths_panel_draws_pythons_graph_and_checks_it(context, live_server
     page.click("#live-check-cancel")
     page.wait_for_function("() => document.getElementById('live-check-status').textContent.includes('cancelled')")
     assert page.evaluate(f"() => !!{VIEW[6:]}")
+    assert errors == []
+
+
+def _restored(page):
+    page.reload()
+    page.wait_for_function("() => document.documentElement.dataset.liveState")
+    page.click("#run")
+    assert _wait_state(page, ["error", "done"], timeout=300_000) == "done", page.text_content("#live-error")
+    page.wait_for_function("() => window.infoflowLive && window.infoflowLive.paths")
+    return page
+
+
+def test_live_paths_state_rides_in_the_hash_and_a_reload_restores_it(context, live_server):  # noqa: F811
+    page, errors = _run(context, live_server, IOI)
+    page.select_option("#live-paths-position", "5")
+    ids = page.eval_on_selector_all("#live-paths-target option", "os => os.map((o) => +o.value)")
+    page.select_option("#live-paths-contrast", str(ids[0]))
+    page.select_option("#live-paths-target", str(ids[2]))
+    page.wait_for_function(f"() => {VIEW[6:]} && {VIEW[6:]}.entry.target.id === {ids[2]}")
+    page.evaluate(f"() => {VIEW[6:]}.set({{nodeShare: 0.5}})")
+    page.wait_for_function("() => location.hash.includes('pn=50')")
+    q = dict(x.split("=", 1) for x in page.evaluate("() => location.hash.slice(1)").split("&"))
+    assert (q["pv"], q["lp"], q["lt"], q["lc"], q["pn"]) == ("1", "5", str(ids[2]), str(ids[0]), "50"), q
+    assert "text" in q and "m" in q       # the prompt's and the viewer's keys stay
+    # a reload with that hash: after the run, the same pickers, shares and graph
+    _restored(page)
+    assert page.evaluate("async () => !!(await window.infoflowLive.paths.ready)")
+    assert page.input_value("#live-paths-position") == "5"
+    assert page.input_value("#live-paths-target") == str(ids[2])
+    assert page.input_value("#live-paths-contrast") == str(ids[0])
+    got = page.evaluate(f"() => {{ const v = {VIEW[6:]}; return [v.entry.position, v.entry.target.id, v.entry.contrast.id, v.state.nodeShare]; }}")
+    assert got == [5, ids[2], ids[0], 0.5]
+    assert page.evaluate("() => document.getElementById('live-paths').open")
+    # closed: pv=0, and a reload keeps it closed
+    page.evaluate("() => { document.getElementById('live-paths').open = false; }")
+    page.wait_for_function("() => new URLSearchParams(location.hash.slice(1)).get('pv') === '0'")
+    _restored(page)
+    assert not page.evaluate("() => document.getElementById('live-paths').open")
+    assert errors == []
+
+
+def test_live_paths_split_by_source_is_pythons(context, live_server, default_model):  # noqa: F811
+    """"Split by source": the worker decomposes the prompt again with the split as its observer
+    (engine-split.js); the stored rows are Python's (graphfile.graph_entry's by_source from
+    infoflow.graph), each sums to its node's effect, and hovering a node names its top sources."""
+    from infoflow.graphfile import BY_SOURCE_NODES, _node_split
+
+    page, errors = _run(context, live_server, IOI)
+    page.check("#live-paths-split")
+    page.wait_for_function(f"() => {VIEW[6:]} && {VIEW[6:]}.entry.bySource")
+    got = page.evaluate(f"""() => {{ const e = {VIEW[6:]}.entry, bs = e.bySource;
+        return {{node: [...bs.row.keys()], values: Array.from(bs.values), G: bs.G, floor: bs.floor,
+                 effect: Array.from(e.nodes.effect), target: e.target.id}}; }}""")
+    g = infoflow.graph(IOI, target=None, position=-1, model=default_model)
+    assert got["target"] == g.target
+    eff = np.abs(g.nodes["effect"][:-1])
+    want = np.sort(np.argsort(-eff, kind="stable")[:BY_SOURCE_NODES])
+    assert got["node"] == want.tolist()
+    vals = np.array(got["values"]).reshape(len(want), got["G"])
+    exp = np.stack([_node_split(g, int(i)) for i in want])
+    assert vals.shape == exp.shape
+    top = np.abs(exp).max()
+    worst = np.abs(vals - exp).max() / top
+    assert worst <= RTOL, worst
+    sums = np.abs(vals.sum(1) - np.array(got["effect"])[want]).max() / np.abs(eff).max()
+    assert sums <= RTOL, sums
+    status = page.text_content("#live-paths-status")
+    assert "one more decomposition" in status and "no new decomposition" not in status
+    ms = page.evaluate("() => window.infoflowLive.timings")
+    print(f"\nsplit: {worst:.2e} of the largest value, sums {sums:.2e}; run: layers {ms['layers_ms']:.0f} ms; " + status)
+    # hover the largest head: its top sources, by name, the largest first
+    draw = page.evaluate(ALL)
+    best = max((d for d in draw["nodes"] if d["kind"] == 1), key=lambda d: abs(d["effect"]))
+    page.locator("#live-paths").scroll_into_view_if_needed()
+    box = page.locator("#live-paths-canvas").bounding_box()
+    page.mouse.move(box["x"] + best["x"], box["y"] + best["y"])
+    tip = page.locator(".paths-tooltip")
+    tip.wait_for(state="visible")
+    row = exp[want.tolist().index(best["index"])]
+    s = int(np.argmax(np.abs(row)))
+    text = tip.inner_text()
+    assert "top sources" in text and f"{abs(row[s]):.3f}" in text, text
+    assert "ls=1" in page.evaluate("() => location.hash")
     assert errors == []

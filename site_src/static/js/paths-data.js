@@ -349,11 +349,16 @@ export async function loadGraph(url) {
 /**
  * The live page's graphs (engine-graph.js graphFor: one decoded graphfile.graph_entry each, its
  * arrays {shape, data} with typed data) -> the same object decodeGraph makes, through the same
- * checks: {tokens, layers, labels, model, prompt, graphs: [entry]}. The engine computes no
- * per-source split, so `sources` is the tokens and no entry has one.
+ * checks: {tokens, layers, labels, model, prompt, graphs: [entry]}. An entry computed with the
+ * per-source split (engine-split.js) holds graphfile's by_source over the tokens (G = P, or
+ * P + 1 with the bias source last, as Python's `sources`); the others have none.
  */
 export function engineGraphDocument({ tokens, layers, labels, model = "", prompt = "", graphs }) {
-  const P = tokens.length, L = layers, Hx = labels.length, G = P;
+  const P = tokens.length, L = layers, Hx = labels.length;
+  const split = Array.isArray(graphs) && graphs.find((e) => isMap(e) && isMap(e.by_source));
+  const G = split && isMap(split.by_source.values) && Array.isArray(split.by_source.values.shape)
+    ? split.by_source.values.shape[1] : P;
+  need(G === P || G === P + 1, "its per-source split has neither one source per token nor one more (the bias)");
   need(P > 0 && P <= GRAPH_LIMITS.tokens && isCount(L) && L > 0 && Hx > 0, "the prompt or the model has no size");
   need(Array.isArray(graphs) && graphs.length > 0 && graphs.length <= GRAPH_LIMITS.graphs, "it holds no graphs or too many");
   const typed = (x, len, what) => {
@@ -374,11 +379,18 @@ export function engineGraphDocument({ tokens, layers, labels, model = "", prompt
     a.direct = e.direct ? { embed: e.direct.embed, heads: typed(e.direct.heads, L * Hx, `${w}.direct.heads`),
       mlp: typed(e.direct.mlp, L, `${w}.direct.mlp`) } : null;
     a.bySource = null;
+    if (isMap(e.by_source)) {
+      const bs = e.by_source, node = typed(bs.node, null, `${w}.by_source.node`);
+      need(node.length <= GRAPH_LIMITS.bySource && finite(bs.floor) && bs.floor >= 0, `${w}.by_source is malformed`);
+      a.bySource = { node, values: typed(bs.values, node.length * G, `${w}.by_source.values`), floor: bs.floor };
+    }
     const entry = buildEntry(e, a, w, { P, L, Hx, G });
     // the full node effects, for the ablation check's top nodes (paths.Graph.heads / .mlp)
     entry.effects = { heads: typed(e.heads, L * Hx * P, `${w}.heads`), mlp: typed(e.mlp, L * P, `${w}.mlp`) };
     return entry;
   });
-  return { prompt, model, tokens: tokens.slice(), sources: tokens.slice(), labels: labels.slice(), P, L, Hx, G, graphs: out,
-    splitNote: "The browser engine does not split a node's effect by source token; infoflow.graph in Python does." };
+  return { prompt, model, tokens: tokens.slice(), sources: G === P ? tokens.slice() : [...tokens, "bias"], labels: labels.slice(),
+    P, L, Hx, G, graphs: out,
+    splitNote: "This graph has no per-source split: tick \u201cSplit by source\u201d above it (the browser decomposes the prompt "
+      + "once more for it)." };
 }

@@ -20,10 +20,13 @@
  *   opts: {nodeThreshold = 0.8, edgeThreshold = 0.98, tokenText(id) -> string}
  * `state` holds only what every target shares (frozen scales, patterns, gates, node writes):
  * stateBytes(state) says how much, so a caller can keep it for new targets or drop it.
- * Per-source splits (paths.SourceSplit) and the strongest paths are not computed here.
+ *   opts.split: async (grads, hasOBias) -> engine-split.js SourceSplit (a decomposition run with it
+ *   as an observer): the entry then holds by_source (graphfile's, tokens grouping). The strongest
+ *   paths are not computed here.
  */
 import {Weight, matmul} from "./kernel.js";
 import {finalScale} from "./engine-ops.js";
+import {bySource} from "./engine-split.js";
 
 export const EMBED = 0, HEAD = 1, MLP = 2, BIAS = 3, LOGIT = 4;
 export const NODE_THRESHOLD = 0.8;    // keep nodes, largest |effect| first, up to this share
@@ -681,7 +684,7 @@ export function stateBytes(state) {
 
 /** One target's graph, as one decoded entry of graphfile.graph_entry. */
 export async function graphFor(state, spec, {nodeThreshold = NODE_THRESHOLD, edgeThreshold = EDGE_THRESHOLD,
-                                             tokenText = (id) => String(id), hasBias = null} = {}) {
+                                             tokenText = (id) => String(id), hasBias = null, split = null} = {}) {
   const {model, frozen, writes} = state, cfg = model.config, P = frozen.P;
   const t0 = performance.now();
   const {token, contrast, position} = checkTarget(cfg, P, spec);
@@ -697,7 +700,7 @@ export async function graphFor(state, spec, {nodeThreshold = NODE_THRESHOLD, edg
   const direct = await directParts(model, frozen, grads, writes, target, eff);
   const {Hx, L} = eff, n = pr.nodes;
   const arr = (shape, data) => ({shape, data});
-  return {
+  const entry = {
     target: {id: token, text: tokenText(token)},
     contrast: contrast == null ? null : {id: contrast, text: tokenText(contrast)},
     position, value, frozen_value: pr.frozenValue, completeness: pr.completeness,
@@ -714,7 +717,14 @@ export async function graphFor(state, spec, {nodeThreshold = NODE_THRESHOLD, edg
     edges: {src: arr([pr.edges.src.length], pr.edges.src), dst: arr([pr.edges.dst.length], pr.edges.dst),
             weight: arr([pr.edges.weight.length], pr.edges.weight)},
     paths: [],
-    timings: {graph_ms: performance.now() - t0, gradients_ms: t1 - t0, prune_ms: t2 - t1,
-              edges_ms: pr.edgesMs, completeness_ms: pr.completenessMs},
+    timings: {graph_ms: 0, gradients_ms: t1 - t0, prune_ms: t2 - t1,
+              edges_ms: pr.edgesMs, completeness_ms: pr.completenessMs, split_ms: 0},
   };
+  if (split) {                      // the parts again, dotted with this target's gradients as made
+    const t3 = performance.now();
+    entry.by_source = bySource(entry.nodes, await split(grads, model.hasOBias), Int32Array.from({length: P}, (_, p) => p));
+    entry.timings.split_ms = performance.now() - t3;
+  }
+  entry.timings.graph_ms = performance.now() - t0;
+  return entry;
 }

@@ -39,6 +39,9 @@
  *   kernel: "fused" uses the fused multiply-add build of the matmul where the browser has relaxed
  *   SIMD (kernel.js); "plain" the mul-then-add build, whose bits are the same on every machine.
  *   The worker keeps the first variant it loads (result.timings.kernel says which).
+ *   observers: objects with attention(l, O, w, tri) (O (T, H·hd): the mixed heads, before
+ *   o_proj; tri: engine-stats.js triangle) and mlpWrite(l, delta, tri) (delta (T, d): the MLP's write per row), called as each layer's parts
+ *   are made, as engine.decompose_stack's observers in Python (engine-split.js SourceSplit).
  *   heads: also split every attention write by query head (engine-heads.js), as Python's
  *   decompose(heads=True) does; false leaves result.heads null.
  *   threads > 1 splits the unembedding (predictions and logit lens) over helper workers, each
@@ -106,7 +109,7 @@ export const LENS_PUSH_ROWS = 64;
 export async function decompose(model, ids, variants = {main: null}, opts = {}) {
   const {topK = 5, logitLens = true, heads = true, onProgress = null, signal = null,
          threads = defaultThreads(), kernel = "fused", lensMainShare = LENS_MAIN_SHARE, graph = false,
-         lensTarget = null} = opts;
+         lensTarget = null, observers = []} = opts;
   const t0 = performance.now(), k0 = kernelTime();
   const cfg = checkConfig(model.config);
   const L = cfg.n_layers, P = ids.length;
@@ -115,6 +118,7 @@ export async function decompose(model, ids, variants = {main: null}, opts = {}) 
   const kernelInfo = await initKernel(kernel);
   const run = await startRun(model, cfg, ids, variants, {topK, logitLens, heads, signal, threads, lensMainShare});
   if (graph) run.frozen = new FrozenRecorder(cfg, P);
+  run.observers = observers;                         // engine-split.js SourceSplit: the parts, as made
   const progress = (step, label) => onProgress && onProgress(step, L + 1, label);
   try {
     for (let l = 0; l < L; l++) {
@@ -232,6 +236,7 @@ function attentionStep(run, l, w) {
   const xMid = add(run.x, att.out);
   if (run.frozen) run.frozen.attention(l, att.inv, att.pattern);
   const dAttn = decomposeAttention(C, tri, w, att, cfg, buf);
+  for (const ob of run.observers) ob.attention(l, buf.O, w, tri);      // before record(), which may reuse dAttn
   const rMid = unitForProj(xMid, P, d);
   for (const st of stats) st.record(l, "attn", C, dAttn, rMid);
   if (run.patterns) {                             // the same write, split by head (O is still in buf.O)
@@ -258,6 +263,7 @@ async function mlpStep(run, l, w, xMid) {
   const x = add(xMid, mlp.out);
   if (run.frozen) run.frozen.mlp(l, mlp.inv, mlp.gate);
   const dMlp = await decomposeMlp(C, tri, w, mlp, cfg, buf, run.signal, run.mlpPool);
+  for (const ob of run.observers) ob.mlpWrite(l, dMlp, tri);
   const rOut = unitForProj(x, P, d);
   for (const st of stats) st.record(l, "mlp", C, dMlp, rOut);
   run.recon[2 * l + 1] = reconError(C, x, tri, d);

@@ -3,7 +3,7 @@
 import { decodeData, ensureAll, DataError } from "../data.js";
 import { decodeHeads } from "../heads.js";
 import { mountResult } from "./view.js";
-import { attachLivePaths } from "./paths-live.js";
+import { attachLivePaths, encodeLivePathsHash, parseLivePathsHash } from "./paths-live.js";
 
 const $ = (id) => document.getElementById(id);
 const root = $("live");
@@ -68,7 +68,7 @@ function onMessage(m) {
   } else if (m.type === "graph" || (m.type === "error" && graphJobs.has(m.seq))) {
     const job = graphJobs.get(m.seq);
     graphJobs.delete(m.seq);
-    if (job && m.type === "graph") job.resolve({ graph: m.graph, rerun: m.rerun, stateBytes: m.stateBytes });
+    if (job && m.type === "graph") job.resolve({ graph: m.graph, rerun: m.rerun, split: m.split, stateBytes: m.stateBytes });
     else if (job) job.reject(m.kind === "cancelled" ? new DOMException("cancelled", "AbortError") : new Error(m.message));
   } else if (m.type === "ablated" || (m.type === "error" && ablateJobs.has(m.seq)) || (m.type === "progress" && m.phase === "ablate")) {
     const job = ablateJobs.get(m.seq);
@@ -175,17 +175,17 @@ function run(ev) {
 
 /**
  * The attribution graph of the prompt on screen for one target (worker.js "graph";
- * engine-graph.js): {target, contrast, position} -> Promise of {graph (one decoded
- * graphfile.graph_entry), rerun, stateBytes}. target / contrast: a token id or a one-token
+ * engine-graph.js): {target, contrast, position, split} -> Promise of {graph (one decoded
+ * graphfile.graph_entry; by_source with split), rerun, split, stateBytes}. target / contrast: a token id or a one-token
  * string (contrast null: the demeaned logit; target null: the top prediction).
  */
-export function requestGraph({ target = null, contrast = null, position = -1, nodeThreshold, edgeThreshold } = {}) {
+export function requestGraph({ target = null, contrast = null, position = -1, nodeThreshold, edgeThreshold, split = false } = {}) {
   if (!worker || !shown) return Promise.reject(new Error("Run a prompt first."));
   const seq = ++jobSeq;
   return new Promise((resolve, reject) => {
     graphJobs.set(seq, { resolve, reject });
     worker.postMessage({ type: "graph", seq, text: shown.text, chat: shown.chat, target, contrast, position,
-                         nodeThreshold, edgeThreshold });
+                         nodeThreshold, edgeThreshold, split });
   });
 }
 
@@ -340,6 +340,9 @@ async function showResult(bytes, headsBytes, timings, predIds) {
   headsUrl = headsBytes ? blob(headsBytes) : null;
   window.infoflowLive = { bytes, headsBytes, timings, D, dataUrl: resultUrl, headsUrl, graph: requestGraph, ablate: requestAblation };
   ui.result.hidden = false;
+  // the Paths panel's state in the hash (a shared link or a reload): read before the viewer
+  // rewrites the hash with its own keys
+  const pathsHash = isShownPrompt(location.hash) ? parseLivePathsHash(location.hash) : null;
   if (viewer) viewer.destroy();
   if (paths) paths.destroy();
   paths = null;
@@ -354,8 +357,15 @@ async function showResult(bytes, headsBytes, timings, predIds) {
   }
   if (predIds && predIds.length === D.P * D.k) {
     // after the viewer, so the first view never waits for it; the graph goes after the run in the worker
+    const v = viewer;
     paths = attachLivePaths(ui.result, D, predIds, { graph: requestGraph, ablate: requestAblation,
-      cancel: (job) => worker.postMessage({ type: "cancel", job }) });
+      cancel: (job) => worker.postMessage({ type: "cancel", job }) },
+    { hashState: pathsHash, onHash: () => { if (v) v.writeHash(false); } });
+    if (viewer) {
+      const panel = paths;
+      viewer.hashParts.push(() => encodeLivePathsHash(panel));
+      viewer.writeHash(false);
+    }
     window.infoflowLive.paths = paths;
   }
   const secs = (ms) => (ms / 1000).toFixed(1);

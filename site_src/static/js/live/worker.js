@@ -10,8 +10,8 @@
 //                                                       prompt with one variant "custom" (groups: one id
 //                                                       per token, by first use; expectIds: refuse other
 //                                                       token ids, e.g. a gallery page's data file)
-//               {type: "graph", seq, text, chat, target, contrast, position, nodeThreshold?, edgeThreshold?}
-//                                                    -> {type: "graph", seq, graph, rerun, stateBytes}: the
+//               {type: "graph", seq, text, chat, target, contrast, position, nodeThreshold?, edgeThreshold?, split?}
+//                                                    -> {type: "graph", seq, graph, rerun, split, stateBytes}: the
 //                                                       attribution graph of the prompt `text` (the
 //                                                       last run's, else decomposed again)
 //                                                       (engine-graph.js; graph: one decoded entry of
@@ -21,6 +21,8 @@
 //                                                       run's frozen state is kept (GRAPH_KEEP_BYTES at
 //                                                       most) so a new target needs no new decomposition;
 //                                                       rerun: true when it had to decompose again
+//                                                       split: with each node's effect by source
+//                                                       (by_source), one more decomposition
 //               {type: "ablate", seq, text, chat, target, contrast, position, nodes}
 //                                                    -> {type: "progress", phase: "ablate", seq, step, total}...,
 //                                                       then {type: "ablated", seq, values}: the ablation check's
@@ -231,7 +233,8 @@ function oneToken(tok, value, what, V) {
  * The attribution graph of the last run's prompt for one target (engine-graph.js), from the
  * run's kept frozen state; where that was not kept (too big), the prompt is decomposed again.
  */
-async function graph({ text, chat = false, target = null, contrast = null, position = -1, nodeThreshold, edgeThreshold }, signal) {
+async function graph({ text, chat = false, target = null, contrast = null, position = -1, nodeThreshold, edgeThreshold,
+                       split = false }, signal) {
   const tok = await tokenizer();
   if (typeof text === "string" && !(lastRun && lastRun.text === text && lastRun.chat === !!chat)) {
     // the page shows another prompt than the last run's (from its history): this one's state
@@ -268,8 +271,23 @@ async function graph({ text, chat = false, target = null, contrast = null, posit
   if (spec.token === spec.contrast) throw new InputError("The target and the contrast are the same token; pick another contrast.");
   const entry = await graphFor(state, spec, {
     tokenText: (i) => tok.display(i), ...(nodeThreshold ? { nodeThreshold } : {}), ...(edgeThreshold ? { edgeThreshold } : {}),
+    split: split ? (grads, hasOBias) => splitBySource(engine, lastRun.ids, grads, hasOBias, signal) : null,
   });
-  return { graph: entry, rerun, stateBytes: stateBytes(state) };
+  return { graph: entry, rerun, split: !!split, stateBytes: stateBytes(state) };
+}
+
+/**
+ * Each node's effect split by source token (engine-split.js): the parts exist only while the
+ * prompt is decomposed, and the target's gradients only after the forward pass, so this is one
+ * more decomposition (no lens, no heads) with the split as its observer.
+ */
+async function splitBySource(engine, ids, grads, hasOBias, signal) {
+  const [{ decompose }, { SourceSplit }] = await Promise.all([import("./engine.js"), import("./engine-split.js")]);
+  const split = new SourceSplit(engine.config, grads, null, hasOBias);
+  await decompose(engine, Int32Array.from(ids), { main: null }, {
+    topK: 1, logitLens: false, heads: false, signal, onProgress: layerProgress, observers: [split],
+  });
+  return split;
 }
 
 /**
