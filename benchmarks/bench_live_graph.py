@@ -34,6 +34,10 @@ TEXT = ("When Mary and John went to the store, John gave a drink to Mary. Then t
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--run-reps", type=int, default=0,
+                    help="also time N pairs, side by side: the decomposition alone, and the decomposition "
+                         "kept for graphs + the node writes + the graph of the top prediction (what a "
+                         "live run does before its Paths panel draws)")
     args = ap.parse_args()
     from infoflow.decompose import get_model
     from infoflow.model import converted_default_model
@@ -72,6 +76,8 @@ def main():
                   + ", ".join(f"{k} {v:.0f}" for k, v in g["timings"].items()) + "), "
                   f"{len(g['nodes']['kind']['data'])} nodes, {len(g['edges']['src']['data'])} edges, "
                   f"completeness {g['completeness']:.3f}")
+        if args.run_reps:
+            run_growth(browser, lm, ids, args.run_reps)
     finally:
         if browser:
             browser.close()
@@ -79,6 +85,27 @@ def main():
             server.shutdown()
             server.server_close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_growth(browser, lm, ids, reps: int) -> None:
+    """The whole live run with and without its graph, alternated in one worker."""
+    import statistics
+
+    import torch
+    with torch.no_grad():
+        top = int(lm.hf(torch.tensor([ids])).logits[0, -1].argmax())
+    graph = {"ids": ids, "targets": [{"token": top, "contrast": None, "position": -1}], "options": {}}
+    runs = [r for _ in range(reps) for r in ({"ids": ids, "targets": [], "options": {}, "bare": True}, graph)]
+    msg = {"url": "/fixture/default/model.safetensors", "config": engine_config(lm.hf), "runs": runs}
+    reply = browser.call(lambda page: page.evaluate(RUN_IN_WORKER, msg))
+    if not reply["ok"]:
+        raise SystemExit(reply["message"])
+    plain = [r["decompose_ms"] for r in reply["runs"][0::2]]
+    full = [r["decompose_ms"] + r["prepare_ms"] + r["graphs"][0]["timings"]["graph_ms"] for r in reply["runs"][1::2]]
+    a, b = statistics.median(plain), statistics.median(full)
+    print(f"run without the graph {a:.0f} ms, with it (kept state, node writes, the top prediction's graph) "
+          f"{b:.0f} ms: x{b / a:.2f} (medians of {reps} pairs; no logit lens, no heads: the page's own run "
+          f"does more, so its growth is smaller)")
 
 
 if __name__ == "__main__":

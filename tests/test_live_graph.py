@@ -44,11 +44,13 @@ self.onmessage = async (e) => {
     const read = model.layer, held = new Map();     // each layer fetched once: the page keeps them too
     model.layer = async (i) => held.get(i) || held.set(i, await read(i)).get(i);
     const out = [];
-    for (const {ids, targets, options} of runs) {
+    for (const {ids, targets, options, bare} of runs) {
       const t0 = performance.now();
+      // bare: the decomposition alone, as a run without the graph (bench_live_graph.py's baseline)
       const res = await decompose(model, Int32Array.from(ids), {main: null},
-                                  {topK: 5, logitLens: false, heads: false, graph: true, threads: 1});
+                                  {topK: 5, logitLens: false, heads: false, graph: !bare, threads: 1});
       const t1 = performance.now();
+      if (bare) { out.push({graphs: [], decompose_ms: t1 - t0}); continue; }
       const state = await prepare(model, res.frozen);
       const t2 = performance.now();
       const graphs = [];
