@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_browser import _new_page, _serve, browser  # noqa: F401  (fixtures)
+from tests.test_browser import browser  # noqa: F401  (fixture)
 from tests.test_two_models import two_model_site, two_models  # noqa: F401  (fixtures)
-from tests.test_compare_ui import open_compare
+from tests.test_compare_ui import open_compare, page, server  # noqa: F401  (fixtures: the compare site, a fresh page)
 
 pytestmark = pytest.mark.browser
 
@@ -24,21 +24,6 @@ SHARES = """([i, l, k, p]) => {
 # the tooltip's rows: [source index, share column text]
 TIP_ROWS = """(id) => [...document.querySelectorAll('#' + id + ' tr[data-src]')]
     .map((tr) => [+tr.dataset.src, tr.children[1].textContent])"""
-
-
-@pytest.fixture(scope="module")
-def server(two_model_site):  # noqa: F811
-    srv, url = _serve(two_model_site["site"])
-    yield url
-    srv.shutdown()
-    srv.server_close()
-
-
-@pytest.fixture
-def page(browser):  # noqa: F811
-    ctx, pg = _new_page(browser)
-    yield pg
-    ctx.close()
 
 
 def _tip_matches(page, i, cell):

@@ -16,28 +16,14 @@ import numpy as np
 import pytest
 
 from infoflow.datafile import decode_array
-from tests.test_browser import _new_page, _serve, browser  # noqa: F401  (fixtures)
+from tests.test_browser import _new_page, browser  # noqa: F401  (fixtures)
+from tests.test_compare_ui import page, server  # noqa: F401  (fixtures: the compare site, a fresh page)
 from tests.test_two_models import two_model_site, two_models  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.browser
 
 # the view draws synchronously on set(): its last drawing is the one the change made
 SET = "([i, patch]) => { const v = window.infoflowCompare.paths.views[i]; v.set(patch); return v.lastDraw; }"
-
-
-@pytest.fixture(scope="module")
-def server(two_model_site):  # noqa: F811
-    srv, url = _serve(two_model_site["site"])
-    yield url
-    srv.shutdown()
-    srv.server_close()
-
-
-@pytest.fixture
-def page(browser):  # noqa: F811
-    ctx, pg = _new_page(browser)
-    yield pg
-    ctx.close()
 
 
 def _manifest_entry(site, pid):
