@@ -51,7 +51,11 @@ def _run(context, live_server, text):
     page.click("#run")
     assert _wait_state(page, ["error", "done"], timeout=300_000) == "done", page.text_content("#live-error")
     page.wait_for_function("() => window.infoflowLive && window.infoflowLive.paths")
-    assert page.evaluate("async () => !!(await window.infoflowLive.paths.ready)"), page.text_content("#live-paths")
+    # closed until opened: the run itself computed no graph
+    assert not page.evaluate("() => document.getElementById('live-paths').open")
+    assert page.evaluate("async () => (await window.infoflowLive.paths.ready) === null")
+    page.click("#live-paths > summary")
+    assert page.evaluate("async () => !!(await window.infoflowLive.paths.open())"), page.text_content("#live-paths")
     return page, errors
 
 
