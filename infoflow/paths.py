@@ -408,21 +408,6 @@ class Reader:
             return self.writes.mlp[l][p]
         raise ValueError(kind)
 
-    def read_vector(self, kind, l, h, p) -> Tensor:
-        """M_b (d,): edge(a → b) = coef(b, k_a) · ⟨M_b, w_a⟩."""
-        if kind == LOGIT:
-            return self.grads.direct
-        lw = self.layers[l]
-        if kind == HEAD:
-            hd = lw.Wo.shape[1] // self.H
-            gh = self.grads.after_attn[l][p] @ lw.Wo[:, h * hd:(h + 1) * hd]      # (hd,)
-            g = h // (self.H // lw.n_kv)
-            return gh @ lw.Wv[g * hd:(g + 1) * hd]                               # (d,)
-        if kind == MLP:
-            back = (self.grads.after_mlp[l][p] @ lw.Wdown) * self.fl[l].gate_scale[p]
-            return back @ lw.Wup
-        raise ValueError(kind)
-
     def coef(self, kind, l, h, p, k_src: np.ndarray) -> np.ndarray:
         """How much of position k's residual node b reads (before M_b).   (n,)"""
         if kind == HEAD:
@@ -436,27 +421,40 @@ class Reader:
 
 def edge_matrix(reader: Reader, dst: dict, src: dict, const: Effects) -> np.ndarray:
     """Edges src → dst, (n_dst, n_src); zero where src does not come before dst. A bias node
-    among the sources gets ⟨g_b, c_b⟩: the constant part of b's write."""
+    among the sources gets ⟨g_b, c_b⟩: the constant part of b's write.
+
+    Each dst node's read vector M_b is its own gradient pulled back through its frozen map,
+    so the reads come from _pull_back_all in one batch per (kind, layer), with their
+    coefficients at every source's position."""
     S = len(src["kind"])
     writes = torch.stack([reader.write(*_key(src, i)) if src["kind"][i] not in (BIAS, LOGIT)
                           else torch.zeros_like(reader.grads.direct) for i in range(S)])   # (S, d)
-    reads = torch.stack([reader.read_vector(*_key(dst, j)) if dst["kind"][j] not in (EMBED, BIAS)
-                         else torch.zeros_like(reader.grads.direct) for j in range(len(dst["kind"]))])
-    dots = (reads @ writes.T).double().cpu().numpy()                    # (D, S)
-    before = _order(src)[None, :] < _order(dst)[:, None]
-    k_src = src["position"].astype(np.int64)
-    out = np.zeros_like(dots)
-    for j in range(len(dst["kind"])):
-        kind = int(dst["kind"][j])
-        if kind in (EMBED, BIAS):
-            continue
-        l, h, p = int(dst["layer"][j]), int(dst["head"][j]), int(dst["position"][j])
-        out[j] = reader.coef(kind, l, h, p, k_src) * dots[j] if kind != LOGIT else (k_src == p) * dots[j]
-    out *= before
+    reads, coef = _pull_back_all(reader, dst, list(range(len(dst["kind"]))), _own_gradients(reader, dst),
+                                 positions=src["position"])                          # (D, d), (D, S)
+    out = (reads @ writes.T).double().cpu().numpy() * coef                            # (D, S)
+    out *= _order(src)[None, :] < _order(dst)[:, None]
     is_bias = src["kind"] == BIAS
     if is_bias.any():
         col = int(np.flatnonzero(is_bias)[0])
         out[:, col] = [_const_edge(const, reader.target, dst, j) for j in range(len(dst["kind"]))]
+    return out
+
+
+def _own_gradients(reader: Reader, nodes: dict) -> Tensor:
+    """g_b for every node: where its write lands (the target: its read vector; an embedding or
+    the bias node reads nothing: zeros).   (n, d)"""
+    g = reader.grads
+    out = g.direct.new_zeros(len(nodes["kind"]), g.direct.shape[0])
+    kinds, layer = nodes["kind"], nodes["layer"].astype(np.int64)
+    pos = torch.as_tensor(nodes["position"].astype(np.int64), device=out.device)
+    for kind, l in sorted(set(zip(kinds.tolist(), layer.tolist()))):
+        rows = torch.as_tensor(np.flatnonzero((kinds == kind) & (layer == l)), device=out.device)
+        if kind == HEAD:
+            out[rows] = g.after_attn[l][pos[rows]]
+        elif kind == MLP:
+            out[rows] = g.after_mlp[l][pos[rows]]
+        elif kind == LOGIT:
+            out[rows] = g.direct
     return out
 
 
@@ -498,36 +496,88 @@ def completeness(reader: Reader, nodes: dict, edges: dict, target: Target) -> fl
     or MLP applies its frozen map J_b to the rebuilt writes of its kept sources (and adds its
     constant part when the bias node's edge into it is kept); an embedding keeps its write.
     The target reads its kept sources' rebuilt writes (and the unembedding bias's share).
-    Unpruned, every write comes back exactly and this is T."""
-    n = len(nodes["kind"])
-    order = np.argsort(_order(nodes), kind="stable")
-    rebuilt: dict[int, Tensor] = {}
-    ins: dict[int, list[int]] = {}
-    for s, d in zip(edges["src"].tolist(), edges["dst"].tolist()):
-        ins.setdefault(d, []).append(s)
-    lay = reader.layers
+    Unpruned, every write comes back exactly and this is T.
+
+    The nodes of one (kind, layer) read only nodes before them (a layer's heads read its input,
+    its MLPs its heads and what came before), so each such group is rebuilt in one batch: its
+    reads as rows of C @ R, C the kept edges' coefficients and R the writes rebuilt so far."""
+    kinds, n = nodes["kind"], len(nodes["kind"])
+    dev, dt = reader.grads.direct.device, reader.grads.direct.dtype
+    pos = nodes["position"].astype(np.int64)
+    R = reader.grads.direct.new_zeros(n, reader.grads.direct.shape[0])       # (n, d) rebuilt writes
+    emb = np.flatnonzero(kinds == EMBED)
+    R[torch.as_tensor(emb, device=dev)] = reader.writes.emb[torch.as_tensor(pos[emb], device=dev)]
+    src, dst = edges["src"].astype(np.int64), edges["dst"].astype(np.int64)
+    from_bias = kinds[src] == BIAS
+    has_const = np.zeros(n, bool)
+    has_const[dst[from_bias]] = True
+    s, t = src[~from_bias], dst[~from_bias]
+    C = torch.zeros(n, n, dtype=dt, device=dev)                              # (n, n) dst × src
+    C[torch.as_tensor(t, device=dev), torch.as_tensor(s, device=dev)] = torch.as_tensor(
+        _edge_coefs(reader, nodes, s, t), dtype=dt, device=dev)
+    order = _order(nodes)
     total = 0.0
-    for j in order.tolist():
-        kind, l, h, p = _key(nodes, j)
-        if kind == BIAS:
-            continue
-        if kind == EMBED:
-            rebuilt[j] = reader.writes.emb[p]
-            continue
-        srcs = [s for s in ins.get(j, []) if nodes["kind"][s] != BIAS]
-        has_const = any(nodes["kind"][s] == BIAS for s in ins.get(j, []))
+    for o in sorted(set(order[(kinds == HEAD) | (kinds == MLP) | (kinds == LOGIT)].tolist())):
+        rows = np.flatnonzero((order == o) & (kinds != EMBED) & (kinds != BIAS))
+        r = torch.as_tensor(rows, device=dev)
+        X = C[r] @ R                                                          # (b, d) their reads
+        kind = int(kinds[rows[0]])
         if kind == LOGIT:
-            x = sum((rebuilt[s] for s in srcs), torch.zeros_like(reader.grads.direct))
-            total = float((reader.grads.direct * x).sum()) + (target.bias_term if has_const else 0.0)
+            total = float((reader.grads.direct * X[0]).sum()) + (target.bias_term if has_const[rows[0]] else 0.0)
             continue
-        lw, fz = lay[l], reader.fl[l]
-        k = nodes["position"][srcs].astype(np.int64) if srcs else np.zeros(0, np.int64)
-        coef = torch.as_tensor(reader.coef(kind, l, h, p, k), dtype=reader.dtype,
-                               device=reader.grads.direct.device)
-        x = (coef[:, None] * torch.stack([rebuilt[s] for s in srcs])).sum(0) if srcs \
-            else torch.zeros_like(reader.grads.direct)
-        rebuilt[j] = _apply(kind, lw, fz, h, p, x, reader.H, has_const)
+        l = int(nodes["layer"][rows[0]])
+        R[r] = _apply_all(kind, reader, l, nodes["head"][rows].astype(np.int64), pos[rows], X, has_const[rows])
     return total
+
+
+def _edge_coefs(reader: Reader, nodes: dict, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """coef(b, k_a) of each edge a → b: how much of a's position node b reads.   (E,)"""
+    out = np.zeros(len(src))
+    kinds, layer = nodes["kind"][dst], nodes["layer"][dst].astype(np.int64)
+    k, q, h = nodes["position"][src].astype(np.int64), nodes["position"][dst].astype(np.int64), nodes["head"][dst].astype(np.int64)
+    out[(kinds == MLP) | (kinds == LOGIT)] = (k == q)[(kinds == MLP) | (kinds == LOGIT)]
+    for l in sorted(set(layer[kinds == HEAD].tolist())):
+        e = np.flatnonzero((kinds == HEAD) & (layer == l) & (h < reader.H))   # the pseudo-head reads nothing
+        fz = reader.fl[l]
+        ht, qt, kt = (torch.as_tensor(a[e], device=fz.pattern.device) for a in (h, q, k))
+        out[e] = (fz.pattern[ht, qt, kt] * fz.scale1[kt]).double().cpu().numpy()
+    return out
+
+
+def _apply_all(kind, reader: Reader, l: int, h: np.ndarray, p: np.ndarray, X: Tensor,
+               const: np.ndarray) -> Tensor:
+    """J_b(x) (+ c_b where `const`) for nodes of one kind in layer l: _apply, batched.
+    (b, d) reads -> (b, d) writes"""
+    lw, fz, H = reader.layers[l], reader.fl[l], reader.H
+    dev = X.device
+    pt, ct = torch.as_tensor(p, device=dev), torch.as_tensor(const, device=dev)
+    if kind == MLP:
+        u = (X @ lw.Wup.T) * fz.gate_scale[pt]                                # (b, d_ff)
+        if lw.bup is not None:
+            u = u + (lw.bup * fz.gate[pt]) * ct[:, None]
+        w = u @ lw.Wdown.T                                                    # (b, d)
+        if lw.bdown is not None:
+            bd = lw.bdown if fz.post2 is None else lw.bdown * fz.post2[pt][:, None]
+            w = w + bd * ct[:, None]
+        return w
+    out = torch.zeros_like(X)
+    pseudo = np.flatnonzero(h == H)
+    if len(pseudo):                                                            # the o_proj bias: a constant
+        ps = torch.as_tensor(pseudo, device=dev)
+        bo = lw.bo if fz.post1 is None else lw.bo * fz.post1[pt[ps]][:, None]
+        out[ps] = bo * ct[ps][:, None]
+    real = np.flatnonzero(h < H)
+    if len(real):
+        rt = torch.as_tensor(real, device=dev)
+        hd = lw.Wo.shape[1] // H
+        hh = torch.as_tensor(h[real], device=dev)
+        g = hh // (H // lw.n_kv)
+        v = torch.einsum("bd,bjd->bj", X[rt], lw.Wv.view(lw.n_kv, hd, -1)[g])  # (b, hd)
+        if lw.bv is not None:                                                  # b_v through the pattern row
+            v = v + lw.bv.view(lw.n_kv, hd)[g] * (fz.pattern[hh, pt[rt]].sum(-1) * ct[rt])[:, None]
+        Wo = lw.Wo.view(lw.Wo.shape[0], H, hd).permute(1, 0, 2)[hh]           # (b, d, hd)
+        out[rt] = torch.einsum("bj,bdj->bd", v, Wo)
+    return out
 
 
 def _apply(kind, lw, fz, h, p, x, H, with_const) -> Tensor:
@@ -638,16 +688,18 @@ def strongest_paths(reader: "Reader", nodes: dict, edges: dict, k: int = 5, beam
     return done[:k]
 
 
-def _pull_back_all(reader: "Reader", nodes: dict, heads: list[int], phis: Tensor) -> tuple[Tensor, np.ndarray]:
-    """Each beam state's φ pulled back through the node it starts at: J_bᵀ φ, before the node's
-    per-position coefficient, and that coefficient over every node's position.
+def _pull_back_all(reader: "Reader", nodes: dict, heads: list[int], phis: Tensor,
+                   positions: np.ndarray | None = None) -> tuple[Tensor, np.ndarray]:
+    """Each φ pulled back through its node (a beam state's first node, or a node's own gradient
+    for its read vector): J_bᵀ φ, before the node's per-position coefficient, and that
+    coefficient at each of `positions` (default: every node's position).
     (B,) node indices, (B, d) -> (B, d), (B, n). One batch per (kind, layer): the nodes of a
     layer share its weight matrices, and differ only in their gate row or head slice."""
-    B, n = len(heads), len(nodes["kind"])
-    pos = nodes["position"].astype(np.int64)
+    pos = (nodes["position"] if positions is None else positions).astype(np.int64)
+    B, n = len(heads), len(pos)
     heads = np.asarray(heads, np.int64)
     kinds, layer = nodes["kind"][heads], nodes["layer"][heads].astype(np.int64)
-    hh, pp = nodes["head"][heads].astype(np.int64), pos[heads]
+    hh, pp = nodes["head"][heads].astype(np.int64), nodes["position"].astype(np.int64)[heads]   # the node's own
     out, coef = torch.zeros_like(phis), np.zeros((B, n))
     for kind, l in sorted(set(zip(kinds.tolist(), layer.tolist()))):
         rows = np.flatnonzero((kinds == kind) & (layer == l))
