@@ -408,16 +408,6 @@ class Reader:
             return self.writes.mlp[l][p]
         raise ValueError(kind)
 
-    def coef(self, kind, l, h, p, k_src: np.ndarray) -> np.ndarray:
-        """How much of position k's residual node b reads (before M_b).   (n,)"""
-        if kind == HEAD:
-            if h == self.H:
-                return np.zeros(len(k_src))
-            fz = self.fl[l]
-            row = (fz.pattern[h, p] * fz.scale1).double().cpu().numpy()
-            return row[k_src]
-        return (k_src == p).astype(np.float64)
-
 
 def edge_matrix(reader: Reader, dst: dict, src: dict, const: Effects) -> np.ndarray:
     """Edges src → dst, (n_dst, n_src); zero where src does not come before dst. A bias node
@@ -546,7 +536,8 @@ def _edge_coefs(reader: Reader, nodes: dict, src: np.ndarray, dst: np.ndarray) -
 
 def _apply_all(kind, reader: Reader, l: int, h: np.ndarray, p: np.ndarray, X: Tensor,
                const: np.ndarray) -> Tensor:
-    """J_b(x) (+ c_b where `const`) for nodes of one kind in layer l: _apply, batched.
+    """J_b(x) (+ c_b where `const`) for nodes of one kind in layer l: the frozen map on reads
+    already weighted by their pattern rows.
     (b, d) reads -> (b, d) writes"""
     lw, fz, H = reader.layers[l], reader.fl[l], reader.H
     dev = X.device
@@ -578,26 +569,6 @@ def _apply_all(kind, reader: Reader, l: int, h: np.ndarray, p: np.ndarray, X: Te
         Wo = lw.Wo.view(lw.Wo.shape[0], H, hd).permute(1, 0, 2)[hh]           # (b, d, hd)
         out[rt] = torch.einsum("bj,bdj->bd", v, Wo)
     return out
-
-
-def _apply(kind, lw, fz, h, p, x, H, with_const) -> Tensor:
-    """J_b(x) (+ c_b): the node's frozen map on a read already weighted by its pattern row."""
-    if kind == HEAD:
-        if h == H:
-            return (lw.bo if fz.post1 is None else lw.bo * fz.post1[p]) if with_const else torch.zeros_like(x)
-        hd = lw.Wo.shape[1] // H
-        g = h // (H // lw.n_kv)
-        v = lw.Wv[g * hd:(g + 1) * hd] @ x                                     # (hd,)
-        if with_const and lw.bv is not None:
-            v = v + lw.bv[g * hd:(g + 1) * hd] * fz.pattern[h, p].sum()
-        return lw.Wo[:, h * hd:(h + 1) * hd] @ v
-    u = (lw.Wup @ x) * fz.gate_scale[p]
-    if with_const and lw.bup is not None:
-        u = u + lw.bup * fz.gate[p]
-    w = lw.Wdown @ u
-    if with_const and lw.bdown is not None:
-        w = w + (lw.bdown if fz.post2 is None else lw.bdown * fz.post2[p])
-    return w
 
 
 # ----------------------------------------------------------------------------- per-source splits
@@ -737,8 +708,7 @@ def _pull_back_heads(reader: "Reader", l: int, h: np.ndarray, p: np.ndarray, phi
 
 def _const_value(reader: "Reader", kind, l, h, p, phi: Tensor) -> float:
     """⟨φ, c_b⟩: the constant part of node b's write, read by φ."""
-    lw, fz = reader.layers[l], reader.fl[l]
-    c = _apply(kind, lw, fz, h, p, torch.zeros_like(phi), reader.H, True)
+    c = _apply_all(kind, reader, l, np.array([h]), np.array([p]), torch.zeros_like(phi)[None], np.array([True]))[0]
     return float((phi * c).sum())
 
 
